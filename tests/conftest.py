@@ -1,0 +1,43 @@
+"""Shared fixtures: every test session writes runs and caches into a temp dir, never into the
+checkout's runs/ or .cache/, so tests cannot disturb (or be helped by) a user's real runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_REFERENCE = REPO.parent / "shared" / "reference"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    old = {k: os.environ.get(k) for k in ("BENCH_RUNS", "BENCH_CACHE", "HF_HUB_OFFLINE")}
+    os.environ["BENCH_RUNS"] = str(root / "runs")
+    os.environ["BENCH_CACHE"] = str(root / "cache")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach the hub
+    yield root
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def smoke_cfg():
+    from bench.config import load_config
+
+    return load_config("smoke")
+
+
+@pytest.fixture(scope="session")
+def smoke_base(smoke_cfg):
+    """The smoke profile's micro Llama, prepared once per session (seconds)."""
+    from bench.models import prepare_base
+
+    folder, _ = prepare_base(smoke_cfg, progress=lambda s: None)
+    return folder

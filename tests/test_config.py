@@ -1,0 +1,113 @@
+"""Profiles load strictly: unknown keys, wrong types and unknown profiles are one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from bench.config import ConfigError, REPO_ROOT, apply_overrides, known_profiles, load_config
+
+
+@pytest.mark.parametrize("name", known_profiles())
+def test_every_shipped_profile_loads(name):
+    cfg = load_config(name)
+    assert cfg.profile.name == name
+    assert len(cfg.config_hash) == 16
+
+
+def test_default_and_smoke_exist():
+    assert {"default", "smoke"} <= set(known_profiles())
+
+
+def write(tmp_path, data) -> str:
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return str(p)
+
+
+BASE = {"profile": {"name": "t"}, "model": {"source": "micro-llama"}}
+
+
+def test_unknown_key_names_key_file_and_known_keys(tmp_path):
+    path = write(tmp_path, {**BASE, "model": {"source": "micro-llama", "dtpye": "float16"}})
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert "model.dtpye" in msg and "p.yaml" in msg and "dtype" in msg
+
+
+def test_unknown_section(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'ppoo'"):
+        load_config(write(tmp_path, {**BASE, "ppoo": {}}))
+
+
+def test_wrong_type_names_expected_type(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, {**BASE, "profile": {"name": "t", "seed": "zero"}}))
+    assert "profile.seed" in str(e.value) and "expects int" in str(e.value)
+
+
+def test_bool_is_not_an_int(tmp_path):
+    with pytest.raises(ConfigError, match="profile.seed"):
+        load_config(write(tmp_path, {**BASE, "profile": {"name": "t", "seed": True}}))
+
+
+def test_literal_checked(tmp_path):
+    with pytest.raises(ConfigError, match="one of 'float32'"):
+        load_config(write(tmp_path, {**BASE, "model": {"source": "micro-llama", "dtype": "fp8"}}))
+
+
+def test_missing_required(tmp_path):
+    with pytest.raises(ConfigError, match="missing required key 'model.source'"):
+        load_config(write(tmp_path, {"profile": {"name": "t"}, "model": {}}))
+
+
+def test_hub_needs_pinned_revision(tmp_path):
+    with pytest.raises(ConfigError, match="pinned revision"):
+        load_config(write(tmp_path, {**BASE, "model": {"source": "hub", "hub_id": "x/y"}}))
+
+
+def test_unknown_profile_lists_known():
+    with pytest.raises(ConfigError) as e:
+        load_config("no-such-profile")
+    assert "default" in str(e.value) and "smoke" in str(e.value)
+
+
+def test_overrides_typed_and_hashed():
+    a = load_config("smoke")
+    b = load_config("smoke", ["profile.seed=3", "model.dtype=float16"])
+    assert b.profile.seed == 3 and b.model.dtype == "float16"
+    assert a.config_hash != b.config_hash
+    # Sections a stage does not read do not change its hash.
+    assert a.section_hash("data") == b.section_hash("data")
+    with pytest.raises(ConfigError, match="profile.seed"):
+        load_config("smoke", ["profile.seed=abc"])
+    with pytest.raises(ConfigError, match="unknown key 'model.nope'"):
+        load_config("smoke", ["model.nope=1"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config("smoke", ["nonsense"])
+
+
+def test_overrides_do_not_mutate_input():
+    raw = {"a": {"b": 1}}
+    out = apply_overrides(raw, ["a.b=2", "a.c.d=x"])
+    assert raw == {"a": {"b": 1}} and out == {"a": {"b": 2, "c": {"d": "x"}}}
+
+
+def test_hash_is_stable_across_loads():
+    assert load_config("default").config_hash == load_config("default").config_hash
+
+
+def test_float_accepts_yaml_exponent_strings(tmp_path):
+    # PyYAML reads 1e-4 (no dot) as a string; floats accept numeric strings, ints do not.
+    from dataclasses import dataclass
+
+    from bench.config import _coerce
+
+    assert _coerce("1e-4", float, "k", "w") == 1e-4
+    with pytest.raises(ConfigError):
+        _coerce("1e-4", int, "k", "w")
+
+
+def test_configs_dir_is_in_repo():
+    assert (REPO_ROOT / "configs" / "default.yaml").exists()
