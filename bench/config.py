@@ -108,12 +108,67 @@ class DataSection:
 
 
 @dataclass
+class LoraSection:
+    """peft LoRA settings (used when ``trainable: lora``)."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class TrainSection:
+    """Optimisation settings shared by every trained stage (each stage section extends it)."""
+
+    learning_rate: float = 1e-4
+    epochs: float = 1.0
+    max_steps: int = -1  # -1: run `epochs` epochs
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 256  # tokens, prompt + response; longer rows are an error or a counted skip
+    # Which parameters train: all, LoRA adapters, or only the top `top_layers` blocks (+ final norm
+    # and head). The CPU default trains few parameters so a stage takes minutes.
+    trainable: Literal["full", "lora", "top_layers"] = "top_layers"
+    top_layers: int = 4
+    lora: LoraSection = field(default_factory=LoraSection)
+    fp16: bool = False
+    deepspeed: str | None = None  # path of a DeepSpeed JSON (configs/deepspeed/...), GPU profiles
+    gradient_checkpointing: bool = False
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    save_steps: int = 50  # checkpoint interval; an interrupted run resumes from the last one
+    logging_steps: int = 10
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("batch_size and grad_accum must be >= 1")
+        if self.trainable == "top_layers" and self.top_layers < 1:
+            raise ConfigError("top_layers must be >= 1 when trainable is top_layers")
+
+
+@dataclass
+class ScoreModelSection(TrainSection):
+    """Reward model (Bradley-Terry on ``better_response_id``) or cost model settings."""
+
+    # >0 keeps only the first N transformer blocks of the policy as the score model's backbone.
+    # A score model needs far less depth than generation; on CPU this makes the stage 3-4x faster.
+    backbone_layers: int = 0
+    # Weight of Safe RLHF's sign term (cost model only): pushes unsafe responses above zero cost.
+    sign_weight: float = 1.0
+
+
+@dataclass
 class ProfileConfig:
     """A whole resolved profile. Stage sections are added here as the stages are built."""
 
     profile: ProfileSection
     model: ModelSection
     data: DataSection = field(default_factory=DataSection)
+    reward: ScoreModelSection | None = None
+    cost: ScoreModelSection | None = None
     source_file: str = field(default="", metadata={"internal": True})
 
     def section_hash(self, *names: str) -> str:
@@ -128,6 +183,14 @@ class ProfileConfig:
     @property
     def config_hash(self) -> str:
         return self.section_hash()
+
+    def require(self, section: str):
+        """The stage's section, or a clear error when the profile does not configure that stage."""
+        value = getattr(self, section)
+        if value is None:
+            raise ConfigError(f"{self.source_file}: profile '{self.profile.name}' has no '{section}' section, "
+                              f"so stage '{section}' cannot run")
+        return value
 
 
 # --------------------------------------------------------------------------- strict loading
@@ -159,7 +222,13 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             raise bad
         return value
     if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: keep X's precise message (e.g. an unknown nested key)
+            return _coerce(value, options[0], key, where)
+        for arg in options:
             try:
                 return _coerce(value, arg, key, where)
             except ConfigError:

@@ -111,3 +111,14 @@ def test_float_accepts_yaml_exponent_strings(tmp_path):
 
 def test_configs_dir_is_in_repo():
     assert (REPO_ROOT / "configs" / "default.yaml").exists()
+
+
+def test_optional_stage_section_keeps_precise_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'reward.lr'"):
+        load_config(write(tmp_path, {**BASE, "reward": {"lr": 1.0}}))
+    with pytest.raises(ConfigError, match="learning_rate must be > 0"):
+        load_config(write(tmp_path, {**BASE, "reward": {"learning_rate": 0}}))
+    cfg = load_config(write(tmp_path, {**BASE, "reward": {"top_layers": 2, "lora": {"r": 4}}}))
+    assert cfg.reward.top_layers == 2 and cfg.reward.lora.r == 4 and cfg.cost is None
+    with pytest.raises(ConfigError, match="has no 'cost' section"):
+        cfg.require("cost")

@@ -1,0 +1,63 @@
+"""Preference metrics on hand-made log-probs, and the scorer against a manual forward pass."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bench.eval.logprobs import PairLogprobs, encode_pair, score_pairs
+from bench.eval.preference import preference_metrics
+
+
+def test_metrics_on_hand_made_logprobs():
+    pi = PairLogprobs(chosen=[-10.0, -20.0, -5.0], rejected=[-12.0, -15.0, -9.0],
+                      chosen_tokens=[5, 10, 5], rejected_tokens=[4, 5, 3])
+    ref = PairLogprobs(chosen=[-11.0, -18.0, -5.0], rejected=[-11.0, -16.0, -8.0],
+                       chosen_tokens=[5, 10, 5], rejected_tokens=[4, 5, 3])
+    m = preference_metrics(pi, ref)
+    assert m["pref_acc_raw"]["value"] == pytest.approx(2 / 3) and m["pref_acc_raw"]["n"] == 3
+    # implicit margins: (1) - (-1) = 2 > 0; (-2) - (1) = -3; (0) - (-1) = 1 > 0
+    assert m["pref_acc_implicit"]["value"] == pytest.approx(2 / 3)
+    assert m["logp_margin_sum"]["value"] == pytest.approx((2 - 5 + 4) / 3)
+    per_tok = [(-10 / 5) - (-12 / 4), (-20 / 10) - (-15 / 5), (-5 / 5) - (-9 / 3)]
+    assert m["logp_margin_per_token"]["value"] == pytest.approx(sum(per_tok) / 3)
+    assert m["chosen_shift"]["value"] == pytest.approx((1 - 2 + 0) / 3)
+    assert m["rejected_shift"]["value"] == pytest.approx((-1 + 1 - 1) / 3)
+    assert 0 <= m["pref_acc_raw"]["ci_low"] < 2 / 3 < m["pref_acc_raw"]["ci_high"] <= 1
+
+
+def test_metrics_without_reference_and_mismatch():
+    pi = PairLogprobs([-1.0], [-2.0], [1], [1])
+    m = preference_metrics(pi, None)
+    assert "pref_acc_implicit" not in m and m["pref_acc_raw"]["value"] == 1.0
+    with pytest.raises(ValueError, match="cover 2 pairs"):
+        preference_metrics(pi, PairLogprobs([-1.0, 0.0], [-2.0, 0.0], [1, 1], [1, 1]))
+
+
+PAIRS = [
+    {"prompt": "How do I boil an egg?", "chosen": "Put it in boiling water for 9 minutes.", "rejected": "No."},
+    {"prompt": "Say hi", "chosen": "Hi there!", "rejected": "I cannot help with that request, sorry about it."},
+    {"prompt": "A much longer prompt about the history of the Roman empire and its roads", "chosen": "Roads.",
+     "rejected": "They built many roads across Europe."},
+]
+
+
+def test_scorer_matches_manual_forward(smoke_base):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(smoke_base)
+    tok = AutoTokenizer.from_pretrained(smoke_base)
+    got = score_pairs(model, tok, PAIRS, None, batch_size=4)
+    for i, pair in enumerate(PAIRS):
+        c_ids, r_ids, plen = encode_pair(tok, pair, None, 512)
+        for ids, expected_sum, expected_n in ((c_ids, got.chosen[i], got.chosen_tokens[i]),
+                                              (r_ids, got.rejected[i], got.rejected_tokens[i])):
+            with torch.no_grad():
+                logits = model(torch.tensor([ids])).logits[0]
+            logp = torch.log_softmax(logits.float(), -1)
+            manual = sum(logp[t - 1, ids[t]].item() for t in range(plen, len(ids)))
+            assert expected_n == len(ids) - plen
+            assert expected_sum == pytest.approx(manual, abs=1e-3)
+    assert all(math.isfinite(x) for x in got.chosen + got.rejected)
