@@ -161,6 +161,105 @@ class ScoreModelSection(TrainSection):
 
 
 @dataclass
+class DPOVariant:
+    """One DPO-family variant, mapped onto TRL's DPOConfig (loss_type list, f-divergence)."""
+
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])  # TRL names: sigmoid, ipo, sft, ...
+    loss_weights: list[float] | None = None
+    f_divergence: Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"] = "reverse_kl"
+    beta: float | None = None  # None: the section's beta
+
+
+@dataclass
+class DPOSection(TrainSection):
+    """DPO family (TRL DPOTrainer). Variant names become the run/record names."""
+
+    variants: dict[str, DPOVariant] = field(default_factory=lambda: {"dpo": DPOVariant()})
+    beta: float = 0.1
+    # How PKU labels form pairs: "safer_then_better" = the safe response is chosen when exactly
+    # one is safe, otherwise the better one; "better" / "safer" use one label only.
+    pairs: Literal["safer_then_better", "better", "safer"] = "safer_then_better"
+    # Reference log-probs computed once before training (the reference is frozen).
+    precompute_ref: bool = True
+    policy_init: Literal["base", "sft"] = "base"
+    keep_checkpoints: int = 0  # intermediate checkpoints kept along the run (0: final only)
+
+
+@dataclass
+class PPOVariant:
+    """One PPO-family variant: the per-token regulariser and whether the Lagrangian cost term is on."""
+
+    regulariser: Literal["kl", "none", "js"] = "kl"
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    coef: float | None = None  # None: the section's kl_coef (kl) or js_coef (js)
+    lagrangian: bool = False
+
+
+@dataclass
+class PPOSection(TrainSection):
+    """Our PPO loop (TRL 1.16 has none): rollouts, RM/CM scoring, GAE, clipped losses, PPO-Lagrangian."""
+
+    variants: dict[str, PPOVariant] = field(default_factory=lambda: {"ppo-kl": PPOVariant()})
+    policy_init: Literal["base", "sft"] = "base"
+    rollout_prompts: int = 16  # prompts per PPO step (one rollout batch)
+    ppo_epochs: int = 2  # optimisation passes over each rollout batch
+    mini_batch_size: int = 8
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    kl_coef: float = 0.05
+    js_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_eps: float = 0.2
+    value_clip_eps: float = 0.2
+    vf_coef: float = 0.1
+    critic_learning_rate: float = 1e-4
+    reward_clip: float = 5.0
+    normalize_rewards: bool = True
+    # Score given to responses cut at max_new_tokens without EOS (None: score them as they are).
+    truncated_penalty: float | None = None
+    # PPO-Lagrangian (Safe RLHF): lambda = exp(log_lambda), ascent on (mean episode cost - threshold).
+    cost_threshold: float = 0.0
+    lambda_init: float = 1.0
+    lambda_lr: float = 0.05
+    lambda_max: float = 10.0
+    keep_checkpoints: int = 0
+
+
+@dataclass
+class SteerSection:
+    """Refusal-direction extraction, selection and the steered variants."""
+
+    # Groups for the difference of means: "behaviour" = prompts the model refuses vs complies with
+    # (judged by the refusal detector on its greedy answers); "label" = harmful vs benign labels.
+    grouping: Literal["behaviour", "label"] = "behaviour"
+    min_group: int = 8  # fewer refusals than this: say so in the record and fall back to "label"
+    n_train: int = 64  # prompts per group for extraction
+    n_val: int = 32  # prompts per group for layer/position selection
+    positions: int = 5  # last prompt positions considered (the tokens after the user message)
+    skip_last_layers: int = 2  # late layers are not candidates (their directions mostly affect output tokens)
+    add_alpha: float = 1.0  # steer-add: alpha in units of the direction's norm at the chosen layer
+    max_new_tokens: int = 48
+    batch_size: int = 16
+
+
+@dataclass
+class EvalSection:
+    """The battery: refusal, over-refusal, preference accuracy and margins, helpfulness."""
+
+    max_new_tokens: int = 64
+    batch_size: int = 16
+    score_batch_size: int = 8
+    max_length: int = 384
+    n_harmful: int = 0  # caps on evaluated prompts/pairs (0: all of the split)
+    n_benign: int = 0
+    n_borderline: int = 0
+    n_pairs: int = 0
+    lm_eval_tasks: list[str] = field(default_factory=list)
+    lm_eval_limit: int = 0
+
+
+@dataclass
 class ProfileConfig:
     """A whole resolved profile. Stage sections are added here as the stages are built."""
 
@@ -169,6 +268,10 @@ class ProfileConfig:
     data: DataSection = field(default_factory=DataSection)
     reward: ScoreModelSection | None = None
     cost: ScoreModelSection | None = None
+    dpo: DPOSection | None = None
+    ppo: PPOSection | None = None
+    steer: SteerSection | None = None
+    eval: EvalSection = field(default_factory=EvalSection)
     source_file: str = field(default="", metadata={"internal": True})
 
     def section_hash(self, *names: str) -> str:
