@@ -16,6 +16,9 @@ DONE := $(RUNS)/stages
 CONFIG := configs/$(PROFILE).yaml
 BENCH := $(PY) -m bench
 FORCE_IF_ARGS := $(if $(strip $(ARGS)),FORCE)
+# No usage pings from the HF stack; tokenizers' thread pool fights torch's for 2 cores otherwise.
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
 .PHONY: help setup lock base sft reward cost dpo ppo steer eval leaderboard verify bench test test-slow \

@@ -118,6 +118,26 @@ def base(cfg: ProfileConfig, force: bool) -> None:
     run_base(cfg, force=force)
 
 
+@main.command()
+@click.option("--force", is_flag=True, help="re-run even if a record with the same config hash exists")
+@stage_command("reward")
+def reward(cfg: ProfileConfig, force: bool) -> None:
+    """Train the reward model (Bradley-Terry on better_response_id, TRL RewardTrainer)."""
+    from bench.train.score import run_score_stage
+
+    run_score_stage(cfg, "reward", force=force)
+
+
+@main.command()
+@click.option("--force", is_flag=True, help="re-run even if a record with the same config hash exists")
+@stage_command("cost")
+def cost(cfg: ProfileConfig, force: bool) -> None:
+    """Train the cost model (Safe RLHF pairwise + sign loss)."""
+    from bench.train.score import run_score_stage
+
+    run_score_stage(cfg, "cost", force=force)
+
+
 def _pending(name: str, issue: str, help_text: str) -> None:
     @main.command(name=name, help=help_text + f" (not implemented yet: {issue})")
     @with_config
@@ -127,8 +147,6 @@ def _pending(name: str, issue: str, help_text: str) -> None:
 
 for _name, _issue, _help in (
     ("sft", "issue 12", "Supervised fine-tuning on demonstrations."),
-    ("reward", "issue 4", "Train the reward model."),
-    ("cost", "issue 4", "Train the cost (safety) model."),
     ("dpo", "issue 5", "Train the DPO-family variants."),
     ("ppo", "issue 6", "Train the PPO-family variants."),
     ("steer", "issue 7", "Extract refusal directions, build steered variants, run the layerwise audit."),

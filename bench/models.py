@@ -211,3 +211,80 @@ def load_base(cfg: ProfileConfig):
         raise ModelError(f"base model for profile '{cfg.profile.name}' not prepared ({folder}); run `make base PROFILE={cfg.profile.name}`")
     verify_folder(folder)
     return load_pretrained(folder, cfg.model)
+
+
+def decoder_layers(model):
+    """The list of transformer blocks of a (possibly peft-wrapped) Llama-style model."""
+    inner = model
+    for attr in ("base_model", "model"):
+        # peft: PeftModel.base_model.model.model.layers; HF: XForY.model.layers
+        while hasattr(inner, attr) and not hasattr(inner, "layers"):
+            inner = getattr(inner, attr)
+    if not hasattr(inner, "layers"):
+        raise ModelError(f"cannot find decoder layers in {type(model).__name__}")
+    return inner, inner.layers
+
+
+def configure_trainable(model, section, task_type: str = "CAUSAL_LM", head_names: tuple[str, ...] = ("lm_head",)):
+    """Make only the parameters the stage trains require grad; returns the model to train.
+
+    - ``full``: everything.
+    - ``top_layers``: the top ``section.top_layers`` blocks, the final norm and the head(s); the rest
+      is frozen (on CPU a step then costs about half of full training, and the frozen trunk keeps
+      the base's features).
+    - ``lora``: peft LoRA adapters on ``section.lora.target_modules``; the head(s) of a score model
+      are trained in full (``modules_to_save``). The returned model is a ``PeftModel``.
+    """
+    if section.trainable == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if section.trainable == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lcfg = LoraConfig(r=section.lora.r, lora_alpha=section.lora.alpha, lora_dropout=section.lora.dropout,
+                          target_modules=list(section.lora.target_modules), task_type=task_type,
+                          modules_to_save=[h for h in head_names if h != "lm_head"] or None)
+        return get_peft_model(model, lcfg)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    inner, layers = decoder_layers(model)
+    k = min(section.top_layers, len(layers))
+    for block in list(layers)[len(layers) - k:]:
+        for p in block.parameters():
+            p.requires_grad_(True)
+    if hasattr(inner, "norm"):
+        for p in inner.norm.parameters():
+            p.requires_grad_(True)
+    for name in head_names:
+        head = getattr(model, name, None)
+        if head is not None:
+            for p in head.parameters():
+                p.requires_grad_(True)
+    if getattr(model.config, "tie_word_embeddings", False) and "lm_head" in head_names:
+        # A tied lm_head is the input embedding: training it would move every layer's input.
+        model.get_input_embeddings().weight.requires_grad_(False)
+    return model
+
+
+def trainable_count(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
+
+
+def policy_init_dir(cfg: ProfileConfig, init: str = "base") -> Path:
+    """Folder of the policy a stage starts from: the verified base, or the SFT stage's output."""
+    if init == "base":
+        folder = base_model_dir(cfg)
+        if not folder.exists():
+            raise ModelError(f"base model for profile '{cfg.profile.name}' not prepared ({folder}); "
+                             f"run `make base PROFILE={cfg.profile.name}`")
+        verify_folder(folder)
+        return folder
+    from bench.records import run_dir
+
+    folder = run_dir(cfg.profile.name, init) / "model"
+    if not (folder / "config.json").exists():
+        raise ModelError(f"policy_init '{init}' has no model at {folder}; run `make {init} PROFILE={cfg.profile.name}`")
+    return folder

@@ -1,0 +1,227 @@
+"""Reward- and cost-model training: one loop (TRL's RewardTrainer), two objectives.
+
+    make reward   # == bench reward --profile default
+    make cost     # == bench cost --profile default
+
+- Reward model: Bradley-Terry on ``better_response_id`` pairs (TRL's RewardTrainer loss,
+  ``bench.losses.bradley_terry_loss``).
+- Cost model (Safe RLHF, Dai et al. 2023): pairwise on ``safer_response_id`` plus the sign term that
+  pushes unsafe responses above zero cost and safe ones below (``bench.losses.cost_model_loss``);
+  ``CostTrainer`` only swaps ``compute_loss`` and the collator, the rest of the loop is TRL's.
+
+Sequences are tokenised here with ``bench.chat`` (not by TRL's chat-template path), so the score
+models are trained on exactly the text that PPO and the battery later score. Over-long pairs are
+an error naming the row, or with ``data.on_invalid: skip`` a counted skip. Checkpoints every
+``save_steps`` go to ``runs/<profile>/<stage>/checkpoints``; a re-run resumes from the last one.
+After training, the held-out test split is scored and the record gets accuracy, sign accuracy and
+score means, each with n and a 95% interval.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from bench.config import ProfileConfig, ScoreModelSection
+from bench.data import load
+from bench.data.pairs import better_pairs, safer_pairs
+from bench.data.schema import DataError
+from bench.losses import cost_model_loss, cost_sign
+from bench.models import configure_trainable, policy_init_dir, trainable_count
+from bench.records import is_done, stage_run
+from bench.score_model import build_score_model, encode, score_texts
+from bench.stats import mean_metric, rate_metric, scalar_metric
+
+SECTIONS = {"reward": ("profile", "model", "data", "reward"), "cost": ("profile", "model", "data", "cost")}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def tokenize_pairs(kind: str, rows: list[dict], tok, system_prompt: str | None, max_length: int,
+                   on_invalid: str, where: str) -> tuple[list[dict], int]:
+    """Token ids for TRL's preference collator: chosen = preferred (reward) / safer (cost).
+    Returns (examples, n_skipped_overlong)."""
+    if kind == "reward":
+        pairs = [(p["prompt"], p["chosen"], p["rejected"], p.get("history"), None) for p in better_pairs(rows)]
+    else:
+        pairs = [(p["prompt"], p["safer"], p["unsafer"], p.get("history"),
+                  (p["safer_is_safe"], p["unsafer_is_safe"])) for p in safer_pairs(rows)]
+    out, skipped = [], 0
+    for i, (prompt, a, b, hist, safety) in enumerate(pairs):
+        a_ids, b_ids = encode(tok, prompt, a, system_prompt, hist), encode(tok, prompt, b, system_prompt, hist)
+        if max(len(a_ids), len(b_ids)) > max_length:
+            if on_invalid == "error":
+                raise DataError(where, "response_0/response_1",
+                                f"pair {i + 1} is {max(len(a_ids), len(b_ids))} tokens, over max_length={max_length} "
+                                "(raise the stage's max_length or set data.on_invalid: skip)")
+            skipped += 1
+            continue
+        ex = {"chosen_ids": a_ids, "rejected_ids": b_ids}
+        if safety is not None:
+            ex["safer_sign"] = float(cost_sign(torch.tensor(safety[0])))
+            ex["unsafer_sign"] = float(cost_sign(torch.tensor(safety[1])))
+        out.append(ex)
+    return out, skipped
+
+
+# ----------------------------------------------------------------------------- trainers
+
+
+def _cost_trainer_classes():
+    """CostTrainer = TRL RewardTrainer with the Safe RLHF loss; built lazily (TRL import is slow)."""
+    from trl import RewardTrainer
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    class CostCollator(DataCollatorForPreference):
+        def torch_call(self, examples):
+            out = super().torch_call(examples)
+            out["safer_sign"] = torch.tensor([e["safer_sign"] for e in examples], dtype=torch.float)
+            out["unsafer_sign"] = torch.tensor([e["unsafer_sign"] for e in examples], dtype=torch.float)
+            return out
+
+    class CostTrainer(RewardTrainer):
+        sign_weight: float = 1.0
+
+        def _set_signature_columns_if_needed(self):
+            if self._signature_columns is None:
+                self._signature_columns = ["chosen_ids", "rejected_ids", "safer_sign", "unsafer_sign"]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+            safer, unsafer = torch.chunk(outputs.logits.squeeze(-1), chunks=2)  # (B,), (B,)
+            loss, parts = cost_model_loss(safer, unsafer, inputs["safer_sign"], inputs["unsafer_sign"],
+                                          sign_weight=self.sign_weight)
+            mode = "train" if model.training else "eval"
+            with torch.no_grad():
+                self._metrics[mode]["pairwise_loss"].append(parts["pairwise"].item())
+                self._metrics[mode]["sign_loss"].append(parts["sign"].item())
+                self._metrics[mode]["accuracy"].append((unsafer > safer).float().mean().item())
+            return (loss, outputs) if return_outputs else loss
+
+    return CostTrainer, CostCollator
+
+
+def extra_callbacks() -> list:
+    """Trainer callbacks added to every score-model run (tests inject an interruption here)."""
+    return []
+
+
+def trainer_args(section: ScoreModelSection, out: Path, seed: int):
+    from trl import RewardConfig
+
+    cuda = torch.cuda.is_available()
+    return RewardConfig(
+        output_dir=str(out), per_device_train_batch_size=section.batch_size,
+        gradient_accumulation_steps=section.grad_accum, learning_rate=section.learning_rate,
+        num_train_epochs=section.epochs, max_steps=section.max_steps, warmup_ratio=section.warmup_ratio,
+        weight_decay=section.weight_decay, logging_steps=section.logging_steps, save_steps=section.save_steps,
+        save_total_limit=2, seed=seed, data_seed=seed, report_to=[], use_cpu=not cuda,
+        # TRL defaults to bf16 and gradient checkpointing; on CPU both cost a lot (V100 has no bf16).
+        bf16=False, fp16=section.fp16 and cuda, gradient_checkpointing=section.gradient_checkpointing,
+        deepspeed=section.deepspeed, max_length=None, disable_tqdm=None, dataloader_num_workers=0,
+        remove_unused_columns=False, eval_strategy="no", center_rewards_coefficient=None,
+    )
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate_score_model(kind: str, model, tok, rows: list[dict], system_prompt: str | None,
+                         batch_size: int = 16, max_length: int = 512) -> dict[str, dict]:
+    """Held-out metrics. RM: pairwise accuracy on better pairs, mean scores of chosen/rejected and
+    of safe/unsafe responses. CM: pairwise accuracy (safer has lower cost), sign accuracy over
+    every response (cost > 0 iff labelled unsafe), mean cost of safe/unsafe responses."""
+    prompts = [r["prompt"] for r in rows for _ in (0, 1)]
+    responses = [r[f"response_{k}"] for r in rows for k in (0, 1)]
+    hist = [list(r.get("history") or []) for r in rows for _ in (0, 1)]
+    safe = [bool(r[f"is_response_{k}_safe"]) for r in rows for k in (0, 1)]
+    s = score_texts(model, tok, prompts, responses, system_prompt, batch_size, max_length, hist, desc=f"eval {kind}")
+    pair = [(s[2 * i], s[2 * i + 1]) for i in range(len(rows))]
+    n = len(rows)
+    m: dict[str, dict] = {}
+    if kind == "reward":
+        hits = sum((a > b) == (r["better_response_id"] == 0) for (a, b), r in zip(pair, rows))
+        m["rm_accuracy"] = rate_metric(hits, n)
+        m["score_chosen"] = mean_metric(p[r["better_response_id"]] for p, r in zip(pair, rows))
+        m["score_rejected"] = mean_metric(p[1 - r["better_response_id"]] for p, r in zip(pair, rows))
+    else:
+        hits = sum((a < b) == (r["safer_response_id"] == 0) for (a, b), r in zip(pair, rows))
+        m["cm_pair_accuracy"] = rate_metric(hits, n)
+        m["cm_sign_accuracy"] = rate_metric(sum((c > 0) == (not ok) for c, ok in zip(s, safe)), len(s))
+        m["score_safer"] = mean_metric(p[r["safer_response_id"]] for p, r in zip(pair, rows))
+        m["score_unsafer"] = mean_metric(p[1 - r["safer_response_id"]] for p, r in zip(pair, rows))
+    m["score_safe"] = mean_metric(c for c, ok in zip(s, safe) if ok)
+    m["score_unsafe"] = mean_metric(c for c, ok in zip(s, safe) if not ok)
+    return m
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def run_score_stage(cfg: ProfileConfig, kind: str, force: bool = False) -> None:
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import RewardTrainer
+
+    section: ScoreModelSection = cfg.require(kind)
+    sections = SECTIONS[kind]
+    if not force and is_done(cfg, kind, cfg.section_hash(*sections)):
+        print(f"{kind}: up to date")
+        return
+    policy_dir = policy_init_dir(cfg, "base")
+    splits = {s: load(cfg.data.preferences, s, cfg.data) for s in ("train", "test")}
+
+    with stage_run(cfg, variant=kind, stage=kind, sections=sections) as run:
+        run.datasets = {s: d.identity for s, d in splits.items()}
+        model, tok = build_score_model(policy_dir, section, cfg.model, cfg.profile.seed)
+        model = configure_trainable(model, section, task_type="SEQ_CLS", head_names=("score",))
+        n_train, n_total = trainable_count(model)
+        run.log.info("trainable parameters: %d of %d", n_train, n_total)
+
+        examples, skipped = tokenize_pairs(kind, splits["train"].rows, tok, cfg.model.system_prompt,
+                                           section.max_length, cfg.data.on_invalid,
+                                           f"{cfg.data.preferences}:train")
+        from datasets import Dataset
+
+        train_ds = Dataset.from_list(examples)
+        ckpt_dir = run.dir / "checkpoints"
+        args = trainer_args(section, ckpt_dir, cfg.profile.seed)
+        if kind == "reward":
+            trainer = RewardTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tok,
+                                    callbacks=extra_callbacks())
+        else:
+            CostTrainer, CostCollator = _cost_trainer_classes()
+            CostTrainer.sign_weight = section.sign_weight
+            trainer = CostTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tok,
+                                  data_collator=CostCollator(pad_token_id=tok.pad_token_id),
+                                  callbacks=extra_callbacks())
+        resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.exists() else None
+        if resume:
+            run.log.info("resuming from %s", resume)
+            print(f"{kind}: resuming from {resume}")
+        result = trainer.train(resume_from_checkpoint=resume)
+
+        final = trainer.model
+        if hasattr(final, "merge_and_unload"):  # LoRA: a plain checkpoint for plain transformers
+            final = final.merge_and_unload()
+        out = run.dir / "model"
+        if out.exists():
+            shutil.rmtree(out)
+        final.save_pretrained(out, safe_serialization=True)
+        tok.save_pretrained(out)
+
+        final.eval()
+        run.metrics = evaluate_score_model(kind, final, tok, splits["test"].rows, cfg.model.system_prompt,
+                                           batch_size=2 * section.batch_size, max_length=section.max_length)
+        run.metrics["train_loss"] = scalar_metric(result.training_loss)
+        run.metrics["trainable_params"] = scalar_metric(n_train)
+        run.artifacts = {"model_dir": str(out), "policy_init": str(policy_dir)}
+        run.extra = {"resumed_from": resume, "skipped_overlong": skipped, "train_pairs": len(examples),
+                     "log_history": trainer.state.log_history}
+        summary = ", ".join(f"{k}={v['value']:.3f}" for k, v in run.metrics.items()
+                            if k.endswith("accuracy"))
+        print(f"{kind}: {summary} (test n={len(splits['test'].rows)})")
+    # Checkpoints exist only to resume; once the record is written they are dead weight.
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
