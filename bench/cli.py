@@ -138,6 +138,16 @@ def cost(cfg: ProfileConfig, force: bool) -> None:
     run_score_stage(cfg, "cost", force=force)
 
 
+@main.command()
+@click.option("--force", is_flag=True, help="re-run even if a record with the same config hash exists")
+@stage_command("dpo")
+def dpo(cfg: ProfileConfig, force: bool) -> None:
+    """Train the DPO-family variants (TRL DPOTrainer): dpo, ipo, dpo-js, ..."""
+    from bench.train.dpo import run_dpo
+
+    run_dpo(cfg, force=force)
+
+
 def _pending(name: str, issue: str, help_text: str) -> None:
     @main.command(name=name, help=help_text + f" (not implemented yet: {issue})")
     @with_config
@@ -147,7 +157,6 @@ def _pending(name: str, issue: str, help_text: str) -> None:
 
 for _name, _issue, _help in (
     ("sft", "issue 12", "Supervised fine-tuning on demonstrations."),
-    ("dpo", "issue 5", "Train the DPO-family variants."),
     ("ppo", "issue 6", "Train the PPO-family variants."),
     ("steer", "issue 7", "Extract refusal directions, build steered variants, run the layerwise audit."),
     ("eval", "issue 8", "Score every variant of the profile with the battery."),

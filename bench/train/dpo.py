@@ -1,0 +1,155 @@
+"""DPO family with TRL's DPOTrainer: `make dpo`.
+
+    make dpo                          # == bench dpo --profile default
+    make dpo ARGS="dpo.beta=0.05"
+
+Each entry of ``dpo.variants`` is one run and one record, named after the entry (``dpo``, ``ipo``,
+``dpo-js``, ...). A variant maps onto TRL's DPOConfig:
+
+- ``dpo``:    loss_type [sigmoid]  (Rafailov et al. 2023, eq. 7)
+- ``ipo``:    loss_type [ipo]      (Azar et al. 2023; beta is IPO's regularisation tau)
+- ``dpo-js``: loss_type [sigmoid], f_divergence js_divergence  (Wang et al. 2023, f-DPO)
+- ``dpo-sft``: loss_type [sigmoid, sft] with loss_weights: DPO plus an NLL term on the chosen
+  response (RPO), which keeps the chosen log-probability from falling with the rejected one.
+
+Pairs come from PKU labels through ``bench.data.pairs.dpo_pairs`` under ``dpo.pairs`` (default
+``safer_then_better``: the safe response is chosen when exactly one is safe, else the better one).
+Prompts are formatted by ``bench.chat`` so training and evaluation see the same text.
+
+Reference log-probabilities are computed once before training (``precompute_ref``: the reference
+is frozen, so recomputing it every step would double the forward cost). Under LoRA the reference
+is the base with adapters disabled. The saved checkpoint is plain: LoRA is merged before saving.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import torch
+
+from bench import chat
+from bench.config import DPOSection, DPOVariant, ProfileConfig
+from bench.data import load
+from bench.data.pairs import dpo_pairs
+from bench.data.schema import DataError
+from bench.models import configure_trainable, policy_init_dir, torch_dtype, trainable_count
+from bench.records import is_done, stage_run
+from bench.stats import scalar_metric
+
+SECTIONS = ("profile", "model", "data", "dpo")
+# TRL log keys kept in the record (last logged value and the whole series).
+TRAIN_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected",
+              "logps/chosen", "logps/rejected")
+
+
+def build_pairs(cfg: ProfileConfig, section: DPOSection, rows: list[dict], tok, where: str) -> tuple[list[dict], int]:
+    """Text triples for TRL (prompt already chat-formatted); over-long pairs are an error naming
+    the pair or, with ``data.on_invalid: skip``, a counted skip."""
+    out, skipped = [], 0
+    for i, p in enumerate(dpo_pairs(rows, section.pairs)):
+        prompt = chat.format_prompt(tok, p["prompt"], cfg.model.system_prompt, p.get("history"))
+        n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+        n_resp = max(len(tok(chat.format_response(tok, p[k]), add_special_tokens=False)["input_ids"])
+                     for k in ("chosen", "rejected"))
+        if n_prompt + n_resp > section.max_length:
+            if cfg.data.on_invalid == "error":
+                raise DataError(where, "chosen/rejected",
+                                f"pair {i + 1} is {n_prompt + n_resp} tokens, over dpo.max_length={section.max_length} "
+                                "(raise it or set data.on_invalid: skip)")
+            skipped += 1
+            continue
+        out.append({"prompt": prompt, "chosen": p["chosen"], "rejected": p["rejected"]})
+    return out, skipped
+
+
+def extra_callbacks() -> list:
+    """Trainer callbacks added to every DPO run (tests inject an interruption here)."""
+    return []
+
+
+def dpo_args(section: DPOSection, variant: DPOVariant, out, seed: int):
+    from trl import DPOConfig
+
+    cuda = torch.cuda.is_available()
+    return DPOConfig(
+        output_dir=str(out), beta=variant.beta if variant.beta is not None else section.beta,
+        loss_type=list(variant.loss_type), loss_weights=variant.loss_weights,
+        f_divergence_type=variant.f_divergence, precompute_ref_log_probs=section.precompute_ref,
+        max_length=section.max_length, per_device_train_batch_size=section.batch_size,
+        gradient_accumulation_steps=section.grad_accum, learning_rate=section.learning_rate,
+        num_train_epochs=section.epochs, max_steps=section.max_steps, warmup_ratio=section.warmup_ratio,
+        weight_decay=section.weight_decay, logging_steps=section.logging_steps, save_steps=section.save_steps,
+        save_total_limit=2, seed=seed, data_seed=seed, report_to=[], use_cpu=not cuda,
+        # TRL defaults to bf16 + gradient checkpointing: ten times slower on CPU, and V100 has no bf16.
+        bf16=False, fp16=section.fp16 and cuda, gradient_checkpointing=section.gradient_checkpointing,
+        deepspeed=section.deepspeed, dataloader_num_workers=0, eval_strategy="no", disable_tqdm=None,
+    )
+
+
+def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: bool = False) -> None:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import DPOTrainer
+
+    section: DPOSection = cfg.require("dpo")
+    if not force and is_done(cfg, name, cfg.section_hash(*SECTIONS)):
+        print(f"{name}: up to date")
+        return
+    policy_dir = policy_init_dir(cfg, section.policy_init)
+    train = load(cfg.data.preferences, "train", cfg.data)
+
+    with stage_run(cfg, variant=name, stage="dpo", sections=SECTIONS) as run:
+        run.datasets = {"train": train.identity}
+        tok = AutoTokenizer.from_pretrained(policy_dir)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        model = AutoModelForCausalLM.from_pretrained(
+            policy_dir, dtype=torch_dtype(cfg.model.dtype), attn_implementation=cfg.model.attn_implementation,
+            use_safetensors=True, trust_remote_code=cfg.model.trust_remote_code)
+        model = configure_trainable(model, section)
+        n_train, n_total = trainable_count(model)
+        run.log.info("variant %s: %s; trainable %d of %d", name, variant, n_train, n_total)
+
+        pairs, skipped = build_pairs(cfg, section, train.rows, tok, f"{cfg.data.preferences}:train")
+        ckpt_dir = run.dir / "checkpoints"
+        trainer = DPOTrainer(model=model, args=dpo_args(section, variant, ckpt_dir, cfg.profile.seed),
+                             train_dataset=Dataset.from_list(pairs), processing_class=tok,
+                             callbacks=extra_callbacks())
+        resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.exists() else None
+        if resume:
+            print(f"{name}: resuming from {resume}")
+        result = trainer.train(resume_from_checkpoint=resume)
+
+        final = trainer.model
+        if hasattr(final, "merge_and_unload"):
+            final = final.merge_and_unload()
+        out = run.dir / "model"
+        if out.exists():
+            shutil.rmtree(out)
+        final.save_pretrained(out, safe_serialization=True)
+        tok.save_pretrained(out)
+
+        history = [h for h in trainer.state.log_history if "loss" in h]
+        run.metrics["train_loss"] = scalar_metric(result.training_loss)
+        run.metrics["trainable_params"] = scalar_metric(n_train)
+        if history:
+            for key in TRAIN_KEYS[1:]:
+                if key in history[-1]:
+                    run.metrics["train_" + key.replace("/", "_")] = scalar_metric(history[-1][key])
+        run.artifacts = {"model_dir": str(out), "policy_init": str(policy_dir)}
+        run.extra = {"variant": {"loss_type": variant.loss_type, "loss_weights": variant.loss_weights,
+                                 "f_divergence": variant.f_divergence,
+                                 "beta": variant.beta if variant.beta is not None else section.beta},
+                     "pairs_policy": section.pairs, "train_pairs": len(pairs), "skipped_overlong": skipped,
+                     "resumed_from": resume,
+                     "series": [{k: h[k] for k in ("step", *TRAIN_KEYS) if k in h} for h in history]}
+        acc = history[-1].get("rewards/accuracies") if history else None
+        print(f"{name}: train loss {result.training_loss:.4f}" + (f", last reward accuracy {acc:.2f}" if acc is not None else ""))
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+
+def run_dpo(cfg: ProfileConfig, force: bool = False) -> None:
+    section: DPOSection = cfg.require("dpo")
+    for name, variant in section.variants.items():
+        train_variant(cfg, name, variant, force=force)
