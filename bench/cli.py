@@ -148,6 +148,16 @@ def dpo(cfg: ProfileConfig, force: bool) -> None:
     run_dpo(cfg, force=force)
 
 
+@main.command()
+@click.option("--force", is_flag=True, help="re-run even if a record with the same config hash exists")
+@stage_command("sft")
+def sft(cfg: ProfileConfig, force: bool) -> None:
+    """Supervised fine-tuning on demonstrations (TRL SFTTrainer); skipped without an sft section."""
+    from bench.train.sft import run_sft
+
+    run_sft(cfg, force=force)
+
+
 def _pending(name: str, issue: str, help_text: str) -> None:
     @main.command(name=name, help=help_text + f" (not implemented yet: {issue})")
     @with_config
@@ -156,7 +166,6 @@ def _pending(name: str, issue: str, help_text: str) -> None:
 
 
 for _name, _issue, _help in (
-    ("sft", "issue 12", "Supervised fine-tuning on demonstrations."),
     ("ppo", "issue 6", "Train the PPO-family variants."),
     ("steer", "issue 7", "Extract refusal directions, build steered variants, run the layerwise audit."),
     ("eval", "issue 8", "Score every variant of the profile with the battery."),

@@ -161,6 +161,16 @@ class ScoreModelSection(TrainSection):
 
 
 @dataclass
+class SFTSection(TrainSection):
+    """Supervised fine-tuning on demonstrations (TRL SFTTrainer, loss on the response only)."""
+
+    # Demonstrations are the chosen responses of the preference pairs under this pairing policy
+    # (see bench.data.pairs.dpo_pairs); with only_safe, responses labelled unsafe are never imitated.
+    pairs: Literal["safer_then_better", "better", "safer"] = "safer_then_better"
+    only_safe: bool = True
+
+
+@dataclass
 class DPOVariant:
     """One DPO-family variant, mapped onto TRL's DPOConfig (loss_type list, f-divergence)."""
 
@@ -266,6 +276,7 @@ class ProfileConfig:
     profile: ProfileSection
     model: ModelSection
     data: DataSection = field(default_factory=DataSection)
+    sft: SFTSection | None = None
     reward: ScoreModelSection | None = None
     cost: ScoreModelSection | None = None
     dpo: DPOSection | None = None

@@ -132,10 +132,14 @@ def mark_stage_done(cfg: ProfileConfig, stage: str) -> Path:
         rec = read_record(rec_path)
         if rec["stage"] == stage:
             variants[rec["variant"]] = rec["config_hash"]
-    if not variants:
+    skipped = getattr(cfg, stage, "present") is None  # the profile does not configure this stage
+    if not variants and not skipped:
         raise RecordError(f"{root}: stage '{stage}' finished but wrote no record")
     path = stage_marker(cfg.profile.name, stage)
-    atomic_write_json(path, {"stage": stage, "profile": cfg.profile.name, "variants": variants})
+    marker = {"stage": stage, "profile": cfg.profile.name, "variants": variants}
+    if skipped:
+        marker["skipped"] = f"profile has no '{stage}' section"
+    atomic_write_json(path, marker)
     return path
 
 

@@ -1,0 +1,114 @@
+"""Supervised fine-tuning on demonstrations with TRL's SFTTrainer: `make sft`.
+
+    make sft     # == bench sft --profile default
+
+Demonstrations are the chosen responses of the training preference pairs (``sft.pairs`` policy;
+with ``only_safe`` a response labelled unsafe is never imitated): on the embedded default that is a
+refusal with a reason for harmful requests and a helpful answer for benign ones, so SFT teaches
+harm-conditioned refusal directly rather than through a contrast (issue 14). Data are
+prompt/completion pairs (prompt formatted by ``bench.chat``), so the loss covers the response only.
+The result is the ``sft`` variant: scored by the battery, and a starting policy for reward, DPO and
+PPO stages when their ``policy_init`` is ``sft``. A profile without an ``sft`` section skips it.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import torch
+
+from bench import chat
+from bench.config import ProfileConfig, SFTSection
+from bench.data import load
+from bench.data.pairs import dpo_pairs
+from bench.data.schema import DataError
+from bench.models import configure_trainable, policy_init_dir, torch_dtype, trainable_count
+from bench.records import is_done, stage_run
+from bench.stats import scalar_metric
+
+SECTIONS = ("profile", "model", "data", "sft")
+
+
+def demonstrations(cfg: ProfileConfig, section: SFTSection, rows: list[dict], tok, where: str) -> tuple[list[dict], int]:
+    out, skipped, seen = [], 0, set()
+    for i, p in enumerate(dpo_pairs(rows, section.pairs)):
+        if section.only_safe and p.get("chosen_is_safe") is False:
+            continue
+        key = (p["prompt"], p["chosen"])
+        if key in seen:  # the same demonstration twice would just double its weight
+            continue
+        seen.add(key)
+        prompt = chat.format_prompt(tok, p["prompt"], cfg.model.system_prompt, p.get("history"))
+        completion = chat.format_response(tok, p["chosen"])
+        n = len(tok(prompt + completion, add_special_tokens=False)["input_ids"])
+        if n > section.max_length:
+            if cfg.data.on_invalid == "error":
+                raise DataError(where, "chosen", f"pair {i + 1} is {n} tokens, over sft.max_length={section.max_length} "
+                                "(raise it or set data.on_invalid: skip)")
+            skipped += 1
+            continue
+        out.append({"prompt": prompt, "completion": completion})
+    return out, skipped
+
+
+def extra_callbacks() -> list:
+    """Trainer callbacks added to the SFT run (tests inject an interruption here)."""
+    return []
+
+
+def run_sft(cfg: ProfileConfig, force: bool = False) -> None:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig, SFTTrainer
+
+    if cfg.sft is None:
+        print("sft: the profile has no 'sft' section; skipped")
+        return
+    section = cfg.sft
+    if not force and is_done(cfg, "sft", cfg.section_hash(*SECTIONS)):
+        print("sft: up to date")
+        return
+    policy_dir = policy_init_dir(cfg, "base")
+    train = load(cfg.data.preferences, "train", cfg.data)
+    with stage_run(cfg, variant="sft", stage="sft", sections=SECTIONS) as run:
+        run.datasets = {"train": train.identity}
+        tok = AutoTokenizer.from_pretrained(policy_dir)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        model = AutoModelForCausalLM.from_pretrained(
+            policy_dir, dtype=torch_dtype(cfg.model.dtype), attn_implementation=cfg.model.attn_implementation,
+            use_safetensors=True, trust_remote_code=cfg.model.trust_remote_code)
+        model = configure_trainable(model, section)
+        n_train, n_total = trainable_count(model)
+        demos, skipped = demonstrations(cfg, section, train.rows, tok, f"{cfg.data.preferences}:train")
+        cuda = torch.cuda.is_available()
+        ckpt_dir = run.dir / "checkpoints"
+        args = SFTConfig(
+            output_dir=str(ckpt_dir), per_device_train_batch_size=section.batch_size,
+            gradient_accumulation_steps=section.grad_accum, learning_rate=section.learning_rate,
+            num_train_epochs=section.epochs, max_steps=section.max_steps, warmup_ratio=section.warmup_ratio,
+            weight_decay=section.weight_decay, logging_steps=section.logging_steps, save_steps=section.save_steps,
+            save_total_limit=2, seed=cfg.profile.seed, data_seed=cfg.profile.seed, report_to=[], use_cpu=not cuda,
+            bf16=False, fp16=section.fp16 and cuda, gradient_checkpointing=section.gradient_checkpointing,
+            deepspeed=section.deepspeed, max_length=section.max_length, packing=False,
+            dataloader_num_workers=0, eval_strategy="no", disable_tqdm=None)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(demos),
+                             processing_class=tok, callbacks=extra_callbacks())
+        resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.exists() else None
+        result = trainer.train(resume_from_checkpoint=resume)
+        final = trainer.model
+        if hasattr(final, "merge_and_unload"):
+            final = final.merge_and_unload()
+        out = run.dir / "model"
+        if out.exists():
+            shutil.rmtree(out)
+        final.save_pretrained(out, safe_serialization=True)
+        tok.save_pretrained(out)
+        history = [h for h in trainer.state.log_history if "loss" in h]
+        run.metrics = {"train_loss": scalar_metric(result.training_loss), "trainable_params": scalar_metric(n_train)}
+        run.artifacts = {"model_dir": str(out), "policy_init": str(policy_dir)}
+        run.extra = {"demonstrations": len(demos), "skipped_overlong": skipped, "resumed_from": resume,
+                     "series": [{k: h[k] for k in ("step", "loss", "mean_token_accuracy") if k in h} for h in history]}
+        print(f"sft: {len(demos)} demonstrations, train loss {result.training_loss:.4f}")
+    shutil.rmtree(ckpt_dir, ignore_errors=True)

@@ -1,0 +1,55 @@
+"""SFT on the smoke profile: demonstrations never imitate unsafe responses, training changes the
+top layer, and a profile without an sft section skips the stage with a marker."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from bench.config import load_config
+from bench.records import mark_stage_done, read_record, run_dir, stage_marker
+
+
+def test_demonstrations_are_safe_and_deduplicated(smoke_base):
+    from transformers import AutoTokenizer
+
+    from bench.data import load
+    from bench.train.sft import demonstrations
+
+    cfg = load_config("smoke")
+    tok = AutoTokenizer.from_pretrained(smoke_base)
+    rows = load(cfg.data.preferences, "train", cfg.data).rows
+    unsafe = {r[f"response_{k}"] for r in rows for k in (0, 1) if not r[f"is_response_{k}_safe"]}
+    demos, skipped = demonstrations(cfg, cfg.sft, rows, tok, "x")
+    assert demos and skipped == 0
+    completions = [d["completion"].removesuffix(tok.eos_token) for d in demos]
+    assert not set(completions) & unsafe
+    assert len({(d["prompt"], d["completion"]) for d in demos}) == len(demos)
+
+
+def test_sft_trains_and_records(smoke_base):
+    from transformers import AutoModelForCausalLM
+
+    from bench.train.sft import run_sft
+
+    cfg = load_config("smoke", ["profile.name=smoke-sft"])
+    run_sft(cfg, force=True)
+    rec = read_record(run_dir("smoke-sft", "sft") / "record.json")
+    assert rec["stage"] == "sft" and rec["extra"]["demonstrations"] > 0 and rec["extra"]["series"]
+    after = dict(AutoModelForCausalLM.from_pretrained(rec["artifacts"]["model_dir"]).named_parameters())
+    before = dict(AutoModelForCausalLM.from_pretrained(smoke_base).named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert any(".layers.1." in n for n in changed) and not any(".layers.0." in n for n in changed)
+
+
+def test_profile_without_sft_skips_with_marker(capsys):
+    from bench.train.sft import run_sft
+
+    cfg = load_config("smoke", ["profile.name=smoke-nosft"])
+    cfg.sft = None
+    run_sft(cfg)
+    assert "skipped" in capsys.readouterr().out
+    marker = json.loads(mark_stage_done(cfg, "sft").read_text())
+    assert marker["variants"] == {} and "no 'sft' section" in marker["skipped"]
+    assert stage_marker("smoke-nosft", "sft").exists()
