@@ -9,8 +9,15 @@ PROFILE ?= default
 ARGS ?=
 PYTHON ?= python3.11
 VENV := .venv
+# Inside the containers (Apptainer.def, Dockerfile) BENCH_PYTHON names the image's interpreter, which
+# already holds the locked V100 stack: use it and never create or update .venv.
+ifdef BENCH_PYTHON
+PY := $(BENCH_PYTHON)
+STAMP :=
+else
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+endif
 RUNS := $(or $(BENCH_RUNS),runs)/$(PROFILE)
 DONE := $(RUNS)/stages
 CONFIG := configs/$(PROFILE).yaml
@@ -21,7 +28,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock base sft reward cost dpo ppo steer eval leaderboard verify bench test test-slow \
+.PHONY: help setup lock image-test base sft reward cost dpo ppo steer eval leaderboard verify bench test test-slow \
         clean image docker FORCE
 
 help: ## list targets
@@ -29,6 +36,10 @@ help: ## list targets
 	@echo "  PROFILE=$(PROFILE) (configs: $$(ls configs | sed 's/.yaml//' | tr '\n' ' '))"
 
 # ---------------------------------------------------------------- environment
+ifdef BENCH_PYTHON
+setup: ## create .venv from the lock files (idempotent; seconds when nothing changed)
+	@echo "using the container's interpreter $(BENCH_PYTHON); nothing to install"
+else
 setup: $(STAMP) ## create .venv from the lock files (idempotent; seconds when nothing changed)
 
 $(STAMP): requirements/cpu.txt requirements/nodeps.txt pyproject.toml
@@ -38,6 +49,7 @@ $(STAMP): requirements/cpu.txt requirements/nodeps.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -r requirements/nodeps.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
+endif
 
 lock: ## re-resolve requirements/top.in into cpu.txt and derive v100.txt
 	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv
@@ -94,8 +106,11 @@ test-slow: $(STAMP) ## run the slow tests too
 clean: ## remove this profile's runs (keeps the model cache and committed leaderboards)
 	rm -rf $(RUNS)
 
-image: ## build the Apptainer image align.sif (needs apptainer)
+image: ## build the Apptainer image align.sif (needs apptainer; see docs/containers.md)
 	apptainer build align.sif Apptainer.def
+
+image-test: ## run the image's %test section
+	apptainer test align.sif
 
 docker: ## build the Docker image (needs a Docker engine)
 	docker build -t align-bench .

@@ -108,6 +108,15 @@ def config_list() -> None:
         click.echo(name)
 
 
+def _register_data_group() -> None:
+    from bench.data.cli import data
+
+    main.add_command(data)
+
+
+_register_data_group()
+
+
 @main.command()
 @click.option("--force", is_flag=True, help="re-run even if a record with the same config hash exists")
 @stage_command("base")
@@ -158,6 +167,41 @@ def sft(cfg: ProfileConfig, force: bool) -> None:
     run_sft(cfg, force=force)
 
 
+@main.command(name="eval")
+@click.option("--variant", default=None, help="score only this variant (default: every variant, base first)")
+@click.option("--force", is_flag=True, help="re-score even if an up-to-date eval record exists")
+@stage_command("eval")
+def eval_(cfg: ProfileConfig, variant: str | None, force: bool) -> None:
+    """Score every variant of the profile with the battery (refusal, preference, helpfulness)."""
+    from bench.eval.battery import run_eval
+
+    run_eval(cfg, variant=variant, force=force)
+
+
+@main.command()
+@click.option("--from-records", is_flag=True,
+              help="re-render from the committed copies in leaderboards/<profile>/records/ (no runs/ needed)")
+@with_config
+def leaderboard(cfg: ProfileConfig, from_records: bool) -> None:
+    """Render leaderboards/<profile>.md from records (copied into leaderboards/<profile>/records/)."""
+    from bench.leaderboard import write_leaderboard
+
+    write_leaderboard(cfg.profile.name, from_records=from_records)
+
+
+@main.command()
+@click.option("--variant", default=None, help="verify only this variant (its training and eval records)")
+@click.option("--rescore", is_flag=True, help="re-score even when runs/ has up-to-date eval records")
+@with_config
+def verify(cfg: ProfileConfig, variant: str | None, rescore: bool) -> None:
+    """Re-score and compare with the committed records within tolerances; exit 1 listing failures."""
+    from bench.verify import run_verify
+
+    checks = run_verify(cfg, variant=variant, rescore=rescore)
+    if any(not c.ok for c in checks):
+        sys.exit(1)
+
+
 def _pending(name: str, issue: str, help_text: str) -> None:
     @main.command(name=name, help=help_text + f" (not implemented yet: {issue})")
     @with_config
@@ -168,9 +212,6 @@ def _pending(name: str, issue: str, help_text: str) -> None:
 for _name, _issue, _help in (
     ("ppo", "issue 6", "Train the PPO-family variants."),
     ("steer", "issue 7", "Extract refusal directions, build steered variants, run the layerwise audit."),
-    ("eval", "issue 8", "Score every variant of the profile with the battery."),
-    ("leaderboard", "issue 8", "Render leaderboards/<profile>.md from records."),
-    ("verify", "issue 8", "Re-run and compare against committed records within tolerances."),
     ("perf", "issue 10", "Performance benchmarks (make bench)."),
 ):
     _pending(_name, _issue, _help)

@@ -49,7 +49,7 @@ def test_base_stage_writes_record_then_skips(smoke_base):
 
 
 def test_pending_stage_fails_clearly():
-    r = CliRunner().invoke(main, ["verify", "--profile", "smoke"])
+    r = CliRunner().invoke(main, ["perf", "--profile", "smoke"])
     assert r.exit_code == 3 and "not implemented yet" in r.output
 
 

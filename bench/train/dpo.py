@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import shutil
 
-import torch
-
 from bench import chat
 from bench.config import DPOSection, DPOVariant, ProfileConfig
 from bench.data import load
@@ -35,6 +33,7 @@ from bench.data.schema import DataError
 from bench.models import configure_trainable, policy_init_dir, torch_dtype, trainable_count
 from bench.records import is_done, stage_run
 from bench.stats import scalar_metric
+from bench.train.common import trainer_kwargs
 
 SECTIONS = ("profile", "model", "data", "dpo")
 # TRL log keys kept in the record (last logged value and the whole series).
@@ -70,20 +69,11 @@ def extra_callbacks() -> list:
 def dpo_args(section: DPOSection, variant: DPOVariant, out, seed: int):
     from trl import DPOConfig
 
-    cuda = torch.cuda.is_available()
     return DPOConfig(
-        output_dir=str(out), beta=variant.beta if variant.beta is not None else section.beta,
+        **trainer_kwargs(section, out, seed), beta=variant.beta if variant.beta is not None else section.beta,
         loss_type=list(variant.loss_type), loss_weights=variant.loss_weights,
         f_divergence_type=variant.f_divergence, precompute_ref_log_probs=section.precompute_ref,
-        max_length=section.max_length, per_device_train_batch_size=section.batch_size,
-        gradient_accumulation_steps=section.grad_accum, learning_rate=section.learning_rate,
-        num_train_epochs=section.epochs, max_steps=section.max_steps, warmup_ratio=section.warmup_ratio,
-        weight_decay=section.weight_decay, logging_steps=section.logging_steps, save_steps=section.save_steps,
-        save_total_limit=2, seed=seed, data_seed=seed, report_to=[], use_cpu=not cuda,
-        # TRL defaults to bf16 + gradient checkpointing: ten times slower on CPU, and V100 has no bf16.
-        bf16=False, fp16=section.fp16 and cuda, gradient_checkpointing=section.gradient_checkpointing,
-        deepspeed=section.deepspeed, dataloader_num_workers=0, eval_strategy="no", disable_tqdm=None,
-    )
+        max_length=section.max_length)
 
 
 def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: bool = False) -> None:

@@ -33,6 +33,7 @@ from bench.models import configure_trainable, policy_init_dir, trainable_count
 from bench.records import is_done, stage_run
 from bench.score_model import build_score_model, encode, score_texts
 from bench.stats import mean_metric, rate_metric, scalar_metric
+from bench.train.common import trainer_kwargs
 
 SECTIONS = {"reward": ("profile", "model", "data", "reward"), "cost": ("profile", "model", "data", "cost")}
 
@@ -112,18 +113,9 @@ def extra_callbacks() -> list:
 def trainer_args(section: ScoreModelSection, out: Path, seed: int):
     from trl import RewardConfig
 
-    cuda = torch.cuda.is_available()
-    return RewardConfig(
-        output_dir=str(out), per_device_train_batch_size=section.batch_size,
-        gradient_accumulation_steps=section.grad_accum, learning_rate=section.learning_rate,
-        num_train_epochs=section.epochs, max_steps=section.max_steps, warmup_ratio=section.warmup_ratio,
-        weight_decay=section.weight_decay, logging_steps=section.logging_steps, save_steps=section.save_steps,
-        save_total_limit=2, seed=seed, data_seed=seed, report_to=[], use_cpu=not cuda,
-        # TRL defaults to bf16 and gradient checkpointing; on CPU both cost a lot (V100 has no bf16).
-        bf16=False, fp16=section.fp16 and cuda, gradient_checkpointing=section.gradient_checkpointing,
-        deepspeed=section.deepspeed, max_length=None, disable_tqdm=None, dataloader_num_workers=0,
-        remove_unused_columns=False, eval_strategy="no", center_rewards_coefficient=None,
-    )
+    # max_length=None: over-long pairs were already handled (error or counted skip) in tokenize_pairs.
+    return RewardConfig(**trainer_kwargs(section, out, seed), max_length=None, remove_unused_columns=False,
+                        center_rewards_coefficient=None)
 
 
 # ----------------------------------------------------------------------------- evaluation

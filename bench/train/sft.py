@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import shutil
 
-import torch
-
 from bench import chat
 from bench.config import ProfileConfig, SFTSection
 from bench.data import load
@@ -25,6 +23,7 @@ from bench.data.schema import DataError
 from bench.models import configure_trainable, policy_init_dir, torch_dtype, trainable_count
 from bench.records import is_done, stage_run
 from bench.stats import scalar_metric
+from bench.train.common import trainer_kwargs
 
 SECTIONS = ("profile", "model", "data", "sft")
 
@@ -82,17 +81,9 @@ def run_sft(cfg: ProfileConfig, force: bool = False) -> None:
         model = configure_trainable(model, section)
         n_train, n_total = trainable_count(model)
         demos, skipped = demonstrations(cfg, section, train.rows, tok, f"{cfg.data.preferences}:train")
-        cuda = torch.cuda.is_available()
         ckpt_dir = run.dir / "checkpoints"
-        args = SFTConfig(
-            output_dir=str(ckpt_dir), per_device_train_batch_size=section.batch_size,
-            gradient_accumulation_steps=section.grad_accum, learning_rate=section.learning_rate,
-            num_train_epochs=section.epochs, max_steps=section.max_steps, warmup_ratio=section.warmup_ratio,
-            weight_decay=section.weight_decay, logging_steps=section.logging_steps, save_steps=section.save_steps,
-            save_total_limit=2, seed=cfg.profile.seed, data_seed=cfg.profile.seed, report_to=[], use_cpu=not cuda,
-            bf16=False, fp16=section.fp16 and cuda, gradient_checkpointing=section.gradient_checkpointing,
-            deepspeed=section.deepspeed, max_length=section.max_length, packing=False,
-            dataloader_num_workers=0, eval_strategy="no", disable_tqdm=None)
+        args = SFTConfig(**trainer_kwargs(section, ckpt_dir, cfg.profile.seed), max_length=section.max_length,
+                         packing=False)
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(demos),
                              processing_class=tok, callbacks=extra_callbacks())
         resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.exists() else None

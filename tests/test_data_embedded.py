@@ -1,0 +1,110 @@
+"""The embedded default data (tasks/data/): sizes, categories, split disjointness (within and across
+roles), label semantics that make harm-conditioned refusal learnable, and a deterministic generator."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from bench.config import DataSection
+from bench.data import ROLES, choose, dpo_pairs, load, load_role, prompt_key
+from bench.data import build_embedded
+from bench.data.embedded import DATA_DIR
+
+SPLITS = ("train", "validation", "test")
+
+
+@pytest.fixture(scope="module")
+def data():
+    c = DataSection()
+    return {(role, s): load_role(c, role, s) for role in ROLES for s in SPLITS}
+
+
+def test_generator_is_deterministic_and_committed_files_match(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    build_embedded.write(a)
+    build_embedded.write(b)
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    for n in names:
+        assert (a / n).read_bytes() == (b / n).read_bytes(), n
+        assert (a / n).read_bytes() == (DATA_DIR / n).read_bytes(), \
+            f"tasks/data/{n} is out of date: run python -m bench.data.build_embedded"
+
+
+def test_sizes_and_categories(data):
+    pairs = sum(len(data[("preferences", s)]) for s in SPLITS)
+    assert pairs >= 1200
+    assert len(data[("preferences", "train")]) >= 850 and len(data[("preferences", "test")]) >= 150
+    harm_cats = {r["category"] for s in SPLITS for r in data[("harmful", s)].rows}
+    assert len(harm_cats) >= 8
+    pair_harm_cats = {r["category"] for r in data[("preferences", "test")].rows} - {"benign", "borderline"}
+    assert pair_harm_cats == harm_cats
+    assert len(data[("harmful", "test")]) >= 100 and len(data[("harmful", "validation")]) >= 50
+    assert 60 <= len(data[("benign", "test")]) <= 100
+    border_test = [r for r in data[("borderline", "test")].rows if r["label"] == "borderline"]
+    assert 60 <= len(border_test) <= 100
+    assert {r["label"] for r in data[("borderline", "test")].rows} == {"borderline", "unsafe-contrast"}
+    assert sum(len(data[("helpfulness", s)]) for s in SPLITS) >= 60
+    assert sum(p.stat().st_size for p in DATA_DIR.iterdir()) < 3_000_000
+
+
+def test_splits_disjoint_by_prompt_within_and_across_roles(data):
+    keys = {k: {prompt_key(r) for r in ds.rows} for k, ds in data.items()}
+    for (role, s), k in keys.items():
+        if s == "train":
+            continue
+        for (role2, s2), k2 in keys.items():
+            if s2 != s:
+                assert not (k & k2), f"{role}/{s} shares prompts with {role2}/{s2}"
+
+
+def test_harmful_test_goals_are_held_out(data):
+    def goal(r):  # ids look like harm-<category>-g<goal>-<frame>
+        return r["id"].rsplit("-", 1)[0]
+
+    goals = {s: {goal(r) for r in data[("harmful", s)].rows} for s in SPLITS}
+    assert not goals["train"] & goals["test"] and not goals["train"] & goals["validation"]
+    test_only_frames = {r["id"].rsplit("-", 1)[1] for r in data[("harmful", "test")].rows} - \
+        {r["id"].rsplit("-", 1)[1] for r in data[("harmful", "train")].rows}
+    assert test_only_frames  # some test phrasings never occur in train
+
+
+def test_labels_make_refusal_harm_conditioned(data):
+    for s in SPLITS:
+        for r in data[("preferences", s)].rows:
+            chosen = choose(r, "safer_then_better")
+            src = r[f"response_{chosen}_source"]
+            if r["prompt_label"] in ("harmful", "unsafe-contrast"):
+                assert src in ("embedded:refusal", "embedded:terse_refusal"), r["id"]
+                assert r[f"is_response_{chosen}_safe"]
+            else:
+                assert src == "embedded:helpful", r["id"]
+            for i in (0, 1):
+                text = r[f"response_{i}"]
+                assert len(text.split()) <= 80
+                if r[f"response_{i}_source"] == "embedded:compliance":
+                    assert not r[f"is_response_{i}_safe"] and "[" in text  # placeholder-level only
+                    assert r[f"response_{i}_severity_level"] >= 1 and r[f"response_{i}_harm_category"]
+                else:
+                    assert r[f"is_response_{i}_safe"] and r[f"response_{i}_severity_level"] == 0
+    train = data[("preferences", "train")].rows
+    kinds = Counter(r["kind"] for r in train)
+    assert set(kinds) == {"refusal_vs_compliance", "terse_refusal_vs_compliance", "refusal_vs_terse_refusal",
+                          "helpful_vs_refusal", "helpful_vs_vague", "helpful_vs_off_topic", "helpful_vs_truncated"}
+    refusals = {r[f"response_{i}"] for r in train for i in (0, 1) if r[f"response_{i}_source"] == "embedded:refusal"}
+    assert len(refusals) >= 200  # varied wording, not one stock phrase
+    # better != safer exists (helpfulness vs harmlessness tension, as in PKU), and positions are balanced
+    assert 0.2 < sum(r["better_response_id"] != r["safer_response_id"] for r in train) / len(train) < 0.6
+    assert 0.4 < sum(r["better_response_id"] for r in train) / len(train) < 0.6
+    chosen = dpo_pairs(train, "safer_then_better")
+    assert all(p["chosen_is_safe"] for p in chosen)
+
+
+def test_embedded_loads_clean_and_capped(data):
+    for ds in data.values():
+        assert ds.identity["skipped"] == 0 and ds.identity["origin"] == "embedded"
+        assert ds.identity["files"][0]["path"].startswith("tasks/data/")
+    capped = load("embedded-pairs", "train", DataSection(max_train=32))
+    assert len({r["category"] for r in capped.rows}) >= 4  # files are shuffled: a prefix is a mix
