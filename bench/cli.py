@@ -202,6 +202,26 @@ def verify(cfg: ProfileConfig, variant: str | None, rescore: bool) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.option("--force", is_flag=True, help="re-run even if a record with the same config hash exists")
+@stage_command("ppo")
+def ppo(cfg: ProfileConfig, force: bool) -> None:
+    """Train the PPO-family variants (our loop): ppo-kl, ppo-nokl, ppo-js, ppo-lag."""
+    from bench.train.ppo import run_ppo
+
+    run_ppo(cfg, force=force)
+
+
+@main.command()
+@click.option("--force", is_flag=True, help="re-run even if a record with the same config hash exists")
+@stage_command("steer")
+def steer(cfg: ProfileConfig, force: bool) -> None:
+    """Refusal directions, steered variants (steer-ablate, steer-add) and the layerwise audit."""
+    from bench.steer.recipe import run_steer
+
+    run_steer(cfg, force=force)
+
+
 def _pending(name: str, issue: str, help_text: str) -> None:
     @main.command(name=name, help=help_text + f" (not implemented yet: {issue})")
     @with_config
@@ -210,8 +230,6 @@ def _pending(name: str, issue: str, help_text: str) -> None:
 
 
 for _name, _issue, _help in (
-    ("ppo", "issue 6", "Train the PPO-family variants."),
-    ("steer", "issue 7", "Extract refusal directions, build steered variants, run the layerwise audit."),
     ("perf", "issue 10", "Performance benchmarks (make bench)."),
 ):
     _pending(_name, _issue, _help)

@@ -81,6 +81,9 @@ class ModelSection:
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     # None keeps the chat template's own default system prompt.
     system_prompt: str | None = None
+    # Jinja chat template file (repo-relative) for base models that ship none (Llama-2 base);
+    # written into the prepared base folder, so every stage formats prompts the same way.
+    chat_template: str | None = None
     micro: MicroLlama = field(default_factory=MicroLlama)
 
     def __post_init__(self) -> None:
@@ -137,6 +140,7 @@ class TrainSection:
     gradient_checkpointing: bool = False
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
     save_steps: int = 50  # checkpoint interval; an interrupted run resumes from the last one
     logging_steps: int = 10
 
@@ -235,6 +239,24 @@ class PPOSection(TrainSection):
     lambda_max: float = 10.0
     keep_checkpoints: int = 0
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # Equal-sized micro-batches keep loss scaling (and DeepSpeed's accumulation) exact.
+        if self.rollout_prompts % self.mini_batch_size or self.mini_batch_size % self.batch_size:
+            raise ConfigError(f"ppo: rollout_prompts ({self.rollout_prompts}) must be a multiple of mini_batch_size "
+                              f"({self.mini_batch_size}), itself a multiple of batch_size ({self.batch_size})")
+        if self.grad_accum != 1:
+            raise ConfigError("ppo: grad_accum is not used; set mini_batch_size (sequences per optimiser step) "
+                              "and batch_size (micro-batch) instead")
+        if not 0 < self.lambda_init <= self.lambda_max:
+            raise ConfigError(f"ppo: need 0 < lambda_init <= lambda_max, got {self.lambda_init}, {self.lambda_max}")
+        if self.temperature <= 0 or self.ppo_epochs < 1 or self.save_steps < 1:
+            raise ConfigError("ppo: temperature must be > 0, ppo_epochs >= 1 and save_steps >= 1")
+        if self.max_new_tokens >= self.max_length:
+            raise ConfigError(f"ppo: max_new_tokens ({self.max_new_tokens}) must be < max_length ({self.max_length})")
+        if not self.variants:
+            raise ConfigError("ppo: variants is empty")
+
 
 @dataclass
 class SteerSection:
@@ -251,6 +273,12 @@ class SteerSection:
     add_alpha: float = 1.0  # steer-add: alpha in units of the direction's norm at the chosen layer
     max_new_tokens: int = 48
     batch_size: int = 16
+    # Which variant is measured and steered: the base, or a trained variant that refuses (the
+    # default base refuses little, so ablation has nothing to remove there).
+    policy: str = "base"
+    shortlist: int = 4  # candidates (by held-out effect size) tested with generation
+    select_max_new_tokens: int | None = None  # generation length during selection (None: max_new_tokens)
+    export_orthogonalized: bool = False  # also write ablation as a full orthogonalised checkpoint
 
 
 @dataclass

@@ -139,6 +139,10 @@ def _build_hub(model_cfg: ModelSection, out: Path) -> dict:
 
     info = HfApi().model_info(model_cfg.hub_id, revision=model_cfg.revision)
     model, tok = load_pretrained(model_cfg.hub_id, model_cfg, revision=info.sha)
+    if model_cfg.chat_template:
+        from bench.config import REPO_ROOT
+
+        tok.chat_template = (REPO_ROOT / model_cfg.chat_template).read_text()
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return {"origin": f"hf:{model_cfg.hub_id}", "revision": model_cfg.revision, "resolved_sha": info.sha}

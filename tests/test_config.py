@@ -122,3 +122,16 @@ def test_optional_stage_section_keeps_precise_errors(tmp_path):
     assert cfg.reward.top_layers == 2 and cfg.reward.lora.r == 4 and cfg.cost is None
     with pytest.raises(ConfigError, match="has no 'cost' section"):
         cfg.require("cost")
+
+
+def test_chat_template_files_of_profiles_exist_and_render():
+    from jinja2 import Template
+
+    for name in known_profiles():
+        cfg = load_config(name)
+        if cfg.model.chat_template:
+            text = (REPO_ROOT / cfg.model.chat_template).read_text()
+            out = Template(text).render(messages=[{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"},
+                                                  {"role": "assistant", "content": "Yo"}],
+                                        bos_token="<s>", eos_token="</s>")
+            assert "[INST]" in out and "S" in out and "Yo </s>" in out

@@ -1,0 +1,210 @@
+"""Layerwise refusal-direction audit across checkpoints (issues 7 and 12).
+
+Part of ``make steer`` (variant ``steer-audit``). For the base policy and every trained checkpoint
+found in ``runs/<profile>/*/record.json`` (any stage other than base/steer/reward/cost/eval that has
+``artifacts["model_dir"]``, plus the intermediate checkpoints it lists in ``artifacts["checkpoints"]``),
+and for every layer (hidden-state index ``1 .. n_layers``: the output of block ``l - 1``), at
+the position chosen by the steering selection:
+
+- ``norm``: the norm of the difference of means (harmful minus benign training prompts);
+- ``separability``: the held-out standardised effect size (Cohen's d, pooled SD) of the *validation*
+  prompts' projections on this checkpoint's unit direction, harmful vs benign. Chosen over a linear
+  probe because it needs no fitting, is one number per layer, and reads directly as "how far apart
+  the two groups are along the direction, in standard deviations";
+- ``cos_base``: the cosine between this checkpoint's direction and the base's at the same layer.
+
+Groups are prompt labels (not behaviour), so every checkpoint is measured on the same prompts.
+The table is stored in the record (``extra["audit"]``), rendered by :func:`audit_markdown` for the
+leaderboard, and plotted by :func:`plot_audit` (PNG, matplotlib Agg).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from bench.steer.directions import activations, cohens_d
+
+EXCLUDED_STAGES = ("base", "steer", "reward", "cost", "eval")
+METRICS = ("norm", "separability", "cos_base")
+METRIC_TITLES = {
+    "norm": "norm of the difference of means",
+    "separability": "held-out separability (Cohen's d along the direction)",
+    "cos_base": "cosine to the base model's direction",
+}
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def discover_checkpoints(profile: str, base_model_dir: str | None = None) -> list[dict]:
+    """Base first, then each trained variant's intermediate checkpoints (by step) and final model.
+
+    Each entry: ``{name, variant, stage, step, fraction, model_dir, config_hash}``. A record that
+    cannot be read is skipped (the audit reports what exists; other stages own their records)."""
+    from bench.records import RECORD_NAME, RecordError, find_record, read_record, runs_root
+
+    out: list[dict] = []
+    base = None
+    try:
+        base = find_record(profile, "base")
+    except RecordError:
+        base = None
+    bdir = (base or {}).get("artifacts", {}).get("model_dir") or base_model_dir
+    if bdir:
+        out.append({"name": "base", "variant": "base", "stage": "base", "step": None, "fraction": None,
+                    "model_dir": str(bdir), "config_hash": (base or {}).get("config_hash")})
+    root = runs_root() / profile
+    for path in sorted(root.glob(f"*/{RECORD_NAME}")):
+        try:
+            rec = read_record(path)
+        except RecordError:
+            continue
+        if rec["stage"] in EXCLUDED_STAGES:
+            continue
+        arts = rec.get("artifacts") or {}
+        final = arts.get("model_dir")
+        if not final:
+            continue
+        seen = set()
+        for ck in sorted(arts.get("checkpoints") or [], key=lambda c: c.get("step", 0)):
+            mdir = ck.get("model_dir")
+            if not mdir or mdir == final or mdir in seen:
+                continue
+            seen.add(mdir)
+            out.append({"name": f"{rec['variant']}@{ck.get('step')}", "variant": rec["variant"], "stage": rec["stage"],
+                        "step": ck.get("step"), "fraction": ck.get("fraction"), "model_dir": str(mdir),
+                        "config_hash": rec["config_hash"]})
+        out.append({"name": rec["variant"], "variant": rec["variant"], "stage": rec["stage"], "step": None,
+                    "fraction": 1.0, "model_dir": str(final), "config_hash": rec["config_hash"]})
+    return out
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def layer_stats(model, tok, train_harm: Sequence[str], train_benign: Sequence[str], val_harm: Sequence[str],
+                val_benign: Sequence[str], position_index: int, positions: int, system_prompt: str | None,
+                batch_size: int = 16) -> dict:
+    """Per layer (hidden index ``1 .. n_layers``): direction ``(L, H)``, ``norm`` and ``separability``."""
+    args = dict(system_prompt=system_prompt, positions=positions, batch_size=batch_size, position_index=position_index)
+    th = activations(model, tok, train_harm, **args)[:, 1:].to(torch.float64)  # (N, L, H)
+    tb = activations(model, tok, train_benign, **args)[:, 1:].to(torch.float64)
+    direction = th.mean(0) - tb.mean(0)  # (L, H)
+    unit = direction / direction.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    vh = activations(model, tok, val_harm, **args)[:, 1:].to(torch.float64)
+    vb = activations(model, tok, val_benign, **args)[:, 1:].to(torch.float64)
+    d = cohens_d((vh * unit).sum(-1), (vb * unit).sum(-1))  # (L,)
+    return {"direction": direction, "norm": direction.norm(dim=-1), "separability": d}
+
+
+def _num(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def build_table(checkpoints: Sequence[dict], stats: Sequence[dict], position: int) -> dict:
+    """Assemble the record table; ``stats[i]`` from :func:`layer_stats` for ``checkpoints[i]``
+    (``checkpoints[0]`` is the base). Metric matrices are ``[layer][checkpoint]``."""
+    if not stats:
+        raise ValueError("audit: no checkpoints measured")
+    n_layers = stats[0]["direction"].shape[0]
+    base_dir = stats[0]["direction"]
+    metrics: dict[str, list[list[float | None]]] = {m: [[None] * len(stats) for _ in range(n_layers)] for m in METRICS}
+    for j, s in enumerate(stats):
+        cos = torch.nn.functional.cosine_similarity(s["direction"], base_dir, dim=-1)  # (L,)
+        for i in range(n_layers):
+            metrics["norm"][i][j] = _num(s["norm"][i])
+            metrics["separability"][i][j] = _num(s["separability"][i])
+            metrics["cos_base"][i][j] = _num(cos[i])
+    return {
+        "layers": list(range(1, n_layers + 1)),
+        "layer_note": "hidden-state index: l = output of decoder block l-1 (residual stream, before the final norm)",
+        "position": position,
+        "grouping": "label",
+        "separability": "held-out Cohen's d of validation projections on the train direction",
+        "checkpoints": [{k: c.get(k) for k in ("name", "variant", "stage", "step", "fraction", "model_dir")}
+                        for c in checkpoints],
+        "metrics": metrics,
+    }
+
+
+def run_audit(checkpoints: Sequence[dict], load: Callable[[str], tuple], prompts: dict, position: int, positions: int,
+              system_prompt: str | None, batch_size: int = 16,
+              progress: Callable[[str], None] = lambda s: None) -> dict:
+    """Measure every checkpoint (``load(model_dir) -> (model, tok)``); ``prompts`` has keys
+    ``train_harmful, train_benign, val_harmful, val_benign``."""
+    from bench.steer.directions import position_index
+
+    stats = []
+    for ck in checkpoints:
+        progress(f"audit: {ck['name']} ({ck['model_dir']})")
+        model, tok = load(ck["model_dir"])
+        s = layer_stats(model, tok, prompts["train_harmful"], prompts["train_benign"], prompts["val_harmful"],
+                        prompts["val_benign"], position_index(position, positions), positions, system_prompt,
+                        batch_size)
+        stats.append(s)
+        del model
+    table = build_table(checkpoints, stats, position)
+    table["n"] = {k: len(v) for k, v in prompts.items()}
+    return table
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _fmt(v: float | None, digits: int) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def audit_markdown(table: dict) -> str:
+    """Markdown: one table per metric, rows = layers, columns = checkpoints."""
+    names = [c["name"] for c in table["checkpoints"]]
+    lines = [f"Refusal-direction audit at position {table['position']} (-1 = last prompt token); groups by "
+             f"{table.get('grouping', 'label')}; layer = {table.get('layer_note', 'hidden-state index')}; "
+             f"separability = {table.get('separability', '')}.", ""]
+    digits = {"norm": 2, "separability": 2, "cos_base": 3}
+    for m in METRICS:
+        rows = table["metrics"][m]
+        lines += [f"**{METRIC_TITLES[m]}**", "", "| layer | " + " | ".join(names) + " |",
+                  "|---:|" + "---:|" * len(names)]
+        for layer, row in zip(table["layers"], rows):
+            lines.append(f"| {layer} | " + " | ".join(_fmt(v, digits[m]) for v in row) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot_audit(table: dict, path: str | Path) -> Path:
+    """Three panels (norm, separability, cosine to base) against layer, one line per checkpoint."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.records import atomic_write_bytes
+
+    layers = table["layers"]
+    names = [c["name"] for c in table["checkpoints"]]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, m in zip(axes, METRICS):
+        rows = table["metrics"][m]
+        for j, name in enumerate(names):
+            ys = [math.nan if r[j] is None else r[j] for r in rows]
+            ax.plot(layers, ys, marker="o", ms=3, label=name, lw=2 if name == "base" else 1.2)
+        ax.set_title(METRIC_TITLES[m], fontsize=10)
+        ax.set_xlabel("layer (hidden-state index)")
+        ax.grid(alpha=0.3)
+    axes[2].set_ylim(-1.05, 1.05)
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle(f"Refusal direction across checkpoints (position {table['position']})", fontsize=11)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)

@@ -1,0 +1,300 @@
+"""Refusal directions: difference of mean residual-stream activations, groups, and selection.
+
+Part of ``make steer`` (``bench steer --profile P``, see :mod:`bench.steer.recipe`).
+
+Activations
+    For each prompt, formatted by :func:`bench.chat.format_prompt` with the generation prompt, we read
+    ``output_hidden_states=True`` at the last ``positions`` prompt tokens: the post-instruction tokens
+    that the chat template puts between the user message and the assistant's answer (for SmolLM2
+    ``<|im_end|> \\n <|im_start|> assistant \\n``). Batches are left-padded, so the last ``positions``
+    columns are the same template tokens for every prompt; ``position_ids`` follow the attention mask,
+    as in generation. Hidden-state index ``l`` is the embeddings' output for ``l = 0`` and decoder block
+    ``l - 1``'s output for ``l >= 1``, all before the final RMSNorm (we set the config's
+    ``tie_last_hidden_states = False`` while reading, so transformers does not swap the last entry for
+    the normed stream). Means are accumulated in float64.
+
+    A position is written as a negative offset from the end of the prompt: ``-1`` is the last token.
+
+Direction (Arditi et al. 2024, eq. 1)
+    ``r[l, p] = mean(refuse group) - mean(comply group)``, per layer and position.
+
+Groups
+    ``behaviour``: the model's own greedy answers to the harmful and benign training prompts, judged by
+    the suite's refusal detector (``bench.eval.refusal``): prompts it refuses vs prompts it complies with.
+    ``label``: harmful vs benign prompt labels. Behaviour grouping falls back to labels, with the reason
+    recorded, when either group has fewer than ``min_group`` prompts (the default SmolLM2 base refuses
+    little).
+
+Selection (on the validation split; an affordable version of Arditi et al.'s section 3.1)
+    Candidates are the hidden-state indices ``1 .. n_layers - skip_last_layers`` (never the embeddings,
+    whose post-instruction activations are the same for every prompt) at
+    every position. Every candidate gets a free score: the held-out standardised effect size ``d`` of the
+    validation prompts' projections on the unit direction (harmful vs benign). The ``shortlist`` best by
+    ``d`` are then scored by generation: ablation effect = refusal rate on harmful validation prompts
+    without steering minus with ablation; addition effect = refusal rate on benign validation prompts
+    with ``add_alpha * r`` added at the candidate's layer minus without. The choice maximises the sum
+    of the two effects (ties broken by ``d``). Every candidate's scores are returned for the record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from bench import chat
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def prompt_texts(tok, prompts: Sequence[str], system_prompt: str | None) -> list[str]:
+    return [chat.format_prompt(tok, p, system_prompt) for p in prompts]
+
+
+@torch.no_grad()
+def iter_activations(model, tok, prompts: Sequence[str], system_prompt: str | None, positions: int,
+                     batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Yield ``(indices, acts)`` per batch; ``acts`` is ``(B, n_layers + 1, positions, H)`` float32
+    at the last ``positions`` prompt tokens, ``indices`` the batch's positions in ``prompts``."""
+    if positions < 1:
+        raise ValueError(f"positions must be >= 1, got {positions}")
+    texts = prompt_texts(tok, prompts, system_prompt)
+    lens = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    if lens and min(lens) < positions:
+        raise ValueError(f"a prompt has only {min(lens)} tokens, fewer than positions={positions}")
+    order = sorted(range(len(texts)), key=lambda i: -lens[i])  # similar lengths share a batch
+    old_side = tok.padding_side
+    tok.padding_side = "left"
+    was_training = model.training
+    model.eval()
+    # Keep hidden_states[-1] as the last block's output (pre final norm), like every other entry.
+    configs = {id(c): c for c in (model.config, getattr(getattr(model, "model", None), "config", model.config))}
+    old_tie = {k: getattr(c, "tie_last_hidden_states", None) for k, c in configs.items()}
+    for c in configs.values():
+        c.tie_last_hidden_states = False
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(model.device) for k, v in enc.items()}
+            pos_ids = (enc["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
+            out = model(**enc, position_ids=pos_ids, output_hidden_states=True, use_cache=False)
+            hs = torch.stack([h[:, -positions:, :] for h in out.hidden_states], dim=1)  # (B, n_layers+1, P, H)
+            yield idx, hs.float().cpu()
+    finally:
+        tok.padding_side = old_side
+        model.train(was_training)
+        for k, c in configs.items():
+            if old_tie[k] is None:
+                with contextlib.suppress(AttributeError):
+                    delattr(c, "tie_last_hidden_states")
+            else:
+                c.tie_last_hidden_states = old_tie[k]
+
+
+def mean_activations(model, tok, prompts: Sequence[str], system_prompt: str | None = None, positions: int = 5,
+                     batch_size: int = 16) -> torch.Tensor:
+    """Mean residual-stream activation ``(n_layers + 1, positions, H)``, float64-accumulated."""
+    if not prompts:
+        raise ValueError("mean_activations: no prompts")
+    total: torch.Tensor | None = None
+    for _, acts in iter_activations(model, tok, prompts, system_prompt, positions, batch_size):
+        s = acts.to(torch.float64).sum(dim=0)  # (n_layers+1, P, H)
+        total = s if total is None else total + s
+    return total / len(prompts)
+
+
+def activations(model, tok, prompts: Sequence[str], system_prompt: str | None = None, positions: int = 5,
+                batch_size: int = 16, position_index: int | None = None) -> torch.Tensor:
+    """Per-prompt activations in the input order: ``(N, n_layers + 1, positions, H)`` float32, or
+    ``(N, n_layers + 1, H)`` at one ``position_index`` (0 .. positions-1, from the left)."""
+    out: list[torch.Tensor | None] = [None] * len(prompts)
+    for idx, acts in iter_activations(model, tok, prompts, system_prompt, positions, batch_size):
+        if position_index is not None:
+            acts = acts[:, :, position_index, :]
+        for j, i in enumerate(idx):
+            out[i] = acts[j]
+    return torch.stack(out)  # type: ignore[arg-type]
+
+
+def refusal_directions(harm_mean: torch.Tensor, benign_mean: torch.Tensor) -> torch.Tensor:
+    """Difference of means per layer and position (same shape as the means)."""
+    if harm_mean.shape != benign_mean.shape:
+        raise ValueError(f"mean shapes differ: {tuple(harm_mean.shape)} vs {tuple(benign_mean.shape)}")
+    return harm_mean - benign_mean
+
+
+def cohens_d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Standardised effect size of group ``a`` over ``b`` along dim 0 (pooled SD; nan if SD is 0)."""
+    a = a.to(torch.float64)
+    b = b.to(torch.float64)
+    na, nb = a.shape[0], b.shape[0]
+    va = a.var(dim=0, unbiased=True) if na > 1 else torch.zeros_like(a[0])
+    vb = b.var(dim=0, unbiased=True) if nb > 1 else torch.zeros_like(b[0])
+    pooled = ((na - 1) * va + (nb - 1) * vb) / max(na + nb - 2, 1)
+    sd = pooled.sqrt()
+    diff = a.mean(dim=0) - b.mean(dim=0)
+    return torch.where(sd > 0, diff / sd.clamp(min=1e-300), torch.full_like(diff, math.nan))
+
+
+def position_offset(index: int, positions: int) -> int:
+    """Index 0..positions-1 (left to right among the last tokens) -> negative offset (-1 = last)."""
+    return index - positions
+
+
+def position_index(offset: int, positions: int) -> int:
+    return offset + positions
+
+
+# --------------------------------------------------------------------------- groups
+
+
+@dataclass
+class Groups:
+    """The two prompt groups whose means are subtracted (``refuse`` minus ``comply``)."""
+
+    refuse: list[str]
+    comply: list[str]
+    grouping: str  # the grouping actually used: "behaviour" or "label"
+    requested: str
+    sizes: dict = field(default_factory=dict)
+    fallback_reason: str | None = None
+
+    def record(self) -> dict:
+        d = asdict(self)
+        d.pop("refuse")
+        d.pop("comply")
+        d["n_refuse"] = len(self.refuse)
+        d["n_comply"] = len(self.comply)
+        return d
+
+
+def _default_detect_many() -> Callable:
+    from bench.eval import refusal
+
+    return refusal.detect_many
+
+
+def form_groups(harmful: Sequence[str], benign: Sequence[str], grouping: str = "behaviour", min_group: int = 8,
+                answer: Callable[[list[str]], list[str]] | None = None,
+                detect_many: Callable | None = None) -> Groups:
+    """Groups for the difference of means.
+
+    ``answer`` maps prompts to the model's greedy answers (needed for ``behaviour``);
+    ``detect_many`` defaults to ``bench.eval.refusal.detect_many`` (looked up at call time).
+    """
+    harmful, benign = list(harmful), list(benign)
+    label_sizes = {"harmful": len(harmful), "benign": len(benign)}
+    if grouping == "label":
+        return Groups(harmful, benign, "label", "label", {"by_label": label_sizes})
+    if grouping != "behaviour":
+        raise ValueError(f"grouping must be 'behaviour' or 'label', got {grouping!r}")
+    if answer is None:
+        raise ValueError("behaviour grouping needs an `answer` function (greedy generation)")
+    detect_many = detect_many or _default_detect_many()
+    prompts = harmful + benign
+    labels = ["harmful"] * len(harmful) + ["benign"] * len(benign)
+    verdicts = detect_many(answer(prompts))
+    refused = [bool(v.is_refusal) for v in verdicts]
+    by_label = {lab: {"refuse": sum(r for r, l in zip(refused, labels) if l == lab),
+                      "comply": sum(not r for r, l in zip(refused, labels) if l == lab)}
+                for lab in ("harmful", "benign")}
+    refuse = [p for p, r in zip(prompts, refused) if r]
+    comply = [p for p, r in zip(prompts, refused) if not r]
+    sizes = {"behaviour": {"refuse": len(refuse), "comply": len(comply), "by_label": by_label},
+             "by_label": label_sizes}
+    if len(refuse) < min_group or len(comply) < min_group:
+        reason = (f"behaviour grouping gave {len(refuse)} refused and {len(comply)} complied prompts among "
+                  f"{len(prompts)} greedy answers (min_group={min_group}); fell back to label grouping")
+        return Groups(harmful, benign, "label", "behaviour", sizes, reason)
+    return Groups(refuse, comply, "behaviour", "behaviour", sizes)
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def candidate_layers(num_layers: int, skip_last_layers: int) -> list[int]:
+    """Hidden-state indices allowed as candidates: ``1 .. n_layers - skip`` (at least ``[1]``)."""
+    return list(range(1, max(num_layers - skip_last_layers, 1) + 1))
+
+
+def separability_scores(directions: torch.Tensor, val_harm: torch.Tensor, val_benign: torch.Tensor) -> torch.Tensor:
+    """Held-out ``d`` per (layer, position): projections of validation activations
+    ``(N, n_layers + 1, P, H)`` on the unit directions ``(n_layers + 1, P, H)``."""
+    unit = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    unit = unit.to(torch.float64)
+    ph = torch.einsum("nlph,lph->nlp", val_harm.to(torch.float64), unit)
+    pb = torch.einsum("nlph,lph->nlp", val_benign.to(torch.float64), unit)
+    return cohens_d(ph, pb)  # (n_layers+1, P)
+
+
+@dataclass
+class Selection:
+    layer: int
+    position: int  # negative offset from the prompt's end (-1 = last token)
+    score: float
+    baseline: dict  # refusal rates without steering on the validation prompts
+    candidates: list[dict]  # every candidate, shortlisted ones with generation scores
+    note: str | None = None  # set when no candidate moved a refusal rate (choice by separability alone)
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+def select_direction(model, tok, directions: torch.Tensor, val_harmful: Sequence[str], val_benign: Sequence[str],
+                     *, positions: int, skip_last_layers: int, add_alpha: float, shortlist: int,
+                     refusal_rate: Callable[[list[str]], float],
+                     system_prompt: str | None = None, batch_size: int = 16,
+                     progress: Callable[[str], None] = lambda s: None) -> Selection:
+    """Pick (layer, position) as described in the module docstring.
+
+    ``directions``: ``(n_layers + 1, positions, H)``. ``refusal_rate(prompts)`` runs greedy generation
+    on the (currently steered) model and returns the detector's refusal rate; the caller fixes
+    generation length and batch size.
+    """
+    from bench.steer.hooks import steering
+
+    num_layers = directions.shape[0] - 1
+    layers = candidate_layers(num_layers, skip_last_layers)
+    vh = activations(model, tok, val_harmful, system_prompt, positions, batch_size)
+    vb = activations(model, tok, val_benign, system_prompt, positions, batch_size)
+    d = separability_scores(directions, vh, vb)
+    norms = directions.norm(dim=-1)
+    cands = []
+    for l in layers:
+        for p in range(positions):
+            dv = float(d[l, p])
+            cands.append({"layer": l, "position": position_offset(p, positions), "norm": float(norms[l, p]),
+                          "d": dv if math.isfinite(dv) else None})
+    ranked = sorted(cands, key=lambda c: -(c["d"] if c["d"] is not None else -math.inf))
+    short = ranked[:max(1, shortlist)]
+    progress(f"selection: {len(cands)} candidates, generating for the top {len(short)} by held-out d")
+    base_h = refusal_rate(list(val_harmful))
+    base_b = refusal_rate(list(val_benign))
+    baseline = {"refusal_harmful": base_h, "refusal_benign": base_b,
+                "n_harmful": len(val_harmful), "n_benign": len(val_benign)}
+    for c in short:
+        r = directions[c["layer"], position_index(c["position"], positions)].to(torch.float32)
+        with steering(model, r, mode="ablate"):
+            abl = refusal_rate(list(val_harmful))
+        with steering(model, r, mode="add", layer=c["layer"], alpha=add_alpha):
+            add = refusal_rate(list(val_benign))
+        c.update({"ablate_refusal_harmful": abl, "add_refusal_benign": add,
+                  "ablate_effect": base_h - abl, "add_effect": add - base_b})
+        c["score"] = c["ablate_effect"] + c["add_effect"]
+        progress(f"  layer {c['layer']} pos {c['position']}: d={c['d']}, ablate {base_h:.2f}->{abl:.2f}, "
+                 f"add {base_b:.2f}->{add:.2f}")
+    best = max(short, key=lambda c: (c["score"], c["d"] if c["d"] is not None else -math.inf))
+    for c in cands:
+        c["shortlisted"] = "score" in c
+        c["chosen"] = c is best
+    note = None
+    if best["score"] <= 0:
+        note = (f"no shortlisted candidate raised benign or lowered harmful refusal on the validation prompts "
+                f"(unsteered: harmful {base_h:.2f}, benign {base_b:.2f}); chosen by held-out separability d")
+        progress(f"selection: {note}")
+    return Selection(best["layer"], best["position"], best["score"], baseline, cands, note)

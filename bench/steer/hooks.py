@@ -1,0 +1,270 @@
+"""Steering by forward hooks: ablate or add a direction in the residual stream.
+
+One context manager, :func:`steering`, applies a direction to a Hugging Face decoder-only model
+(Llama-style: ``model.model.embed_tokens``, ``model.model.layers[i].self_attn`` / ``.mlp``):
+
+- ``mode="ablate"`` (directional ablation, Arditi et al. 2024, "Refusal in language models is
+  mediated by a single direction", eq. 4): ``x <- x - (x . r_hat) r_hat`` for the unit direction
+  ``r_hat`` on every write into the residual stream: the embeddings, every attention block's output,
+  every MLP's output, and every decoder layer's output (the last one is redundant in exact arithmetic
+  but keeps the stream clean to float tolerance). Every token position, prompt and generated alike.
+- ``mode="add"`` (activation addition, their eq. 3): ``x <- x + alpha * r`` at one residual-stream
+  point, ``layer`` in hidden-state numbering (the index into ``output_hidden_states``): 0 is the
+  embeddings' output, ``i >= 1`` the output of decoder layer ``i - 1``. ``r`` is the raw difference of
+  means, so ``alpha = 1`` adds the direction at its natural norm.
+
+Hooks are registered with ``prepend=True`` so that they run before transformers' own output-capturing
+hooks (``output_hidden_states`` then shows the steered stream), and they are removed on exit even
+when the block raises.
+
+:func:`orthogonalize_weights` exports ablation as a plain checkpoint: the direction is projected out
+of every matrix that writes into the residual stream (embedding rows, attention ``o_proj`` and MLP
+``down_proj`` outputs, and their biases if any). For this architecture that is exact: the stream
+starts orthogonal to ``r_hat`` and every write into it is orthogonal, which is what the hooks do. A
+tied ``lm_head`` is untied first (the unembedding reads the *normed* stream, whose component along
+``r_hat`` is not zero, so it must keep the original matrix).
+
+Steering vectors are plain tensors saved with ``torch.save`` of a dict of tensors and read back with
+``torch.load(..., weights_only=True)`` (no pickled code). :func:`write_lm_eval_steer_file` writes the
+same steering in the format of lm-eval's ``steered`` model adapter (``lm_eval/models/hf_steered.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+MODES = ("ablate", "add")
+
+
+# --------------------------------------------------------------------------- model anatomy
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The decoder stack (``LlamaModel``) of a causal LM (``LlamaForCausalLM``, or a peft wrapper)."""
+    if hasattr(model, "get_base_model"):  # peft: hook the wrapped transformers model
+        model = model.get_base_model()
+    inner = getattr(model, "model", None)
+    if inner is not None and hasattr(inner, "layers"):
+        return inner
+    if hasattr(model, "layers") and hasattr(model, "embed_tokens"):
+        return model
+    raise TypeError(f"{type(model).__name__}: cannot find the decoder layers (expected model.model.layers)")
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    return backbone(model).layers
+
+
+def n_layers(model: nn.Module) -> int:
+    return len(decoder_layers(model))
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _replace_first(output: Any, new: torch.Tensor) -> Any:
+    return (new, *output[1:]) if isinstance(output, tuple) else new
+
+
+def project_out(x: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """``x - (x . u) u`` over the last dimension; ``u`` must have unit norm. # x: (..., H)"""
+    u = unit.to(device=x.device, dtype=x.dtype)
+    return x - (x @ u).unsqueeze(-1) * u
+
+
+def unit_vector(direction: torch.Tensor) -> torch.Tensor:
+    d = direction.detach().to(torch.float64).flatten()
+    norm = d.norm()
+    if not torch.isfinite(norm) or norm == 0:
+        raise ValueError("steering direction has zero or non-finite norm")
+    return (d / norm).to(torch.float32)
+
+
+# --------------------------------------------------------------------------- vectors on disk
+
+
+def save_vector(path: str | Path, direction: torch.Tensor, **tensors: torch.Tensor) -> Path:
+    """``torch.save`` a dict of plain tensors (``direction`` plus any extras), atomically."""
+    from bench.records import atomic_write_bytes
+    import io
+
+    payload = {"direction": direction.detach().to(torch.float32).cpu().contiguous()}
+    payload.update({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def load_vector(path: str | Path) -> torch.Tensor:
+    """The ``direction`` tensor of a file written by :func:`save_vector` (``weights_only=True``)."""
+    data = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(data, dict) or "direction" not in data:
+        raise ValueError(f"{path}: not a steering vector file (expected a dict with key 'direction')")
+    return data["direction"]
+
+
+# --------------------------------------------------------------------------- the context manager
+
+
+def _resolve(direction_or_spec: Any, mode: str, layer: int | None, alpha: float | None):
+    """Tensor + explicit arguments, or a spec dict ``{mode, layer, alpha, vector_path | vector}``."""
+    if isinstance(direction_or_spec, Mapping):
+        spec = direction_or_spec
+        vec = spec.get("vector")
+        if vec is None:
+            vec = load_vector(spec["vector_path"])
+        mode = spec.get("mode", mode)
+        layer = spec.get("layer", layer)
+        spec_alpha = spec.get("alpha")
+        alpha = spec_alpha if spec_alpha is not None else alpha
+        return torch.as_tensor(vec), mode, layer, alpha
+    if not isinstance(direction_or_spec, torch.Tensor):
+        raise TypeError(f"steering: expected a tensor or a spec dict, got {type(direction_or_spec).__name__}")
+    return direction_or_spec, mode, layer, alpha
+
+
+@contextlib.contextmanager
+def steering(model: nn.Module, direction_or_spec: Any, mode: str = "ablate", layer: int | None = None,
+             alpha: float | None = 1.0) -> Iterator[nn.Module]:
+    """Ablate (every layer) or add (one layer) a direction while the block runs; yields the model.
+
+    ``direction_or_spec``: a tensor ``(H,)`` or a spec dict as written into a steer record's
+    ``artifacts["steering"]`` (``{"mode", "layer", "alpha", "vector_path"}``; ``"vector"`` may hold the
+    tensor itself). Explicit arguments are defaults that a spec's own keys override.
+    """
+    direction, mode, layer, alpha = _resolve(direction_or_spec, mode, layer, alpha)
+    if mode not in MODES:
+        raise ValueError(f"steering: mode must be one of {MODES}, got {mode!r}")
+    stack = backbone(model)
+    layers = stack.layers
+    hidden = stack.embed_tokens.embedding_dim
+    if direction.numel() != hidden:
+        raise ValueError(f"steering: direction has {direction.numel()} elements, the model's hidden size is {hidden}")
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    if mode == "ablate":
+        unit = unit_vector(direction)
+
+        def ablate_hook(module, args, output):
+            return _replace_first(output, project_out(_first(output), unit))
+
+        targets = [stack.embed_tokens]
+        for block in layers:
+            targets += [block.self_attn, block.mlp, block]
+    else:
+        if layer is None:
+            raise ValueError("steering: mode 'add' needs a layer (hidden-state index: 0 = embeddings, i = output of block i-1)")
+        if not 0 <= layer <= len(layers):
+            raise ValueError(f"steering: layer {layer} out of range 0..{len(layers)}")
+        if alpha is None:
+            raise ValueError("steering: mode 'add' needs alpha")
+        vec = direction.detach().flatten().to(torch.float32) * float(alpha)
+
+        def add_hook(module, args, output):
+            x = _first(output)
+            return _replace_first(output, x + vec.to(device=x.device, dtype=x.dtype))
+
+        targets = [stack.embed_tokens if layer == 0 else layers[layer - 1]]
+    hook = ablate_hook if mode == "ablate" else add_hook
+    try:
+        for module in targets:
+            handles.append(module.register_forward_hook(hook, prepend=True))
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# --------------------------------------------------------------------------- weight orthogonalisation
+
+
+@torch.no_grad()
+def orthogonalize_weights(model: nn.Module, direction: torch.Tensor) -> nn.Module:
+    """Project ``direction`` out of every weight that writes into the residual stream, in place.
+
+    Equivalent to ``steering(model, direction, mode="ablate")`` for Llama-style blocks (embedding,
+    attention ``o_proj``, MLP ``down_proj``; biases too when present). A tied ``lm_head`` is untied
+    first and keeps the original matrix; ``config.tie_word_embeddings`` becomes False so the saved
+    checkpoint loads the same way with plain ``transformers``. Returns the model.
+    """
+    stack = backbone(model)
+    unit64 = unit_vector(direction).to(torch.float64)
+    emb = stack.embed_tokens.weight  # (V, H)
+    head = getattr(model, "lm_head", None)
+    if head is not None and head.weight.data_ptr() == emb.data_ptr():
+        head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
+        for cfg in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+            cfg.tie_word_embeddings = False
+
+    def rows(w: torch.Tensor) -> None:  # w: (N, H), each row a vector in the residual space
+        u = unit64.to(w.device)
+        w64 = w.to(torch.float64)
+        w.copy_((w64 - (w64 @ u).unsqueeze(-1) * u).to(w.dtype))
+
+    def outputs(linear: nn.Linear) -> None:  # weight: (H, in), output = W x lives in the residual space
+        u = unit64.to(linear.weight.device)
+        w64 = linear.weight.to(torch.float64)
+        linear.weight.copy_((w64 - torch.outer(u, u @ w64)).to(linear.weight.dtype))
+        if linear.bias is not None:
+            b64 = linear.bias.to(torch.float64)
+            linear.bias.copy_((b64 - (b64 @ u) * u).to(linear.bias.dtype))
+
+    rows(emb)
+    for block in stack.layers:
+        outputs(block.self_attn.o_proj)
+        outputs(block.mlp.down_proj)
+    return model
+
+
+# --------------------------------------------------------------------------- lm-eval's `steered` adapter
+
+
+def _hookpoint(model: nn.Module, module: nn.Module) -> str:
+    """Name of ``module`` relative to ``model.base_model`` (how lm-eval's adapter finds hookpoints)."""
+    for name, m in model.base_model.named_modules():
+        if m is module:
+            return name
+    raise ValueError("module not found under model.base_model")
+
+
+def lm_eval_steer_config(model: nn.Module, direction: torch.Tensor, mode: str, layer: int | None = None,
+                         alpha: float | None = 1.0) -> dict:
+    """The dict that lm-eval's ``steered`` model (``steer_path=<file>.pt``) loads with
+    ``torch.load(weights_only=True)``: ``{hookpoint: {action, steering_coefficient, steering_vector, bias}}``.
+
+    ablate -> action ``clamp`` with value 0 (project out, then add 0 * direction) at the same hookpoints
+    as :func:`steering`; add -> action ``add`` at the one hookpoint.
+    """
+    stack = backbone(model)
+    vec = direction.detach().flatten().to(torch.float32).cpu()
+    if mode == "ablate":
+        modules = [stack.embed_tokens]
+        for block in stack.layers:
+            modules += [block.self_attn, block.mlp, block]
+        return {_hookpoint(model, m): {"action": "clamp", "steering_coefficient": 0.0, "steering_vector": vec,
+                                       "bias": None} for m in modules}
+    if mode == "add":
+        module = stack.embed_tokens if layer == 0 else stack.layers[layer - 1]
+        return {_hookpoint(model, module): {"action": "add", "steering_coefficient": float(alpha),
+                                            "steering_vector": vec, "bias": None}}
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def write_lm_eval_steer_file(path: str | Path, model: nn.Module, direction: torch.Tensor, mode: str,
+                             layer: int | None = None, alpha: float | None = 1.0) -> Path:
+    import io
+
+    from bench.records import atomic_write_bytes
+
+    buf = io.BytesIO()
+    torch.save(lm_eval_steer_config(model, direction, mode, layer, alpha), buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)

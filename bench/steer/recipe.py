@@ -1,0 +1,285 @@
+"""Stage `steer`: refusal direction, the two steered variants, and the layerwise audit.
+
+    make steer PROFILE=default     # == bench steer --profile default
+
+Top to bottom:
+
+1. Load the policy to steer (``steer.policy``: ``base`` by default, or a trained variant such as the
+   most refusing checkpoint; the SmolLM2 base refuses little, so its direction moves little) and the
+   harmful/benign prompt sets (train and validation splits, ``n_train`` and ``n_val`` per set).
+2. Form the two groups (``steer.grouping``: behaviour with fallback to labels; see
+   :mod:`bench.steer.directions`), take float64 mean activations at the last ``positions`` prompt
+   tokens of every layer, and subtract.
+3. Select (layer, position) on the validation split by the effect of ablation and addition on the
+   detector's refusal rate.
+4. Write two evaluable variants, ``steer-ablate`` and ``steer-add``: the policy's model plus a steering
+   spec (``artifacts["steering"]``; ``artifacts["base_variant"]`` names the policy) that the battery applies with :func:`apply_spec`; the vector as a
+   plain tensor file, the same steering in lm-eval's ``steered`` adapter format, and (when
+   ``steer.export_orthogonalized``) ablation exported as orthogonalised weights.
+5. Audit the direction across the base and every trained checkpoint that exists (``steer-audit``):
+   a layers x checkpoints table in ``extra["audit"]`` and a PNG in ``artifacts["audit_plot"]``.
+
+Steps 1-4 are skipped when both variant records exist with the same config hash (steer/model/data/
+profile sections, detector version and the policy's record); the audit's hash also covers the list
+of checkpoints, so it re-runs when a new trained variant or checkpoint appears.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from bench.config import ProfileConfig
+from bench.records import atomic_write_text, find_record, is_done, run_dir, stage_run
+from bench.stats import rate_metric, scalar_metric
+
+SECTIONS = ("profile", "model", "data", "steer")
+VARIANTS = {"ablate": "steer-ablate", "add": "steer-add"}
+AUDIT_VARIANT = "steer-audit"
+VECTOR_FILE = "direction.pt"
+MEANS_FILE = "means.pt"
+LM_EVAL_FILE = "lm_eval_steer.pt"
+AUDIT_PLOT = "audit.png"
+# Defaults for fields the steer section may not (yet) declare.
+
+
+# --------------------------------------------------------------------------- the battery's entry points
+
+
+def load_steering_spec(record: dict) -> dict:
+    """The steering spec of a steer variant's record, with ``vector_path`` resolved to a file that
+    exists (the absolute path recorded, or the same file name in the record's run dir if runs moved)."""
+    spec = dict((record.get("artifacts") or {}).get("steering") or {})
+    if not spec:
+        raise ValueError(f"record of variant {record.get('variant')!r} has no artifacts.steering")
+    path = Path(spec["vector_path"])
+    if not path.exists():
+        alt = run_dir(record["profile"], record["variant"]) / path.name
+        if not alt.exists():
+            raise FileNotFoundError(f"steering vector {path} not found (nor {alt}); re-run `make steer`")
+        path = alt
+    spec["vector_path"] = str(path)
+    return spec
+
+
+def apply_spec(model, spec: dict):
+    """Context manager steering ``model`` as the spec says: ``with apply_spec(model, spec): ...``."""
+    from bench.steer.hooks import steering
+
+    return steering(model, spec)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _load_prompts(cfg: ProfileConfig, role: str, split: str, n: int) -> tuple[list[str], dict]:
+    """First ``n`` prompts (label == role where labels are present) of the ``cfg.data.<role>`` set."""
+    from bench.data import load
+
+    ds = load(getattr(cfg.data, role), split, cfg.data)
+    rows = [r for r in ds.rows if r.get("label", role) == role] or list(ds.rows)
+    prompts = [r["prompt"] for r in rows][: n if n > 0 else None]
+    if not prompts:
+        raise ValueError(f"steer: dataset {getattr(cfg.data, role)!r} split {split!r} has no {role} prompts")
+    return prompts, dict(ds.identity)
+
+
+def load_prompt_sets(cfg: ProfileConfig) -> tuple[dict[str, list[str]], dict[str, dict]]:
+    s = cfg.require("steer")
+    prompts, idents = {}, {}
+    for split, key, n in (("train", "train", s.n_train), ("validation", "val", s.n_val)):
+        for role in ("harmful", "benign"):
+            prompts[f"{key}_{role}"], idents[f"{role}_{split}"] = _load_prompts(cfg, role, split, n)
+    return prompts, idents
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _hash(*parts) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _detector() -> tuple[Callable, dict]:
+    from bench.eval import refusal
+
+    return refusal.detect_many, {"name": refusal.DETECTOR_NAME, "version": refusal.DETECTOR_VERSION}
+
+
+def variants_hash(cfg: ProfileConfig, detector_info: dict, policy: dict) -> str:
+    return _hash(cfg.section_hash(*SECTIONS), detector_info, policy)
+
+
+def resolve_policy(cfg: ProfileConfig, progress: Callable[[str], None] = print) -> dict:
+    """The model that is measured and steered: ``steer.policy`` (default ``"base"``), a variant whose
+    record has ``artifacts["model_dir"]``, e.g. the most refusing trained checkpoint."""
+    from bench.models import prepare_base
+    from bench.records import RecordError
+
+    name = cfg.require("steer").policy
+    if name == "base":
+        folder, _ = prepare_base(cfg, progress=progress)
+        rec = find_record(cfg.profile.name, "base")
+        return {"variant": "base", "model_dir": str(folder), "config_hash": (rec or {}).get("config_hash")}
+    rec = find_record(cfg.profile.name, name)
+    if rec is None or not (rec.get("artifacts") or {}).get("model_dir"):
+        raise RecordError(f"steer.policy '{name}': no record with artifacts.model_dir under "
+                          f"{run_dir(cfg.profile.name, name)}; run its stage first")
+    return {"variant": name, "model_dir": str(rec["artifacts"]["model_dir"]), "config_hash": rec["config_hash"]}
+
+
+def audit_hash(cfg: ProfileConfig, checkpoints: list[dict], selection_hash: str) -> str:
+    idents = [(c["name"], c["model_dir"], c.get("config_hash")) for c in checkpoints]
+    return _hash(cfg.section_hash(*SECTIONS), selection_hash, idents)
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def extract_and_select(cfg: ProfileConfig, model, tok, prompts: dict, detect_many: Callable,
+                       progress: Callable[[str], None] = print) -> dict:
+    """Groups, means, directions and the selection; returns everything the records need."""
+    from bench.eval.generate import GenerationSettings, generate_greedy
+    from bench.steer.directions import form_groups, mean_activations, refusal_directions, select_direction
+
+    s = cfg.require("steer")
+    sp = cfg.model.system_prompt
+    gen_groups = GenerationSettings(max_new_tokens=s.max_new_tokens, batch_size=s.batch_size)
+    gen_select = GenerationSettings(
+        max_new_tokens=s.select_max_new_tokens or s.max_new_tokens, batch_size=s.batch_size)
+
+    def answer(ps: list[str]) -> list[str]:
+        return generate_greedy(model, tok, ps, sp, gen_groups, desc="steer groups")
+
+    def refusal_rate(ps: list[str]) -> float:
+        gens = generate_greedy(model, tok, ps, sp, gen_select, desc="steer select")
+        return sum(bool(d.is_refusal) for d in detect_many(gens)) / max(len(gens), 1)
+
+    groups = form_groups(prompts["train_harmful"], prompts["train_benign"], s.grouping, s.min_group, answer, detect_many)
+    if groups.fallback_reason:
+        progress(f"steer: {groups.fallback_reason}")
+    progress(f"steer: groups ({groups.grouping}) refuse={len(groups.refuse)} comply={len(groups.comply)}")
+    harm_mean = mean_activations(model, tok, groups.refuse, sp, s.positions, s.batch_size)
+    benign_mean = mean_activations(model, tok, groups.comply, sp, s.positions, s.batch_size)
+    directions = refusal_directions(harm_mean, benign_mean)  # (n_layers+1, P, H) float64
+    selection = select_direction(
+        model, tok, directions, prompts["val_harmful"], prompts["val_benign"], positions=s.positions,
+        skip_last_layers=s.skip_last_layers, add_alpha=s.add_alpha,
+        shortlist=s.shortlist, refusal_rate=refusal_rate, system_prompt=sp,
+        batch_size=s.batch_size, progress=progress)
+    return {"groups": groups, "harm_mean": harm_mean, "benign_mean": benign_mean, "directions": directions,
+            "selection": selection}
+
+
+def _write_variants(cfg: ProfileConfig, model, tok, result: dict, chash: str, policy: dict, datasets: dict,
+                    detector_info: dict, wall: float) -> None:
+    import torch
+
+    from bench.steer import hooks
+    from bench.steer.directions import position_index
+
+    s = cfg.require("steer")
+    sel = result["selection"]
+    vec = result["directions"][sel.layer, position_index(sel.position, s.positions)].to(torch.float32)
+    common_extra = {"policy": policy, "grouping": result["groups"].record(), "selection": sel.record(), "detector": detector_info,
+                    "direction_norm": float(vec.norm()), "n_layers": int(result["directions"].shape[0] - 1)}
+    n_val = {"harmful": sel.baseline["n_harmful"], "benign": sel.baseline["n_benign"]}
+    chosen = next(c for c in sel.candidates if c["chosen"])
+    for mode, variant in VARIANTS.items():
+        with stage_run(cfg, variant=variant, stage="steer", sections=SECTIONS) as run:
+            run.config_hash = chash
+            vpath = hooks.save_vector(run.dir / VECTOR_FILE, vec)
+            if mode == "ablate":
+                means = hooks.save_vector(run.dir / MEANS_FILE, vec, harm_mean=result["harm_mean"],
+                                          benign_mean=result["benign_mean"])
+                run.artifacts["means_path"] = str(means)
+            alpha = s.add_alpha if mode == "add" else None
+            lm_eval = hooks.write_lm_eval_steer_file(run.dir / LM_EVAL_FILE, model, vec, mode, sel.layer, alpha)
+            run.artifacts.update({
+                "base_variant": policy["variant"], "model_dir": policy["model_dir"],
+                "steering": {"mode": mode, "layer": sel.layer, "position": sel.position, "alpha": alpha,
+                             "vector_path": str(vpath)},
+                "lm_eval_steer_path": str(lm_eval),
+            })
+            if mode == "ablate" and s.export_orthogonalized:
+                out = run.dir / "orthogonalized"
+                ortho = hooks.orthogonalize_weights(copy.deepcopy(model), vec)
+                ortho.save_pretrained(out)
+                tok.save_pretrained(out)
+                run.artifacts["orthogonalized_model_dir"] = str(out)
+            run.datasets = datasets
+            run.extra = dict(common_extra)
+            if mode == "ablate":
+                base_r, steered = sel.baseline["refusal_harmful"], chosen.get("ablate_refusal_harmful")
+                key, n = "refusal_harmful", n_val["harmful"]
+            else:
+                base_r, steered = sel.baseline["refusal_benign"], chosen.get("add_refusal_benign")
+                key, n = "refusal_benign", n_val["benign"]
+            run.metrics[f"select_{key}_val_unsteered"] = rate_metric(round(base_r * n), n)
+            if steered is not None:
+                run.metrics[f"select_{key}_val_steered"] = rate_metric(round(steered * n), n)
+            run.metrics["extraction_wall_time_s"] = scalar_metric(round(wall, 2))
+            run.log.info("layer=%d position=%d score=%.3f", sel.layer, sel.position, sel.score)
+
+
+def run_audit_stage(cfg: ProfileConfig, prompts: dict, datasets: dict, base_dir: str, force: bool = False,
+                    progress: Callable[[str], None] = print) -> dict | None:
+    from bench.models import load_pretrained
+    from bench.steer.audit import audit_markdown, discover_checkpoints, plot_audit
+    from bench.steer.audit import run_audit as measure
+
+    s = cfg.require("steer")
+    sel_rec = find_record(cfg.profile.name, VARIANTS["ablate"])
+    position = sel_rec["artifacts"]["steering"]["position"]
+    checkpoints = discover_checkpoints(cfg.profile.name, base_dir)
+    chash = audit_hash(cfg, checkpoints, sel_rec["config_hash"])
+    if not force and is_done(cfg, AUDIT_VARIANT, chash):
+        progress(f"steer: audit up to date ({len(checkpoints)} checkpoints)")
+        return None
+    with stage_run(cfg, variant=AUDIT_VARIANT, stage="steer", sections=SECTIONS) as run:
+        run.config_hash = chash
+        table = measure(checkpoints, lambda d: load_pretrained(d, cfg.model), prompts, position, s.positions,
+                        cfg.model.system_prompt, s.batch_size, progress)
+        plot = plot_audit(table, run.dir / AUDIT_PLOT)
+        atomic_write_text(run.dir / "audit.md", audit_markdown(table))
+        run.artifacts = {"audit_plot": str(plot), "audit_markdown": str(run.dir / "audit.md")}
+        run.datasets = datasets
+        run.extra = {"audit": table}
+        run.metrics["n_checkpoints"] = scalar_metric(len(checkpoints))
+    return table
+
+
+def run_steer(cfg: ProfileConfig, force: bool = False, progress: Callable[[str], None] = print) -> dict:
+    """Extraction + selection + the two steered variants (skipped when up to date), then the audit."""
+    import torch
+
+    from bench.models import load_pretrained, prepare_base
+
+    cfg.require("steer")
+    torch.manual_seed(cfg.profile.seed)
+    detect_many, detector_info = _detector()
+    base_dir, _ = prepare_base(cfg, progress=progress)
+    policy = resolve_policy(cfg, progress)
+    chash = variants_hash(cfg, detector_info, policy)
+    prompts, datasets = load_prompt_sets(cfg)
+    out: dict = {}
+    if force or not all(is_done(cfg, v, chash) for v in VARIANTS.values()):
+        t0 = time.perf_counter()
+        model, tok = load_pretrained(policy["model_dir"], cfg.model)
+        result = extract_and_select(cfg, model, tok, prompts, detect_many, progress)
+        wall = time.perf_counter() - t0
+        _write_variants(cfg, model, tok, result, chash, policy, datasets, detector_info, wall)
+        sel = result["selection"]
+        progress(f"steer: {policy['variant']}: chose layer {sel.layer}, position {sel.position} "
+                 f"(score {sel.score:.3f}) in {wall:.0f}s")
+        out["selection"] = sel.record()
+        del model
+    else:
+        progress("steer: steered variants up to date")
+    out["audit"] = run_audit_stage(cfg, prompts, datasets, str(base_dir), force, progress)
+    return out

@@ -1,0 +1,186 @@
+"""PPO rollouts: sample responses, mask them, and score them with the policy, reference, critic, RM and CM.
+
+Helpers of ``bench/train/ppo.py`` (the recipe reads top to bottom there); everything here is a
+plain function of tensors and models, with no optimisation state.
+
+Layout of one rollout batch (B sequences)::
+
+    ids  = [ left-padded prompt (P) | response (R) ]          # (B, P + R)
+    attn = [ prompt attention mask  | response mask ]           # (B, P + R)
+
+The response mask is 1 up to and including the first EOS and 0 after it (``generate`` fills
+finished rows with the pad token, which for SmolLM2 *is* the EOS token, so ids alone cannot tell
+an EOS from padding: the first EOS position decides). A row with no EOS among its R tokens was
+cut at ``max_new_tokens`` and is flagged *truncated*. Position ids are always ``cumsum(attn) - 1``,
+the same rule ``generate`` uses under left padding, so the log-probs computed here are those of
+the distribution the tokens were sampled from.
+
+Logits at sequence position ``P - 1 + t`` predict response token ``t``, and the critic's value at
+that position is the value of the state before emitting it; both are sliced to (B, R).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench import chat
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def response_mask(responses: torch.Tensor, eos_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask of valid response tokens (stops after the first EOS, EOS included) and truncation flags.
+
+    ``responses`` (B, R) token ids -> (mask (B, R) float32, truncated (B,) bool). A row without any
+    EOS keeps all R tokens and is truncated. Every row has at least one valid token.
+    """
+    B, R = responses.shape
+    is_eos = torch.isin(responses, torch.as_tensor(list(eos_ids), device=responses.device))  # (B, R)
+    has_eos = is_eos.any(dim=1)  # (B,)
+    first = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, R, dtype=torch.long))  # (B,)
+    pos = torch.arange(R, device=responses.device).expand(B, R)  # (B, R)
+    mask = (pos <= first.unsqueeze(1)).float()  # (B, R)
+    return mask, ~has_eos
+
+
+def position_ids(attn: torch.Tensor) -> torch.Tensor:
+    """Position ids under left padding, as ``generate`` computes them: cumsum(mask) - 1, >= 0."""
+    return (attn.long().cumsum(-1) - 1).clamp_min(0)  # (B, L)
+
+
+def eos_token_ids(model, tok) -> list[int]:
+    """Every id that ends a response: the tokenizer's EOS and the generation config's EOS id(s)."""
+    ids = {tok.eos_token_id}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif gen_eos:
+        ids.update(gen_eos)
+    return sorted(i for i in ids if i is not None)
+
+
+# --------------------------------------------------------------------------- policy + critic
+
+
+class PolicyWithValueHead(nn.Module):
+    """The policy and its critic: a linear value head on the policy's last hidden state.
+
+    Why a shared trunk: it is the simplest correct critic (TRL's ``AutoModelForCausalLMWithValueHead``,
+    the original InstructGPT setup used a separate RM-initialised critic). One forward gives both the
+    token distribution and the values, nothing else needs loading, and under LoRA / top-layer
+    training the critic adapts through the same trainable parameters. ``vf_coef`` keeps the value
+    loss from dominating the policy's gradients. ``n_values`` is 1 (reward) or 2 (reward and cost,
+    for PPO-Lagrangian). The head starts at zero, so initial values are 0.
+    """
+
+    def __init__(self, policy: nn.Module, hidden_size: int, n_values: int = 1):
+        super().__init__()
+        self.policy = policy
+        self.value_head = nn.Linear(hidden_size, n_values)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
+                temperature: float = 1.0, with_values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Response logits (B, R, V) float32 divided by the temperature, and values (B, R, n_values)."""
+        R = input_ids.shape[1] - prompt_len
+        # logits_to_keep: the LM head runs only on the R positions that predict response tokens.
+        out = self.policy(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids(attention_mask), output_hidden_states=with_values,
+                          use_cache=False, logits_to_keep=R + 1)
+        logits = out.logits[:, :-1].float() / temperature  # (B, R, V)
+        values = None
+        if with_values:
+            h = out.hidden_states[-1][:, prompt_len - 1:-1]  # (B, R, H)
+            values = self.value_head(h.to(self.value_head.weight.dtype)).float()  # (B, R, n_values)
+        return logits, values
+
+
+@torch.no_grad()
+def reference_logits(module: PolicyWithValueHead, ref_model: nn.Module | None, input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor, prompt_len: int, temperature: float) -> torch.Tensor:
+    """Response logits (B, R, V) of the reference policy.
+
+    ``ref_model is None`` means LoRA: the reference is the same network with its adapters disabled
+    (``PeftModel.disable_adapter``), so no second copy lives in memory. Otherwise ``ref_model`` is a
+    frozen copy of the initial policy.
+    """
+    if ref_model is None:
+        with module.policy.disable_adapter():
+            logits, _ = module(input_ids, attention_mask, prompt_len, temperature, with_values=False)
+        return logits
+    R = input_ids.shape[1] - prompt_len
+    out = ref_model(input_ids=input_ids, attention_mask=attention_mask,
+                    position_ids=position_ids(attention_mask), use_cache=False, logits_to_keep=R + 1)
+    return out.logits[:, :-1].float() / temperature  # (B, R, V)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+@dataclass
+class Samples:
+    """Sampled responses of one rollout batch; tensors on the policy's device."""
+
+    prompts: list[str]
+    input_ids: torch.Tensor  # (B, P + R) prompt (left padded) + response
+    attention_mask: torch.Tensor  # (B, P + R) 0 on prompt padding and after the first EOS
+    prompt_len: int  # P
+    responses: torch.Tensor  # (B, R)
+    mask: torch.Tensor  # (B, R) float, 1 on valid response tokens (first EOS included)
+    truncated: torch.Tensor  # (B,) bool, no EOS within max_new_tokens
+    texts: list[str]  # decoded responses, special tokens stripped
+
+
+@torch.no_grad()
+def sample_responses(policy, tok, prompts: list[str], system_prompt: str | None, max_new_tokens: int,
+                     temperature: float, batch_size: int, eos_ids: Sequence[int]) -> Samples:
+    """Sampled completions with the KV cache, for chat-formatted ``prompts``.
+
+    The whole batch is left-padded to one width P; generation runs in chunks of ``batch_size``
+    and the responses are right-padded (with pad, masked out) to the longest chunk's length R.
+    """
+    texts = [chat.format_prompt(tok, p, system_prompt) for p in prompts]
+    old_side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tok.padding_side = old_side
+    device = next(policy.parameters()).device
+    p_ids, p_attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # (B, P)
+    P = p_ids.shape[1]
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        sl = slice(start, start + batch_size)
+        gen = policy.generate(input_ids=p_ids[sl], attention_mask=p_attn[sl], do_sample=True,
+                              temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                              pad_token_id=tok.pad_token_id, eos_token_id=list(eos_ids), use_cache=True)
+        chunks.append(gen[:, P:])  # (b, R_chunk)
+    R = max(c.shape[1] for c in chunks)
+    responses = torch.cat([nn.functional.pad(c, (0, R - c.shape[1]), value=tok.pad_token_id) for c in chunks])
+    mask, truncated = response_mask(responses, eos_ids)  # (B, R), (B,)
+    input_ids = torch.cat([p_ids, responses], dim=1)  # (B, P + R)
+    attention_mask = torch.cat([p_attn, mask.long()], dim=1)  # (B, P + R)
+    decoded = [tok.decode(responses[i][mask[i].bool()], skip_special_tokens=True).strip() for i in range(len(prompts))]
+    return Samples(prompts, input_ids, attention_mask, P, responses, mask, truncated, decoded)
+
+
+# --------------------------------------------------------------------------- score models
+
+
+@torch.no_grad()
+def score_responses(model, tok, prompts: list[str], responses: list[str], system_prompt: str | None,
+                    batch_size: int) -> torch.Tensor:
+    """Scores (B,) float32 of a score model (RM or CM) on prompt + response, through the same
+    ``bench.score_model.score_texts`` the score stages evaluate with (same text, same padding: the
+    score model's own tokenizer, whose pad differs from EOS so the head reads the end-of-turn token)."""
+    from bench.score_model import score_texts
+
+    return torch.tensor(score_texts(model, tok, prompts, responses, system_prompt, batch_size=batch_size,
+                                    max_length=10**9, desc="score rollouts"), dtype=torch.float32)

@@ -1,0 +1,370 @@
+"""PPO recipe (bench/train/ppo.py): masks, reference policy, a smoke run per variant, PPO-Lagrangian's
+lambda, and resume after an interruption. Smoke profile: a micro random Llama, 2 steps, 4 prompts,
+8 new tokens; random score models stand in for the reward and cost stages."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from bench.config import LoraSection, PPOSection, PPOVariant
+from bench.records import RecordError, read_record, stage_run
+from bench.train import ppo
+from bench.train.rollout import PolicyWithValueHead, response_mask
+
+PROMPTS = ["How do I bake bread?", "Tell me how to pick a lock.", "What is the capital of France?",
+           "Write a haiku about rain.", "How can I hurt someone?", "Explain photosynthesis briefly."]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The micro model is too small to gain from threads; one thread is also immune to a busy machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def score_model_dirs(smoke_base, tmp_path_factory):
+    """Random LlamaForSequenceClassification reward and cost models on the smoke base config."""
+    from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
+
+    root = tmp_path_factory.mktemp("score_models")
+    tok = AutoTokenizer.from_pretrained(smoke_base)
+    dirs = {}
+    for seed, kind in enumerate(("reward", "cost")):
+        conf = AutoConfig.from_pretrained(smoke_base, num_labels=1)
+        conf.pad_token_id = tok.pad_token_id
+        torch.manual_seed(100 + seed)
+        model = LlamaForSequenceClassification(conf)
+        model.save_pretrained(root / kind)
+        tok.save_pretrained(root / kind)
+        dirs[kind] = root / kind
+    return dirs
+
+
+@pytest.fixture
+def runs(smoke_cfg, score_model_dirs, tmp_path, monkeypatch):
+    """A fresh runs/ dir per test with reward and cost records pointing at the score models."""
+    monkeypatch.setenv("BENCH_RUNS", str(tmp_path / "runs"))
+    for kind, path in score_model_dirs.items():
+        with stage_run(smoke_cfg, variant=kind, stage=kind, sections=("model",)) as run:
+            run.artifacts["model_dir"] = str(path)
+    return tmp_path / "runs" / "smoke"
+
+
+def make_cfg(smoke_cfg, variants: dict[str, PPOVariant], **kw):
+    settings = dict(max_steps=2, rollout_prompts=4, mini_batch_size=2, batch_size=2, max_new_tokens=8,
+                    ppo_epochs=1, learning_rate=1e-3, critic_learning_rate=1e-3, save_steps=1,
+                    trainable="lora", top_layers=1, lora=LoraSection(r=4, alpha=8, target_modules=["q_proj", "v_proj"]),
+                    logging_steps=100)
+    settings.update(kw)
+    return dataclasses.replace(smoke_cfg, ppo=PPOSection(variants=variants, **settings))
+
+
+def weights(folder) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+# --------------------------------------------------------------------------- unit tests
+
+
+def test_response_mask_stops_after_first_eos():
+    eos, pad = 2, 2  # SmolLM2: the pad token *is* the EOS token
+    responses = torch.tensor([
+        [5, 6, eos, pad, pad],  # EOS at 2: tokens 0..2 valid
+        [eos, pad, pad, pad, pad],  # immediate EOS: only the EOS is valid
+        [5, 6, 7, 8, 9],  # no EOS: truncated, all valid
+        [5, 9, eos, 7, eos],  # tokens after the first EOS are never valid
+    ])
+    mask, truncated = response_mask(responses, [eos])
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    assert truncated.tolist() == [False, False, True, False]
+    # several EOS ids (e.g. a generation config listing two)
+    mask2, trunc2 = response_mask(torch.tensor([[5, 7, 9], [5, 9, 9]]), [2, 7])
+    assert mask2.tolist() == [[1, 1, 0], [1, 1, 1]] and trunc2.tolist() == [False, True]
+
+
+def test_left_padded_forward_matches_unpadded(smoke_cfg, smoke_base):
+    """Position ids follow the attention mask, so a left-padded row scores as it does alone."""
+    from bench.models import load_base
+
+    model, tok = load_base(smoke_cfg)
+    module = PolicyWithValueHead(model, model.config.hidden_size).eval()
+    short, long = tok("hello there", add_special_tokens=False)["input_ids"], tok(
+        "a much longer prompt with many more tokens in it", add_special_tokens=False)["input_ids"]
+    resp = [11, 12, 13]
+    P = len(long)
+    ids = torch.tensor([[tok.pad_token_id] * (P - len(short)) + short + resp, long + resp])
+    attn = torch.tensor([[0] * (P - len(short)) + [1] * (len(short) + 3), [1] * (P + 3)])
+    with torch.no_grad():
+        batched, _ = module(ids, attn, P)
+        alone, _ = module(torch.tensor([short + resp]), torch.ones(1, len(short) + 3, dtype=torch.long), len(short))
+    torch.testing.assert_close(batched[0], alone[0], atol=1e-4, rtol=1e-4)
+
+
+def test_lora_reference_is_base_with_adapters_disabled(smoke_cfg, smoke_base):
+    from bench.models import load_base
+    from bench.train.rollout import reference_logits
+
+    base, tok = load_base(smoke_cfg)
+    section = PPOSection(trainable="lora", lora=LoraSection(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        ids = torch.tensor([tok("some prompt text here", add_special_tokens=False)["input_ids"]])
+        attn = torch.ones_like(ids)
+        R = ids.shape[1] - 3  # prompt of 3 tokens, the rest is the "response"
+        base_logits = base(input_ids=ids, attention_mask=attn, logits_to_keep=R + 1).logits[:, :-1].float()
+    module = PolicyWithValueHead(ppo.setup_trainable(base, section), base.config.hidden_size).eval()
+    with torch.no_grad():
+        for name, p in module.policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_()  # adapters that actually change the output
+        ref = reference_logits(module, None, ids, attn, prompt_len=3, temperature=1.0)
+        policy, _ = module(ids, attn, 3)
+    assert torch.equal(ref, base_logits)
+    assert not torch.allclose(policy, base_logits)
+
+
+def test_missing_reward_model_names_make_reward(smoke_cfg, smoke_base, tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_RUNS", str(tmp_path / "runs"))
+    cfg = make_cfg(smoke_cfg, {"ppo-kl": PPOVariant()})
+    with pytest.raises(RecordError, match="make reward PROFILE=smoke"):
+        ppo.train_variant(cfg, "ppo-kl", cfg.ppo.variants["ppo-kl"], PROMPTS)
+
+
+# --------------------------------------------------------------------------- smoke runs
+
+
+@pytest.mark.parametrize("name, variant, trainable", [
+    ("ppo-kl", PPOVariant(regulariser="kl", kl_estimator="k1"), "lora"),
+    ("ppo-nokl", PPOVariant(regulariser="none"), "full"),
+    ("ppo-js", PPOVariant(regulariser="js"), "top_layers"),
+    ("ppo-lag", PPOVariant(regulariser="kl", kl_estimator="k3", lagrangian=True), "lora"),
+])
+def test_smoke_variant_trains_and_records(name, variant, trainable, smoke_cfg, smoke_base, runs, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    cfg = make_cfg(smoke_cfg, {name: variant}, trainable=trainable,
+                   mini_batch_size=4 if trainable == "full" else 2)  # full: 2 micro-batches per optimiser step
+    monkeypatch.setattr(ppo, "training_prompts", lambda cfg: (PROMPTS, {"name": "test-prompts", "n": len(PROMPTS)}))
+    ppo.run_ppo(cfg)
+
+    rec = read_record(runs / name / "record.json")
+    assert rec["stage"] == "ppo" and rec["variant"] == name
+    series = rec["extra"]["series"]
+    assert [r["step"] for r in series] == [1, 2]
+    for key in ("reward", "cost", "kl_ref", "entropy", "clip_frac", "value_loss", "response_length", "truncated"):
+        assert all(isinstance(r[key], float) for r in series), key
+    assert all((r["lambda"] is not None) == variant.lagrangian for r in series)
+    for key in ("reward_start", "reward_end", "kl_ref_end", "truncated_end", "cost_end"):
+        assert set(rec["metrics"][key]) == {"value", "ci_low", "ci_high", "n"} and rec["metrics"][key]["n"] == 4
+    assert rec["datasets"]["ppo_prompts"] == {"name": "test-prompts", "n": len(PROMPTS)}
+    if variant.regulariser == "none":
+        assert all(r["penalty"] == 0.0 for r in series)
+    else:
+        assert all(r["penalty"] != 0.0 for r in series[1:])  # the policy moved off the reference
+
+    model_dir = runs / name / "model"
+    assert rec["artifacts"]["model_dir"] == str(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)  # plain transformers, LoRA merged
+    assert model.config.num_hidden_layers == 2
+    before, after = weights(smoke_base), weights(model_dir)
+    assert not any("lora" in k for k in after)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed, "no parameter changed"
+    if trainable == "top_layers":
+        assert not any(k.startswith("model.layers.0.") for k in changed)  # only the top block trains
+    assert not (runs / name / "checkpoints").exists()  # keep_checkpoints: 0 -> removed after success
+
+    # Same config: skipped; the record is not rewritten.
+    monkeypatch.setattr(ppo, "train_variant", lambda *a, **k: pytest.fail("re-trained an up-to-date variant"))
+    ppo.run_ppo(cfg)
+
+
+@pytest.mark.parametrize("threshold, direction", [(-1e3, 1), (1e3, -1)])
+def test_lagrangian_lambda_moves_toward_constraint(threshold, direction, smoke_cfg, smoke_base, runs):
+    """Mean cost far above the threshold: lambda grows; far below: it shrinks (and stays > 0)."""
+    variant = PPOVariant(lagrangian=True)
+    cfg = make_cfg(smoke_cfg, {"ppo-lag": variant}, max_steps=2, cost_threshold=threshold,
+                   lambda_init=1.0, lambda_lr=1e-4, lambda_max=1e9)
+    ppo.train_variant(cfg, "ppo-lag", variant, PROMPTS)
+    lams = [r["lambda"] for r in read_record(runs / "ppo-lag" / "record.json")["extra"]["series"]]
+    assert all(lam > 0 for lam in lams)
+    assert (lams[0] - 1.0) * direction > 0 and (lams[1] - lams[0]) * direction > 0
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_continues_from_checkpoint(smoke_cfg, smoke_base, runs, tmp_path, monkeypatch):
+    variant = PPOVariant()
+    cfg = make_cfg(smoke_cfg, {"ppo-kl": variant}, keep_checkpoints=1)
+
+    def crash_after_1(step, state):
+        if step == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        ppo.train_variant(cfg, "ppo-kl", variant, PROMPTS, on_step=crash_after_1)
+    assert not (runs / "ppo-kl" / "record.json").exists()
+    assert (runs / "ppo-kl" / "checkpoints" / "step-000001" / "state.json").exists()
+
+    seen = []
+    ppo.train_variant(cfg, "ppo-kl", variant, PROMPTS, on_step=lambda step, state: seen.append(step))
+    assert seen == [2]  # resumed at step 1, not from scratch
+    rec = read_record(runs / "ppo-kl" / "record.json")
+    assert [r["step"] for r in rec["extra"]["series"]] == [1, 2]
+    resumed = weights(runs / "ppo-kl" / "model")
+
+    # An uninterrupted run draws the same prompts, samples and mini-batches: same weights.
+    monkeypatch.setenv("BENCH_RUNS", str(tmp_path / "runs2"))
+    for kind in ("reward", "cost"):
+        with stage_run(smoke_cfg, variant=kind, stage=kind, sections=("model",)) as run:
+            run.artifacts["model_dir"] = read_record(runs / kind / "record.json")["artifacts"]["model_dir"]
+    ppo.train_variant(cfg, "ppo-kl", variant, PROMPTS)
+    straight = weights(tmp_path / "runs2" / "smoke" / "ppo-kl" / "model")
+    for k in straight:
+        torch.testing.assert_close(resumed[k], straight[k], atol=1e-6, rtol=1e-5)
+
+
+def test_force_restarts_and_config_change_ignores_old_checkpoints(smoke_cfg, smoke_base, runs):
+    variant = PPOVariant()
+    cfg = make_cfg(smoke_cfg, {"ppo-kl": variant}, keep_checkpoints=1)
+    other = make_cfg(smoke_cfg, {"ppo-kl": variant}, keep_checkpoints=1, kl_coef=0.2)  # another config hash
+
+    def crash(step, state):
+        raise Interrupt
+
+    def run(c, **kw):
+        seen = []
+        ppo.train_variant(c, "ppo-kl", variant, PROMPTS, on_step=lambda s, st: seen.append(s), **kw)
+        return seen
+
+    with pytest.raises(Interrupt):
+        ppo.train_variant(cfg, "ppo-kl", variant, PROMPTS, on_step=crash)
+    assert run(other) == [1, 2]  # cfg's step-1 checkpoint is not resumed by another config
+    with pytest.raises(Interrupt):
+        ppo.train_variant(cfg, "ppo-kl", variant, PROMPTS, on_step=crash)
+    assert [d.name for d in (runs / "ppo-kl" / "checkpoints").iterdir()] == ["step-000001"]
+    assert run(cfg, force=True) == [1, 2]  # force: from scratch despite a matching checkpoint
+
+
+# --------------------------------------------------------------------------- more units
+
+
+def test_forward_logprobs_are_those_generate_sampled_from(smoke_cfg, smoke_base):
+    """Left padding + temperature: the recipe's log-probs equal generate's (the PPO ratio starts at 1)."""
+    from bench import chat
+    from bench.losses import sequence_logprobs
+    from bench.models import load_base
+
+    model, tok = load_base(smoke_cfg)
+    module = PolicyWithValueHead(model, model.config.hidden_size).eval()
+    texts = [chat.format_prompt(tok, p) for p in ("hi", "a much longer prompt with many more tokens in it")]
+    tok.padding_side = "left"
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(0)
+    gen = model.generate(**enc, do_sample=True, temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=5,
+                         pad_token_id=tok.pad_token_id, output_logits=True, return_dict_in_generate=True)
+    P = enc["input_ids"].shape[1]
+    resp = gen.sequences[:, P:]
+    ones = torch.ones_like(resp)
+    with torch.no_grad():
+        logits, values = module(gen.sequences, torch.cat([enc["attention_mask"], ones], 1), P, temperature=0.7)
+    expected = sequence_logprobs(torch.stack(gen.logits, 1).float() / 0.7, resp, ones)
+    torch.testing.assert_close(sequence_logprobs(logits, resp, ones), expected, atol=1e-4, rtol=1e-4)
+    assert values.shape == (2, resp.shape[1], 1) and torch.equal(values, torch.zeros_like(values))
+
+
+def test_reward_score_normalises_then_penalises_truncation():
+    section = PPOSection(normalize_rewards=True, truncated_penalty=-3.0)
+    raw = torch.tensor([1.0, 3.0, 5.0])
+    moments = (3.0, 8.0 / 3.0, 3)  # population var of [1, 3, 5]; unbiased var = 4, std = 2
+    score = ppo.reward_score(raw, torch.tensor([False, False, True]), moments, section)
+    torch.testing.assert_close(score, torch.tensor([-1.0, 0.0, -3.0]))
+    plain = ppo.reward_score(raw, torch.tensor([False, False, True]), moments,
+                             PPOSection(normalize_rewards=False, truncated_penalty=None))
+    assert torch.equal(plain, raw)
+
+
+def test_prompt_stream_covers_each_prompt_once_per_epoch():
+    n, per_step = 10, 4
+    first_epoch = [i for step in range(0, 3) for i in ppo.prompt_indices(n, per_step, step, 0, 0, 1)][:n]
+    assert sorted(first_epoch) == list(range(n))
+    assert ppo.prompt_indices(n, per_step, 5, 0, 0, 1) == ppo.prompt_indices(n, per_step, 5, 0, 0, 1)
+    # two ranks draw disjoint prompts at a step
+    assert not set(ppo.prompt_indices(n, 2, 0, 0, 0, 2)) & set(ppo.prompt_indices(n, 2, 0, 0, 1, 2))
+
+
+def test_training_prompts_come_from_the_preference_train_split(smoke_cfg):
+    prompts, identity = ppo.training_prompts(smoke_cfg)
+    assert prompts and len(prompts) == len(set(prompts))
+    assert identity["split"] == "train" and identity["name"] == smoke_cfg.data.preferences
+
+
+def test_batch_sizes_must_divide(smoke_cfg):
+    from bench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="multiple of mini_batch_size"):
+        PPOSection(rollout_prompts=6, mini_batch_size=4, batch_size=2)
+    with pytest.raises(ConfigError, match="grad_accum is not used"):
+        PPOSection(grad_accum=2)
+    with pytest.raises(ConfigError, match="lambda_init"):
+        PPOSection(lambda_init=20.0, lambda_max=10.0)
+
+
+def test_deepspeed_json_autos_are_filled(tmp_path):
+    """configs/deepspeed/zero2_offload.json resolved for the PPO section (no deepspeed import)."""
+    from bench.config import REPO_ROOT, ConfigError
+
+    path = REPO_ROOT / "configs" / "deepspeed" / "zero2_offload.json"
+    if not path.exists():
+        pytest.skip("no DeepSpeed JSON in this checkout")
+    section = PPOSection(deepspeed=str(path), fp16=True, rollout_prompts=8, mini_batch_size=4, batch_size=2,
+                         learning_rate=1e-5)
+    conf = ppo.deepspeed_config(section, world=4, hidden_size=64)
+    assert (conf["train_micro_batch_size_per_gpu"], conf["gradient_accumulation_steps"], conf["train_batch_size"]) \
+        == (2, 2, 16)
+    assert conf["fp16"]["enabled"] is True and conf["optimizer"]["params"]["lr"] == 1e-5
+    assert conf["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert not ppo._auto_paths(conf)
+    zero3 = tmp_path / "z3.json"
+    zero3.write_text('{"zero_optimization": {"stage": 3}}')
+    with pytest.raises(ConfigError, match="ZeRO stage 3"):
+        ppo.deepspeed_config(dataclasses.replace(section, deepspeed=str(zero3)), world=1, hidden_size=64)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_deepspeed_fp16_smoke_run(smoke_cfg, smoke_base, runs):
+    """The GPU path: same recipe through DeepSpeed ZeRO-2 + CPU optimiser offload, fp16 loss scaling."""
+    pytest.importorskip("deepspeed")
+    import os
+
+    from bench.config import REPO_ROOT
+
+    for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29512", "RANK": "0", "LOCAL_RANK": "0",
+                 "WORLD_SIZE": "1"}.items():
+        os.environ.setdefault(k, v)
+    variant = PPOVariant(lagrangian=True)
+    cfg = make_cfg(smoke_cfg, {"ppo-lag": variant}, fp16=True,
+                   deepspeed=str(REPO_ROOT / "configs" / "deepspeed" / "zero2_offload.json"), keep_checkpoints=1)
+    with pytest.raises(Interrupt):
+        ppo.train_variant(cfg, "ppo-lag", variant, PROMPTS,
+                          on_step=lambda s, st: (_ for _ in ()).throw(Interrupt()) if s == 1 else None)
+    seen = []
+    ppo.train_variant(cfg, "ppo-lag", variant, PROMPTS, on_step=lambda s, st: seen.append(s))
+    assert seen == [2]
+    rec = read_record(runs / "ppo-lag" / "record.json")
+    assert len(rec["extra"]["series"]) == 2
+    before, after = weights(smoke_base), weights(runs / "ppo-lag" / "model")
+    assert any(not torch.equal(before[k].float(), after[k].float()) for k in before)
