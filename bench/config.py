@@ -130,6 +130,7 @@ class TrainSection:
     batch_size: int = 8
     grad_accum: int = 1
     max_length: int = 256  # tokens, prompt + response; longer rows are an error or a counted skip
+    max_examples: int = 0  # use the first N training examples (the data files are shuffled); 0: all
     # Which parameters train: all, LoRA adapters, or only the top `top_layers` blocks (+ final norm
     # and head). The CPU default trains few parameters so a stage takes minutes.
     trainable: Literal["full", "lora", "top_layers"] = "top_layers"

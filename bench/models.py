@@ -133,19 +133,23 @@ def _build_micro_llama(model_cfg: ModelSection, out: Path, seed: int) -> dict:
     return {"origin": "random-init micro Llama with SmolLM2 tokenizer", "seed": seed}
 
 
-def _build_hub(model_cfg: ModelSection, out: Path) -> dict:
-    """Paper-scale: fetch the pinned revision through the HF cache and save a plain copy."""
-    from huggingface_hub import HfApi
+def _build_hub(model_cfg: ModelSection, out: Path, profile: str | None = None) -> dict:
+    """Paper-scale: the pinned revision through the HF cache (filled by `make fetch`), saved as a
+    plain copy. The revision is resolved to its commit sha (from the cache's refs when offline);
+    gated, missing or not-cached items become one HubError line (bench.hub)."""
+    from bench.hub import Item, hub_errors, resolve_revision
 
-    info = HfApi().model_info(model_cfg.hub_id, revision=model_cfg.revision)
-    model, tok = load_pretrained(model_cfg.hub_id, model_cfg, revision=info.sha)
+    item = Item("model", model_cfg.hub_id, model_cfg.revision, "model", used_by=["model"])
+    with hub_errors(item, profile):
+        sha = resolve_revision(model_cfg.hub_id, model_cfg.revision, "model")
+        model, tok = load_pretrained(model_cfg.hub_id, model_cfg, revision=sha)
     if model_cfg.chat_template:
         from bench.config import REPO_ROOT
 
         tok.chat_template = (REPO_ROOT / model_cfg.chat_template).read_text()
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    return {"origin": f"hf:{model_cfg.hub_id}", "revision": model_cfg.revision, "resolved_sha": info.sha}
+    return {"origin": f"hf:{model_cfg.hub_id}", "revision": model_cfg.revision, "resolved_sha": sha}
 
 
 def base_folder_name(cfg: ProfileConfig) -> str:
@@ -170,7 +174,7 @@ def prepare_base(cfg: ProfileConfig, progress: Callable[[str], None] = print) ->
     builders = {
         "smollm2-gguf": lambda d: _build_smollm2(cfg.model, d),
         "micro-llama": lambda d: _build_micro_llama(cfg.model, d, cfg.profile.seed),
-        "hub": lambda d: _build_hub(cfg.model, d),
+        "hub": lambda d: _build_hub(cfg.model, d, cfg.profile.name),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     progress(f"building base model {out.name} ({cfg.model.source}) ...")

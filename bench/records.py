@@ -190,6 +190,8 @@ class StageRun:
     datasets: dict[str, dict] = field(default_factory=dict)
     artifacts: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # Exact commit sha of every hub model/dataset the profile uses (even when it pins a branch).
+    hub_revisions: dict[str, str | None] = field(default_factory=dict)
 
     def to_record(self, wall_time_s: float) -> dict:
         return {
@@ -199,7 +201,7 @@ class StageRun:
             "stage": self.stage,
             "config_hash": self.config_hash,
             "seed": self.cfg.profile.seed,
-            "provenance": provenance(),
+            "provenance": {**provenance(), "hub_revisions": self.hub_revisions},
             "datasets": self.datasets,
             "wall_time_s": round(wall_time_s, 3),
             "metrics": self.metrics,
@@ -230,7 +232,10 @@ def stage_run(cfg: ProfileConfig, variant: str, stage: str, sections: tuple[str,
     atomic_write_text(d / "config.yaml", dump_yaml(cfg))
     log = _logger(d / "log.txt", f"{cfg.profile.name}.{variant}")
     chash = cfg.section_hash(*sections) if sections else cfg.config_hash
-    run = StageRun(cfg=cfg, variant=variant, stage=stage, config_hash=chash, dir=d, log=log)
+    from bench.hub import resolved_revisions
+
+    run = StageRun(cfg=cfg, variant=variant, stage=stage, config_hash=chash, dir=d, log=log,
+                   hub_revisions=resolved_revisions(cfg))
     log.info("start stage=%s variant=%s profile=%s config_hash=%s", stage, variant, cfg.profile.name, chash)
     t0 = time.perf_counter()
     try:

@@ -39,9 +39,11 @@ mkdir -p "$HF_HOME" "$BENCH_RUNS" "$BENCH_CACHE" "$REPO/leaderboards"
 # cache, and the checkout's leaderboards/ (committed records in, rendered leaderboards out).
 # Set BENCH_NV= (empty) on a node without GPUs, e.g. the login node.
 bench_container() {
-    local -a nv=()
+    local -a nv=() token=()
     if [[ -n "${BENCH_NV---nv}" ]]; then nv=("${BENCH_NV---nv}"); fi
-    apptainer exec "${nv[@]}" \
+    # Gated models: pass the token explicitly, since sites that default to --cleanenv drop it.
+    if [[ -n "${HF_TOKEN:-}" ]]; then token=(--env "HF_TOKEN=$HF_TOKEN"); fi
+    apptainer exec "${nv[@]}" "${token[@]}" \
         --bind "$HF_HOME" --bind "$BENCH_RUNS" --bind "$BENCH_CACHE" \
         --bind "$REPO/leaderboards:/opt/align-bench/leaderboards" \
         --env "HF_HOME=$HF_HOME" --env "BENCH_RUNS=$BENCH_RUNS" --env "BENCH_CACHE=$BENCH_CACHE" \

@@ -231,3 +231,22 @@ def test_dpo_policies():
     assert (s["safer"], s["unsafer"], s["safer_is_safe"], s["unsafer_is_safe"]) == ("refusal", "compliance", True, False)
     with pytest.raises(DataError, match="unknown policy"):
         dpo_pairs([row], "helpful")  # type: ignore[arg-type]
+
+
+def test_alpaca_eval_hub_path_downloads_the_pinned_file(monkeypatch):
+    """The hub path fetches one file at the pinned revision (works offline from HF_HOME)."""
+    import huggingface_hub
+
+    from bench.data.registry import get_source
+
+    calls = []
+
+    def fake_download(repo_id, filename, repo_type=None, revision=None, **kw):
+        calls.append((repo_id, filename, repo_type, revision))
+        return str(FIX / "alpaca_eval.json")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    src = get_source("alpaca-eval")
+    rows = src.hub_rows("eval")
+    assert rows and "instruction" in rows[0]
+    assert calls == [(src.hub_id, src.hub_file, "dataset", src.revision)]

@@ -27,8 +27,11 @@ class _AlpacaBase(Source):
     def hub_rows(self, upstream_split: str) -> list[dict]:
         import datasets
 
-        url = f"hf://datasets/{self.hub_id}@{self.revision}/{self.hub_file}"
-        return to_rows(datasets.load_dataset("json", data_files=url, split="train"))
+        from huggingface_hub import hf_hub_download
+
+        # A file download (not an hf:// data_files path) so an offline run reads it from HF_HOME.
+        path = hf_hub_download(self.hub_id, self.hub_file, repo_type="dataset", revision=self.revision)
+        return to_rows(datasets.load_dataset("json", data_files=path, split="train"))
 
     def hub_where(self, upstream_split: str) -> str:
         return f"hub:{self.hub_id}@{self.revision}/{self.hub_file}"

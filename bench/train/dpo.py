@@ -102,6 +102,8 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
         run.log.info("variant %s: %s; trainable %d of %d", name, variant, n_train, n_total)
 
         pairs, skipped = build_pairs(cfg, section, train.rows, tok, f"{cfg.data.preferences}:train")
+        if section.max_examples:
+            pairs = pairs[: section.max_examples]
         ckpt_dir = run.dir / "checkpoints"
         trainer = DPOTrainer(model=model, args=dpo_args(section, variant, ckpt_dir, cfg.profile.seed),
                              train_dataset=Dataset.from_list(pairs), processing_class=tok,

@@ -177,6 +177,8 @@ def run_score_stage(cfg: ProfileConfig, kind: str, force: bool = False) -> None:
                                            f"{cfg.data.preferences}:train")
         from datasets import Dataset
 
+        if section.max_examples:
+            examples = examples[: section.max_examples]
         train_ds = Dataset.from_list(examples)
         ckpt_dir = run.dir / "checkpoints"
         args = trainer_args(section, ckpt_dir, cfg.profile.seed)

@@ -81,6 +81,8 @@ def run_sft(cfg: ProfileConfig, force: bool = False) -> None:
         model = configure_trainable(model, section)
         n_train, n_total = trainable_count(model)
         demos, skipped = demonstrations(cfg, section, train.rows, tok, f"{cfg.data.preferences}:train")
+        if section.max_examples:
+            demos = demos[: section.max_examples]
         ckpt_dir = run.dir / "checkpoints"
         args = SFTConfig(**trainer_kwargs(section, ckpt_dir, cfg.profile.seed), max_length=section.max_length,
                          packing=False)
