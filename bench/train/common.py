@@ -24,3 +24,45 @@ def trainer_kwargs(section: TrainSection, out: Path, seed: int) -> dict:
         bf16=False, fp16=section.fp16 and cuda, gradient_checkpointing=section.gradient_checkpointing,
         deepspeed=section.deepspeed, dataloader_num_workers=0, eval_strategy="no", disable_tqdm=None,
     )
+
+
+def load_trainable_policy(cfg, section: TrainSection, policy_dir: Path):
+    """The starting causal LM and tokenizer with the section's trainable parameters set.
+    Returns (model, tokenizer, n_trainable, n_total)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench.models import configure_trainable, torch_dtype, trainable_count
+
+    tok = AutoTokenizer.from_pretrained(policy_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        policy_dir, dtype=torch_dtype(cfg.model.dtype), attn_implementation=cfg.model.attn_implementation,
+        use_safetensors=True, trust_remote_code=cfg.model.trust_remote_code)
+    model = configure_trainable(model, section)
+    return (model, tok, *trainable_count(model))
+
+
+def train_resumable(trainer, ckpt_dir: Path, label: str):
+    """``trainer.train``, resuming from the newest checkpoint in ``ckpt_dir`` if an earlier run was
+    interrupted. Returns (TrainOutput, the checkpoint resumed from or None)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    resume = get_last_checkpoint(str(ckpt_dir)) if Path(ckpt_dir).exists() else None
+    if resume:
+        print(f"{label}: resuming from {resume}")
+    return trainer.train(resume_from_checkpoint=resume), resume
+
+
+def save_final(trainer, tok, out: Path) -> Path:
+    """Save the trained model as a plain checkpoint (LoRA merged) that plain transformers loads."""
+    import shutil
+
+    final = trainer.model
+    if hasattr(final, "merge_and_unload"):
+        final = final.merge_and_unload()
+    if out.exists():
+        shutil.rmtree(out)
+    final.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out

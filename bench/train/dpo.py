@@ -30,10 +30,10 @@ from bench.config import DPOSection, DPOVariant, ProfileConfig
 from bench.data import load
 from bench.data.pairs import dpo_pairs
 from bench.data.schema import DataError
-from bench.models import configure_trainable, policy_init_dir, torch_dtype, trainable_count
+from bench.models import policy_init_dir
 from bench.records import is_done, stage_run
 from bench.stats import scalar_metric
-from bench.train.common import trainer_kwargs
+from bench.train.common import load_trainable_policy, save_final, train_resumable, trainer_kwargs
 
 SECTIONS = ("profile", "model", "data", "dpo")
 # TRL log keys kept in the record (last logged value and the whole series).
@@ -78,8 +78,6 @@ def dpo_args(section: DPOSection, variant: DPOVariant, out, seed: int):
 
 def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: bool = False) -> None:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOTrainer
 
     section: DPOSection = cfg.require("dpo")
@@ -91,14 +89,7 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
 
     with stage_run(cfg, variant=name, stage="dpo", sections=SECTIONS) as run:
         run.datasets = {"train": train.identity}
-        tok = AutoTokenizer.from_pretrained(policy_dir)
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        model = AutoModelForCausalLM.from_pretrained(
-            policy_dir, dtype=torch_dtype(cfg.model.dtype), attn_implementation=cfg.model.attn_implementation,
-            use_safetensors=True, trust_remote_code=cfg.model.trust_remote_code)
-        model = configure_trainable(model, section)
-        n_train, n_total = trainable_count(model)
+        model, tok, n_train, n_total = load_trainable_policy(cfg, section, policy_dir)
         run.log.info("variant %s: %s; trainable %d of %d", name, variant, n_train, n_total)
 
         pairs, skipped = build_pairs(cfg, section, train.rows, tok, f"{cfg.data.preferences}:train")
@@ -108,19 +99,8 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
         trainer = DPOTrainer(model=model, args=dpo_args(section, variant, ckpt_dir, cfg.profile.seed),
                              train_dataset=Dataset.from_list(pairs), processing_class=tok,
                              callbacks=extra_callbacks())
-        resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.exists() else None
-        if resume:
-            print(f"{name}: resuming from {resume}")
-        result = trainer.train(resume_from_checkpoint=resume)
-
-        final = trainer.model
-        if hasattr(final, "merge_and_unload"):
-            final = final.merge_and_unload()
-        out = run.dir / "model"
-        if out.exists():
-            shutil.rmtree(out)
-        final.save_pretrained(out, safe_serialization=True)
-        tok.save_pretrained(out)
+        result, resume = train_resumable(trainer, ckpt_dir, name)
+        out = save_final(trainer, tok, run.dir / "model")
 
         history = [h for h in trainer.state.log_history if "loss" in h]
         run.metrics["train_loss"] = scalar_metric(result.training_loss)

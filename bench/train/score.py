@@ -31,9 +31,9 @@ from bench.data.schema import DataError
 from bench.losses import cost_model_loss, cost_sign
 from bench.models import configure_trainable, policy_init_dir, trainable_count
 from bench.records import is_done, stage_run
-from bench.score_model import build_score_model, encode, score_texts
+from bench.score_model import build_score_model, encode, load_score_model, score_texts
 from bench.stats import mean_metric, rate_metric, scalar_metric
-from bench.train.common import trainer_kwargs
+from bench.train.common import save_final, train_resumable, trainer_kwargs
 
 SECTIONS = {"reward": ("profile", "model", "data", "reward"), "cost": ("profile", "model", "data", "cost")}
 
@@ -154,7 +154,6 @@ def evaluate_score_model(kind: str, model, tok, rows: list[dict], system_prompt:
 
 
 def run_score_stage(cfg: ProfileConfig, kind: str, force: bool = False) -> None:
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import RewardTrainer
 
     section: ScoreModelSection = cfg.require(kind)
@@ -191,22 +190,10 @@ def run_score_stage(cfg: ProfileConfig, kind: str, force: bool = False) -> None:
             trainer = CostTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tok,
                                   data_collator=CostCollator(pad_token_id=tok.pad_token_id),
                                   callbacks=extra_callbacks())
-        resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.exists() else None
-        if resume:
-            run.log.info("resuming from %s", resume)
-            print(f"{kind}: resuming from {resume}")
-        result = trainer.train(resume_from_checkpoint=resume)
-
-        final = trainer.model
-        if hasattr(final, "merge_and_unload"):  # LoRA: a plain checkpoint for plain transformers
-            final = final.merge_and_unload()
-        out = run.dir / "model"
-        if out.exists():
-            shutil.rmtree(out)
-        final.save_pretrained(out, safe_serialization=True)
-        tok.save_pretrained(out)
-
-        final.eval()
+        result, resume = train_resumable(trainer, ckpt_dir, kind)
+        out = save_final(trainer, tok, run.dir / "model")
+        # Evaluate what was saved: the plain checkpoint a user (and PPO) will load.
+        final, tok = load_score_model(out, cfg.model)
         run.metrics = evaluate_score_model(kind, final, tok, splits["test"].rows, cfg.model.system_prompt,
                                            batch_size=2 * section.batch_size, max_length=section.max_length)
         run.metrics["train_loss"] = scalar_metric(result.training_loss)

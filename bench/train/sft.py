@@ -20,10 +20,10 @@ from bench.config import ProfileConfig, SFTSection
 from bench.data import load
 from bench.data.pairs import dpo_pairs
 from bench.data.schema import DataError
-from bench.models import configure_trainable, policy_init_dir, torch_dtype, trainable_count
+from bench.models import policy_init_dir
 from bench.records import is_done, stage_run
 from bench.stats import scalar_metric
-from bench.train.common import trainer_kwargs
+from bench.train.common import load_trainable_policy, save_final, train_resumable, trainer_kwargs
 
 SECTIONS = ("profile", "model", "data", "sft")
 
@@ -57,8 +57,6 @@ def extra_callbacks() -> list:
 
 def run_sft(cfg: ProfileConfig, force: bool = False) -> None:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig, SFTTrainer
 
     if cfg.sft is None:
@@ -72,14 +70,7 @@ def run_sft(cfg: ProfileConfig, force: bool = False) -> None:
     train = load(cfg.data.preferences, "train", cfg.data)
     with stage_run(cfg, variant="sft", stage="sft", sections=SECTIONS) as run:
         run.datasets = {"train": train.identity}
-        tok = AutoTokenizer.from_pretrained(policy_dir)
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        model = AutoModelForCausalLM.from_pretrained(
-            policy_dir, dtype=torch_dtype(cfg.model.dtype), attn_implementation=cfg.model.attn_implementation,
-            use_safetensors=True, trust_remote_code=cfg.model.trust_remote_code)
-        model = configure_trainable(model, section)
-        n_train, n_total = trainable_count(model)
+        model, tok, n_train, n_total = load_trainable_policy(cfg, section, policy_dir)
         demos, skipped = demonstrations(cfg, section, train.rows, tok, f"{cfg.data.preferences}:train")
         if section.max_examples:
             demos = demos[: section.max_examples]
@@ -88,16 +79,8 @@ def run_sft(cfg: ProfileConfig, force: bool = False) -> None:
                          packing=False)
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(demos),
                              processing_class=tok, callbacks=extra_callbacks())
-        resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.exists() else None
-        result = trainer.train(resume_from_checkpoint=resume)
-        final = trainer.model
-        if hasattr(final, "merge_and_unload"):
-            final = final.merge_and_unload()
-        out = run.dir / "model"
-        if out.exists():
-            shutil.rmtree(out)
-        final.save_pretrained(out, safe_serialization=True)
-        tok.save_pretrained(out)
+        result, resume = train_resumable(trainer, ckpt_dir, "sft")
+        out = save_final(trainer, tok, run.dir / "model")
         history = [h for h in trainer.state.log_history if "loss" in h]
         run.metrics = {"train_loss": scalar_metric(result.training_loss), "trainable_params": scalar_metric(n_train)}
         run.artifacts = {"model_dir": str(out), "policy_init": str(policy_dir)}
