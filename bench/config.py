@@ -327,6 +327,13 @@ class ProfileConfig:
     def config_hash(self) -> str:
         return self.section_hash()
 
+    def only_variant(self, section: str, name: str) -> "ProfileConfig":
+        """The profile with only variant ``name`` in ``<section>.variants``: a variant's record (its
+        config hash and config.yaml) then changes only when *its* settings or the shared ones change,
+        so adding or removing another variant does not re-run this one."""
+        sec = self.require(section)
+        return dataclasses.replace(self, **{section: dataclasses.replace(sec, variants={name: sec.variants[name]})})
+
     def require(self, section: str):
         """The stage's section, or a clear error when the profile does not configure that stage."""
         value = getattr(self, section)

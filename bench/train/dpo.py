@@ -81,6 +81,7 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
     from trl import DPOTrainer
 
     section: DPOSection = cfg.require("dpo")
+    cfg = cfg.only_variant("dpo", name)  # the record hashes this variant's settings only
     if not force and is_done(cfg, name, cfg.section_hash(*SECTIONS)):
         print(f"{name}: up to date")
         return
@@ -96,9 +97,16 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
         if section.max_examples:
             pairs = pairs[: section.max_examples]
         ckpt_dir = run.dir / "checkpoints"
+        callbacks, tracker = extra_callbacks(), None
+        if section.keep_checkpoints:  # intermediate checkpoints + validation series (bench.train.tracking)
+            from bench.train.tracking import KeepCheckpoints, Tracker
+
+            tracker = Tracker(cfg, section.keep_checkpoints, run.dir, run.dir / "model", cfg.section_hash(*SECTIONS),
+                              init_dir=policy_dir, log=run.log)
+            callbacks.append(KeepCheckpoints(tracker, tok))
         trainer = DPOTrainer(model=model, args=dpo_args(section, variant, ckpt_dir, cfg.profile.seed),
                              train_dataset=Dataset.from_list(pairs), processing_class=tok,
-                             callbacks=extra_callbacks())
+                             callbacks=callbacks)
         result, resume = train_resumable(trainer, ckpt_dir, name)
         out = save_final(trainer, tok, run.dir / "model")
 
@@ -116,6 +124,8 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
                      "pairs_policy": section.pairs, "train_pairs": len(pairs), "skipped_overlong": skipped,
                      "resumed_from": resume,
                      "series": [{k: h[k] for k in ("step", *TRAIN_KEYS) if k in h} for h in history]}
+        if tracker is not None:
+            tracker.finish(run)
         acc = history[-1].get("rewards/accuracies") if history else None
         print(f"{name}: train loss {result.training_loss:.4f}" + (f", last reward accuracy {acc:.2f}" if acc is not None else ""))
     shutil.rmtree(ckpt_dir, ignore_errors=True)

@@ -105,10 +105,8 @@ def run_ppo(cfg: ProfileConfig, force: bool = False) -> None:
 
 
 def variant_config(cfg: ProfileConfig, name: str) -> ProfileConfig:
-    """The profile with only this variant in ``ppo.variants``: its record's config hash (and the
-    resolved config.yaml beside it) then change only when *this* variant's settings change."""
-    section = cfg.require("ppo")
-    return dataclasses.replace(cfg, ppo=dataclasses.replace(section, variants={name: section.variants[name]}))
+    """The profile with only this variant in ``ppo.variants`` (its record's config hash)."""
+    return cfg.only_variant("ppo", name)
 
 
 def training_prompts(cfg: ProfileConfig) -> tuple[list[str], dict]:
@@ -182,6 +180,14 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
             print(f"ppo: {name} resuming from step {state.step} ({latest})")
         run.log.info("variant=%s regulariser=%s coef=%s lagrangian=%s trainable=%s prompts=%d steps=%d",
                      name, variant.regulariser, coef, variant.lagrangian, section.trainable, len(prompts), total_steps)
+        tracker = None
+        if section.keep_checkpoints:  # intermediate checkpoints + validation series (bench.train.tracking)
+            from bench.models import policy_init_dir
+            from bench.train.tracking import Tracker
+
+            tracker = Tracker(cfg, section.keep_checkpoints, run.dir, run.dir / "model", chash,
+                              init_dir=policy_init_dir(cfg, section.policy_init), log=run.log, main_process=rank == 0)
+            tracker.start(state.step, total_steps, backend.module.policy, tok)
 
         # -------------------------------------------------------------- loop
         for step in range(state.step, total_steps):
@@ -239,6 +245,8 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
                       f"kl {row['kl_ref']:.3f}{lam_text} len {row['response_length']:.1f}")
             if state.step % section.save_steps == 0 or state.step == total_steps:
                 save_checkpoint(ckpt_root, state, backend, keep=max(1, section.keep_checkpoints))
+            if tracker is not None:
+                tracker.after_step(state.step, backend.module.policy, tok)
             if on_step is not None:
                 on_step(state.step, state)
 
@@ -255,6 +263,8 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
         run.extra["variant"] = dataclasses.asdict(variant) | {"coef": coef}
         run.extra["trainable_params"] = n_trainable  # policy (LoRA adapters / top blocks / all) + value head
         run.metrics.update(summary_metrics(state, total_steps))
+        if tracker is not None:
+            tracker.finish(run)
     if rank == 0 and section.keep_checkpoints == 0:
         shutil.rmtree(run.dir / CHECKPOINTS, ignore_errors=True)
     return model_dir
