@@ -89,13 +89,14 @@ $(DONE)/ppo.done: $(DONE)/sft.done $(DONE)/reward.done $(DONE)/cost.done $(FORCE
 # The audit reads every trained checkpoint, and steer.policy may name one: steer runs after training.
 $(DONE)/steer.done: $(DONE)/sft.done $(DONE)/dpo.done $(DONE)/ppo.done $(FORCE_IF_ARGS)
 	$(BENCH) steer --profile $(PROFILE) $(ARGS)
-$(DONE)/eval.done: $(DONE)/sft.done $(DONE)/dpo.done $(DONE)/ppo.done $(DONE)/steer.done $(FORCE_IF_ARGS)
+$(DONE)/eval.done: $(DONE)/sft.done $(DONE)/dpo.done $(DONE)/ppo.done $(DONE)/steer.done \
+                   $(wildcard tasks/helpfulness/*.yaml tasks/helpfulness/data/*.jsonl) $(FORCE_IF_ARGS)
 	$(BENCH) eval --profile $(PROFILE) $(ARGS)
 leaderboards/$(PROFILE).md: $(DONE)/eval.done
 	$(BENCH) leaderboard --profile $(PROFILE)
 
-verify: $(STAMP) ## re-run the profile and compare with committed records within tolerances
-	$(BENCH) verify --profile $(PROFILE) $(ARGS)
+verify: $(DONE)/eval.done ## compare fresh records with the committed ones within tolerances (VARIANT=name for one)
+	$(BENCH) verify --profile $(PROFILE) $(if $(VARIANT),--variant $(VARIANT))
 
 bench: $(STAMP) ## performance benchmarks -> leaderboards/perf.md
 	$(BENCH) perf --profile $(PROFILE) $(ARGS)

@@ -294,6 +294,7 @@ class EvalSection:
     n_benign: int = 0
     n_borderline: int = 0
     n_pairs: int = 0
+    n_helpfulness: int = 0
     lm_eval_tasks: list[str] = field(default_factory=list)
     lm_eval_limit: int = 0
 

@@ -128,7 +128,8 @@ def mark_stage_done(cfg: ProfileConfig, stage: str) -> Path:
     It lists the records' config hashes: a marker never stands for records that are not there."""
     root = runs_root() / cfg.profile.name
     variants = {}
-    for rec_path in sorted(root.glob(f"*/{RECORD_NAME}")):
+    # Eval records live one level down (runs/<profile>/eval/<variant>/), named after the scored variant.
+    for rec_path in sorted(root.glob(f"*/{RECORD_NAME}")) + sorted(root.glob(f"eval/*/{RECORD_NAME}")):
         rec = read_record(rec_path)
         if rec["stage"] == stage:
             variants[rec["variant"]] = rec["config_hash"]

@@ -1,0 +1,156 @@
+"""Variants of a profile: discovery from run records, and loading one as a policy to score.
+
+    from bench.variants import discover, load_policy
+    for v in discover("default"):          # base first, then sft, dpo..., ppo..., steer-...
+        if v.kind in ("policy", "steered"):
+            with load_policy(v, cfg) as (model, tok):
+                ...
+
+Every run directory ``runs/<profile>/<variant>/record.json`` is a variant. What it is follows from
+the record's stage:
+
+- ``policy``: ``base``, ``sft``, ``dpo``, ``ppo`` records with ``artifacts.model_dir`` (a plain HF
+  causal LM);
+- ``steered``: ``steer`` records with ``artifacts.steering`` (a base model plus forward hooks,
+  applied through ``bench.steer``'s ``apply_spec`` context manager);
+- ``score``: ``reward`` / ``cost`` records (sequence classifiers: they get the RM/CM table, not the
+  battery);
+- ``audit``: the ``steer-audit`` record (a table and a plot, no model).
+
+Records under ``runs/<profile>/eval/`` (the battery's own) and ``runs/<profile>/stages/`` are not
+variants. Intermediate checkpoints listed in a record are not separate variants either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from bench.config import ProfileConfig
+from bench.records import RECORD_NAME, RecordError, read_record, runs_root
+
+log = logging.getLogger(__name__)
+
+POLICY_STAGES = ("base", "sft", "dpo", "ppo")
+SCORE_STAGES = ("reward", "cost")
+STAGE_ORDER = {s: i for i, s in enumerate(("base", "sft", "reward", "cost", "dpo", "ppo", "steer"))}
+NOT_VARIANTS = ("eval", "stages")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    stage: str
+    kind: str  # "policy" | "steered" | "score" | "audit" | "other"
+    config_hash: str
+    record: dict
+    model_dir: str | None
+
+    @property
+    def evaluable(self) -> bool:
+        """Scored by the battery (policies and steered views of them)."""
+        return self.kind in ("policy", "steered")
+
+
+def classify(record: dict) -> str:
+    stage = record.get("stage")
+    arts = record.get("artifacts") or {}
+    if stage in SCORE_STAGES:
+        return "score"
+    if stage == "steer":
+        if arts.get("steering"):
+            return "steered"
+        if (record.get("extra") or {}).get("audit") is not None or arts.get("audit_plot"):
+            return "audit"
+        return "other"
+    if stage in POLICY_STAGES and arts.get("model_dir"):
+        return "policy"
+    return "other"
+
+
+def from_record(record: dict) -> Variant:
+    arts = record.get("artifacts") or {}
+    return Variant(name=record["variant"], stage=record["stage"], kind=classify(record),
+                   config_hash=record["config_hash"], record=record, model_dir=arts.get("model_dir"))
+
+
+def sort_key(v: Variant) -> tuple:
+    """Base first, then by stage (pipeline order), then by name."""
+    return (v.name != "base", STAGE_ORDER.get(v.stage, len(STAGE_ORDER)), v.name)
+
+
+def discover(profile: str, root: Path | None = None) -> list[Variant]:
+    """Every variant with a readable record under ``runs/<profile>/`` (unreadable ones are logged
+    and skipped: the stage that owns them reports the error when it runs)."""
+    root = Path(root) if root is not None else runs_root() / profile
+    out = []
+    for path in sorted(root.glob(f"*/{RECORD_NAME}")):
+        if path.parent.name in NOT_VARIANTS:
+            continue
+        try:
+            out.append(from_record(read_record(path)))
+        except RecordError as e:
+            log.warning("skipping unreadable record: %s", e)
+    return sorted(out, key=sort_key)
+
+
+def steering_module():
+    """The module that provides ``load_steering_spec(record)`` and ``apply_spec(model, spec)``,
+    or None while the steering code is not there."""
+    import importlib
+
+    for name in ("bench.steer.hooks", "bench.steer.recipe"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(mod, "load_steering_spec") and hasattr(mod, "apply_spec"):
+            return mod
+    return None
+
+
+def policy_dir(v: Variant, profile: str) -> Path:
+    """The model folder of a policy or a steered variant (its base), checked to exist."""
+    from bench.models import ModelError
+
+    mdir = v.model_dir
+    if v.kind == "steered" and not mdir:
+        base = (v.record.get("artifacts") or {}).get("base_variant", "base")
+        mdir = ((_record_of(profile, base) or {}).get("artifacts") or {}).get("model_dir")
+    if not mdir or not (Path(mdir) / "config.json").exists():
+        raise ModelError(f"variant '{v.name}': no model at {mdir} (re-run `make {v.stage}`)")
+    return Path(mdir)
+
+
+def _record_of(profile: str, name: str) -> dict | None:
+    from bench.records import find_record
+
+    try:
+        return find_record(profile, name)
+    except RecordError:
+        return None
+
+
+@contextlib.contextmanager
+def load_policy(v: Variant, cfg: ProfileConfig, model=None, tok=None) -> Iterator[tuple]:
+    """``(model, tok)`` of a variant, steered when it is a steered variant (hooks removed on exit).
+    Pass an already loaded ``model``/``tok`` of the right folder to avoid a second load."""
+    from bench.models import load_pretrained
+
+    if not v.evaluable:
+        raise ValueError(f"variant '{v.name}' ({v.kind}) is not a policy")
+    if model is None:
+        model, tok = load_pretrained(policy_dir(v, cfg.profile.name), cfg.model)
+        model.eval()
+    if v.kind == "policy":
+        yield model, tok
+        return
+    mod = steering_module()
+    if mod is None:
+        raise RuntimeError("steered variant but bench.steer (load_steering_spec/apply_spec) is not available")
+    spec = mod.load_steering_spec(v.record)
+    with mod.apply_spec(model, spec):
+        yield model, tok
