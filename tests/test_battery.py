@@ -5,7 +5,6 @@ metric group, and the skip logic (a second run does nothing; a changed variant i
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest

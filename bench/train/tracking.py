@@ -330,7 +330,7 @@ class Tracker:
         metrics, pi, gens = _validate(model, tok, self.cfg, self.vs, ref)
         if step == 0 and pi is not None:
             self.ref = pi.to_dict()
-            metrics = _validate_implicit_at_start(metrics, pi)
+            metrics = _start_shifts(metrics, pi)
         self.root.mkdir(parents=True, exist_ok=True)
         blob = "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in gens).encode()
         atomic_write_bytes(self.root / f"generations-step-{step}.jsonl", blob)
@@ -387,9 +387,9 @@ def _score_reference(model, tok, cfg: ProfileConfig, vs: ValidationSet) -> dict:
         model.train(was_training)
 
 
-def _validate_implicit_at_start(metrics: dict, pi) -> dict:
+def _start_shifts(metrics: dict, pi) -> dict:
     """At step 0 the policy *is* the reference: implicit accuracy is undefined (every implicit margin
-    is 0, so it would read 0%), shifts are 0. Record the shifts and leave implicit accuracy out."""
+    is 0, so it would read 0%) and is left out; the shifts (0 by construction) are recorded."""
     from bench.eval.preference import preference_metrics
 
     out = dict(metrics)
@@ -461,7 +461,7 @@ def plot_series(records: Iterable[dict] | dict, path: Path) -> Path | None:
                 xs = [x for x, _ in pts]
                 ax.plot(xs, [_val(m) for _, m in pts], style, marker="o", ms=3, lw=1.3, color=color, label=label)
                 lo = [(m.get("ci_low"), m.get("ci_high")) for _, m in pts]
-                if all(isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isfinite(a)
+                if style == "-" and all(isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isfinite(a)
                        and math.isfinite(b) for a, b in lo):
                     ax.fill_between(xs, [a for a, _ in lo], [b for _, b in lo], color=color, alpha=0.12, lw=0)
             ax.set_title(title, fontsize=9)
