@@ -82,13 +82,15 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
 
     section: DPOSection = cfg.require("dpo")
     cfg = cfg.only_variant("dpo", name)  # the record hashes this variant's settings only
-    if not force and is_done(cfg, name, cfg.section_hash(*SECTIONS)):
+    # Starting from SFT: the SFT settings decide the starting weights, so they are part of the hash.
+    sections = SECTIONS + (("sft",) if section.policy_init == "sft" else ())
+    if not force and is_done(cfg, name, cfg.section_hash(*sections)):
         print(f"{name}: up to date")
         return
     policy_dir = policy_init_dir(cfg, section.policy_init)
     train = load(cfg.data.preferences, "train", cfg.data)
 
-    with stage_run(cfg, variant=name, stage="dpo", sections=SECTIONS) as run:
+    with stage_run(cfg, variant=name, stage="dpo", sections=sections) as run:
         run.datasets = {"train": train.identity}
         model, tok, n_train, n_total = load_trainable_policy(cfg, section, policy_dir)
         run.log.info("variant %s: %s; trainable %d of %d", name, variant, n_train, n_total)
@@ -101,7 +103,7 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
         if section.keep_checkpoints:  # intermediate checkpoints + validation series (bench.train.tracking)
             from bench.train.tracking import KeepCheckpoints, Tracker
 
-            tracker = Tracker(cfg, section.keep_checkpoints, run.dir, run.dir / "model", cfg.section_hash(*SECTIONS),
+            tracker = Tracker(cfg, section.keep_checkpoints, run.dir, run.dir / "model", cfg.section_hash(*sections),
                               init_dir=policy_dir, log=run.log)
             callbacks.append(KeepCheckpoints(tracker, tok))
         trainer = DPOTrainer(model=model, args=dpo_args(section, variant, ckpt_dir, cfg.profile.seed),

@@ -57,9 +57,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import torch
-from transformers import TrainerCallback
-
 from bench.config import ProfileConfig
 from bench.records import atomic_write_bytes, atomic_write_json
 from bench.stats import rate_metric
@@ -146,6 +143,8 @@ def _logprobs_from_dict(d: dict | None):
 
 def _validate(model, tok, cfg: ProfileConfig, vs: ValidationSet, ref=None) -> tuple[dict, Any, list[dict]]:
     """(metrics, the model's PairLogprobs, generations) of one validation pass; see the module docstring."""
+    import torch
+
     from bench.eval.generate import GenerationSettings, generate_greedy
     from bench.eval.logprobs import score_pairs
     from bench.eval.preference import preference_metrics
@@ -349,6 +348,8 @@ class Tracker:
     def _initial_policy_logps(self) -> dict | None:
         """Pair log-probs of the run's initial policy, loaded from ``init_dir`` (only a run resumed
         without a cached reference needs this)."""
+        import torch
+
         from bench.eval.logprobs import score_pairs
         from bench.models import load_pretrained
 
@@ -376,6 +377,8 @@ class Tracker:
 
 def _score_reference(model, tok, cfg: ProfileConfig, vs: ValidationSet) -> dict:
     """Pair log-probs of ``model`` (the initial policy) as a ``PairLogprobs.to_dict()``."""
+    import torch
+
     from bench.eval.logprobs import score_pairs
 
     was_training = model.training
@@ -401,19 +404,35 @@ def _start_shifts(metrics: dict, pi) -> dict:
 # =========================================================================== DPO (TRL) callback
 
 
-class KeepCheckpoints(TrainerCallback):
-    """transformers/TRL callback driving a :class:`Tracker`: step 0 in ``on_train_begin`` (the
-    initial policy, or the resumed step), then ``on_step_end`` after each optimiser step."""
+def _keep_checkpoints_class():
+    from transformers import TrainerCallback
 
-    def __init__(self, tracker: Tracker, tok):
-        self.tracker, self.tok = tracker, tok
+    class KeepCheckpoints(TrainerCallback):
+        """transformers/TRL callback driving a :class:`Tracker`: step 0 in ``on_train_begin`` (the
+        initial policy, or the resumed step), then ``on_step_end`` after each optimiser step."""
 
-    def on_train_begin(self, args, state, control, model=None, **kw):
-        self.tracker.main = self.tracker.main and state.is_world_process_zero
-        self.tracker.start(state.global_step, state.max_steps, model, self.tok)
+        def __init__(self, tracker: Tracker, tok):
+            self.tracker, self.tok = tracker, tok
 
-    def on_step_end(self, args, state, control, model=None, **kw):
-        self.tracker.after_step(state.global_step, model, self.tok)
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            self.tracker.main = self.tracker.main and state.is_world_process_zero
+            self.tracker.start(state.global_step, state.max_steps, model, self.tok)
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            self.tracker.after_step(state.global_step, model, self.tok)
+
+    KeepCheckpoints.__module__ = __name__
+    return KeepCheckpoints
+
+
+def __getattr__(name: str):
+    """``KeepCheckpoints(tracker, tok)``, a ``transformers.TrainerCallback``, is built on first use so
+    that importing this module (the leaderboard does, for :func:`plot_series`) stays free of torch."""
+    if name == "KeepCheckpoints":
+        cls = _keep_checkpoints_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # =========================================================================== plots and tables

@@ -1,0 +1,157 @@
+"""Tuning dynamics (bench/train/tracking.py): which steps are kept, kept checkpoints of a smoke DPO
+and PPO run load with plain transformers (step 0 = the initial policy), the record carries the
+series, a resumed run keeps its series, the plot is written and the steering audit sees the
+kept checkpoints. Smoke profile: micro random Llama, 2 steps."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from bench.config import LoraSection, PPOSection, PPOVariant, load_config
+from bench.records import read_record, run_dir, stage_run
+from bench.train.tracking import checkpoint_steps, plot_series, series_table
+
+PROMPTS = ["How do I bake bread?", "Tell me how to pick a lock.", "What is the capital of France?",
+           "Write a haiku about rain.", "How can I hurt someone?", "Explain photosynthesis briefly."]
+SERIES_KEYS = ("refusal_harmful", "over_refusal_benign", "pref_acc_raw", "logp_margin_sum", "logp_margin_per_token")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _weights(folder) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _check_series(rec: dict, steps: list[int], total: int) -> list[dict]:
+    from transformers import AutoModelForCausalLM
+
+    kept = rec["artifacts"]["checkpoints"]
+    assert [c["step"] for c in kept] == steps
+    assert [c["fraction"] for c in kept] == [s / total for s in steps]
+    series = rec["extra"]["tracking"]["series"]
+    assert [e["step"] for e in series] == steps  # one point per kept checkpoint
+    for e in series:
+        for key in SERIES_KEYS:
+            assert set(e["metrics"][key]) == {"value", "ci_low", "ci_high", "n"}, key
+        assert e["metrics"]["refusal_harmful"]["n"] == 4  # smoke: eval.n_harmful caps TRACK_N_PROMPTS
+        if e["step"] > 0:  # against the initial policy: undefined at step 0 itself
+            assert "pref_acc_implicit" in e["metrics"]
+    assert kept[-1]["model_dir"] == rec["artifacts"]["model_dir"]  # the final step is the final model
+    for c in kept:
+        model = AutoModelForCausalLM.from_pretrained(c["model_dir"])  # plain transformers, no peft
+        assert not any("lora" in n for n, _ in model.named_parameters())
+    assert "tracking/harmful" in rec["datasets"] and rec["extra"]["tracking"]["detector"]["version"]
+    return kept
+
+
+def test_checkpoint_steps():
+    assert checkpoint_steps(100, 0) == []
+    assert checkpoint_steps(100, 1) == [100]
+    assert checkpoint_steps(100, 2) == [0, 100]
+    assert checkpoint_steps(100, 3) == [0, 50, 100]
+    assert checkpoint_steps(100, 4) == [0, 33, 66, 100]
+    assert checkpoint_steps(100, 5) == [0, 25, 50, 75, 100]
+    assert checkpoint_steps(2, 3) == [0, 1, 2]
+    assert checkpoint_steps(2, 5) == [0, 1, 2]  # deduplicated
+    assert checkpoint_steps(0, 3) == [0]
+
+
+def test_dpo_keeps_checkpoints_and_audit_lists_them(smoke_base):
+    from bench.steer.audit import discover_checkpoints
+    from bench.train.dpo import train_variant
+
+    cfg = load_config("smoke", ["profile.name=smoke-track", "dpo.keep_checkpoints=3", "dpo.max_steps=2"])
+    train_variant(cfg, "dpo", cfg.dpo.variants["dpo"], force=True)
+    d = run_dir("smoke-track", "dpo")
+    rec = read_record(d / "record.json")
+    kept = _check_series(rec, [0, 1, 2], 2)
+    assert kept[0]["model_dir"] == str(d / "kept" / "step-0")
+    assert _weights(d / "kept" / "step-0").keys() == _weights(smoke_base).keys()
+    for k, v in _weights(smoke_base).items():
+        assert torch.equal(_weights(d / "kept" / "step-0")[k], v), k  # step 0 = the initial policy
+    assert any(not torch.equal(_weights(d / "kept" / "step-1")[k], v) for k, v in _weights(smoke_base).items())
+    assert not (d / "checkpoints").exists() and (d / "kept" / "step-1").exists()  # resume dir gone, kept stay
+    assert (d / "kept" / "generations-step-1.jsonl").exists()
+
+    names = [c["name"] for c in discover_checkpoints("smoke-track") if c["variant"] == "dpo"]
+    assert names == ["dpo@0", "dpo@1", "dpo"]  # the final step is the variant itself, scored once
+
+
+@pytest.fixture
+def ppo_runs(smoke_cfg, smoke_base, tmp_path, monkeypatch):
+    """A fresh runs/ dir with random reward and cost models behind their records (as tests/test_ppo.py)."""
+    from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
+
+    monkeypatch.setenv("BENCH_RUNS", str(tmp_path / "runs"))
+    tok = AutoTokenizer.from_pretrained(smoke_base)
+    for seed, kind in enumerate(("reward", "cost")):
+        conf = AutoConfig.from_pretrained(smoke_base, num_labels=1)
+        conf.pad_token_id = tok.pad_token_id
+        torch.manual_seed(100 + seed)
+        LlamaForSequenceClassification(conf).save_pretrained(tmp_path / kind)
+        tok.save_pretrained(tmp_path / kind)
+        with stage_run(smoke_cfg, variant=kind, stage=kind, sections=("model",)) as run:
+            run.artifacts["model_dir"] = str(tmp_path / kind)
+    return tmp_path / "runs" / "smoke"
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_ppo_keeps_checkpoints_and_resumes_series(smoke_cfg, smoke_base, ppo_runs):
+    from bench.train import ppo
+
+    variant = PPOVariant()
+    cfg = dataclasses.replace(smoke_cfg, ppo=PPOSection(
+        variants={"ppo-kl": variant}, max_steps=2, rollout_prompts=4, mini_batch_size=2, batch_size=2,
+        max_new_tokens=8, ppo_epochs=1, learning_rate=1e-2, save_steps=1, logging_steps=100, trainable="lora",
+        lora=LoraSection(r=4, alpha=8, target_modules=["q_proj", "v_proj"]), keep_checkpoints=3))
+
+    def crash_after_1(step, state):
+        if step == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        ppo.train_variant(cfg, "ppo-kl", variant, PROMPTS, on_step=crash_after_1)
+    ppo.train_variant(cfg, "ppo-kl", variant, PROMPTS)  # resumes at step 1, keeps steps 0 and 1 of the series
+    d = ppo_runs / "ppo-kl"
+    rec = read_record(d / "record.json")
+    kept = _check_series(rec, [0, 1, 2], 2)
+    for k, v in _weights(smoke_base).items():  # LoRA merged into a copy: zero adapters = the base exactly
+        assert torch.equal(_weights(d / "kept" / "step-0")[k], v), k
+    assert any(not torch.equal(_weights(d / "kept" / "step-1")[k], v) for k, v in _weights(smoke_base).items())
+    assert kept[1]["model_dir"] == str(d / "kept" / "step-1")
+
+
+def _fake_record(variant: str, stage: str, values: list[float]) -> dict:
+    def m(v):
+        return {"value": v, "ci_low": max(0.0, v - 0.1), "ci_high": min(1.0, v + 0.1), "n": 16}
+
+    series = [{"step": i * 10, "fraction": i / (len(values) - 1), "model_dir": f"/x/{variant}/{i}",
+               "metrics": {"refusal_harmful": m(v), "over_refusal_benign": m(v / 2), "pref_acc_raw": m(0.5),
+                           **({"pref_acc_implicit": m(0.5 + v / 4)} if i else {}),
+                           "logp_margin_per_token": {"value": v - 0.5, "ci_low": None, "ci_high": None, "n": 16}}}
+              for i, v in enumerate(values)]
+    return {"variant": variant, "stage": stage, "extra": {"tracking": {"series": series}}}
+
+
+def test_plot_series_writes_png(tmp_path):
+    recs = [_fake_record("dpo", "dpo", [0.1, 0.3, 0.6]), _fake_record("ppo-kl", "ppo", [0.1, 0.2]),
+            {"variant": "reward", "stage": "reward", "extra": {}}]
+    out = plot_series(recs, tmp_path / "series.png")
+    assert out == tmp_path / "series.png" and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_series({"a.json": recs[2]}, tmp_path / "none.png") is None  # nothing tracked: no plot
+    table = series_table(recs)
+    assert len(table) == 2 + 5 and table[2].startswith("| dpo | 0 | 0.00 | 0.100")
