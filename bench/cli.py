@@ -28,8 +28,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from bench.records import RecordError
 
     from bench.hub import HubError
+    from bench.train.common import NumericsError
 
-    extra: tuple[type[BaseException], ...] = (ModelError, RecordError, HubError)
+    extra: tuple[type[BaseException], ...] = (ModelError, RecordError, HubError, NumericsError)
     try:
         from bench.data.schema import DataError  # provided by the data registry
 

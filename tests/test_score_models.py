@@ -79,3 +79,33 @@ def test_interrupted_run_resumes_from_checkpoint(smoke_base, monkeypatch):
     assert rec["extra"]["resumed_from"].endswith("checkpoint-2")
     assert ran == [3, 4]  # steps 1-2 were not redone
     assert not (d / "checkpoints").exists()
+
+
+def test_non_finite_gradient_stops_before_the_bad_step(smoke_base, monkeypatch):
+    """Numerics: a NaN loss at step 3 stops the stage with a clear error; the checkpoint saved at
+    step 2 stays, no record is written, and a re-run (cause removed) resumes from it."""
+    from transformers import TrainerCallback
+
+    import bench.train.score as score
+    from bench.train.common import NumericsError
+
+    class PoisonStep3(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kw):
+            if state.global_step == 2:  # the third step: make its gradients NaN
+                with torch.no_grad():
+                    model.score.weight.fill_(float("nan"))
+
+    overrides = SMOKE_TRAIN + ["profile.name=smoke-nan"]
+    monkeypatch.setattr(score, "extra_callbacks", lambda: [PoisonStep3()])
+    with pytest.raises(NumericsError, match="non-finite gradient .* at step 3"):
+        _train("reward", overrides, smoke_base)
+    d = run_dir("smoke-nan", "reward")
+    assert not (d / "record.json").exists()
+    ckpt = d / "checkpoints" / "checkpoint-2"
+    from safetensors.torch import load_file
+
+    weights = load_file(ckpt / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())  # the last good checkpoint stayed good
+    monkeypatch.setattr(score, "extra_callbacks", lambda: [])
+    _, rec = _train("reward", overrides, smoke_base)
+    assert rec["extra"]["resumed_from"].endswith("checkpoint-2")

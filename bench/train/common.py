@@ -23,6 +23,8 @@ def trainer_kwargs(section: TrainSection, out: Path, seed: int) -> dict:
         save_total_limit=2, seed=seed, data_seed=seed, report_to=[], use_cpu=not cuda,
         bf16=False, fp16=section.fp16 and cuda, gradient_checkpointing=section.gradient_checkpointing,
         deepspeed=section.deepspeed, dataloader_num_workers=0, eval_strategy="no", disable_tqdm=None,
+        # Log a NaN loss as NaN (the default replaces it with the running mean, hiding the failure).
+        logging_nan_inf_filter=False,
     )
 
 
@@ -66,3 +68,27 @@ def save_final(trainer, tok, out: Path) -> Path:
     final.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
+
+
+class NumericsError(RuntimeError):
+    """Training produced a non-finite loss or gradient; the stage stopped before the bad step."""
+
+
+def guard_callbacks(section: TrainSection) -> list:
+    """Stop before an optimizer step would write NaN/inf into the weights: the last checkpoint stays
+    good and a re-run resumes from it. Under fp16 an overflow is the loss scaler's business (it
+    skips the step and lowers the scale), so the guard is off there."""
+    if section.fp16:
+        return []
+    from transformers import TrainerCallback
+
+    class StopOnNonFinite(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+            for name, p in model.named_parameters():
+                if p.grad is not None and not torch.isfinite(p.grad).all():
+                    raise NumericsError(
+                        f"non-finite gradient in {name} at step {state.global_step + 1}; stopped before the "
+                        f"optimizer step. Checkpoints in {args.output_dir} are intact; fix the cause (learning "
+                        "rate, data) and re-run to resume")
+
+    return [StopOnNonFinite()]

@@ -33,7 +33,7 @@ from bench.data.schema import DataError
 from bench.models import policy_init_dir
 from bench.records import is_done, stage_run
 from bench.stats import scalar_metric
-from bench.train.common import load_trainable_policy, save_final, train_resumable, trainer_kwargs
+from bench.train.common import guard_callbacks, load_trainable_policy, save_final, train_resumable, trainer_kwargs
 
 SECTIONS = ("profile", "model", "data", "dpo")
 # TRL log keys kept in the record (last logged value and the whole series).
@@ -99,7 +99,7 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
         if section.max_examples:
             pairs = pairs[: section.max_examples]
         ckpt_dir = run.dir / "checkpoints"
-        callbacks, tracker = extra_callbacks(), None
+        callbacks, tracker = extra_callbacks() + guard_callbacks(section), None
         if section.keep_checkpoints:  # intermediate checkpoints + validation series (bench.train.tracking)
             from bench.train.tracking import KeepCheckpoints, Tracker
 

@@ -33,7 +33,7 @@ from bench.models import configure_trainable, policy_init_dir, trainable_count
 from bench.records import is_done, stage_run
 from bench.score_model import build_score_model, encode, load_score_model, score_texts
 from bench.stats import mean_metric, rate_metric, scalar_metric
-from bench.train.common import save_final, train_resumable, trainer_kwargs
+from bench.train.common import guard_callbacks, save_final, train_resumable, trainer_kwargs
 
 SECTIONS = {"reward": ("profile", "model", "data", "reward"), "cost": ("profile", "model", "data", "cost")}
 
@@ -183,13 +183,13 @@ def run_score_stage(cfg: ProfileConfig, kind: str, force: bool = False) -> None:
         args = trainer_args(section, ckpt_dir, cfg.profile.seed)
         if kind == "reward":
             trainer = RewardTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tok,
-                                    callbacks=extra_callbacks())
+                                    callbacks=extra_callbacks() + guard_callbacks(section))
         else:
             CostTrainer, CostCollator = _cost_trainer_classes()
             CostTrainer.sign_weight = section.sign_weight
             trainer = CostTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tok,
                                   data_collator=CostCollator(pad_token_id=tok.pad_token_id),
-                                  callbacks=extra_callbacks())
+                                  callbacks=extra_callbacks() + guard_callbacks(section))
         result, resume = train_resumable(trainer, ckpt_dir, kind)
         out = save_final(trainer, tok, run.dir / "model")
         # Evaluate what was saved: the plain checkpoint a user (and PPO) will load.

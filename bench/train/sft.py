@@ -23,7 +23,7 @@ from bench.data.schema import DataError
 from bench.models import policy_init_dir
 from bench.records import is_done, stage_run
 from bench.stats import scalar_metric
-from bench.train.common import load_trainable_policy, save_final, train_resumable, trainer_kwargs
+from bench.train.common import guard_callbacks, load_trainable_policy, save_final, train_resumable, trainer_kwargs
 
 SECTIONS = ("profile", "model", "data", "sft")
 
@@ -78,7 +78,7 @@ def run_sft(cfg: ProfileConfig, force: bool = False) -> None:
         args = SFTConfig(**trainer_kwargs(section, ckpt_dir, cfg.profile.seed), max_length=section.max_length,
                          packing=False)
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(demos),
-                             processing_class=tok, callbacks=extra_callbacks())
+                             processing_class=tok, callbacks=extra_callbacks() + guard_callbacks(section))
         result, resume = train_resumable(trainer, ckpt_dir, "sft")
         out = save_final(trainer, tok, run.dir / "model")
         history = [h for h in trainer.state.log_history if "loss" in h]
