@@ -35,6 +35,16 @@ class ConfigError(ValueError):
     """A profile or override is invalid; the message names file, key and expected type."""
 
 
+def inside_repo(path: str, key: str) -> str:
+    """A config path that must stay inside the project (a recipe file the suite ships, not an
+    arbitrary file on the machine): relative, and resolving below the repository root."""
+    resolved = (REPO_ROOT / path).resolve()
+    if Path(path).is_absolute() or not resolved.is_relative_to(REPO_ROOT.resolve()):
+        raise ConfigError(f"{key}: '{path}' must be a path inside the project (relative to {REPO_ROOT}); "
+                          "declare outside inputs as data.local_files instead")
+    return path
+
+
 # --------------------------------------------------------------------------- sections
 
 
@@ -87,6 +97,8 @@ class ModelSection:
     micro: MicroLlama = field(default_factory=MicroLlama)
 
     def __post_init__(self) -> None:
+        if self.chat_template:
+            inside_repo(self.chat_template, "model.chat_template")
         if self.source == "hub" and not (self.hub_id and self.revision):
             raise ConfigError("model.source 'hub' needs both model.hub_id and model.revision (a pinned revision)")
 
@@ -146,6 +158,8 @@ class TrainSection:
     logging_steps: int = 10
 
     def __post_init__(self) -> None:
+        if self.deepspeed:
+            inside_repo(self.deepspeed, "deepspeed")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.batch_size < 1 or self.grad_accum < 1:
