@@ -177,6 +177,19 @@ def is_done(cfg: ProfileConfig, variant: str, config_hash: str) -> bool:
     return rec is not None and rec.get("config_hash") == config_hash
 
 
+@contextlib.contextmanager
+def variant_lock(profile: str, variant: str, timeout: float = -1) -> Iterator[None]:
+    """Exclusive lock on one variant's run directory, held while a process checks whether the work
+    is done and does it, so two concurrent runs never score or write the same variant twice (the
+    second waits, then finds the record up to date)."""
+    from filelock import FileLock
+
+    d = run_dir(profile, variant)
+    d.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(d / ".lock"), timeout=timeout):
+        yield
+
+
 @dataclass
 class StageRun:
     """Mutable state of one stage while it runs; turned into record.json on success."""

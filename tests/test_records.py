@@ -97,3 +97,32 @@ def test_mean_metric():
     m = mean_metric([1.0, 2.0, 3.0])
     assert m["value"] == 2.0 and m["n"] == 3
     assert m["ci_low"] == pytest.approx(2 - 1.96 / 3 ** 0.5, abs=1e-3)
+
+
+def _locked_worker(profile, log_path, done_path):
+    import time
+
+    from bench.records import variant_lock
+
+    with variant_lock(profile, "eval/v"):
+        if not os.path.exists(done_path):  # the check-then-work a stage does under the lock
+            with open(log_path, "a") as f:
+                f.write("work\n")
+            time.sleep(0.3)
+            atomic_write_text(done_path, "done")
+
+
+def test_variant_lock_makes_concurrent_runs_do_the_work_once(tmp_path):
+    """Concurrency: two processes evaluating the same variant at once: one works, the other waits and
+    then finds it done; nothing is duplicated."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    log, done = tmp_path / "log.txt", tmp_path / "done"
+    procs = [ctx.Process(target=_locked_worker, args=("lock-test", str(log), str(done))) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert all(p.exitcode == 0 for p in procs)
+    assert log.read_text() == "work\n"

@@ -46,7 +46,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from bench.config import ProfileConfig
-from bench.records import RecordError, atomic_write_json, atomic_write_text, find_record, is_done, run_dir, stage_run
+from bench.records import (RecordError, atomic_write_json, atomic_write_text, find_record, is_done, run_dir, stage_run,
+                           variant_lock)
 from bench.stats import mean_metric, rate_metric
 
 BATTERY_VERSION = "1.0.0"  # bump when what a metric means or how it is computed changes
@@ -475,6 +476,8 @@ def run_eval(cfg: ProfileConfig, variant: str | None = None, force: bool = False
             continue
         if inputs is None:
             inputs = load_inputs(cfg)
-        out = score_variant(cfg, v, force=force, progress=progress, inputs=inputs)
+        # Per-variant lock: a concurrent `make eval` waits here, then finds this variant up to date.
+        with variant_lock(cfg.profile.name, f"eval/{v.name}"):
+            out = score_variant(cfg, v, force=force, progress=progress, inputs=inputs)
         status[v.name] = "up to date" if out is None else "scored"
     return status
