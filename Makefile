@@ -28,7 +28,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock image-test fetch base sft reward cost dpo ppo steer eval leaderboard verify bench test test-slow \
+.PHONY: help setup lock image-test fetch test-faults base sft reward cost dpo ppo steer eval leaderboard verify bench test test-slow \
         clean image docker FORCE
 
 help: ## list targets
@@ -104,6 +104,9 @@ bench: $(STAMP) ## performance benchmarks -> leaderboards/perf.md
 # ---------------------------------------------------------------- tests and housekeeping
 test: $(STAMP) ## run the fast test suite (smoke profile)
 	$(PY) -m pytest
+
+test-faults: $(STAMP) ## run only the fault-injection tests (kill/resume, NaN, corruption, concurrency)
+	$(PY) -m pytest -m faults tests/test_faults.py
 
 test-slow: $(STAMP) ## run the slow tests too
 	$(PY) -m pytest -m "not gpu"
