@@ -246,15 +246,20 @@ def steer(cfg: ProfileConfig, force: bool) -> None:
     run_steer(cfg, force=force)
 
 
-def _pending(name: str, issue: str, help_text: str) -> None:
-    @main.command(name=name, help=help_text + f" (not implemented yet: {issue})")
-    @with_config
-    def _cmd(cfg: ProfileConfig) -> None:
-        not_built(name, issue)
+@main.command()
+@click.option("--repeats", "-n", default=3, show_default=True, type=click.IntRange(min=1),
+              help="timed repeats of every measured unit (after one untimed warm-up)")
+@click.option("--quick", is_flag=True, help="tiny sizes, 1 repeat, units in-process (tests; use with --profile smoke)")
+@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+              help="where perf[-<profile>].md/.json go (default: leaderboards/, or $BENCH_LEADERBOARDS)")
+@with_config
+def perf(cfg: ProfileConfig, repeats: int, quick: bool, out_dir: str | None) -> None:
+    """Performance benchmarks (make bench): stage times and memory, scoring vs lm-eval, generation,
+    DPO vs TRL defaults, PPO, and GPU units where a GPU exists -> leaderboards/perf[-<profile>].md."""
+    from pathlib import Path
 
+    from bench.perf import run_perf
 
-for _name, _issue, _help in (
-    ("perf", "issue 10", "Performance benchmarks (make bench)."),
-):
-    _pending(_name, _issue, _help)
+    run_perf(cfg, repeats=repeats, quick=quick, out_dir=Path(out_dir) if out_dir else None,
+             progress=lambda line: click.echo(line, err=True))
 

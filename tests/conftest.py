@@ -15,10 +15,11 @@ SHARED_REFERENCE = REPO.parent / "shared" / "reference"
 @pytest.fixture(scope="session", autouse=True)
 def isolated_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
-    old = {k: os.environ.get(k) for k in ("BENCH_RUNS", "BENCH_CACHE", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY",
+    old = {k: os.environ.get(k) for k in ("BENCH_RUNS", "BENCH_CACHE", "BENCH_LEADERBOARDS", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY",
                                        "TOKENIZERS_PARALLELISM")}
     os.environ["BENCH_RUNS"] = str(root / "runs")
     os.environ["BENCH_CACHE"] = str(root / "cache")
+    os.environ["BENCH_LEADERBOARDS"] = str(root / "leaderboards")  # tests never write the committed ones
     os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach the hub
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"

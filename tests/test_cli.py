@@ -48,9 +48,9 @@ def test_base_stage_writes_record_then_skips(smoke_base):
     assert read_record(run_dir("smoke", "base") / "record.json")["provenance"]["date"] == rec["provenance"]["date"]
 
 
-def test_pending_stage_fails_clearly():
-    r = CliRunner().invoke(main, ["perf", "--profile", "smoke"])
-    assert r.exit_code == 3 and "not implemented yet" in r.output
+def test_perf_command_is_wired():
+    r = CliRunner().invoke(main, ["perf", "--help"])
+    assert r.exit_code == 0 and "--quick" in r.output
 
 
 def test_python_dash_m_entry_point():

@@ -1,15 +1,27 @@
 """Response log-probabilities of preference pairs under a causal LM.
 
 For each pair we need ``log pi(y|x)`` summed over response tokens, for the chosen and the rejected
-response, plus the token counts (for per-token margins). Both responses of a pair go into the same
-batch, and batches are formed from pairs of similar length, so padding is small and each prompt is
-tokenised once. The prompt/response boundary is found by tokenising the formatted prompt alone:
-the chat template ends the prompt with the assistant header, so the response tokens start right
-after it.
+response, plus the token counts (for per-token margins). The prompt/response boundary is found by
+tokenising the formatted prompt alone: the chat template ends the prompt with the assistant header,
+so the response tokens start right after it.
+
+Shared prefixes are computed once (the KV cache is reused, which is exact: causal attention makes
+a position's keys and values independent of what follows it):
+
+- the longest token prefix common to every prompt (the chat template's system turn) is run once
+  per call, and its cache expanded to each batch;
+- each prompt's own tokens (all but its last) are run once per pair, and their cache expanded to
+  the pair's two responses;
+- each response is run with the prompt's last token in front, so the logits of every response
+  token come from this last forward, and no logits are computed over prompt positions.
+
+Per pair this runs ``prompt + 2 (response + 1)`` positions instead of ``2 (prompt + response)``.
+Pairs are sorted by their longest response, so a batch's continuations carry little padding.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -44,35 +56,82 @@ def encode_pair(tok, pair: dict, system_prompt: str | None, max_length: int) -> 
     return p_ids + c_ids[:room], p_ids + r_ids[:room], len(p_ids)
 
 
+def _right_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask), each (N, max len), right padded."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, r in enumerate(rows):
+        ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
+        attn[j, : len(r)] = 1
+    return ids, attn
+
+
+def common_prefix(rows: list[list[int]]) -> list[int]:
+    """Longest list that starts every row."""
+    n = min(len(r) for r in rows)
+    first = rows[0]
+    for r in rows[1:]:
+        k = 0
+        while k < n and r[k] == first[k]:
+            k += 1
+        n = k
+    return first[:n]
+
+
 @torch.no_grad()
 def score_pairs(model, tok, pairs: list[dict], system_prompt: str | None, batch_size: int = 8,
                 max_length: int = 512, desc: str = "score pairs") -> PairLogprobs:
+    """``batch_size`` counts sequences (two per pair), as before the shared-prefix rewrite."""
     encoded = [encode_pair(tok, p, system_prompt, max_length) for p in pairs]
-    order = sorted(range(len(pairs)), key=lambda i: -max(len(encoded[i][0]), len(encoded[i][1])))
     res = {k: [0.0] * len(pairs) for k in ("chosen", "rejected")}
     ntok = {k: [0] * len(pairs) for k in ("chosen", "rejected")}
+    if not pairs:
+        return PairLogprobs([], [], [], [])
+    # Longest response first (a batch costs its longest continuation), then longest prompt.
+    order = sorted(range(len(pairs)), key=lambda i: (-(max(len(encoded[i][0]), len(encoded[i][1])) - encoded[i][2]),
+                                                     -encoded[i][2]))
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    dev = model.device
     model.eval()
+    stems = [c[: plen - 1] for c, _, plen in encoded]  # prompt tokens but the last (shared by both responses)
+    common = common_prefix(stems)
+    C = len(common)
+    common_cache = None
+    if C:
+        common_cache = model(input_ids=torch.tensor([common], device=dev), position_ids=torch.arange(C, device=dev)[None],
+                             use_cache=True, logits_to_keep=1).past_key_values
     half = max(1, batch_size // 2)  # two sequences per pair
     for start in tqdm(range(0, len(order), half), desc=desc, leave=False, disable=None):
         idx = order[start:start + half]
-        seqs, starts = [], []
+        b = len(idx)
+        cache = None
+        if common_cache is not None:
+            cache = copy.deepcopy(common_cache)
+            cache.batch_repeat_interleave(b)
+        mids = [stems[i][C:] for i in idx]
+        seen = torch.ones((b, C), dtype=torch.long)  # (b, C + M): which cached positions are real tokens
+        if max(len(m) for m in mids):
+            mid_ids, mid_attn = _right_pad(mids, pad)  # (b, M)
+            seen = torch.cat([seen, mid_attn], 1)
+            pos = C + torch.arange(mid_ids.shape[1]).expand(b, -1)
+            cache = model(input_ids=mid_ids.to(dev), attention_mask=seen.to(dev), position_ids=pos.to(dev),
+                          past_key_values=cache, use_cache=True, logits_to_keep=1).past_key_values
+        conts = []
         for i in idx:
             c, r, plen = encoded[i]
-            seqs += [c, r]
-            starts += [plen, plen]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)  # (2B, L), right padded
-        attn = torch.zeros_like(ids)
-        for j, s in enumerate(seqs):
-            ids[j, : len(s)] = torch.tensor(s)
-            attn[j, : len(s)] = 1
-        logits = model(input_ids=ids.to(model.device), attention_mask=attn.to(model.device)).logits  # (2B, L, V)
+            conts += [c[plen - 1:], r[plen - 1:]]  # last prompt token + response
+        ids, attn = _right_pad(conts, pad)  # (2b, R + 1)
+        if cache is not None:
+            cache.batch_repeat_interleave(2)  # each prompt's cache, once per response
+        first = torch.tensor([C + len(mids[j // 2]) for j in range(2 * b)])  # position of the last prompt token
+        pos = first[:, None] + torch.arange(ids.shape[1])[None]
+        full = torch.cat([seen.repeat_interleave(2, 0), attn], 1)  # (2b, C + M + R + 1)
+        logits = model(input_ids=ids.to(dev), attention_mask=full.to(dev), position_ids=pos.to(dev),
+                       past_key_values=cache, use_cache=cache is not None).logits  # (2b, R + 1, V)
         labels = ids[:, 1:].to(logits.device)  # token t+1 is predicted at position t
-        mask = torch.zeros_like(labels, dtype=torch.float)
-        for j, s in enumerate(seqs):
-            mask[j, starts[j] - 1: len(s) - 1] = 1.0  # response tokens only
-        lp = sequence_logprobs(logits[:, :-1], labels, mask)  # (2B, L-1)
+        mask = attn[:, 1:].to(device=logits.device, dtype=torch.float)  # response tokens only
+        lp = sequence_logprobs(logits[:, :-1], labels, mask)  # (2b, R)
         sums = (lp * mask).sum(-1).tolist()
         counts = mask.sum(-1).long().tolist()
         for k, i in enumerate(idx):

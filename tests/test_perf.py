@@ -1,0 +1,100 @@
+"""`bench perf`: the statistics helpers on hand values, our scorer agreeing with lm-eval's
+loglikelihood on the smoke model, the peak-memory plumbing of an isolated unit, the GPU code
+paths on a tiny shape on CPU, and `bench perf --quick` writing every section. No test asserts a
+speed: timings on a shared machine are not test material."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from bench.perf.stats import fmt, quantile, rates, ratio, summarize
+
+
+def test_summaries_on_hand_values():
+    s = summarize([3.0, 1.0, 2.0, 10.0])
+    assert s["median"] == pytest.approx(2.5) and s["min"] == 1.0 and s["max"] == 10.0 and s["n"] == 4
+    assert s["q1"] == pytest.approx(1.75) and s["q3"] == pytest.approx(4.75)  # numpy's linear quantiles
+    assert quantile([5.0], 0.9) == 5.0
+    assert summarize([1.0, math.nan, None, 3.0])["n"] == 2  # non-finite values are dropped
+    assert summarize([])["n"] == 0 and math.isnan(summarize([])["median"])
+    with pytest.raises(ValueError):
+        quantile([], 0.5)
+
+
+def test_rates_and_paired_ratio():
+    assert rates(10, [2.0, 5.0]) == [5.0, 2.0]
+    assert rates([4, 9], [2.0, 3.0]) == [2.0, 3.0]
+    r = ratio([4.0, 6.0, 8.0], [2.0, 2.0, 4.0])  # per-repeat ratios 2, 3, 2
+    assert r["median"] == pytest.approx(2.0) and r["max"] == pytest.approx(3.0)
+    assert r["of_medians"] == pytest.approx(6.0 / 2.0)
+    with pytest.raises(ValueError, match="paired"):
+        ratio([1.0], [1.0, 2.0])
+    assert fmt(summarize([1.0, 2.0, 3.0]), 3, "s") == "2 s [1-3] (n=3)"
+    assert fmt(summarize([1234.5])) == "1,234 (n=1)" or fmt(summarize([1234.5])) == "1,235 (n=1)"
+    assert fmt(None) == "n/a"
+
+
+def test_scorer_agrees_with_lm_eval_loglikelihood(smoke_base):
+    from bench.perf.units import run_unit
+
+    u = run_unit("score", {"profile": "smoke", "n_pairs": 4, "repeats": 1}, isolate=False)
+    assert "error" not in u, u.get("traceback")
+    a = u["agreement"]
+    assert u["n_requests"] == 2 * u["n_pairs"] == 8
+    assert a["tokens_max_abs_diff"] < 1e-3 and a["tokens_agree_1e-3"]
+    # lm-eval's string path moves the newline ending the chat prompt into the continuation.
+    assert a["strings_extra_continuation_tokens"] == [1] and a["strings_mean_diff"] < 0
+    assert set(u["seconds"]) == {"ours", "lm_eval", "lm_eval_tokens"}
+
+
+def test_isolated_unit_reports_its_own_peak_memory(tmp_path):
+    from bench.perf.units import run_unit
+
+    u = run_unit("alloc", {"mb": 96}, isolate=True, log_dir=tmp_path)
+    assert u["isolated"] and u["allocated_mb"] == 96
+    assert u["peak_rss_mb"] >= 96  # the child's ru_maxrss, from os.wait4
+    bad = run_unit("score", {"profile": "no-such-profile"}, isolate=True, log_dir=tmp_path)
+    assert "unknown profile" in bad["error"]
+
+
+def test_gpu_code_paths_run_on_a_tiny_shape_on_cpu():
+    """The GPU units only run where CUDA exists; the same code on a micro shape keeps them honest."""
+    from bench.perf.gpu import peak_tflops, unit_1b_train, unit_7b_lora_ppo
+
+    tiny = dict(name="tiny", hub_id="-", layers=2, hidden=32, intermediate=64, heads=4, kv_heads=2, vocab=128,
+                tied_embeddings=True)
+    t = unit_1b_train({"device": "cpu", "shape": tiny, "seq_len": 16, "batch": 2, "steps": 1})
+    assert len(t["seconds"]) == 1 and t["tokens_per_step"] == 32 and t["flops_per_token"] > 6 * 1000
+    p = unit_7b_lora_ppo({"device": "cpu", "shape": tiny, "prompts": 2, "prompt_len": 4, "max_new_tokens": 3,
+                          "lora_rank": 2})
+    assert p["fits"], p.get("error")
+    assert p["plan_gb_policy_side"] > 0
+    assert peak_tflops("Tesla V100-SXM2-32GB") == 125.0 and peak_tflops("mystery card") is None
+
+
+def test_perf_quick_writes_markdown_and_json(smoke_base, tmp_path):
+    from bench.cli import main
+
+    r = CliRunner().invoke(main, ["perf", "--quick", "--profile", "smoke", "--out-dir", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "perf-smoke.md").read_text()
+    res = json.loads((tmp_path / "perf-smoke.json").read_text())
+    for section in ("## Machine", "## Stages", "## Scoring", "## Generation", "## Training", "## GPU"):
+        assert section in md
+    assert "cpu_count" in res["provenance"]["hardware"] and res["provenance"]["packages"]["lm-eval"]
+    for key in ("score", "generate", "dpo_ours", "dpo_trl_defaults", "ppo"):
+        assert key in res["units"] and "error" not in res["units"][key], (key, res["units"][key].get("error"))
+        assert res["units"][key]["peak_rss_mb"] > 0
+    for key in ("score", "generate", "dpo", "ppo"):
+        assert key in res["figures"]
+    assert res["figures"]["score"]["speedup_vs_lm_eval"]["n"] == 1
+    assert res["units"]["score"]["agreement"]["tokens_agree_1e-3"]
+    import torch
+
+    if not torch.cuda.is_available():
+        assert res["gpu_skipped"] and "GPU units skipped: no CUDA device" in md
+    assert "Target: ours >= 2x" in md and "from the run records" in md
