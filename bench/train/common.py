@@ -92,3 +92,17 @@ def guard_callbacks(section: TrainSection) -> list:
                         "rate, data) and re-run to resume")
 
     return [StopOnNonFinite()]
+
+
+def fp16_stats(trainer) -> dict:
+    """Loss-scaling state of an fp16 run, for the record: DeepSpeed's skipped (overflow) steps and
+    current loss scale, or torch AMP's scale. Empty on fp32/CPU runs, where nothing is scaled."""
+    engine = getattr(trainer, "model_wrapped", None)
+    if getattr(trainer, "is_deepspeed_enabled", False) and engine is not None:
+        opt = getattr(engine, "optimizer", None)
+        return {"fp16_skipped_steps": int(getattr(engine, "skipped_steps", 0)),
+                "fp16_loss_scale": float(getattr(opt, "cur_scale", getattr(opt, "loss_scale", float("nan"))))}
+    scaler = getattr(getattr(trainer, "accelerator", None), "scaler", None)
+    if scaler is not None and scaler.is_enabled():
+        return {"fp16_loss_scale": float(scaler.get_scale())}
+    return {}

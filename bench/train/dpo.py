@@ -33,7 +33,7 @@ from bench.data.schema import DataError
 from bench.models import policy_init_dir
 from bench.records import is_done, stage_run
 from bench.stats import scalar_metric
-from bench.train.common import guard_callbacks, load_trainable_policy, save_final, train_resumable, trainer_kwargs
+from bench.train.common import fp16_stats, guard_callbacks, load_trainable_policy, save_final, train_resumable, trainer_kwargs
 
 SECTIONS = ("profile", "model", "data", "dpo")
 # TRL log keys kept in the record (last logged value and the whole series).
@@ -120,7 +120,7 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
                 if key in history[-1]:
                     run.metrics["train_" + key.replace("/", "_")] = scalar_metric(history[-1][key])
         run.artifacts = {"model_dir": str(out), "policy_init": str(policy_dir)}
-        run.extra = {"variant": {"loss_type": variant.loss_type, "loss_weights": variant.loss_weights,
+        run.extra = {**fp16_stats(trainer), "variant": {"loss_type": variant.loss_type, "loss_weights": variant.loss_weights,
                                  "f_divergence": variant.f_divergence,
                                  "beta": variant.beta if variant.beta is not None else section.beta},
                      "pairs_policy": section.pairs, "train_pairs": len(pairs), "skipped_overlong": skipped,

@@ -33,7 +33,7 @@ from bench.models import configure_trainable, policy_init_dir, trainable_count
 from bench.records import is_done, stage_run
 from bench.score_model import build_score_model, encode, load_score_model, score_texts
 from bench.stats import mean_metric, rate_metric, scalar_metric
-from bench.train.common import guard_callbacks, save_final, train_resumable, trainer_kwargs
+from bench.train.common import fp16_stats, guard_callbacks, save_final, train_resumable, trainer_kwargs
 
 SECTIONS = {"reward": ("profile", "model", "data", "reward"), "cost": ("profile", "model", "data", "cost")}
 
@@ -199,7 +199,7 @@ def run_score_stage(cfg: ProfileConfig, kind: str, force: bool = False) -> None:
         run.metrics["train_loss"] = scalar_metric(result.training_loss)
         run.metrics["trainable_params"] = scalar_metric(n_train)
         run.artifacts = {"model_dir": str(out), "policy_init": str(policy_dir)}
-        run.extra = {"resumed_from": resume, "skipped_overlong": skipped, "train_pairs": len(examples),
+        run.extra = {**fp16_stats(trainer), "resumed_from": resume, "skipped_overlong": skipped, "train_pairs": len(examples),
                      "log_history": trainer.state.log_history}
         summary = ", ".join(f"{k}={v['value']:.3f}" for k, v in run.metrics.items()
                             if k.endswith("accuracy"))

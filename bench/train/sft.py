@@ -23,7 +23,7 @@ from bench.data.schema import DataError
 from bench.models import policy_init_dir
 from bench.records import is_done, stage_run
 from bench.stats import scalar_metric
-from bench.train.common import guard_callbacks, load_trainable_policy, save_final, train_resumable, trainer_kwargs
+from bench.train.common import fp16_stats, guard_callbacks, load_trainable_policy, save_final, train_resumable, trainer_kwargs
 
 SECTIONS = ("profile", "model", "data", "sft")
 
@@ -84,7 +84,7 @@ def run_sft(cfg: ProfileConfig, force: bool = False) -> None:
         history = [h for h in trainer.state.log_history if "loss" in h]
         run.metrics = {"train_loss": scalar_metric(result.training_loss), "trainable_params": scalar_metric(n_train)}
         run.artifacts = {"model_dir": str(out), "policy_init": str(policy_dir)}
-        run.extra = {"demonstrations": len(demos), "skipped_overlong": skipped, "resumed_from": resume,
+        run.extra = {**fp16_stats(trainer), "demonstrations": len(demos), "skipped_overlong": skipped, "resumed_from": resume,
                      "series": [{k: h[k] for k in ("step", "loss", "mean_token_accuracy") if k in h} for h in history]}
         print(f"sft: {len(demos)} demonstrations, train loss {result.training_loss:.4f}")
     shutil.rmtree(ckpt_dir, ignore_errors=True)

@@ -1,0 +1,37 @@
+"""Shared trainer helpers: fp16 loss-scaling stats for the record, trainer settings on CPU."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from bench.config import load_config
+from bench.train.common import fp16_stats, guard_callbacks, trainer_kwargs
+
+
+def test_fp16_stats_reads_deepspeed_and_amp_state():
+    ds = SimpleNamespace(is_deepspeed_enabled=True,
+                         model_wrapped=SimpleNamespace(skipped_steps=3, optimizer=SimpleNamespace(cur_scale=1024.0)))
+    assert fp16_stats(ds) == {"fp16_skipped_steps": 3, "fp16_loss_scale": 1024.0}
+
+    class Scaler:
+        def is_enabled(self):
+            return True
+
+        def get_scale(self):
+            return 256.0
+
+    amp = SimpleNamespace(is_deepspeed_enabled=False, model_wrapped=None, accelerator=SimpleNamespace(scaler=Scaler()))
+    assert fp16_stats(amp) == {"fp16_loss_scale": 256.0}
+    cpu = SimpleNamespace(is_deepspeed_enabled=False, model_wrapped=None, accelerator=SimpleNamespace(scaler=None))
+    assert fp16_stats(cpu) == {}
+
+
+def test_cpu_trainer_settings(tmp_path):
+    section = load_config("smoke").dpo
+    kw = trainer_kwargs(section, tmp_path, seed=3)
+    assert kw["use_cpu"] and kw["bf16"] is False and kw["fp16"] is False  # no bf16 on CPU or V100
+    assert kw["gradient_checkpointing"] is False and kw["logging_nan_inf_filter"] is False
+    assert kw["seed"] == kw["data_seed"] == 3
+    assert len(guard_callbacks(section)) == 1
+    section.fp16 = True  # under fp16 the loss scaler owns overflows
+    assert guard_callbacks(section) == []
