@@ -37,9 +37,9 @@ class ConfigError(ValueError):
 
 def inside_repo(path: str, key: str) -> str:
     """A config path that must stay inside the project (a recipe file the suite ships, not an
-    arbitrary file on the machine): relative, and resolving below the repository root."""
-    resolved = (REPO_ROOT / path).resolve()
-    if Path(path).is_absolute() or not resolved.is_relative_to(REPO_ROOT.resolve()):
+    arbitrary file on the machine): it must resolve below the repository root."""
+    resolved = (REPO_ROOT / path).resolve()  # an absolute path stays itself under `/`
+    if not resolved.is_relative_to(REPO_ROOT.resolve()):
         raise ConfigError(f"{key}: '{path}' must be a path inside the project (relative to {REPO_ROOT}); "
                           "declare outside inputs as data.local_files instead")
     return path

@@ -42,7 +42,8 @@ def test_sigkill_then_resume_matches_uninterrupted(smoke_base):
         pytest.skip("the run finished before it could be killed (machine too fast for this window)")
     assert not (d / "record.json").exists()  # no record from a killed run
 
-    subprocess.run(_cmd("smoke-kill"), env=env, check=True, capture_output=True, timeout=600)
+    again = subprocess.run(_cmd("smoke-kill"), env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
     rec = read_record(d / "record.json")
     assert rec["extra"]["resumed_from"] is not None
     assert int(rec["extra"]["resumed_from"].rsplit("-", 1)[1]) >= 4

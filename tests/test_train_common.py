@@ -35,3 +35,27 @@ def test_cpu_trainer_settings(tmp_path):
     assert len(guard_callbacks(section)) == 1
     section.fp16 = True  # under fp16 the loss scaler owns overflows
     assert guard_callbacks(section) == []
+
+
+def test_incomplete_checkpoints_are_skipped_and_removed(tmp_path):
+    """A kill while saving leaves a checkpoint without (or with a truncated) trainer_state.json: resume
+    takes the newest complete one and removes the broken one."""
+    import json
+
+    from bench.train.common import last_complete_checkpoint
+
+    def ckpt(step, state=True, truncated=False):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"x")
+        (d / "optimizer.pt").write_bytes(b"x")
+        if state:
+            (d / "trainer_state.json").write_text('{"global_st' if truncated else json.dumps({"global_step": step}))
+        return d
+
+    ckpt(2)
+    ckpt(4, truncated=True)
+    six = ckpt(6, state=False)
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert not six.exists() and not (tmp_path / "checkpoint-4").exists()
+    assert last_complete_checkpoint(tmp_path / "missing") is None

@@ -45,12 +45,42 @@ def load_trainable_policy(cfg, section: TrainSection, policy_dir: Path):
     return (model, tok, *trainable_count(model))
 
 
-def train_resumable(trainer, ckpt_dir: Path, label: str):
-    """``trainer.train``, resuming from the newest checkpoint in ``ckpt_dir`` if an earlier run was
-    interrupted. Returns (TrainOutput, the checkpoint resumed from or None)."""
-    from transformers.trainer_utils import get_last_checkpoint
+def checkpoint_complete(folder: Path) -> bool:
+    """A trainer checkpoint is usable when its state file parses and weights and optimizer exist;
+    the state is written last, so a kill mid-save leaves it missing or truncated."""
+    import json
 
-    resume = get_last_checkpoint(str(ckpt_dir)) if Path(ckpt_dir).exists() else None
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    weights = any((folder / n).exists() for n in ("model.safetensors", "adapter_model.safetensors",
+                                                  "model.safetensors.index.json"))
+    optimizer = (folder / "optimizer.pt").exists() or any(folder.glob("global_step*"))  # torch / DeepSpeed
+    return "global_step" in state and weights and optimizer
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
+    """Newest complete ``checkpoint-N`` in ``ckpt_dir``; incomplete ones (a kill while saving) are
+    removed so the trainer's rotation never counts them."""
+    import shutil
+
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.exists():
+        return None
+    found = sorted((p for p in ckpt_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for p in found:
+        if checkpoint_complete(p):
+            return str(p)
+        shutil.rmtree(p, ignore_errors=True)
+    return None
+
+
+def train_resumable(trainer, ckpt_dir: Path, label: str):
+    """``trainer.train``, resuming from the newest complete checkpoint in ``ckpt_dir`` if an earlier
+    run was interrupted. Returns (TrainOutput, the checkpoint resumed from or None)."""
+    resume = last_complete_checkpoint(ckpt_dir)
     if resume:
         print(f"{label}: resuming from {resume}")
     return trainer.train(resume_from_checkpoint=resume), resume
