@@ -98,3 +98,21 @@ def test_perf_quick_writes_markdown_and_json(smoke_base, tmp_path):
     if not torch.cuda.is_available():
         assert res["gpu_skipped"] and "GPU units skipped: no CUDA device" in md
     assert "Target: ours >= 2x" in md and "from the run records" in md
+
+
+def test_stage_times_do_not_mix_eval_records_into_training_stages(tmp_path, monkeypatch):
+    """Eval records carry the scored variant's name; per-stage figures must still match on stage."""
+    import json
+
+    from bench.perf import stage_times
+
+    monkeypatch.setenv("BENCH_RUNS", str(tmp_path))
+    for rel, stage, wall in (("dpo", "dpo", 100.0), ("eval/dpo", "eval", 5.0), ("eval/base", "eval", 7.0)):
+        d = tmp_path / "p" / rel
+        d.mkdir(parents=True)
+        (d / "record.json").write_text(json.dumps({
+            "schema_version": 1, "variant": rel.split("/")[-1], "stage": stage, "profile": "p",
+            "config_hash": "h", "metrics": {}, "wall_time_s": wall}))
+    st = stage_times("p")["stages"]
+    assert st["dpo"]["total_s"] == 100.0 and st["dpo"]["per_variant_s"]["n"] == 1
+    assert st["eval"]["total_s"] == 12.0 and st["eval"]["per_variant_s"]["n"] == 2

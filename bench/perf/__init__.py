@@ -103,8 +103,9 @@ def stage_times(profile: str) -> dict:
         s["variants"].append(r["variant"])
         s["total_s"] += float(r["wall_time_s"] or 0.0)
         s["resumed"] |= r["resumed"]
-    for s in stages.values():
-        s["per_variant_s"] = summarize([r["wall_time_s"] for r in rows if r.get("variant") in s["variants"]
+    for name, s in stages.items():
+        # Eval records carry the scored variant's name: match on the stage too.
+        s["per_variant_s"] = summarize([r["wall_time_s"] for r in rows if r.get("stage") == name
                                         and r.get("wall_time_s") is not None])
     rank = {st: i for i, st in enumerate(STAGE_ORDER)}
     stages = dict(sorted(stages.items(), key=lambda kv: rank.get(kv[0], len(rank))))
