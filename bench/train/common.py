@@ -88,23 +88,14 @@ def train_resumable(trainer, ckpt_dir: Path, label: str):
 
 def save_final(trainer, tok, out: Path) -> Path:
     """Save the trained model as a plain checkpoint (LoRA merged) that plain transformers loads."""
-    import os
-    import shutil
-    import tempfile
+    from bench.records import atomic_dir
 
     final = trainer.model
     if hasattr(final, "merge_and_unload"):
         final = final.merge_and_unload()
-    # Written beside the target and renamed into place: a kill mid-save never leaves half a model.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:  # a kill mid-save never leaves half a model
         final.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -45,7 +45,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,7 +70,7 @@ from bench.losses import (
     update_running_moments,
     value_loss,
 )
-from bench.records import RecordError, atomic_write_json, find_record, is_done, stage_run
+from bench.records import RecordError, atomic_dir, atomic_write_json, find_record, is_done, stage_run
 from bench.stats import mean_metric, rate_metric, scalar_metric
 from bench.train.rollout import (
     PolicyWithValueHead,
@@ -825,12 +824,6 @@ def save_policy(policy: nn.Module, tok, out: Path, section: PPOSection, dtype: s
     if section.gradient_checkpointing:
         policy.gradient_checkpointing_disable()
     policy = policy.to(torch_dtype(dtype))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         policy.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -50,9 +50,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -224,10 +222,10 @@ def save_plain_copy(model, tok, out: Path) -> Path:
     unchanged) that ``AutoModelForCausalLM.from_pretrained`` loads. Atomic (temp folder + rename)."""
     import copy
 
+    from bench.records import atomic_dir
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         if hasattr(model, "get_base_model") and hasattr(model, "peft_config"):
             state = _merged_lora_state(model)
             if state is not None:
@@ -237,11 +235,6 @@ def save_plain_copy(model, tok, out: Path) -> Path:
         else:
             model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
