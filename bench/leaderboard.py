@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.config import REPO_ROOT
+from bench.plots import save_png
 from bench.records import RECORD_NAME, RecordError, atomic_write_bytes, atomic_write_text, read_record, runs_root
 
 LEADERBOARD_ROOT = REPO_ROOT / "leaderboards"
@@ -437,7 +438,6 @@ def plot_series(records: dict[str, dict], path: Path) -> Path | None:
                          key=lambda t: _variant_key(t[0], t[1]["stage"]))
     if not keys or not with_series:
         return None
-    import io
 
     import matplotlib
 
@@ -458,15 +458,7 @@ def plot_series(records: dict[str, dict], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_png(fig, path, legend_room=0.06)
 
 
 def _series_section(records: dict[str, dict], assets: Path, profile: str, write_plots: bool) -> list[str]:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from bench import chat
 from bench.config import ModelSection, ScoreModelSection
 from bench.models import ModelError, torch_dtype
+from bench.tensors import longest_first_batches, pad_right
 
 
 def build_score_model(policy_dir: Path, section: ScoreModelSection, model_cfg: ModelSection, seed: int):
@@ -82,17 +83,9 @@ def score_texts(model, tok, prompts: list[str], responses: list[str], system_pro
     for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
         seq = encode(tok, p, r, system_prompt, histories[i] if histories else None)
         ids.append(seq[:max_length])
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     out = [0.0] * len(ids)
-    pad = tok.pad_token_id
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=None):
-        idx = order[start:start + batch_size]
-        width = max(len(ids[i]) for i in idx)
-        x = torch.full((len(idx), width), pad, dtype=torch.long)  # (B, L) right padded
-        m = torch.zeros_like(x)
-        for j, i in enumerate(idx):
-            x[j, : len(ids[i])] = torch.tensor(ids[i])
-            m[j, : len(ids[i])] = 1
+    for idx in tqdm(longest_first_batches([len(x) for x in ids], batch_size), desc=desc, leave=False, disable=None):
+        x, m = pad_right([ids[i] for i in idx], tok.pad_token_id)  # (B, L) right padded
         logits = model(input_ids=x.to(model.device), attention_mask=m.to(model.device)).logits  # (B, 1)
         for j, i in enumerate(idx):
             out[i] = float(logits[j, 0])

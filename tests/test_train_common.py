@@ -59,3 +59,16 @@ def test_incomplete_checkpoints_are_skipped_and_removed(tmp_path):
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
     assert not six.exists() and not (tmp_path / "checkpoint-4").exists()
     assert last_complete_checkpoint(tmp_path / "missing") is None
+
+
+def test_hashed_sections_follow_policy_init():
+    """A stage that starts from SFT is re-run when the SFT settings change (DPO and PPO alike)."""
+    from bench.train.common import hashed_sections
+
+    assert hashed_sections(("dpo",), "base") == ("dpo",)
+    assert hashed_sections(("ppo", "reward"), "sft") == ("ppo", "reward", "sft")
+    cfg = load_config("smoke", ["dpo.policy_init=sft", "ppo.policy_init=sft"])
+    other = load_config("smoke", ["dpo.policy_init=sft", "ppo.policy_init=sft", "sft.learning_rate=0.5"])
+    for sec in ("dpo", "ppo"):
+        s = hashed_sections((sec,), getattr(cfg, sec).policy_init)
+        assert cfg.section_hash(*s) != other.section_hash(*s)

@@ -109,6 +109,7 @@ def response_logprobs(model, tok, prompts: list[str], responses: list[str], syst
 
     from bench import chat
     from bench.losses import sequence_logprobs
+    from bench.tensors import longest_first_batches, pad_right
 
     seqs, starts = [], []
     for p, r in zip(prompts, responses, strict=True):
@@ -117,24 +118,17 @@ def response_logprobs(model, tok, prompts: list[str], responses: list[str], syst
         room = max(1, max_length - len(p_ids))
         seqs.append(p_ids + r_ids[:room])
         starts.append(len(p_ids))
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     sums, counts = [0.0] * len(seqs), [0] * len(seqs)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     model.eval()
     with torch.no_grad():
-        for s in range(0, len(order), max(1, batch_size)):
-            idx = order[s:s + batch_size]
-            width = max(len(seqs[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)  # (B, L) right padded
-            attn = torch.zeros_like(ids)
-            for j, i in enumerate(idx):
-                ids[j, : len(seqs[i])] = torch.tensor(seqs[i])
-                attn[j, : len(seqs[i])] = 1
+        for idx in longest_first_batches([len(x) for x in seqs], batch_size):
+            ids, attn = pad_right([seqs[i] for i in idx], pad)  # (B, L) right padded
             logits = model(input_ids=ids.to(model.device), attention_mask=attn.to(model.device)).logits  # (B, L, V)
             labels = ids[:, 1:].to(logits.device)  # (B, L-1)
             mask = torch.zeros_like(labels, dtype=torch.float)
             for j, i in enumerate(idx):
-                mask[j, starts[i] - 1: len(seqs[i]) - 1] = 1.0
+                mask[j, starts[i] - 1: len(seqs[i]) - 1] = 1.0  # response tokens only
             lp = sequence_logprobs(logits[:, :-1], labels, mask)  # (B, L-1)
             for j, i in enumerate(idx):
                 sums[i] = float((lp[j] * mask[j]).sum())

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from bench import chat
 from bench.losses import sequence_logprobs
+from bench.tensors import pad_right
 
 
 @dataclass
@@ -54,17 +55,6 @@ def encode_pair(tok, pair: dict, system_prompt: str | None, max_length: int) -> 
     # Truncate responses, never prompts: a truncated prompt would change what is being scored.
     room = max(1, max_length - len(p_ids))
     return p_ids + c_ids[:room], p_ids + r_ids[:room], len(p_ids)
-
-
-def _right_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, attention mask), each (N, max len), right padded."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    for j, r in enumerate(rows):
-        ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
-        attn[j, : len(r)] = 1
-    return ids, attn
 
 
 def common_prefix(rows: list[list[int]]) -> list[int]:
@@ -112,7 +102,7 @@ def score_pairs(model, tok, pairs: list[dict], system_prompt: str | None, batch_
         mids = [stems[i][C:] for i in idx]
         seen = torch.ones((b, C), dtype=torch.long)  # (b, C + M): which cached positions are real tokens
         if max(len(m) for m in mids):
-            mid_ids, mid_attn = _right_pad(mids, pad)  # (b, M)
+            mid_ids, mid_attn = pad_right(mids, pad)  # (b, M)
             seen = torch.cat([seen, mid_attn], 1)
             pos = C + torch.arange(mid_ids.shape[1]).expand(b, -1)
             cache = model(input_ids=mid_ids.to(dev), attention_mask=seen.to(dev), position_ids=pos.to(dev),
@@ -121,7 +111,7 @@ def score_pairs(model, tok, pairs: list[dict], system_prompt: str | None, batch_
         for i in idx:
             c, r, plen = encoded[i]
             conts += [c[plen - 1:], r[plen - 1:]]  # last prompt token + response
-        ids, attn = _right_pad(conts, pad)  # (2b, R + 1)
+        ids, attn = pad_right(conts, pad)  # (2b, R + 1)
         if cache is not None:
             cache.batch_repeat_interleave(2)  # each prompt's cache, once per response
         first = torch.tensor([C + len(mids[j // 2]) for j in range(2 * b)])  # position of the last prompt token

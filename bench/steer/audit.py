@@ -179,14 +179,11 @@ def audit_markdown(table: dict) -> str:
 
 def plot_audit(table: dict, path: str | Path) -> Path:
     """Three panels (norm, separability, cosine to base) against layer, one line per checkpoint."""
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from bench.records import atomic_write_bytes
 
     layers = table["layers"]
     names = [c["name"] for c in table["checkpoints"]]
@@ -202,9 +199,6 @@ def plot_audit(table: dict, path: str | Path) -> Path:
     axes[2].set_ylim(-1.05, 1.05)
     axes[0].legend(fontsize=8, loc="best")
     fig.suptitle(f"Refusal direction across checkpoints (position {table['position']})", fontsize=11)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
-    return Path(path)
+    from bench.plots import save_png
+
+    return save_png(fig, path, dpi=110, legend=False)

@@ -10,6 +10,12 @@ import torch
 from bench.config import TrainSection
 
 
+def hashed_sections(sections: tuple[str, ...], policy_init: str) -> tuple[str, ...]:
+    """Config sections a training stage's record hash covers: its own, plus ``sft`` when it starts
+    from the SFT policy (the SFT settings decide its starting weights, so retraining SFT re-runs it)."""
+    return sections + (("sft",) if policy_init == "sft" else ())
+
+
 def trainer_kwargs(section: TrainSection, out: Path, seed: int) -> dict:
     """TrainingArguments keywords from a stage section. On CPU: fp32, no gradient checkpointing
     (TRL defaults to bf16 + checkpointing, about ten times slower on CPU; V100 has no bf16)."""

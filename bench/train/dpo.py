@@ -33,7 +33,7 @@ from bench.data.schema import DataError
 from bench.models import policy_init_dir
 from bench.records import is_done, stage_run
 from bench.stats import scalar_metric
-from bench.train.common import fp16_stats, guard_callbacks, load_trainable_policy, save_final, train_resumable, trainer_kwargs
+from bench.train.common import fp16_stats, guard_callbacks, hashed_sections, load_trainable_policy, save_final, train_resumable, trainer_kwargs
 
 SECTIONS = ("profile", "model", "data", "dpo")
 # TRL log keys kept in the record (last logged value and the whole series).
@@ -82,8 +82,7 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
 
     section: DPOSection = cfg.require("dpo")
     cfg = cfg.only_variant("dpo", name)  # the record hashes this variant's settings only
-    # Starting from SFT: the SFT settings decide the starting weights, so they are part of the hash.
-    sections = SECTIONS + (("sft",) if section.policy_init == "sft" else ())
+    sections = hashed_sections(SECTIONS, section.policy_init)
     if not force and is_done(cfg, name, cfg.section_hash(*sections)):
         print(f"{name}: up to date")
         return

@@ -72,6 +72,7 @@ from bench.losses import (
 )
 from bench.records import RecordError, atomic_dir, atomic_write_json, find_record, is_done, stage_run
 from bench.stats import mean_metric, rate_metric, scalar_metric
+from bench.train.common import hashed_sections
 from bench.train.rollout import (
     PolicyWithValueHead,
     Samples,
@@ -95,7 +96,7 @@ def run_ppo(cfg: ProfileConfig, force: bool = False) -> None:
     prompts = identity = None
     for name, variant in section.variants.items():
         vcfg = variant_config(cfg, name)
-        if not force and is_done(cfg, name, vcfg.section_hash(*SECTIONS)):
+        if not force and is_done(cfg, name, vcfg.section_hash(*hashed_sections(SECTIONS, section.policy_init))):
             print(f"ppo: {name} up to date")
             continue
         if prompts is None:
@@ -164,7 +165,7 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
 
     with stage_run_on_main(vcfg, name, rank) as run:
         ckpt_root = run.dir / CHECKPOINTS
-        chash = vcfg.section_hash(*SECTIONS)
+        chash = vcfg.section_hash(*hashed_sections(SECTIONS, section.policy_init))
         if rank == 0:
             if force:
                 shutil.rmtree(ckpt_root, ignore_errors=True)
@@ -736,7 +737,8 @@ def stage_run_on_main(cfg: ProfileConfig, name: str, rank: int):
     from bench.records import run_dir
 
     if rank == 0:
-        return stage_run(cfg, variant=name, stage=STAGE, sections=SECTIONS)
+        return stage_run(cfg, variant=name, stage=STAGE,
+                         sections=hashed_sections(SECTIONS, cfg.require("ppo").policy_init))
     return contextlib.nullcontext(_NullRun(run_dir(cfg.profile.name, name)))
 
 

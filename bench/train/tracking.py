@@ -449,7 +449,6 @@ def plot_series(records: Iterable[dict] | dict, path: Path) -> Path | None:
     recs = tracked_records(records)
     if not recs:
         return None
-    import io
 
     import matplotlib
 
@@ -483,16 +482,9 @@ def plot_series(records: Iterable[dict] | dict, path: Path) -> Path | None:
         if key != "logp_margin_per_token":
             ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
-    plt.close(fig)
-    path = Path(path)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    from bench.plots import save_png
+
+    return save_png(fig, path, legend_room=0.1)
 
 
 def series_table(records: Iterable[dict] | dict, metrics: tuple[str, ...] = (
