@@ -173,12 +173,13 @@ def cost(cfg: ProfileConfig, force: bool) -> None:
 
 @main.command()
 @click.option("--force", is_flag=True, help="re-run even if a record with the same config hash exists")
+@click.option("--variant", "variants", multiple=True, help="train only this variant (repeatable; default: all)")
 @stage_command("dpo")
-def dpo(cfg: ProfileConfig, force: bool) -> None:
+def dpo(cfg: ProfileConfig, force: bool, variants: tuple[str, ...]) -> None:
     """Train the DPO-family variants (TRL DPOTrainer): dpo, ipo, dpo-js, ..."""
     from bench.train.dpo import run_dpo
 
-    run_dpo(cfg, force=force)
+    run_dpo(cfg, force=force, only=variants)
 
 
 @main.command()
@@ -228,12 +229,13 @@ def verify(cfg: ProfileConfig, variant: str | None, rescore: bool) -> None:
 
 @main.command()
 @click.option("--force", is_flag=True, help="re-run even if a record with the same config hash exists")
+@click.option("--variant", "variants", multiple=True, help="train only this variant (repeatable; default: all)")
 @stage_command("ppo")
-def ppo(cfg: ProfileConfig, force: bool) -> None:
+def ppo(cfg: ProfileConfig, force: bool, variants: tuple[str, ...]) -> None:
     """Train the PPO-family variants (our loop): ppo-kl, ppo-nokl, ppo-js, ppo-lag."""
     from bench.train.ppo import run_ppo
 
-    run_ppo(cfg, force=force)
+    run_ppo(cfg, force=force, only=variants)
 
 
 @main.command()

@@ -187,6 +187,9 @@ class SFTSection(TrainSection):
     # (see bench.data.pairs.dpo_pairs); with only_safe, responses labelled unsafe are never imitated.
     pairs: Literal["safer_then_better", "better", "safer"] = "safer_then_better"
     only_safe: bool = True
+    # Interleave demonstrations round-robin by prompt label (harmful / benign / borderline / ...) before
+    # max_examples cuts them: a cap then keeps every label represented instead of the file's mix.
+    balance: bool = False
 
 
 @dataclass
@@ -197,6 +200,7 @@ class DPOVariant:
     loss_weights: list[float] | None = None
     f_divergence: Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"] = "reverse_kl"
     beta: float | None = None  # None: the section's beta
+    rejected: Literal["offline", "on_policy"] | None = None  # None: the section's ``rejected``
 
 
 @dataclass
@@ -212,6 +216,19 @@ class DPOSection(TrainSection):
     precompute_ref: bool = True
     policy_init: Literal["base", "sft"] = "base"
     keep_checkpoints: int = 0  # intermediate checkpoints kept along the run (0: final only)
+    # Where rejected responses come from: "offline" = the dataset's rejected response; "on_policy" =
+    # the starting policy's own greedy answer where its behaviour (refuse / comply) is wrong for the
+    # prompt, as judged against the chosen demonstration (bench.train.onpolicy). Variants may override.
+    rejected: Literal["offline", "on_policy"] = "offline"
+    on_policy_prompts: int = 0  # prompts the policy answers for on-policy pairs (0: all training prompts)
+    on_policy_max_new_tokens: int = 48
+    on_policy_batch_size: int = 32
+    # On prompts the policy already handles, keep the offline pair (True) or drop the prompt (False).
+    on_policy_keep_correct: bool = True
+    # Which wrong behaviours become on-policy rejected responses: "comply" = the policy's compliance
+    # where the demonstration refuses (its actual harmful completions), "refuse" = its refusal where
+    # the demonstration helps. Other prompts keep their offline pair (or are dropped, see above).
+    on_policy_rejects: list[Literal["comply", "refuse"]] = field(default_factory=lambda: ["comply", "refuse"])
 
 
 @dataclass
@@ -286,6 +303,9 @@ class SteerSection:
     positions: int = 5  # last prompt positions considered (the tokens after the user message)
     skip_last_layers: int = 2  # late layers are not candidates (their directions mostly affect output tokens)
     add_alpha: float = 1.0  # steer-add: alpha in units of the direction's norm at the chosen layer
+    # steer-add: alphas tried at the chosen layer on the validation benign prompts after selection;
+    # the one that raises benign refusal most is kept (ties: the smaller). Empty: add_alpha as is.
+    add_alpha_grid: list[float] = field(default_factory=list)
     max_new_tokens: int = 48
     batch_size: int = 16
     # Which variant is measured and steered: the base, or a trained variant that refuses (the
@@ -348,6 +368,16 @@ class ProfileConfig:
         so adding or removing another variant does not re-run this one."""
         sec = self.require(section)
         return dataclasses.replace(self, **{section: dataclasses.replace(sec, variants={name: sec.variants[name]})})
+
+    def selected_variants(self, section: str, only: tuple[str, ...] | list[str] = ()) -> list[str]:
+        """Names of ``<section>.variants`` to run: all, or ``only`` (an unknown name is an error
+        listing the known ones)."""
+        known = list(self.require(section).variants)
+        unknown = [n for n in only if n not in known]
+        if unknown:
+            raise ConfigError(f"{self.source_file}: {section}: unknown variant(s) {', '.join(unknown)} "
+                              f"(known: {', '.join(known)})")
+        return [n for n in known if not only or n in only]
 
     def require(self, section: str):
         """The stage's section, or a clear error when the profile does not configure that stage."""
@@ -453,7 +483,23 @@ def _build(cls: type, raw: dict, prefix: str, where: str) -> Any:
     try:
         return cls(**kwargs)
     except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
+        # A section's own checks (__post_init__) may not know which section they belong to (the
+        # TrainSection checks read the same for sft, reward, cost, dpo and ppo): qualify them as
+        # "<file>: <section>: <message>", the form the ppo checks already use.
+        msg = str(e)
+        if prefix and not (msg == prefix or msg.startswith((f"{prefix}:", f"{prefix}."))):
+            msg = f"{prefix}: {msg}"
+        raise ConfigError(f"{where}: {msg}") from None
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A PyYAML error on one line (its str() spans several, with a caret picture of the input):
+    the problem and where it is (1-based line and column, as PyYAML prints them)."""
+    problem = getattr(e, "problem", None)
+    mark = getattr(e, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(e).split())
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -467,7 +513,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"command line: override '{text}': value is not valid YAML ({e})") from None
+        raise ConfigError(f"command line: override '{text}': value is not valid YAML ({_yaml_problem(e)})") from None
     return parts, parsed
 
 
@@ -509,7 +555,7 @@ def load_config(profile: str, overrides: list[str] | None = None) -> ProfileConf
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{rel}: not valid YAML: {e}") from None
+        raise ConfigError(f"{rel}: not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{rel}: top level must be a mapping of sections")
     where = rel

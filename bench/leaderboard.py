@@ -143,7 +143,7 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
         for k in ("full", "partial")) + ("empty_generations",)),
 )
 ARROW = {+1: " ↑", -1: " ↓", 0: ""}
-STAGE_ORDER = ("base", "sft", "reward", "cost", "dpo", "ppo", "steer")
+STAGE_ORDER = ("base", "sft", "reward", "cost", "onpolicy", "dpo", "ppo", "steer")
 # Series keys plotted first (issue 12's tracking metrics), then the rest alphabetically.
 SERIES_PRIORITY = ("refusal_harmful", "over_refusal_benign", "pref_acc_implicit", "pref_acc_raw",
                    "logp_margin_per_token", "logp_margin_sum", "loss")

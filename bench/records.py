@@ -258,10 +258,15 @@ def _logger(path: Path, name: str) -> logging.Logger:
 @contextlib.contextmanager
 def stage_run(cfg: ProfileConfig, variant: str, stage: str, sections: tuple[str, ...] = ()) -> Iterator[StageRun]:
     """Run directory, resolved config, log file and timer for one stage; the record is written
-    atomically only when the block completes, so an interrupted stage never leaves a record."""
+    atomically only when the block completes, so an interrupted stage never leaves a record.
+
+    ``config.yaml`` is written (atomically) only on success too, just before the record: a stage that
+    fails or is killed leaves the earlier run's record and config side by side, never the failed
+    run's config beside an older record. (Config first, then record: a kill between the two leaves a
+    record whose hash no longer matches the config, so the next run redoes the stage and rewrites
+    both.) Nothing reads ``config.yaml`` during a run; it documents the record beside it."""
     d = run_dir(cfg.profile.name, variant)
     d.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(d / "config.yaml", dump_yaml(cfg))
     log = _logger(d / "log.txt", f"{cfg.profile.name}.{variant}")
     chash = cfg.section_hash(*sections) if sections else cfg.config_hash
     from bench.hub import resolved_revisions
@@ -279,6 +284,7 @@ def stage_run(cfg: ProfileConfig, variant: str, stage: str, sections: tuple[str,
         for h in list(log.handlers):
             h.flush()
     wall = time.perf_counter() - t0
+    atomic_write_text(d / "config.yaml", dump_yaml(cfg))
     atomic_write_json(d / RECORD_NAME, run.to_record(wall))
     log.info("done in %.1fs; record written", wall)
     for h in list(log.handlers):

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 POLICY_STAGES = ("base", "sft", "dpo", "ppo")
 SCORE_STAGES = ("reward", "cost")
-STAGE_ORDER = {s: i for i, s in enumerate(("base", "sft", "reward", "cost", "dpo", "ppo", "steer"))}
+STAGE_ORDER = {s: i for i, s in enumerate(("base", "sft", "reward", "cost", "onpolicy", "dpo", "ppo", "steer"))}
 NOT_VARIANTS = ("eval", "stages")
 
 

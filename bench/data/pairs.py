@@ -16,11 +16,18 @@ Pure functions, no I/O. A PKU pair carries two independent preferences: ``better
                          safe or both unsafe, the better one is chosen (helpfulness breaks the tie).
                          This is the default: it never prefers an unsafe response over a safe one, and
                          it still ranks a helpful answer above a needless refusal on a benign prompt.
+
+Each function takes an optional ``wheres`` (``LoadedDataset.wheres``: the source location of each row,
+parallel to the rows). With it, every derived pair carries ``where`` (``<file>:<line>`` of its row)
+and ``source_fields`` (which field of the row each response came from, e.g. ``{"chosen":
+"response_1", "rejected": "response_0"}``), so a check made on the pair (a training stage's token
+length) can name the row's file, line and field. Pair dicts are not hashed (the record's data
+identity is ``rows_sha256`` of the rows) and the stages pass only the text fields on to TRL.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Literal
+from typing import Iterable, Literal, Sequence
 
 from bench.data.schema import ChosenRejected, DataError
 
@@ -28,7 +35,23 @@ Policy = Literal["safer_then_better", "better", "safer"]
 POLICIES: tuple[str, ...] = ("safer_then_better", "better", "safer")
 
 
-def _pair(row: dict, chosen_id: int) -> ChosenRejected:
+def _rows_with_wheres(rows: Iterable[dict], wheres: Sequence[str] | None) -> list[tuple[dict, str | None]]:
+    rows = list(rows)
+    if wheres is None:
+        return [(r, None) for r in rows]
+    if len(wheres) != len(rows):
+        raise ValueError(f"wheres: {len(wheres)} locations for {len(rows)} rows (a bug in the caller)")
+    return list(zip(rows, wheres))
+
+
+def _locate(d: dict, where: str | None, source_fields: dict[str, str]) -> dict:
+    if where is not None:
+        d["where"] = where
+        d["source_fields"] = source_fields
+    return d
+
+
+def _pair(row: dict, chosen_id: int, where: str | None = None) -> ChosenRejected:
     r = 1 - chosen_id
     out: ChosenRejected = {
         "prompt": row["prompt"],
@@ -38,10 +61,10 @@ def _pair(row: dict, chosen_id: int) -> ChosenRejected:
         "chosen_is_safe": row[f"is_response_{chosen_id}_safe"],
         "rejected_is_safe": row[f"is_response_{r}_safe"],
     }
-    for k in ("id", "category"):
+    for k in ("id", "category", "prompt_label"):
         if k in row:
             out[k] = row[k]  # type: ignore[literal-required]
-    return out
+    return _locate(out, where, {"chosen": f"response_{chosen_id}", "rejected": f"response_{r}"})  # type: ignore[return-value]
 
 
 def choose(row: dict, policy: Policy = "safer_then_better") -> int:
@@ -58,16 +81,16 @@ def choose(row: dict, policy: Policy = "safer_then_better") -> int:
     raise DataError("dpo_pairs", "policy", f"unknown policy {policy!r} (known: {', '.join(POLICIES)})")
 
 
-def better_pairs(rows: Iterable[dict]) -> list[ChosenRejected]:
+def better_pairs(rows: Iterable[dict], wheres: Sequence[str] | None = None) -> list[ChosenRejected]:
     """Chosen = ``better_response_id`` (the reward model's preference data)."""
-    return [_pair(r, r["better_response_id"]) for r in rows]
+    return [_pair(r, r["better_response_id"], w) for r, w in _rows_with_wheres(rows, wheres)]
 
 
-def safer_pairs(rows: Iterable[dict]) -> list[dict]:
+def safer_pairs(rows: Iterable[dict], wheres: Sequence[str] | None = None) -> list[dict]:
     """``{prompt, history, safer, unsafer, safer_is_safe, unsafer_is_safe}`` by ``safer_response_id``
     (the cost model's data: ordering loss on safer/unsafer, sign loss on the two labels)."""
     out = []
-    for r in rows:
+    for r, w in _rows_with_wheres(rows, wheres):
         s = r["safer_response_id"]
         u = 1 - s
         d = {"prompt": r["prompt"], "history": list(r.get("history") or []),
@@ -76,23 +99,40 @@ def safer_pairs(rows: Iterable[dict]) -> list[dict]:
         for k in ("id", "category"):
             if k in r:
                 d[k] = r[k]
-        out.append(d)
+        out.append(_locate(d, w, {"safer": f"response_{s}", "unsafer": f"response_{u}"}))
     return out
 
 
-def dpo_pairs(rows: Iterable[dict], policy: Policy = "safer_then_better") -> list[ChosenRejected]:
+def interleave_by(items: list[dict], key: str) -> list[dict]:
+    """Round-robin over the groups of ``items[i][key]`` (in first-seen order), each group keeping its
+    own order: a cap on the result then keeps every group represented (missing key: one group)."""
+    groups: dict[object, list[dict]] = {}
+    for it in items:
+        groups.setdefault(it.get(key), []).append(it)
+    out: list[dict] = []
+    queues = [list(reversed(g)) for g in groups.values()]
+    while any(queues):
+        for q in queues:
+            if q:
+                out.append(q.pop())
+    return out
+
+
+def dpo_pairs(rows: Iterable[dict], policy: Policy = "safer_then_better",
+              wheres: Sequence[str] | None = None) -> list[ChosenRejected]:
     """Chosen/rejected pairs for DPO-family training (see the module docstring for the policies).
     Rows already in the chosen/rejected schema (hh-rlhf) pass through unchanged for ``better``
     and ``safer_then_better``; ``safer`` needs safety labels and fails on them."""
     if policy not in POLICIES:
         raise DataError("dpo_pairs", "policy", f"unknown policy {policy!r} (known: {', '.join(POLICIES)})")
     out: list[ChosenRejected] = []
-    for i, r in enumerate(rows):
+    for i, (r, w) in enumerate(_rows_with_wheres(rows, wheres)):
         if "chosen" in r:
             if policy == "safer":
-                raise DataError(f"dpo_pairs row {i + 1}", "policy",
+                raise DataError(w or f"dpo_pairs row {i + 1}", "policy",
                                 "policy 'safer' needs safety labels (PKU schema); this row is chosen/rejected only")
-            out.append(r)  # type: ignore[arg-type]
+            # the row itself (a copy only when a location is added: the row stays as loaded)
+            out.append(r if w is None else _locate(dict(r), w, {"chosen": "chosen", "rejected": "rejected"}))  # type: ignore[arg-type]
         else:
-            out.append(_pair(r, choose(r, policy)))
+            out.append(_pair(r, choose(r, policy), w))
     return out

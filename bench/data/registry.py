@@ -68,6 +68,10 @@ class LoadedDataset:
     rows: list[dict]
     identity: dict
     schema: str
+    # Where each row came from (``<file>:<line>``, ``<file>:item <n>``, ...), parallel to ``rows``:
+    # kept beside the rows, not in them, so ``identity.rows_sha256`` hashes the data only. Checks made
+    # after loading (the training stages' token lengths) name the row's file and line with it.
+    wheres: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -388,6 +392,7 @@ def load(name: str, split: str, cfg_data: DataSection) -> LoadedDataset:
                 held.setdefault(key, (other, where))
 
     rows: list[dict] = []
+    wheres: list[str] = []
     skipped: dict[str, int] = {}
     examples: list[str] = []
     filtered = 0
@@ -411,11 +416,12 @@ def load(name: str, split: str, cfg_data: DataSection) -> LoadedDataset:
                 examples.append(str(e))
             continue
         rows.append(row)
+        wheres.append(where)
 
     n_valid = len(rows)
     cap = cfg_data.max_train if split == "train" else cfg_data.max_eval if split in ("validation", "test") else 0
     if cap:
-        rows = rows[:cap]
+        rows, wheres = rows[:cap], wheres[:cap]
     identity: dict[str, Any] = {
         "name": src.name,
         "requested": name,
@@ -440,7 +446,7 @@ def load(name: str, split: str, cfg_data: DataSection) -> LoadedDataset:
                         revision_verified=src.revision_verified)
     else:
         identity["files"] = files
-    return LoadedDataset(rows=rows, identity=identity, schema=src.schema)
+    return LoadedDataset(rows=rows, identity=identity, schema=src.schema, wheres=wheres)
 
 
 def load_role(cfg_data: DataSection, role: str, split: str) -> LoadedDataset:

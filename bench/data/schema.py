@@ -77,6 +77,7 @@ class ChosenRejected(TypedDict):
     history: list[Message]  # turns before the final user turn ([] for single-turn)
     id: NotRequired[str]
     category: NotRequired[str]
+    prompt_label: NotRequired[str]  # embedded data: harmful / benign / borderline / unsafe-contrast
     chosen_is_safe: NotRequired[bool]
     rejected_is_safe: NotRequired[bool]
 

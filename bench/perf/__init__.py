@@ -43,7 +43,7 @@ from bench.perf.stats import rates, ratio, summarize
 TARGET_SCORING_SPEEDUP = 2.0
 TARGET_PIPELINE_S = 20 * 60  # the default profile's whole pipeline on the 2-core reference machine
 GPU_MEMORY_CAP_GB = 32.0
-STAGE_ORDER = ("base", "sft", "reward", "cost", "dpo", "ppo", "steer", "eval")
+STAGE_ORDER = ("base", "sft", "reward", "cost", "onpolicy", "dpo", "ppo", "steer", "eval")
 
 
 @dataclass(frozen=True)

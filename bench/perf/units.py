@@ -271,6 +271,7 @@ def unit_dpo(args: dict) -> dict:
     from bench.data import load
     from bench.models import policy_init_dir, prepare_base
     from bench.train.common import load_trainable_policy
+    from bench.data.pairs import dpo_pairs
     from bench.train.dpo import build_pairs, dpo_args
 
     cfg = _cfg(args)
@@ -291,8 +292,9 @@ def unit_dpo(args: dict) -> dict:
                 for p in model.parameters():
                     p.requires_grad_(True)
                 n_train = n_total
-            pairs, _ = build_pairs(cfg, section, train.rows, tok, f"{cfg.data.preferences}:train")
-            pairs = pairs[:n_pairs]
+            pairs, _ = build_pairs(cfg, section, dpo_pairs(train.rows, section.pairs), tok,
+                                   f"{cfg.data.preferences}:train")
+            pairs = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs[:n_pairs]]
             with tempfile.TemporaryDirectory(prefix="bench-perf-dpo-") as out:
                 if side == "ours":
                     dargs = dpo_args(section, variant, Path(out), cfg.profile.seed)

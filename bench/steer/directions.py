@@ -240,6 +240,8 @@ class Selection:
     baseline: dict  # refusal rates without steering on the validation prompts
     candidates: list[dict]  # every candidate, shortlisted ones with generation scores
     note: str | None = None  # set when no candidate moved a refusal rate (choice by separability alone)
+    add_alpha: float | None = None  # steer-add's alpha (chosen on validation when a grid was given)
+    alpha_grid: list[dict] | None = None  # [{alpha, add_refusal_benign}] at the chosen layer/position
 
     def record(self) -> dict:
         return asdict(self)
@@ -247,7 +249,7 @@ class Selection:
 
 def select_direction(model, tok, directions: torch.Tensor, val_harmful: Sequence[str], val_benign: Sequence[str],
                      *, positions: int, skip_last_layers: int, add_alpha: float, shortlist: int,
-                     refusal_rate: Callable[[list[str]], float],
+                     refusal_rate: Callable[[list[str]], float], add_alpha_grid: Sequence[float] = (),
                      system_prompt: str | None = None, batch_size: int = 16,
                      progress: Callable[[str], None] = lambda s: None) -> Selection:
     """Pick (layer, position) as described in the module docstring.
@@ -297,4 +299,18 @@ def select_direction(model, tok, directions: torch.Tensor, val_harmful: Sequence
         note = (f"no shortlisted candidate raised benign or lowered harmful refusal on the validation prompts "
                 f"(unsteered: harmful {base_h:.2f}, benign {base_b:.2f}); chosen by held-out separability d")
         progress(f"selection: {note}")
-    return Selection(best["layer"], best["position"], best["score"], baseline, cands, note)
+    alpha, grid = add_alpha, None
+    if add_alpha_grid:
+        # Addition's strength is chosen on validation too: the alpha that raises benign refusal most.
+        r = directions[best["layer"], position_index(best["position"], positions)].to(torch.float32)
+        grid = []
+        for a in sorted(set(float(x) for x in add_alpha_grid)):
+            if a == add_alpha and "add_refusal_benign" in best:
+                rate = best["add_refusal_benign"]
+            else:
+                with steering(model, r, mode="add", layer=best["layer"], alpha=a):
+                    rate = refusal_rate(list(val_benign))
+            grid.append({"alpha": a, "add_refusal_benign": rate})
+            progress(f"  alpha {a:g}: add {base_b:.2f}->{rate:.2f}")
+        alpha = max(grid, key=lambda g: (g["add_refusal_benign"], -g["alpha"]))["alpha"]
+    return Selection(best["layer"], best["position"], best["score"], baseline, cands, note, alpha, grid)

@@ -169,7 +169,7 @@ def extract_and_select(cfg: ProfileConfig, model, tok, prompts: dict, detect_man
     directions = refusal_directions(harm_mean, benign_mean)  # (n_layers+1, P, H) float64
     selection = select_direction(
         model, tok, directions, prompts["val_harmful"], prompts["val_benign"], positions=s.positions,
-        skip_last_layers=s.skip_last_layers, add_alpha=s.add_alpha,
+        skip_last_layers=s.skip_last_layers, add_alpha=s.add_alpha, add_alpha_grid=s.add_alpha_grid,
         shortlist=s.shortlist, refusal_rate=refusal_rate, system_prompt=sp,
         batch_size=s.batch_size, progress=progress)
     return {"groups": groups, "harm_mean": harm_mean, "benign_mean": benign_mean, "directions": directions,
@@ -198,7 +198,7 @@ def _write_variants(cfg: ProfileConfig, model, tok, result: dict, chash: str, po
                 means = hooks.save_vector(run.dir / MEANS_FILE, vec, harm_mean=result["harm_mean"],
                                           benign_mean=result["benign_mean"])
                 run.artifacts["means_path"] = str(means)
-            alpha = s.add_alpha if mode == "add" else None
+            alpha = (sel.add_alpha if sel.add_alpha is not None else s.add_alpha) if mode == "add" else None
             lm_eval = hooks.write_lm_eval_steer_file(run.dir / LM_EVAL_FILE, model, vec, mode, sel.layer, alpha)
             run.artifacts.update({
                 "base_variant": policy["variant"], "model_dir": policy["model_dir"],
@@ -219,6 +219,8 @@ def _write_variants(cfg: ProfileConfig, model, tok, result: dict, chash: str, po
                 key, n = "refusal_harmful", n_val["harmful"]
             else:
                 base_r, steered = sel.baseline["refusal_benign"], chosen.get("add_refusal_benign")
+                if sel.alpha_grid:  # the rate at the alpha kept, not at the default one
+                    steered = next(g["add_refusal_benign"] for g in sel.alpha_grid if g["alpha"] == alpha)
                 key, n = "refusal_benign", n_val["benign"]
             run.metrics[f"select_{key}_val_unsteered"] = rate_metric(round(base_r * n), n)
             if steered is not None:

@@ -85,11 +85,54 @@ def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
 
 def train_resumable(trainer, ckpt_dir: Path, label: str):
     """``trainer.train``, resuming from the newest complete checkpoint in ``ckpt_dir`` if an earlier
-    run was interrupted. Returns (TrainOutput, the checkpoint resumed from or None)."""
+    run was interrupted. Returns (TrainOutput, the checkpoint resumed from or None).
+
+    After a resume, ``training_loss`` (and ``metrics["train_loss"]``, and the summary row of the
+    log history) is the mean over every optimiser step, not only those after the resume (which is
+    what transformers returns): see :func:`resumed_mean_loss`."""
     resume = last_complete_checkpoint(ckpt_dir)
     if resume:
         print(f"{label}: resuming from {resume}")
-    return trainer.train(resume_from_checkpoint=resume), resume
+    result = trainer.train(resume_from_checkpoint=resume)
+    if resume:
+        resume_step = int(Path(resume).name.rsplit("-", 1)[1])
+        loss = resumed_mean_loss(trainer.state.log_history, resume_step, result.training_loss,
+                                 result.global_step - resume_step)
+        if loss is not None:
+            result = result._replace(training_loss=loss)
+            if isinstance(result.metrics, dict) and "train_loss" in result.metrics:
+                result.metrics["train_loss"] = loss
+            for row in reversed(trainer.state.log_history):  # the trainer's end-of-training summary row
+                if "train_loss" in row:
+                    row["train_loss"] = loss
+                    break
+    return result, resume
+
+
+def resumed_mean_loss(log_history: list[dict], resume_step: int, post_mean: float, post_steps: int) -> float | None:
+    """Mean training loss over all steps of a resumed run. transformers returns the loss summed since
+    the resume divided by the steps since the resume (``post_mean`` over ``post_steps``); the steps
+    before it are known only through the logged ``loss`` rows the checkpoint carried in its
+    ``log_history``, each the mean over the steps since the previous logged row. Weighted by the steps
+    each row covers, they give the sum up to the last row logged before the resume.
+
+    Exact when ``logging_steps`` divides ``save_steps`` (every checkpoint, hence every resume point,
+    is a logging step). Otherwise the steps between the last logged row and the checkpoint are known
+    to no record and are left out of the mean (and a history that went through several such resumes
+    weights its rows approximately)."""
+    total, covered, prev = 0.0, 0, 0
+    for row in sorted((h for h in log_history if "loss" in h and h.get("step", 0) <= resume_step),
+                      key=lambda h: h["step"]):
+        span = row["step"] - prev
+        if span <= 0:
+            continue
+        total += float(row["loss"]) * span
+        covered += span
+        prev = row["step"]
+    if post_steps > 0:
+        total += float(post_mean) * post_steps
+        covered += post_steps
+    return total / covered if covered else None
 
 
 def save_final(trainer, tok, out: Path) -> Path:

@@ -14,6 +14,8 @@ Each entry of ``dpo.variants`` is one run and one record, named after the entry 
 
 Pairs come from PKU labels through ``bench.data.pairs.dpo_pairs`` under ``dpo.pairs`` (default
 ``safer_then_better``: the safe response is chosen when exactly one is safe, else the better one).
+With ``rejected: on_policy`` (section or variant) the rejected response is the starting policy's own
+answer wherever its behaviour is wrong for the prompt (``bench.train.onpolicy``, issue 14).
 Prompts are formatted by ``bench.chat`` so training and evaluation see the same text.
 
 Reference log-probabilities are computed once before training (``precompute_ref``: the reference
@@ -41,24 +43,40 @@ TRAIN_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen",
               "logps/chosen", "logps/rejected")
 
 
-def build_pairs(cfg: ProfileConfig, section: DPOSection, rows: list[dict], tok, where: str) -> tuple[list[dict], int]:
-    """Text triples for TRL (prompt already chat-formatted); over-long pairs are an error naming
-    the pair or, with ``data.on_invalid: skip``, a counted skip."""
+def build_pairs(cfg: ProfileConfig, section: DPOSection, pairs: list[dict], tok, where: str) -> tuple[list[dict], int]:
+    """Text triples for TRL (prompt already chat-formatted) from chosen/rejected dicts; over-long
+    pairs are an error or, with ``data.on_invalid: skip``, a counted skip. The error names the source
+    row's file, line and response field where the pair carries them (``where``/``source_fields`` from
+    ``dpo_pairs(..., wheres=)``), else ``where`` and the pair (on-policy pairs)."""
     out, skipped = [], 0
-    for i, p in enumerate(dpo_pairs(rows, section.pairs)):
+    for i, p in enumerate(pairs):
         prompt = chat.format_prompt(tok, p["prompt"], cfg.model.system_prompt, p.get("history"))
         n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
-        n_resp = max(len(tok(chat.format_response(tok, p[k]), add_special_tokens=False)["input_ids"])
-                     for k in ("chosen", "rejected"))
+        lengths = {k: len(tok(chat.format_response(tok, p[k]), add_special_tokens=False)["input_ids"])
+                   for k in ("chosen", "rejected")}
+        n_resp = max(lengths.values())
         if n_prompt + n_resp > section.max_length:
             if cfg.data.on_invalid == "error":
+                if "where" in p:  # the row's own file and line, and the field of its longer response
+                    longer = max(lengths, key=lengths.get)
+                    raise DataError(p["where"], p["source_fields"][longer],
+                                    f"the pair (prompt + its longer response, {longer}) is {n_prompt + n_resp} tokens, "
+                                    f"over dpo.max_length={section.max_length} (raise it or set data.on_invalid: skip)")
                 raise DataError(where, "chosen/rejected",
-                                f"pair {i + 1} is {n_prompt + n_resp} tokens, over dpo.max_length={section.max_length} "
+                                f"pair {p.get('id', i + 1)} is {n_prompt + n_resp} tokens, over dpo.max_length={section.max_length} "
                                 "(raise it or set data.on_invalid: skip)")
             skipped += 1
             continue
-        out.append({"prompt": prompt, "chosen": p["chosen"], "rejected": p["rejected"]})
+        out.append({"prompt": prompt, "chosen": p["chosen"], "rejected": p["rejected"],
+                    "rejected_source": p.get("rejected_source", "offline")})
     return out, skipped
+
+
+def _count(values) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def extra_callbacks() -> list:
@@ -88,15 +106,26 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
         return
     policy_dir = policy_init_dir(cfg, section.policy_init)
     train = load(cfg.data.preferences, "train", cfg.data)
+    rejected = variant.rejected or section.rejected
+    if rejected == "on_policy":
+        from bench.train import onpolicy
+
+        onpolicy.ensure_onpolicy_pairs(cfg)
+        source, where = onpolicy.read_pairs(cfg), str(onpolicy.pairs_path(cfg))
+    else:
+        source, where = dpo_pairs(train.rows, section.pairs, wheres=train.wheres), f"{cfg.data.preferences}:train"
 
     with stage_run(cfg, variant=name, stage="dpo", sections=sections) as run:
         run.datasets = {"train": train.identity}
+        if rejected == "on_policy":
+            run.datasets["on_policy_pairs"] = {"path": where, "config_hash": onpolicy.config_hash(cfg)}
         model, tok, n_train, n_total = load_trainable_policy(cfg, section, policy_dir)
         run.log.info("variant %s: %s; trainable %d of %d", name, variant, n_train, n_total)
 
-        pairs, skipped = build_pairs(cfg, section, train.rows, tok, f"{cfg.data.preferences}:train")
+        pairs, skipped = build_pairs(cfg, section, source, tok, where)
         if section.max_examples:
             pairs = pairs[: section.max_examples]
+        sources = _count(p.pop("rejected_source") for p in pairs)  # TRL gets prompt/chosen/rejected only
         ckpt_dir = run.dir / "checkpoints"
         callbacks, tracker = extra_callbacks() + guard_callbacks(section), None
         if section.keep_checkpoints:  # intermediate checkpoints + validation series (bench.train.tracking)
@@ -121,8 +150,10 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
         run.artifacts = {"model_dir": str(out), "policy_init": str(policy_dir)}
         run.extra = {**fp16_stats(trainer), "variant": {"loss_type": variant.loss_type, "loss_weights": variant.loss_weights,
                                  "f_divergence": variant.f_divergence,
-                                 "beta": variant.beta if variant.beta is not None else section.beta},
-                     "pairs_policy": section.pairs, "train_pairs": len(pairs), "skipped_overlong": skipped,
+                                 "beta": variant.beta if variant.beta is not None else section.beta,
+                                 "rejected": rejected},
+                     "pairs_policy": section.pairs, "rejected_sources": sources,
+                     "train_pairs": len(pairs), "skipped_overlong": skipped,
                      "resumed_from": resume,
                      "series": [{k: h[k] for k in ("step", *TRAIN_KEYS) if k in h} for h in history]}
         if tracker is not None:
@@ -132,7 +163,7 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
     shutil.rmtree(ckpt_dir, ignore_errors=True)
 
 
-def run_dpo(cfg: ProfileConfig, force: bool = False) -> None:
+def run_dpo(cfg: ProfileConfig, force: bool = False, only: tuple[str, ...] = ()) -> None:
     section: DPOSection = cfg.require("dpo")
-    for name, variant in section.variants.items():
-        train_variant(cfg, name, variant, force=force)
+    for name in cfg.selected_variants("dpo", only):
+        train_variant(cfg, name, section.variants[name], force=force)

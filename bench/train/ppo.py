@@ -90,11 +90,13 @@ CHECKPOINTS = "checkpoints"
 # =============================================================================== entry point
 
 
-def run_ppo(cfg: ProfileConfig, force: bool = False) -> None:
-    """Train every variant of ``cfg.ppo.variants``; a variant whose record has the same config hash is skipped."""
+def run_ppo(cfg: ProfileConfig, force: bool = False, only: tuple[str, ...] = ()) -> None:
+    """Train every variant of ``cfg.ppo.variants`` (or those in ``only``); a variant whose record has
+    the same config hash is skipped."""
     section: PPOSection = cfg.require("ppo")
     prompts = identity = None
-    for name, variant in section.variants.items():
+    for name in cfg.selected_variants("ppo", only):
+        variant = section.variants[name]
         vcfg = variant_config(cfg, name)
         if not force and is_done(cfg, name, vcfg.section_hash(*hashed_sections(SECTIONS, section.policy_init))):
             print(f"ppo: {name} up to date")
@@ -174,6 +176,8 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
         barrier()
         state = TrainState(log_lambda=math.log(section.lambda_init), config_hash=chash)
         latest = latest_checkpoint(ckpt_root, chash)
+        # like the HF-trainer stages: perf reports read it to flag a run whose timings are partial
+        run.extra["resumed_from"] = str(latest) if latest is not None else None
         if latest is not None:
             state = load_checkpoint(latest, backend)
             run.log.info("resumed from %s (step %d)", latest, state.step)

@@ -42,19 +42,29 @@ SECTIONS = {"reward": ("profile", "model", "data", "reward"), "cost": ("profile"
 
 
 def tokenize_pairs(kind: str, rows: list[dict], tok, system_prompt: str | None, max_length: int,
-                   on_invalid: str, where: str) -> tuple[list[dict], int]:
+                   on_invalid: str, where: str, wheres: list[str] | None = None) -> tuple[list[dict], int]:
     """Token ids for TRL's preference collator: chosen = preferred (reward) / safer (cost).
-    Returns (examples, n_skipped_overlong)."""
+    Returns (examples, n_skipped_overlong). An over-long pair is an error naming the row's file,
+    line and response field (with ``wheres``, the rows' locations from ``LoadedDataset.wheres``;
+    without, ``where`` and the pair) or, with ``on_invalid: skip``, a counted skip."""
     if kind == "reward":
-        pairs = [(p["prompt"], p["chosen"], p["rejected"], p.get("history"), None) for p in better_pairs(rows)]
+        pairs = [(p["prompt"], p["chosen"], p["rejected"], p.get("history"), None,
+                  (p["source_fields"]["chosen"], p["source_fields"]["rejected"], p["where"]) if "where" in p else None)
+                 for p in better_pairs(rows, wheres)]
     else:
-        pairs = [(p["prompt"], p["safer"], p["unsafer"], p.get("history"),
-                  (p["safer_is_safe"], p["unsafer_is_safe"])) for p in safer_pairs(rows)]
+        pairs = [(p["prompt"], p["safer"], p["unsafer"], p.get("history"), (p["safer_is_safe"], p["unsafer_is_safe"]),
+                  (p["source_fields"]["safer"], p["source_fields"]["unsafer"], p["where"]) if "where" in p else None)
+                 for p in safer_pairs(rows, wheres)]
     out, skipped = [], 0
-    for i, (prompt, a, b, hist, safety) in enumerate(pairs):
+    for i, (prompt, a, b, hist, safety, origin) in enumerate(pairs):
         a_ids, b_ids = encode(tok, prompt, a, system_prompt, hist), encode(tok, prompt, b, system_prompt, hist)
         if max(len(a_ids), len(b_ids)) > max_length:
             if on_invalid == "error":
+                if origin is not None:  # the row's own file and line, and the field of its longer response
+                    a_field, b_field, row_where = origin
+                    raise DataError(row_where, a_field if len(a_ids) >= len(b_ids) else b_field,
+                                    f"prompt + this response is {max(len(a_ids), len(b_ids))} tokens, over "
+                                    f"{kind}.max_length={max_length} (raise it or set data.on_invalid: skip)")
                 raise DataError(where, "response_0/response_1",
                                 f"pair {i + 1} is {max(len(a_ids), len(b_ids))} tokens, over max_length={max_length} "
                                 "(raise the stage's max_length or set data.on_invalid: skip)")
@@ -173,7 +183,7 @@ def run_score_stage(cfg: ProfileConfig, kind: str, force: bool = False) -> None:
 
         examples, skipped = tokenize_pairs(kind, splits["train"].rows, tok, cfg.model.system_prompt,
                                            section.max_length, cfg.data.on_invalid,
-                                           f"{cfg.data.preferences}:train")
+                                           f"{cfg.data.preferences}:train", wheres=splits["train"].wheres)
         from datasets import Dataset
 
         if section.max_examples:

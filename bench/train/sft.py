@@ -5,7 +5,9 @@
 Demonstrations are the chosen responses of the training preference pairs (``sft.pairs`` policy;
 with ``only_safe`` a response labelled unsafe is never imitated): on the embedded default that is a
 refusal with a reason for harmful requests and a helpful answer for benign ones, so SFT teaches
-harm-conditioned refusal directly rather than through a contrast (issue 14). Data are
+harm-conditioned refusal directly rather than through a contrast (issue 14). With ``sft.balance``
+the demonstrations are interleaved by prompt label before ``max_examples`` cuts them, so a capped
+run sees as many helpful answers as refusals (a refusal-heavy mix teaches refusing benign requests). Data are
 prompt/completion pairs (prompt formatted by ``bench.chat``), so the loss covers the response only.
 The result is the ``sft`` variant: scored by the battery, and a starting policy for reward, DPO and
 PPO stages when their ``policy_init`` is ``sft``. A profile without an ``sft`` section skips it.
@@ -18,7 +20,7 @@ import shutil
 from bench import chat
 from bench.config import ProfileConfig, SFTSection
 from bench.data import load
-from bench.data.pairs import dpo_pairs
+from bench.data.pairs import dpo_pairs, interleave_by
 from bench.data.schema import DataError
 from bench.models import policy_init_dir
 from bench.records import is_done, stage_run
@@ -28,9 +30,17 @@ from bench.train.common import fp16_stats, guard_callbacks, load_trainable_polic
 SECTIONS = ("profile", "model", "data", "sft")
 
 
-def demonstrations(cfg: ProfileConfig, section: SFTSection, rows: list[dict], tok, where: str) -> tuple[list[dict], int]:
+def demonstrations(cfg: ProfileConfig, section: SFTSection, rows: list[dict], tok, where: str,
+                   wheres: list[str] | None = None) -> tuple[list[dict], int]:
+    """Prompt/completion demonstrations from the rows' chosen responses. An over-long one is an
+    error naming the row's file, line and response field (with ``wheres``, the rows' locations from
+    ``LoadedDataset.wheres``; without, ``where`` and the pair) or, with ``data.on_invalid: skip``, a
+    counted skip."""
     out, skipped, seen = [], 0, set()
-    for i, p in enumerate(dpo_pairs(rows, section.pairs)):
+    pairs = dpo_pairs(rows, section.pairs, wheres=wheres)
+    if section.balance:
+        pairs = interleave_by(pairs, "prompt_label")
+    for i, p in enumerate(pairs):
         if section.only_safe and p.get("chosen_is_safe") is False:
             continue
         key = (p["prompt"], p["chosen"])
@@ -42,7 +52,11 @@ def demonstrations(cfg: ProfileConfig, section: SFTSection, rows: list[dict], to
         n = len(tok(prompt + completion, add_special_tokens=False)["input_ids"])
         if n > section.max_length:
             if cfg.data.on_invalid == "error":
-                raise DataError(where, "chosen", f"pair {i + 1} is {n} tokens, over sft.max_length={section.max_length} "
+                if "where" in p:  # the row's own file and line, and the field the chosen response is
+                    raise DataError(p["where"], p["source_fields"]["chosen"],
+                                    f"the demonstration (prompt + this response) is {n} tokens, over "
+                                    f"sft.max_length={section.max_length} (raise it or set data.on_invalid: skip)")
+                raise DataError(where, "chosen", f"pair {p.get('id', i + 1)} is {n} tokens, over sft.max_length={section.max_length} "
                                 "(raise it or set data.on_invalid: skip)")
             skipped += 1
             continue
@@ -71,7 +85,8 @@ def run_sft(cfg: ProfileConfig, force: bool = False) -> None:
     with stage_run(cfg, variant="sft", stage="sft", sections=SECTIONS) as run:
         run.datasets = {"train": train.identity}
         model, tok, n_train, n_total = load_trainable_policy(cfg, section, policy_dir)
-        demos, skipped = demonstrations(cfg, section, train.rows, tok, f"{cfg.data.preferences}:train")
+        demos, skipped = demonstrations(cfg, section, train.rows, tok, f"{cfg.data.preferences}:train",
+                                        wheres=train.wheres)
         if section.max_examples:
             demos = demos[: section.max_examples]
         ckpt_dir = run.dir / "checkpoints"

@@ -1,0 +1,170 @@
+"""On-policy rejected responses for DPO-family training (issue 14).
+
+Offline pairs contrast two written responses, neither of which the policy may ever produce, so DPO
+can raise its preference accuracy on them without changing what the policy does. Here the starting
+policy (``dpo.policy_init``) answers each training prompt greedily and the suite's refusal detector
+(``bench.eval.refusal``) labels both its answer and the chosen demonstration:
+
+- they disagree (the policy complies where the demonstration refuses, or refuses where it helps):
+  the pair becomes (chosen demonstration, **the policy's own answer**), so DPO pushes down exactly
+  what this policy does wrong, in its own wording;
+- they agree (the policy already behaves): the offline pair is kept as an anchor
+  (``dpo.on_policy_keep_correct``) or the prompt is dropped.
+
+The set is generated once per starting policy and shared by every variant whose ``rejected`` is
+``on_policy``; its record's hash covers the SFT settings when DPO starts from SFT, so a retrained
+starting policy regenerates it. Iterated rounds (regenerate from the DPO policy, train again) are
+not run on the default profile: one round already moves behaviour, and each round costs a generation
+pass plus a DPO run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from bench.config import DPOSection, ProfileConfig
+from bench.records import atomic_write_text, is_done, run_dir, stage_run
+from bench.stats import rate_metric, scalar_metric
+from bench.train.common import hashed_sections
+
+NAME = "dpo-onpolicy-pairs"  # run directory and record name
+SECTIONS = ("profile", "model", "data", "dpo")
+PAIRS_FILE = "answers.jsonl"  # per prompt: offline pair, policy answer, refusal labels
+
+
+def _generation_view(cfg: ProfileConfig) -> ProfileConfig:
+    """The profile with a DPO section reduced to what decides the generated answers (pairing policy,
+    starting policy, prompt cap, decoding): variants, learning rate or ``on_policy_keep_correct``
+    change how the set is used, not the set, so they never trigger a regeneration."""
+    dpo: DPOSection = cfg.require("dpo")
+    kept = {k: getattr(dpo, k) for k in ("pairs", "policy_init", "on_policy_prompts", "on_policy_max_new_tokens",
+                                         "on_policy_batch_size")}
+    return dataclasses.replace(cfg, dpo=DPOSection(variants={}, **kept))
+
+
+def config_hash(cfg: ProfileConfig) -> str:
+    section: DPOSection = cfg.require("dpo")
+    return _generation_view(cfg).section_hash(*hashed_sections(SECTIONS, section.policy_init))
+
+
+def pairs_path(cfg: ProfileConfig) -> Path:
+    return run_dir(cfg.profile.name, NAME) / PAIRS_FILE
+
+
+def one_per_prompt(pairs: list[dict]) -> list[dict]:
+    """The first pair of each distinct (history, prompt): the policy answers every prompt once."""
+    seen, out = set(), []
+    for p in pairs:
+        key = (json.dumps(p.get("history") or []), p["prompt"])
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def answer_rows(pairs: list[dict], responses: list[str], chosen_refuses: list[bool],
+                policy_refuses: list[bool]) -> list[dict]:
+    """What the pair file stores per prompt: the offline pair, the policy's answer and both labels."""
+    if not (len(pairs) == len(responses) == len(chosen_refuses) == len(policy_refuses)):
+        raise ValueError("answer_rows: pairs, responses and detections differ in length")
+    return [{**p, "policy_answer": r, "chosen_refuses": c, "policy_refuses": a}
+            for p, r, c, a in zip(pairs, responses, chosen_refuses, policy_refuses)]
+
+
+def select_pairs(rows: list[dict], keep_correct: bool,
+                 rejects: tuple[str, ...] | list[str] = ("comply", "refuse")) -> tuple[list[dict], dict]:
+    """Pure: training pairs and counts from :func:`answer_rows` output. Where the demonstration and
+    the policy's answer disagree on refusing, the answer is the rejected response
+    (``rejected_source: on_policy``) if that wrong behaviour is in ``rejects`` ("comply": the policy
+    complied where the demonstration refuses; "refuse": the reverse); elsewhere the offline pair is
+    kept or the prompt dropped."""
+    out: list[dict] = []
+    counts = {"prompts": len(rows), "demo_refuses": 0, "demo_helps": 0, "policy_complies_where_demo_refuses": 0,
+              "policy_refuses_where_demo_helps": 0, "kept_offline": 0, "dropped_correct": 0, "empty_answers": 0}
+    answer_keys = ("policy_answer", "chosen_refuses", "policy_refuses")
+    for row in rows:
+        p = {k: v for k, v in row.items() if k not in answer_keys}
+        demo_ref, pol_ref, resp = row["chosen_refuses"], row["policy_refuses"], row["policy_answer"]
+        counts["demo_refuses" if demo_ref else "demo_helps"] += 1
+        if not resp.strip():
+            counts["empty_answers"] += 1  # an empty answer is no behaviour to push down
+        elif demo_ref != pol_ref and ("comply" if demo_ref else "refuse") in rejects:
+            counts["policy_complies_where_demo_refuses" if demo_ref else "policy_refuses_where_demo_helps"] += 1
+            out.append({**p, "rejected": resp, "rejected_is_safe": None, "rejected_source": "on_policy"})
+            continue
+        if keep_correct:
+            counts["kept_offline"] += 1
+            out.append({**p, "rejected_source": "offline"})
+        else:
+            counts["dropped_correct"] += 1
+    return out, counts
+
+
+def read_pairs(cfg: ProfileConfig) -> list[dict]:
+    """Training pairs from the profile's answer file under ``dpo.on_policy_keep_correct``."""
+    section = cfg.require("dpo")
+    return select_pairs(read_answers(cfg), section.on_policy_keep_correct, section.on_policy_rejects)[0]
+
+
+def read_answers(cfg: ProfileConfig) -> list[dict]:
+    path = pairs_path(cfg)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: on-policy pairs missing; run `make dpo PROFILE={cfg.profile.name}`")
+    out = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            out.append(json.loads(line))
+        except ValueError as e:
+            raise ValueError(f"{path}:{i}: not valid JSON ({e}); delete the file to regenerate it") from e
+    return out
+
+
+def ensure_onpolicy_pairs(cfg: ProfileConfig, force: bool = False) -> Path:
+    """Generate (or reuse) the profile's on-policy pair set; returns the JSONL path."""
+    from bench.data import load
+    from bench.data.pairs import dpo_pairs, interleave_by
+    from bench.eval.generate import GenerationSettings, generate_greedy
+    from bench.eval.refusal import DETECTOR_NAME, DETECTOR_VERSION, detect_many
+    from bench.models import load_pretrained, policy_init_dir
+
+    section: DPOSection = cfg.require("dpo")
+    chash = config_hash(cfg)
+    if not force and is_done(cfg, NAME, chash) and pairs_path(cfg).exists():
+        return pairs_path(cfg)
+    view = _generation_view(cfg)
+    policy_dir = policy_init_dir(cfg, section.policy_init)
+    train = load(cfg.data.preferences, "train", cfg.data)
+    with stage_run(view, variant=NAME, stage="onpolicy", sections=hashed_sections(SECTIONS, section.policy_init)) as run:
+        run.datasets = {"train": train.identity}
+        offline = one_per_prompt(dpo_pairs(train.rows, section.pairs))
+        if section.on_policy_prompts:
+            # Interleaved by prompt label so a cap keeps harmful, benign and borderline prompts.
+            offline = interleave_by(offline, "prompt_label")[: section.on_policy_prompts]
+        model, tok = load_pretrained(policy_dir, cfg.model)
+        responses = generate_greedy(model, tok, [p["prompt"] for p in offline], cfg.model.system_prompt,
+                                    GenerationSettings(section.on_policy_max_new_tokens, section.on_policy_batch_size),
+                                    desc="on-policy answers", history=[p.get("history") or [] for p in offline])
+        chosen_ref = [d.is_refusal for d in detect_many(p["chosen"] for p in offline)]
+        policy_ref = [d.is_refusal for d in detect_many(responses)]
+        rows = answer_rows(offline, responses, chosen_ref, policy_ref)
+        atomic_write_text(run.dir / PAIRS_FILE, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n"
+                                                        for r in rows))
+        pairs, counts = select_pairs(rows, keep_correct=False)
+        n_ref, n_help = counts["demo_refuses"], counts["demo_helps"]
+        run.metrics = {
+            # The starting policy's behaviour on its own training prompts (what DPO has to fix).
+            "policy_refusal_where_demo_refuses": rate_metric(n_ref - counts["policy_complies_where_demo_refuses"], n_ref),
+            "policy_refusal_where_demo_helps": rate_metric(counts["policy_refuses_where_demo_helps"], n_help),
+            "onpolicy_pairs": scalar_metric(counts["policy_complies_where_demo_refuses"]
+                                            + counts["policy_refuses_where_demo_helps"]),
+        }
+        run.artifacts = {"pairs": str(run.dir / PAIRS_FILE), "policy": str(policy_dir)}
+        counts = {k: v for k, v in counts.items() if k not in ("kept_offline", "dropped_correct")}
+        run.extra = {"counts": counts, "detector": {"name": DETECTOR_NAME, "version": DETECTOR_VERSION},
+                     "max_new_tokens": section.on_policy_max_new_tokens}
+        print(f"on-policy pairs: {len(pairs)} from {len(offline)} prompts; the policy complied on "
+              f"{counts['policy_complies_where_demo_refuses']}/{n_ref} prompts whose demonstration refuses and refused "
+              f"{counts['policy_refuses_where_demo_helps']}/{n_help} whose demonstration helps")
+    return pairs_path(cfg)
