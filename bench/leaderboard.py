@@ -498,6 +498,64 @@ def _tracking_section(records: dict[str, dict], assets: Path, profile: str, writ
     return lines + tracking.series_table(train) + [""]
 
 
+def _onpolicy_section(records: dict[str, dict]) -> list[str]:
+    """What the DPO variants trained on: the starting policy's behaviour on the training prompts
+    (from the ``onpolicy`` record) and each variant's count of on-policy vs written rejected responses."""
+    gen = next((r for r in records.values() if r.get("stage") == "onpolicy"), None)
+    dpo = sorted((r for k, r in records.items() if r.get("stage") == "dpo" and not k.startswith("eval/")),
+                 key=lambda r: r["variant"])
+    if gen is None and not any((r.get("extra") or {}).get("rejected_sources") for r in dpo):
+        return []
+    lines = ["## DPO training pairs", ""]
+    if gen is not None:
+        m, c = gen.get("metrics") or {}, (gen.get("extra") or {}).get("counts") or {}
+        lines += ["The starting policy answered "
+                  f"{c.get('prompts', '–')} training prompts greedily (bench/train/onpolicy.py); the refusal detector "
+                  "judged its answers and the chosen demonstrations:", ""]
+        lines += _table(["", "rate", "n"], [
+            ["refuses where the demonstration refuses", _fmt_rate(m.get("policy_refusal_where_demo_refuses")),
+             str(c.get("demo_refuses", "–"))],
+            ["refuses where the demonstration helps", _fmt_rate(m.get("policy_refusal_where_demo_helps")),
+             str(c.get("demo_helps", "–"))]], ["l", "r", "r"]) + [""]
+    rows = []
+    for r in dpo:
+        ex = r.get("extra") or {}
+        src = ex.get("rejected_sources")  # absent in records from before on-policy pairs existed
+        rows.append([f"`{r['variant']}`", str((ex.get("variant") or {}).get("rejected", "offline")),
+                     str(src.get("on_policy", 0)) if src else "–", str(src.get("offline", 0)) if src else "–",
+                     str(ex.get("train_pairs", "–"))])
+    if rows:
+        lines += ["Rejected responses per variant: the policy's own answer (on-policy) or the dataset's written one.", ""]
+        lines += _table(["variant", "rejected", "on-policy", "written", "pairs"], rows, ["l", "l", "r", "r", "r"]) + [""]
+    return lines
+
+
+def _fmt_rate(metric: dict | None) -> str:
+    if not metric or not _finite(metric.get("value")):
+        return "–"
+    lo, hi = metric.get("ci_low"), metric.get("ci_high")
+    ci = f" [{lo:.3f}, {hi:.3f}]" if _finite(lo) and _finite(hi) else ""
+    return f"{metric['value']:.3f}{ci}"
+
+
+def _stage_times(records: dict[str, dict]) -> list[str]:
+    """Wall time summed per stage (issue 8 asks for it): the records' own ``wall_time_s``."""
+    per: dict[str, list[float]] = {}
+    for r in records.values():
+        if _finite(r.get("wall_time_s")):
+            per.setdefault(r["stage"], []).append(float(r["wall_time_s"]))
+    if not per:
+        return []
+    order = sorted(per, key=lambda st: (STAGE_ORDER.index(st) if st in STAGE_ORDER else len(STAGE_ORDER), st))
+    rows = [[st, str(len(per[st])), f"{sum(per[st]):.0f}"] for st in order]
+    total = sum(sum(v) for v in per.values())
+    rows.append(["**total**", str(sum(len(v) for v in per.values())), f"**{total:.0f}** ({total / 60:.1f} min)"])
+    return (["## Wall time per stage", "",
+             "Sum of the records' own wall times (seconds; set-up and Make's overhead not included). The machine "
+             "and threads are in the hardware list below.", ""]
+            + _table(["stage", "records", "wall s"], rows, ["l", "r", "r"]) + [""])
+
+
 def _provenance(records: dict[str, dict], profile: str) -> list[str]:
     recs = sorted(records.items(), key=lambda kv: (kv[0].startswith("eval/"),
                                                    _variant_key(kv[1]["variant"], kv[1]["stage"])))
@@ -574,8 +632,10 @@ def render(profile: str, records: dict[str, dict], assets: Path, agreement: dict
     lines += _score_table(records)
     lines += _audit_section(records, assets, profile)
     lines += _detector_section(agreement, evals)
+    lines += _onpolicy_section(records)
     lines += _tracking_section(records, assets, profile, write_plots)
     lines += _series_section(records, assets, profile, write_plots)
+    lines += _stage_times(records)
     lines += _provenance(records, profile)
     return "\n".join(lines).rstrip() + "\n"
 

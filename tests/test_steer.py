@@ -310,3 +310,34 @@ def test_policy_can_be_a_trained_variant(smoke_cfg, smoke_base, tmp_path, monkey
     assert pol == {"variant": "dpo", "model_dir": str(smoke_base), "config_hash": "h1"}
     info = {"name": "d", "version": "1"}
     assert recipe.variants_hash(cfg, info, pol) != recipe.variants_hash(cfg, info, {**pol, "config_hash": "h2"})
+
+
+def test_add_alpha_chosen_on_validation_from_the_grid(model_tok):
+    """After layer/position selection, steer-add's alpha is the grid value that raised validation
+    benign refusal most (ties: the smaller); the default alpha's rate is reused, not regenerated."""
+    from bench.steer.directions import select_direction
+
+    model, tok = model_tok
+    n_layers = model.config.num_hidden_layers
+    directions = torch.randn(n_layers + 1, 1, model.config.hidden_size, dtype=torch.float64,
+                             generator=torch.Generator().manual_seed(0))
+    # Call order: baseline harmful, baseline benign, (ablate, add at alpha 1) per shortlisted
+    # candidate, then the grid's other alphas in ascending order (0.5, 2, 4).
+    rates = iter([0.8, 0.1, 0.6, 0.3, 0.2, 0.5, 0.5])
+    calls = []
+
+    def refusal_rate(prompts):
+        calls.append(_n_hooks(model))
+        return next(rates)
+
+    sel = select_direction(model, tok, directions, HARMFUL, BENIGN, positions=1, skip_last_layers=0, add_alpha=1.0,
+                           shortlist=1, refusal_rate=refusal_rate, add_alpha_grid=[4.0, 0.5, 1.0, 2.0])
+    assert [g["alpha"] for g in sel.alpha_grid] == [0.5, 1.0, 2.0, 4.0]
+    assert [g["add_refusal_benign"] for g in sel.alpha_grid] == [0.2, 0.3, 0.5, 0.5]
+    assert sel.add_alpha == 2.0  # 2 and 4 tie at 0.5: the smaller wins
+    assert len(calls) == 7  # alpha 1's rate came from the candidate's own add pass
+    assert calls[:2] == [0, 0] and all(c > 0 for c in calls[2:])  # baselines unsteered, the rest steered
+    assert _n_hooks(model) == 0
+    no_grid = select_direction(model, tok, directions, HARMFUL, BENIGN, positions=1, skip_last_layers=0, add_alpha=1.0,
+                               shortlist=1, refusal_rate=lambda p: 0.0)
+    assert no_grid.add_alpha == 1.0 and no_grid.alpha_grid is None
