@@ -72,3 +72,22 @@ def test_hashed_sections_follow_policy_init():
     for sec in ("dpo", "ppo"):
         s = hashed_sections((sec,), getattr(cfg, sec).policy_init)
         assert cfg.section_hash(*s) != other.section_hash(*s)
+
+
+def test_checkpoints_of_another_config_are_never_resumed(tmp_path):
+    from bench.train.common import claim_checkpoints, last_complete_checkpoint
+
+    ckpt = tmp_path / "checkpoints"
+    (ckpt / "checkpoint-2").mkdir(parents=True)
+    (ckpt / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    (ckpt / "checkpoint-2" / "model.safetensors").write_bytes(b"x")
+    (ckpt / "checkpoint-2" / "optimizer.pt").write_bytes(b"x")
+    claim_checkpoints(ckpt, "aaaa", "t")  # no marker yet: an unknown config, discarded
+    assert last_complete_checkpoint(ckpt) is None and (ckpt / "config_hash").read_text().strip() == "aaaa"
+    (ckpt / "checkpoint-4").mkdir()
+    for name, data in (("trainer_state.json", b'{"global_step": 4}'), ("model.safetensors", b"x"), ("optimizer.pt", b"x")):
+        (ckpt / "checkpoint-4" / name).write_bytes(data)
+    claim_checkpoints(ckpt, "aaaa", "t")  # same config (an interrupted run): kept for the resume
+    assert last_complete_checkpoint(ckpt) == str(ckpt / "checkpoint-4")
+    claim_checkpoints(ckpt, "bbbb", "t")  # settings changed since: gone
+    assert last_complete_checkpoint(ckpt) is None and (ckpt / "config_hash").read_text().strip() == "bbbb"

@@ -83,13 +83,34 @@ def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
     return None
 
 
-def train_resumable(trainer, ckpt_dir: Path, label: str):
+CONFIG_HASH_FILE = "config_hash"
+
+
+def claim_checkpoints(ckpt_dir: Path, config_hash: str, label: str) -> None:
+    """Make ``ckpt_dir`` hold only checkpoints of ``config_hash``: a run interrupted under other
+    settings left weights that must never be resumed (they would mix two configs in one record)."""
+    import shutil
+
+    ckpt_dir = Path(ckpt_dir)
+    marker = ckpt_dir / CONFIG_HASH_FILE
+    old = marker.read_text().strip() if marker.exists() else None
+    if ckpt_dir.exists() and old != config_hash and any(ckpt_dir.glob("checkpoint-*")):
+        print(f"{label}: discarding checkpoints of another config ({old or 'unknown'}, now {config_hash})")
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(config_hash + "\n")
+
+
+def train_resumable(trainer, ckpt_dir: Path, label: str, config_hash: str | None = None):
     """``trainer.train``, resuming from the newest complete checkpoint in ``ckpt_dir`` if an earlier
-    run was interrupted. Returns (TrainOutput, the checkpoint resumed from or None).
+    run of the same ``config_hash`` was interrupted (checkpoints of another config are discarded).
+    Returns (TrainOutput, the checkpoint resumed from or None).
 
     After a resume, ``training_loss`` (and ``metrics["train_loss"]``, and the summary row of the
     log history) is the mean over every optimiser step, not only those after the resume (which is
     what transformers returns): see :func:`resumed_mean_loss`."""
+    if config_hash is not None:
+        claim_checkpoints(ckpt_dir, config_hash, label)
     resume = last_complete_checkpoint(ckpt_dir)
     if resume:
         print(f"{label}: resuming from {resume}")

@@ -137,7 +137,7 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
         trainer = DPOTrainer(model=model, args=dpo_args(section, variant, ckpt_dir, cfg.profile.seed),
                              train_dataset=Dataset.from_list(pairs), processing_class=tok,
                              callbacks=callbacks)
-        result, resume = train_resumable(trainer, ckpt_dir, name)
+        result, resume = train_resumable(trainer, ckpt_dir, name, run.config_hash)
         out = save_final(trainer, tok, run.dir / "model")
 
         history = [h for h in trainer.state.log_history if "loss" in h]

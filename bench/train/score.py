@@ -200,7 +200,7 @@ def run_score_stage(cfg: ProfileConfig, kind: str, force: bool = False) -> None:
             trainer = CostTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tok,
                                   data_collator=CostCollator(pad_token_id=tok.pad_token_id),
                                   callbacks=extra_callbacks() + guard_callbacks(section))
-        result, resume = train_resumable(trainer, ckpt_dir, kind)
+        result, resume = train_resumable(trainer, ckpt_dir, kind, run.config_hash)
         out = save_final(trainer, tok, run.dir / "model")
         # Evaluate what was saved: the plain checkpoint a user (and PPO) will load.
         final, tok = load_score_model(out, cfg.model)

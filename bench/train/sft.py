@@ -94,7 +94,7 @@ def run_sft(cfg: ProfileConfig, force: bool = False) -> None:
                          packing=False)
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(demos),
                              processing_class=tok, callbacks=extra_callbacks() + guard_callbacks(section))
-        result, resume = train_resumable(trainer, ckpt_dir, "sft")
+        result, resume = train_resumable(trainer, ckpt_dir, "sft", run.config_hash)
         out = save_final(trainer, tok, run.dir / "model")
         history = [h for h in trainer.state.log_history if "loss" in h]
         run.metrics = {"train_loss": scalar_metric(result.training_loss), "trainable_params": scalar_metric(n_train)}
