@@ -325,6 +325,7 @@ def test_add_alpha_chosen_on_validation_from_the_grid(model_tok):
     # candidate, then the grid's other alphas in ascending order (0.5, 2, 4).
     rates = iter([0.8, 0.1, 0.6, 0.3, 0.2, 0.5, 0.5])
     calls = []
+    unsteered = _n_hooks(model)  # the model may carry hooks of its own (transformers' output capture)
 
     def refusal_rate(prompts):
         calls.append(_n_hooks(model))
@@ -336,8 +337,8 @@ def test_add_alpha_chosen_on_validation_from_the_grid(model_tok):
     assert [g["add_refusal_benign"] for g in sel.alpha_grid] == [0.2, 0.3, 0.5, 0.5]
     assert sel.add_alpha == 2.0  # 2 and 4 tie at 0.5: the smaller wins
     assert len(calls) == 7  # alpha 1's rate came from the candidate's own add pass
-    assert calls[:2] == [0, 0] and all(c > 0 for c in calls[2:])  # baselines unsteered, the rest steered
-    assert _n_hooks(model) == 0
+    assert calls[:2] == [unsteered] * 2 and all(c > unsteered for c in calls[2:])  # baselines unsteered
+    assert _n_hooks(model) == unsteered
     no_grid = select_direction(model, tok, directions, HARMFUL, BENIGN, positions=1, skip_last_layers=0, add_alpha=1.0,
                                shortlist=1, refusal_rate=lambda p: 0.0)
     assert no_grid.add_alpha == 1.0 and no_grid.alpha_grid is None
