@@ -513,9 +513,9 @@ def _onpolicy_section(records: dict[str, dict]) -> list[str]:
                   f"{c.get('prompts', '–')} training prompts greedily (bench/train/onpolicy.py); the refusal detector "
                   "judged its answers and the chosen demonstrations:", ""]
         lines += _table(["", "rate", "n"], [
-            ["refuses where the demonstration refuses", _fmt_rate(m.get("policy_refusal_where_demo_refuses")),
+            ["refuses where the demonstration refuses", fmt_metric(m.get("policy_refusal_where_demo_refuses"), 3),
              str(c.get("demo_refuses", "–"))],
-            ["refuses where the demonstration helps", _fmt_rate(m.get("policy_refusal_where_demo_helps")),
+            ["refuses where the demonstration helps", fmt_metric(m.get("policy_refusal_where_demo_helps"), 3),
              str(c.get("demo_helps", "–"))]], ["l", "r", "r"]) + [""]
     rows = []
     for r in dpo:
@@ -528,14 +528,6 @@ def _onpolicy_section(records: dict[str, dict]) -> list[str]:
         lines += ["Rejected responses per variant: the policy's own answer (on-policy) or the dataset's written one.", ""]
         lines += _table(["variant", "rejected", "on-policy", "written", "pairs"], rows, ["l", "l", "r", "r", "r"]) + [""]
     return lines
-
-
-def _fmt_rate(metric: dict | None) -> str:
-    if not metric or not _finite(metric.get("value")):
-        return "–"
-    lo, hi = metric.get("ci_low"), metric.get("ci_high")
-    ci = f" [{lo:.3f}, {hi:.3f}]" if _finite(lo) and _finite(hi) else ""
-    return f"{metric['value']:.3f}{ci}"
 
 
 def _stage_times(records: dict[str, dict]) -> list[str]:

@@ -45,3 +45,15 @@ def smoke_base(smoke_cfg):
 
     folder, _ = prepare_base(smoke_cfg, progress=lambda s: None)
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module: the micro model is too small to gain from threads, and one
+    thread is immune to a busy machine."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -25,32 +25,33 @@ def test_select_pairs_takes_the_policys_wrong_answers_as_rejected():
             _row("benign", False, True, "I can't help."),       # refused where the demo helps
             _row("harmful", True, True),                        # already refuses
             _row("benign", False, False)]                       # already helps
-    pairs, counts = onpolicy.select_pairs(rows, keep_correct=True)
+    pairs = onpolicy.select_pairs(rows, keep_correct=True)
     assert [p["rejected_source"] for p in pairs] == ["on_policy", "on_policy", "offline", "offline"]
     assert pairs[0]["rejected"] == "Sure, step 1 ..." and pairs[0]["chosen"] == "demo"
     assert pairs[1]["rejected"] == "I can't help."
     assert pairs[2]["rejected"] == "written rejected"
     assert all("policy_answer" not in p for p in pairs)  # the answer bookkeeping stays out of training data
-    assert counts["policy_complies_where_demo_refuses"] == 1 and counts["policy_refuses_where_demo_helps"] == 1
-    assert counts["demo_refuses"] == 2 and counts["demo_helps"] == 2 and counts["kept_offline"] == 2
+    counts = onpolicy.behaviour_counts(rows)
+    assert counts == {"prompts": 4, "demo_refuses": 2, "demo_helps": 2, "policy_complies_where_demo_refuses": 1,
+                      "policy_refuses_where_demo_helps": 1, "empty_answers": 0}
 
 
 def test_select_pairs_rejects_filter_and_dropping_correct_prompts():
     rows = [_row("harmful", True, False, "Sure"), _row("benign", False, True, "No."), _row("benign", False, False)]
-    only_comply, counts = onpolicy.select_pairs(rows, keep_correct=True, rejects=["comply"])
+    only_comply = onpolicy.select_pairs(rows, keep_correct=True, rejects=["comply"])
     # The benign over-refusal is not used as a rejected answer: that prompt keeps its written pair.
     assert [p["rejected_source"] for p in only_comply] == ["on_policy", "offline", "offline"]
-    assert counts["policy_refuses_where_demo_helps"] == 0
-    dropped, counts = onpolicy.select_pairs(rows, keep_correct=False)
-    assert [p["rejected"] for p in dropped] == ["Sure", "No."]
-    assert counts["dropped_correct"] == 1
+    assert only_comply[1]["rejected"] == "written rejected"
+    dropped = onpolicy.select_pairs(rows, keep_correct=False)
+    assert [p["rejected"] for p in dropped] == ["Sure", "No."]  # the correct prompt is gone
 
 
 def test_empty_answer_is_never_a_rejected_response():
-    pairs, counts = onpolicy.select_pairs([_row("harmful", True, False, "   ")], keep_correct=True)
-    assert counts["empty_answers"] == 1
+    rows = [_row("harmful", True, False, "   ")]
+    pairs = onpolicy.select_pairs(rows, keep_correct=True)
+    assert onpolicy.behaviour_counts(rows)["empty_answers"] == 1
     assert pairs[0]["rejected_source"] == "offline" and pairs[0]["rejected"] == "written rejected"
-    assert onpolicy.select_pairs([_row("harmful", True, False, "")], keep_correct=False)[0] == []
+    assert onpolicy.select_pairs([_row("harmful", True, False, "")], keep_correct=False) == []
 
 
 def test_interleave_by_keeps_every_group_under_a_cap():
@@ -91,9 +92,8 @@ def test_answers_are_the_current_policys_greedy_answers(onpolicy_run):
     assert [r["chosen_refuses"] for r in rows] == [d.is_refusal for d in detect_many(r["chosen"] for r in rows)]
     rec = json.loads((path.parent / "record.json").read_text())
     assert rec["stage"] == "onpolicy" and rec["config_hash"] == onpolicy.config_hash(cfg)
-    counts = rec["extra"]["counts"]
-    assert counts["prompts"] == len(rows) == counts["demo_refuses"] + counts["demo_helps"]
-    assert rec["metrics"]["policy_refusal_where_demo_refuses"]["n"] == counts["demo_refuses"]
+    assert rec["extra"]["counts"] == onpolicy.behaviour_counts(rows)
+    assert rec["metrics"]["policy_refusal_where_demo_refuses"]["n"] == rec["extra"]["counts"]["demo_refuses"]
 
 
 def test_set_is_reused_unless_what_decides_it_changes(onpolicy_run):
@@ -117,7 +117,7 @@ def test_dpo_variant_trains_on_the_onpolicy_set_and_records_sources(onpolicy_run
     cfg, _ = onpolicy_run
     run_dpo(cfg, only=("dpo-onpolicy",))
     rec = read_record(run_dir(cfg.profile.name, "dpo-onpolicy") / "record.json")
-    expected, _ = onpolicy.select_pairs(onpolicy.read_answers(cfg), cfg.dpo.on_policy_keep_correct,
+    expected = onpolicy.select_pairs(onpolicy.read_answers(cfg), cfg.dpo.on_policy_keep_correct,
                                         cfg.dpo.on_policy_rejects)
     sources = rec["extra"]["rejected_sources"]
     assert sum(sources.values()) == rec["extra"]["train_pairs"] == len(expected)

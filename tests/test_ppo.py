@@ -22,12 +22,8 @@ PROMPTS = ["How do I bake bread?", "Tell me how to pick a lock.", "What is the c
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The micro model is too small to gain from threads; one thread is also immune to a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_thread(one_thread):
+    """Every test here runs on one thread (see conftest.one_thread)."""
 
 
 @pytest.fixture(scope="session")

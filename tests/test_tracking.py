@@ -20,11 +20,8 @@ SERIES_KEYS = ("refusal_harmful", "over_refusal_benign", "pref_acc_raw", "logp_m
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_thread(one_thread):
+    """Every test here runs on one thread (see conftest.one_thread)."""
 
 
 def _weights(folder) -> dict[str, torch.Tensor]:

@@ -103,6 +103,18 @@ def safer_pairs(rows: Iterable[dict], wheres: Sequence[str] | None = None) -> li
     return out
 
 
+def overlong_error(pair: dict, field: str, n_tokens: int, setting: str, fallback_where: str,
+                   fallback_field: str, index: int) -> DataError:
+    """The error for a training example over ``setting`` (e.g. ``"dpo.max_length=256"``): at the
+    pair's own row (``<file>:<line>`` and the response's source field) when it was derived with
+    ``wheres``, else at ``fallback_where`` and the pair's id or position (on-policy pairs, callers
+    without locations). ``field`` is the pair key of the response that made it too long."""
+    tail = f"is {n_tokens} tokens, over {setting} (raise it or set data.on_invalid: skip)"
+    if "where" in pair:
+        return DataError(pair["where"], pair["source_fields"][field], f"prompt + this response {tail}")
+    return DataError(fallback_where, fallback_field, f"pair {pair.get('id', index + 1)} {tail}")
+
+
 def interleave_by(items: list[dict], key: str) -> list[dict]:
     """Round-robin over the groups of ``items[i][key]`` (in first-seen order), each group keeping its
     own order: a cap on the result then keeps every group represented (missing key: one group)."""

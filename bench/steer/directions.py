@@ -305,7 +305,7 @@ def select_direction(model, tok, directions: torch.Tensor, val_harmful: Sequence
         r = directions[best["layer"], position_index(best["position"], positions)].to(torch.float32)
         grid = []
         for a in sorted(set(float(x) for x in add_alpha_grid)):
-            if a == add_alpha and "add_refusal_benign" in best:
+            if a == add_alpha:  # measured already: every shortlisted candidate has its add pass
                 rate = best["add_refusal_benign"]
             else:
                 with steering(model, r, mode="add", layer=best["layer"], alpha=a):

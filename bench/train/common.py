@@ -101,7 +101,7 @@ def claim_checkpoints(ckpt_dir: Path, config_hash: str, label: str) -> None:
     marker.write_text(config_hash + "\n")
 
 
-def train_resumable(trainer, ckpt_dir: Path, label: str, config_hash: str | None = None):
+def train_resumable(trainer, ckpt_dir: Path, label: str, config_hash: str):
     """``trainer.train``, resuming from the newest complete checkpoint in ``ckpt_dir`` if an earlier
     run of the same ``config_hash`` was interrupted (checkpoints of another config are discarded).
     Returns (TrainOutput, the checkpoint resumed from or None).
@@ -109,8 +109,7 @@ def train_resumable(trainer, ckpt_dir: Path, label: str, config_hash: str | None
     After a resume, ``training_loss`` (and ``metrics["train_loss"]``, and the summary row of the
     log history) is the mean over every optimiser step, not only those after the resume (which is
     what transformers returns): see :func:`resumed_mean_loss`."""
-    if config_hash is not None:
-        claim_checkpoints(ckpt_dir, config_hash, label)
+    claim_checkpoints(ckpt_dir, config_hash, label)
     resume = last_complete_checkpoint(ckpt_dir)
     if resume:
         print(f"{label}: resuming from {resume}")

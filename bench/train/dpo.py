@@ -26,12 +26,12 @@ is the base with adapters disabled. The saved checkpoint is plain: LoRA is merge
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 
 from bench import chat
 from bench.config import DPOSection, DPOVariant, ProfileConfig
 from bench.data import load
-from bench.data.pairs import dpo_pairs
-from bench.data.schema import DataError
+from bench.data.pairs import dpo_pairs, overlong_error
 from bench.models import policy_init_dir
 from bench.records import is_done, stage_run
 from bench.stats import scalar_metric
@@ -57,26 +57,13 @@ def build_pairs(cfg: ProfileConfig, section: DPOSection, pairs: list[dict], tok,
         n_resp = max(lengths.values())
         if n_prompt + n_resp > section.max_length:
             if cfg.data.on_invalid == "error":
-                if "where" in p:  # the row's own file and line, and the field of its longer response
-                    longer = max(lengths, key=lengths.get)
-                    raise DataError(p["where"], p["source_fields"][longer],
-                                    f"the pair (prompt + its longer response, {longer}) is {n_prompt + n_resp} tokens, "
-                                    f"over dpo.max_length={section.max_length} (raise it or set data.on_invalid: skip)")
-                raise DataError(where, "chosen/rejected",
-                                f"pair {p.get('id', i + 1)} is {n_prompt + n_resp} tokens, over dpo.max_length={section.max_length} "
-                                "(raise it or set data.on_invalid: skip)")
+                raise overlong_error(p, max(lengths, key=lengths.get), n_prompt + n_resp,
+                                     f"dpo.max_length={section.max_length}", where, "chosen/rejected", i)
             skipped += 1
             continue
         out.append({"prompt": prompt, "chosen": p["chosen"], "rejected": p["rejected"],
                     "rejected_source": p.get("rejected_source", "offline")})
     return out, skipped
-
-
-def _count(values) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return dict(sorted(out.items()))
 
 
 def extra_callbacks() -> list:
@@ -125,7 +112,7 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
         pairs, skipped = build_pairs(cfg, section, source, tok, where)
         if section.max_examples:
             pairs = pairs[: section.max_examples]
-        sources = _count(p.pop("rejected_source") for p in pairs)  # TRL gets prompt/chosen/rejected only
+        sources = dict(sorted(Counter(p.pop("rejected_source") for p in pairs).items()))  # TRL gets prompt/chosen/rejected only
         ckpt_dir = run.dir / "checkpoints"
         callbacks, tracker = extra_callbacks() + guard_callbacks(section), None
         if section.keep_checkpoints:  # intermediate checkpoints + validation series (bench.train.tracking)

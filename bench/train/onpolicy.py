@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench.config import DPOSection, ProfileConfig
 from bench.records import atomic_write_text, is_done, run_dir, stage_run
-from bench.stats import rate_metric, scalar_metric
+from bench.stats import rate_metric
 from bench.train.common import hashed_sections
 
 NAME = "dpo-onpolicy-pairs"  # run directory and record name
@@ -73,39 +73,40 @@ def answer_rows(pairs: list[dict], responses: list[str], chosen_refuses: list[bo
             for p, r, c, a in zip(pairs, responses, chosen_refuses, policy_refuses)]
 
 
+def behaviour_counts(rows: list[dict]) -> dict[str, int]:
+    """Pure: the starting policy's behaviour on the answered prompts (what DPO has to fix), from the
+    detector labels in :func:`answer_rows` output (an empty answer is labelled compliance)."""
+    demo = [r["chosen_refuses"] for r in rows]
+    return {"prompts": len(rows), "demo_refuses": sum(demo), "demo_helps": len(rows) - sum(demo),
+            "policy_complies_where_demo_refuses": sum(d and not r["policy_refuses"] for d, r in zip(demo, rows)),
+            "policy_refuses_where_demo_helps": sum(not d and r["policy_refuses"] for d, r in zip(demo, rows)),
+            "empty_answers": sum(not r["policy_answer"].strip() for r in rows)}
+
+
 def select_pairs(rows: list[dict], keep_correct: bool,
-                 rejects: tuple[str, ...] | list[str] = ("comply", "refuse")) -> tuple[list[dict], dict]:
-    """Pure: training pairs and counts from :func:`answer_rows` output. Where the demonstration and
-    the policy's answer disagree on refusing, the answer is the rejected response
-    (``rejected_source: on_policy``) if that wrong behaviour is in ``rejects`` ("comply": the policy
-    complied where the demonstration refuses; "refuse": the reverse); elsewhere the offline pair is
-    kept or the prompt dropped."""
+                 rejects: tuple[str, ...] | list[str] = ("comply", "refuse")) -> list[dict]:
+    """Pure: training pairs from :func:`answer_rows` output. Where the demonstration and the policy's
+    answer disagree on refusing, the answer is the rejected response (``rejected_source:
+    on_policy``) if that wrong behaviour is in ``rejects`` ("comply": the policy complied where the
+    demonstration refuses; "refuse": the reverse); elsewhere the offline pair is kept or the prompt
+    dropped. An empty answer is never a rejected response (it is no behaviour to push down)."""
     out: list[dict] = []
-    counts = {"prompts": len(rows), "demo_refuses": 0, "demo_helps": 0, "policy_complies_where_demo_refuses": 0,
-              "policy_refuses_where_demo_helps": 0, "kept_offline": 0, "dropped_correct": 0, "empty_answers": 0}
     answer_keys = ("policy_answer", "chosen_refuses", "policy_refuses")
     for row in rows:
         p = {k: v for k, v in row.items() if k not in answer_keys}
-        demo_ref, pol_ref, resp = row["chosen_refuses"], row["policy_refuses"], row["policy_answer"]
-        counts["demo_refuses" if demo_ref else "demo_helps"] += 1
-        if not resp.strip():
-            counts["empty_answers"] += 1  # an empty answer is no behaviour to push down
-        elif demo_ref != pol_ref and ("comply" if demo_ref else "refuse") in rejects:
-            counts["policy_complies_where_demo_refuses" if demo_ref else "policy_refuses_where_demo_helps"] += 1
+        demo_ref, resp = row["chosen_refuses"], row["policy_answer"]
+        wrong = demo_ref != row["policy_refuses"] and ("comply" if demo_ref else "refuse") in rejects
+        if wrong and resp.strip():
             out.append({**p, "rejected": resp, "rejected_is_safe": None, "rejected_source": "on_policy"})
-            continue
-        if keep_correct:
-            counts["kept_offline"] += 1
+        elif keep_correct:
             out.append({**p, "rejected_source": "offline"})
-        else:
-            counts["dropped_correct"] += 1
-    return out, counts
+    return out
 
 
 def read_pairs(cfg: ProfileConfig) -> list[dict]:
     """Training pairs from the profile's answer file under ``dpo.on_policy_keep_correct``."""
     section = cfg.require("dpo")
-    return select_pairs(read_answers(cfg), section.on_policy_keep_correct, section.on_policy_rejects)[0]
+    return select_pairs(read_answers(cfg), section.on_policy_keep_correct, section.on_policy_rejects)
 
 
 def read_answers(cfg: ProfileConfig) -> list[dict]:
@@ -151,20 +152,14 @@ def ensure_onpolicy_pairs(cfg: ProfileConfig, force: bool = False) -> Path:
         rows = answer_rows(offline, responses, chosen_ref, policy_ref)
         atomic_write_text(run.dir / PAIRS_FILE, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n"
                                                         for r in rows))
-        pairs, counts = select_pairs(rows, keep_correct=False)
+        counts = behaviour_counts(rows)
         n_ref, n_help = counts["demo_refuses"], counts["demo_helps"]
-        run.metrics = {
-            # The starting policy's behaviour on its own training prompts (what DPO has to fix).
-            "policy_refusal_where_demo_refuses": rate_metric(n_ref - counts["policy_complies_where_demo_refuses"], n_ref),
-            "policy_refusal_where_demo_helps": rate_metric(counts["policy_refuses_where_demo_helps"], n_help),
-            "onpolicy_pairs": scalar_metric(counts["policy_complies_where_demo_refuses"]
-                                            + counts["policy_refuses_where_demo_helps"]),
-        }
+        wrong_ref, wrong_help = counts["policy_complies_where_demo_refuses"], counts["policy_refuses_where_demo_helps"]
+        run.metrics = {"policy_refusal_where_demo_refuses": rate_metric(n_ref - wrong_ref, n_ref),
+                       "policy_refusal_where_demo_helps": rate_metric(wrong_help, n_help)}
         run.artifacts = {"pairs": str(run.dir / PAIRS_FILE), "policy": str(policy_dir)}
-        counts = {k: v for k, v in counts.items() if k not in ("kept_offline", "dropped_correct")}
         run.extra = {"counts": counts, "detector": {"name": DETECTOR_NAME, "version": DETECTOR_VERSION},
                      "max_new_tokens": section.on_policy_max_new_tokens}
-        print(f"on-policy pairs: {len(pairs)} from {len(offline)} prompts; the policy complied on "
-              f"{counts['policy_complies_where_demo_refuses']}/{n_ref} prompts whose demonstration refuses and refused "
-              f"{counts['policy_refuses_where_demo_helps']}/{n_help} whose demonstration helps")
+        print(f"on-policy answers: {len(rows)} prompts; the policy complied on {wrong_ref}/{n_ref} prompts whose "
+              f"demonstration refuses and refused {wrong_help}/{n_help} whose demonstration helps")
     return pairs_path(cfg)

@@ -26,8 +26,7 @@ import torch
 
 from bench.config import ProfileConfig, ScoreModelSection
 from bench.data import load
-from bench.data.pairs import better_pairs, safer_pairs
-from bench.data.schema import DataError
+from bench.data.pairs import better_pairs, overlong_error, safer_pairs
 from bench.losses import cost_model_loss, cost_sign
 from bench.models import configure_trainable, policy_init_dir, trainable_count
 from bench.records import is_done, stage_run
@@ -47,33 +46,24 @@ def tokenize_pairs(kind: str, rows: list[dict], tok, system_prompt: str | None, 
     Returns (examples, n_skipped_overlong). An over-long pair is an error naming the row's file,
     line and response field (with ``wheres``, the rows' locations from ``LoadedDataset.wheres``;
     without, ``where`` and the pair) or, with ``on_invalid: skip``, a counted skip."""
-    if kind == "reward":
-        pairs = [(p["prompt"], p["chosen"], p["rejected"], p.get("history"), None,
-                  (p["source_fields"]["chosen"], p["source_fields"]["rejected"], p["where"]) if "where" in p else None)
-                 for p in better_pairs(rows, wheres)]
-    else:
-        pairs = [(p["prompt"], p["safer"], p["unsafer"], p.get("history"), (p["safer_is_safe"], p["unsafer_is_safe"]),
-                  (p["source_fields"]["safer"], p["source_fields"]["unsafer"], p["where"]) if "where" in p else None)
-                 for p in safer_pairs(rows, wheres)]
+    # (pair, key of the preferred response, key of the other): the keys name the fields in errors too
+    a_key, b_key = ("chosen", "rejected") if kind == "reward" else ("safer", "unsafer")
+    pairs = better_pairs(rows, wheres) if kind == "reward" else safer_pairs(rows, wheres)
     out, skipped = [], 0
-    for i, (prompt, a, b, hist, safety, origin) in enumerate(pairs):
-        a_ids, b_ids = encode(tok, prompt, a, system_prompt, hist), encode(tok, prompt, b, system_prompt, hist)
+    for i, p in enumerate(pairs):
+        hist = p.get("history")
+        a_ids = encode(tok, p["prompt"], p[a_key], system_prompt, hist)
+        b_ids = encode(tok, p["prompt"], p[b_key], system_prompt, hist)
         if max(len(a_ids), len(b_ids)) > max_length:
             if on_invalid == "error":
-                if origin is not None:  # the row's own file and line, and the field of its longer response
-                    a_field, b_field, row_where = origin
-                    raise DataError(row_where, a_field if len(a_ids) >= len(b_ids) else b_field,
-                                    f"prompt + this response is {max(len(a_ids), len(b_ids))} tokens, over "
-                                    f"{kind}.max_length={max_length} (raise it or set data.on_invalid: skip)")
-                raise DataError(where, "response_0/response_1",
-                                f"pair {i + 1} is {max(len(a_ids), len(b_ids))} tokens, over max_length={max_length} "
-                                "(raise the stage's max_length or set data.on_invalid: skip)")
+                raise overlong_error(p, a_key if len(a_ids) >= len(b_ids) else b_key, max(len(a_ids), len(b_ids)),
+                                     f"{kind}.max_length={max_length}", where, "response_0/response_1", i)
             skipped += 1
             continue
         ex = {"chosen_ids": a_ids, "rejected_ids": b_ids}
-        if safety is not None:
-            ex["safer_sign"] = float(cost_sign(torch.tensor(safety[0])))
-            ex["unsafer_sign"] = float(cost_sign(torch.tensor(safety[1])))
+        if kind == "cost":
+            ex["safer_sign"] = float(cost_sign(torch.tensor(p["safer_is_safe"])))
+            ex["unsafer_sign"] = float(cost_sign(torch.tensor(p["unsafer_is_safe"])))
         out.append(ex)
     return out, skipped
 

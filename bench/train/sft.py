@@ -20,8 +20,7 @@ import shutil
 from bench import chat
 from bench.config import ProfileConfig, SFTSection
 from bench.data import load
-from bench.data.pairs import dpo_pairs, interleave_by
-from bench.data.schema import DataError
+from bench.data.pairs import dpo_pairs, interleave_by, overlong_error
 from bench.models import policy_init_dir
 from bench.records import is_done, stage_run
 from bench.stats import scalar_metric
@@ -52,12 +51,7 @@ def demonstrations(cfg: ProfileConfig, section: SFTSection, rows: list[dict], to
         n = len(tok(prompt + completion, add_special_tokens=False)["input_ids"])
         if n > section.max_length:
             if cfg.data.on_invalid == "error":
-                if "where" in p:  # the row's own file and line, and the field the chosen response is
-                    raise DataError(p["where"], p["source_fields"]["chosen"],
-                                    f"the demonstration (prompt + this response) is {n} tokens, over "
-                                    f"sft.max_length={section.max_length} (raise it or set data.on_invalid: skip)")
-                raise DataError(where, "chosen", f"pair {p.get('id', i + 1)} is {n} tokens, over sft.max_length={section.max_length} "
-                                "(raise it or set data.on_invalid: skip)")
+                raise overlong_error(p, "chosen", n, f"sft.max_length={section.max_length}", where, "chosen", i)
             skipped += 1
             continue
         out.append({"prompt": prompt, "completion": completion})
