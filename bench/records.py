@@ -136,6 +136,11 @@ def run_dir(profile: str, variant: str) -> Path:
     return runs_root() / profile / variant
 
 
+def cache_dir(profile: str, name: str) -> Path:
+    """``runs/<profile>/cache/<name>/``: results shared between runs of a profile (never a record)."""
+    return runs_root() / profile / "cache" / name
+
+
 def stage_marker(profile: str, stage: str) -> Path:
     """``runs/<profile>/stages/<stage>.done``: the Make file target of a finished stage."""
     return runs_root() / profile / "stages" / f"{stage}.done"

@@ -73,16 +73,69 @@ def test_dpo_keeps_checkpoints_and_audit_lists_them(smoke_base):
     d = run_dir("smoke-track", "dpo")
     rec = read_record(d / "record.json")
     kept = _check_series(rec, [0, 1, 2], 2)
-    assert kept[0]["model_dir"] == str(d / "kept" / "step-0")
-    assert _weights(d / "kept" / "step-0").keys() == _weights(smoke_base).keys()
-    for k, v in _weights(smoke_base).items():
-        assert torch.equal(_weights(d / "kept" / "step-0")[k], v), k  # step 0 = the initial policy
+    assert kept[0]["model_dir"] == str(smoke_base)  # step 0 *is* the initial policy's folder: no copy
+    assert not (d / "kept" / "step-0").exists()
     assert any(not torch.equal(_weights(d / "kept" / "step-1")[k], v) for k, v in _weights(smoke_base).items())
     assert not (d / "checkpoints").exists() and (d / "kept" / "step-1").exists()  # resume dir gone, kept stay
     assert (d / "kept" / "generations-step-1.jsonl").exists()
 
     names = [c["name"] for c in discover_checkpoints("smoke-track") if c["variant"] == "dpo"]
     assert names == ["dpo@0", "dpo@1", "dpo"]  # the final step is the variant itself, scored once
+
+
+def test_dpo_variants_share_reference_and_initial_pass(smoke_base, tmp_path, monkeypatch):
+    """Two variants on the same pairs from the same policy: the reference log-probs and the step-0
+    validation pass are computed once; the cached numbers train exactly as fresh ones."""
+    import json
+
+    import bench.train.tracking as tracking
+    from bench.records import cache_dir
+    from bench.train import dpo
+
+    monkeypatch.setenv("BENCH_RUNS", str(tmp_path / "runs"))
+    cfg = load_config("smoke", ["dpo.keep_checkpoints=2", "dpo.max_steps=2"])
+    passes, precomputes = [], []
+    real_validate = tracking._validate
+    monkeypatch.setattr(tracking, "_validate", lambda *a, **k: passes.append(1) or real_validate(*a, **k))
+
+    dpo.train_variant(cfg, "dpo", cfg.dpo.variants["dpo"], force=True)
+    first = read_record(run_dir("smoke", "dpo") / "record.json")
+    ref_files = sorted(cache_dir("smoke", dpo.REF_CACHE).glob("*.pt"))
+    init_files = sorted(cache_dir("smoke", tracking.INIT_CACHE).glob("*.json"))
+    assert len(ref_files) == 1 and len(init_files) == 1 and len(passes) == 2  # step 0 + final
+    assert "computed, cached" in (run_dir("smoke", "dpo") / "log.txt").read_text()
+
+    dpo.train_variant(cfg, "dpo", cfg.dpo.variants["dpo"], force=True)  # same pairs, same policy: all cached
+    again = read_record(run_dir("smoke", "dpo") / "record.json")
+    assert len(passes) == 3  # only the final pass ran
+    assert "reference log-probs for train: cached" in (run_dir("smoke", "dpo") / "log.txt").read_text()
+    assert sorted(cache_dir("smoke", dpo.REF_CACHE).glob("*.pt")) == ref_files
+    assert again["extra"]["series"] == first["extra"]["series"]  # cached reference = fresh reference, bit for bit
+    assert again["extra"]["tracking"]["series"][0]["metrics"] == first["extra"]["tracking"]["series"][0]["metrics"]
+    gens = [json.loads(line) for line in (run_dir("smoke", "dpo") / "kept" / "generations-step-0.jsonl").open()]
+    assert len(gens) == again["extra"]["tracking"]["validation"]["n_harmful"] + \
+        again["extra"]["tracking"]["validation"]["n_benign"]
+
+    dpo.train_variant(cfg, "ipo", cfg.dpo.variants["ipo"], force=True)  # another loss, same pairs and policy
+    assert sorted(cache_dir("smoke", dpo.REF_CACHE).glob("*.pt")) == ref_files
+    assert len(passes) == 4
+
+
+def test_initial_pass_key_follows_the_policy_files(smoke_cfg, smoke_base, tmp_path):
+    """A retrained starting policy (its files rewritten) never reuses the cached initial pass."""
+    import os
+    import shutil
+
+    from bench.train.tracking import Tracker
+
+    init = tmp_path / "init"
+    shutil.copytree(smoke_base, init)
+    tracker = Tracker(smoke_cfg, 2, tmp_path / "run", tmp_path / "run" / "model", "h", init_dir=init)
+    key = tracker._initial_key()
+    assert tracker._initial_key() == key
+    st = (init / "model.safetensors").stat()
+    os.utime(init / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert tracker._initial_key() != key
 
 
 @pytest.fixture
@@ -126,8 +179,7 @@ def test_ppo_keeps_checkpoints_and_resumes_series(smoke_cfg, smoke_base, ppo_run
     d = ppo_runs / "ppo-kl"
     rec = read_record(d / "record.json")
     kept = _check_series(rec, [0, 1, 2], 2)
-    for k, v in _weights(smoke_base).items():  # LoRA merged into a copy: zero adapters = the base exactly
-        assert torch.equal(_weights(d / "kept" / "step-0")[k], v), k
+    assert kept[0]["model_dir"] == str(smoke_base)  # step 0: zero LoRA adapters = the initial policy
     assert any(not torch.equal(_weights(d / "kept" / "step-1")[k], v) for k, v in _weights(smoke_base).items())
     assert kept[1]["model_dir"] == str(d / "kept" / "step-1")
 

@@ -139,14 +139,20 @@ def run_audit(checkpoints: Sequence[dict], load: Callable[[str], tuple], prompts
     ``train_harmful, train_benign, val_harmful, val_benign``."""
     from bench.steer.directions import position_index
 
-    stats = []
+    stats, measured = [], {}
     for ck in checkpoints:
+        key = str(Path(ck["model_dir"]).resolve())
+        if key in measured:  # one folder listed twice (a run's step 0 is its initial policy): same numbers
+            progress(f"audit: {ck['name']} = {measured[key][0]}")
+            stats.append(measured[key][1])
+            continue
         progress(f"audit: {ck['name']} ({ck['model_dir']})")
         model, tok = load(ck["model_dir"])
         s = layer_stats(model, tok, prompts["train_harmful"], prompts["train_benign"], prompts["val_harmful"],
                         prompts["val_benign"], position_index(position, positions), positions, system_prompt,
                         batch_size)
         stats.append(s)
+        measured[key] = (ck["name"], s)
         del model
     table = build_table(checkpoints, stats, position)
     table["n"] = {k: len(v) for k, v in prompts.items()}

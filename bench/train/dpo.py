@@ -19,7 +19,8 @@ answer wherever its behaviour is wrong for the prompt (``bench.train.onpolicy``,
 Prompts are formatted by ``bench.chat`` so training and evaluation see the same text.
 
 Reference log-probabilities are computed once before training (``precompute_ref``: the reference
-is frozen, so recomputing it every step would double the forward cost). Under LoRA the reference
+is frozen, so recomputing it every step would double the forward cost), and once per profile for
+variants that train on the same pairs from the same policy (``bench.train.ref_logps``). Under LoRA the reference
 is the base with adapters disabled. The saved checkpoint is plain: LoRA is merged before saving.
 """
 
@@ -33,11 +34,12 @@ from bench.config import DPOSection, DPOVariant, ProfileConfig
 from bench.data import load
 from bench.data.pairs import dpo_pairs, overlong_error
 from bench.models import policy_init_dir
-from bench.records import is_done, stage_run
+from bench.records import cache_dir, is_done, stage_run
 from bench.stats import scalar_metric
 from bench.train.common import fp16_stats, guard_callbacks, hashed_sections, load_trainable_policy, save_final, train_resumable, trainer_kwargs
 
 SECTIONS = ("profile", "model", "data", "dpo")
+REF_CACHE = "dpo-ref-logps"  # runs/<profile>/cache/<this>/: reference log-probs shared by variants
 # TRL log keys kept in the record (last logged value and the whole series).
 TRAIN_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected",
               "logps/chosen", "logps/rejected")
@@ -121,9 +123,14 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
             tracker = Tracker(cfg, section.keep_checkpoints, run.dir, run.dir / "model", cfg.section_hash(*sections),
                               init_dir=policy_dir, log=run.log)
             callbacks.append(KeepCheckpoints(tracker, tok))
-        trainer = DPOTrainer(model=model, args=dpo_args(section, variant, ckpt_dir, cfg.profile.seed),
-                             train_dataset=Dataset.from_list(pairs), processing_class=tok,
-                             callbacks=callbacks)
+        trainer_cls = DPOTrainer
+        if section.precompute_ref:  # variants on the same pairs from the same policy share them (bench.train.ref_logps)
+            from bench.train.ref_logps import shared_ref_trainer
+
+            trainer_cls = shared_ref_trainer(cache_dir(cfg.profile.name, REF_CACHE), log=run.log)
+        trainer = trainer_cls(model=model, args=dpo_args(section, variant, ckpt_dir, cfg.profile.seed),
+                              train_dataset=Dataset.from_list(pairs), processing_class=tok,
+                              callbacks=callbacks)
         result, resume = train_resumable(trainer, ckpt_dir, name, run.config_hash)
         out = save_final(trainer, tok, run.dir / "model")
 

@@ -18,7 +18,11 @@ What is kept (:class:`Tracker`)
     ``runs/<profile>/<variant>/kept/step-<N>/``, outside the recipe's resume ``checkpoints/`` folder
     (which the recipe deletes after success). The final step is not copied: its ``model_dir`` is the
     run's own ``model/`` folder, which the recipe writes right after training, so the audit
-    (``bench.steer.audit.discover_checkpoints``) does not score the final model twice.
+    (``bench.steer.audit.discover_checkpoints``) does not score the final model twice. Step 0 is not
+    copied either when the recipe names the initial policy's folder (``init_dir``): its ``model_dir``
+    is that folder, and its validation pass is cached under ``runs/<profile>/cache/tracking-init/``
+    (keyed by the folder's files and the pass's settings), so variants that start from the same
+    policy (every DPO variant starts from SFT) run it once.
 
 Validation pass (:func:`validation_metrics`), on the ``validation`` split, small by design
     - ``refusal_harmful`` / ``over_refusal_benign``: share of greedy generations (at most
@@ -56,7 +60,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from bench.config import ProfileConfig
-from bench.records import atomic_write_bytes, atomic_write_json
+from bench.records import atomic_write_bytes, atomic_write_json, cache_dir
 from bench.stats import rate_metric
 
 # Validation sizes: small on purpose (tracking runs K times per variant). The eval section's caps
@@ -65,6 +69,7 @@ TRACK_N_PROMPTS = 16  # harmful prompts, and benign prompts, per kept checkpoint
 TRACK_N_PAIRS = 32  # validation preference pairs per kept checkpoint
 TRACK_MAX_NEW_TOKENS = 32  # greedy tokens per generation (a refusal shows in its first sentence)
 KEPT_DIR = "kept"
+INIT_CACHE = "tracking-init"  # runs/<profile>/cache/<this>/: the initial policy's pass, shared by runs
 STATE_FILE = "tracking.json"
 # Panels of plot_series: (metric, title).
 PANELS = (("refusal_harmful", "refusal rate, harmful prompts"),
@@ -314,15 +319,16 @@ class Tracker:
         final = step >= self.total
         if final:
             mdir = self.final_dir  # the recipe saves the final model there right after training
+        elif step == 0 and self.init_dir is not None:
+            mdir = self.init_dir  # before the first update the policy *is* its initial folder: no copy
         else:
             mdir = save_plain_copy(model, tok, self.root / f"step-{step}")
-        if self.ref is None and step > 0:  # resumed without a cached reference: score the initial policy
-            self.ref = self._initial_policy_logps()
-        ref = _logprobs_from_dict(self.ref)
-        metrics, pi, gens = _validate(model, tok, self.cfg, self.vs, ref)
-        if step == 0 and pi is not None:
-            self.ref = pi.to_dict()
-            metrics = _start_shifts(metrics, pi)
+        if step == 0:
+            metrics, self.ref, gens = self._initial_pass(model, tok)
+        else:
+            if self.ref is None:  # resumed without a cached reference: score the initial policy
+                self.ref = self._initial_policy_logps()
+            metrics, _, gens = _validate(model, tok, self.cfg, self.vs, _logprobs_from_dict(self.ref))
         self.root.mkdir(parents=True, exist_ok=True)
         blob = "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in gens).encode()
         atomic_write_bytes(self.root / f"generations-step-{step}.jsonl", blob)
@@ -337,6 +343,44 @@ class Tracker:
         if self.log is not None:
             self.log.info("tracking step %d/%d: %s (%s)", step, self.total, json.dumps(short), mdir)
         print(f"tracking: step {step}/{self.total} {short}")
+
+    def _initial_pass(self, model, tok) -> tuple[dict, dict | None, list[dict]]:
+        """(metrics, pair log-probs, generations) of the initial policy. They depend only on that
+        policy and the validation pass, so variants that start from the same folder (every DPO variant
+        starts from SFT) share one pass through ``runs/<profile>/cache/tracking-init/``."""
+        path = None
+        if self.init_dir is not None:
+            path = cache_dir(self.cfg.profile.name, INIT_CACHE) / f"{self._initial_key()}.json"
+            try:
+                hit = json.loads(path.read_text())
+                return hit["metrics"], hit["ref"], hit["generations"]
+            except (OSError, ValueError, KeyError):
+                pass
+        metrics, pi, gens = _validate(model, tok, self.cfg, self.vs, None)
+        ref = None
+        if pi is not None:
+            ref = pi.to_dict()
+            metrics = _start_shifts(metrics, pi)
+        if path is not None:
+            atomic_write_json(path, {"init_dir": str(self.init_dir), "metrics": metrics, "ref": ref,
+                                     "generations": gens})
+        return metrics, ref, gens
+
+    def _initial_key(self) -> str:
+        """What the initial pass depends on: the initial folder's weights (path, size and mtime of
+        each file: a retrained policy rewrites them), the validation sets and the pass's settings."""
+        import hashlib
+
+        from bench.eval.refusal import DETECTOR_NAME, DETECTOR_VERSION
+
+        files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(self.init_dir).iterdir()
+                       if p.is_file())
+        ev = self.cfg.eval
+        key = {"v": 1, "init": str(Path(self.init_dir).resolve()), "files": files, "sizes": self.vs.sizes(),
+               "data": self.vs.identities, "system_prompt": self.cfg.model.system_prompt, "dtype": self.cfg.model.dtype,
+               "batch": [ev.batch_size, ev.score_batch_size, ev.max_length],
+               "detector": [DETECTOR_NAME, DETECTOR_VERSION]}
+        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
     def _initial_policy_logps(self) -> dict | None:
         """Pair log-probs of the run's initial policy, loaded from ``init_dir`` (only a run resumed
