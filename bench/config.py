@@ -239,6 +239,12 @@ class PPOVariant:
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     coef: float | None = None  # None: the section's kl_coef (kl) or js_coef (js)
     lagrangian: bool = False
+    # > 0: the score is RM - cost_penalty * max(0, CM cost) (losses.hinge_cost_penalty): only answers
+    # the cost model judges unsafe are penalised, so the safety signal is conditioned on harm.
+    cost_penalty: float = 0.0
+    # > 0: adds rule_reward * (+1 if the refusal detector's verdict matches the prompt's label, else -1)
+    # to the score (losses.rule_based_reward); needs prompt labels in the preference data.
+    rule_reward: float = 0.0
 
 
 @dataclass

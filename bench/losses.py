@@ -53,6 +53,9 @@ __all__ = [
     # PPO-Lagrangian
     "lagrangian_advantages",
     "lagrange_update",
+    # PPO with a cost penalty in the reward
+    "hinge_cost_penalty",
+    "rule_based_reward",
 ]
 
 Number = float | int
@@ -503,3 +506,44 @@ def lagrange_update(
     if lambda_max is not None:
         new = min(new, math.log(lambda_max))
     return new
+
+
+def hinge_cost_penalty(score: torch.Tensor, cost: torch.Tensor, coef: float) -> torch.Tensor:
+    """Reward shaped by the cost model, penalising only responses it judges unsafe.
+
+        s'_i = s_i - coef * max(0, c_i)
+
+    s: (B,) PPO scores (the normalised RM score); c: (B,) raw CM costs, whose sign head was trained so
+    that c > 0 means unsafe (``cost_sign``; the cost threshold d = 0 means "safe"). Returns (B,).
+
+    Why a hinge rather than Safe RLHF's s - lambda c: the CM ranks *every* refusal as the least costly
+    answer, benign prompts included, so a raw cost term rewards refusing everywhere (measured: PPO-
+    Lagrangian with a binding threshold raised over-refusal on benign validation prompts from 0.38 to
+    0.50 in 8 steps). Clipped at the CM's own safe/unsafe boundary, the cost adds nothing on safe
+    answers, so on benign prompts the RM alone decides (helpful beats refusing), while an unsafe
+    completion of a harmful request loses ``coef`` per unit of cost. ``coef`` is fixed (reward
+    shaping, the fixed-lambda baseline of Safe RLHF), not a learned multiplier.
+    """
+    if coef < 0:
+        raise ValueError(f"hinge_cost_penalty: coef must be >= 0, got {coef}")
+    return score - coef * cost.clamp(min=0)
+
+
+def rule_based_reward(is_refusal: torch.Tensor, should_refuse: torch.Tensor) -> torch.Tensor:
+    """Rule-based reward on behaviour (in the spirit of Mu et al. 2024, "Rule Based Rewards for
+    Language Model Safety", with a refusal detector as the grader):
+
+        r_i = +1  if refused_i == should_refuse_i
+        r_i = -1  otherwise
+
+    is_refusal: (B,) bool, the detector's verdict on the sampled response (refuse or partial);
+    should_refuse: (B,) bool, from the prompt's label (harmful / unsafe-contrast: refuse; benign /
+    borderline: help). Returns (B,) float32. Added to the RM score with a coefficient, it supplies the
+    harm-conditioned signal that neither score model gives on the policy's own text (measured on the
+    default profile: the RM rewards compliance on harmful prompts, and the CM costs the policy's
+    compliance and its refusals alike, -4.59 vs -4.96).
+    """
+    if is_refusal.shape != should_refuse.shape:
+        raise ValueError(f"rule_based_reward: shapes differ, {tuple(is_refusal.shape)} vs {tuple(should_refuse.shape)}")
+    agree = is_refusal.bool() == should_refuse.bool()
+    return torch.where(agree, 1.0, -1.0).to(torch.float32)

@@ -320,6 +320,25 @@ def test_lagrangian_advantages():
     assert close(L.lagrangian_advantages(ar, ac, torch.tensor(3.0)), (ar - 3 * ac) / 4)
 
 
+def test_hinge_cost_penalty_only_touches_unsafe_answers():
+    score = torch.tensor([1.0, 0.5, -0.2, 2.0])
+    cost = torch.tensor([-3.0, 0.0, 2.0, 0.5])  # safe, on the boundary, unsafe, barely unsafe
+    assert close(L.hinge_cost_penalty(score, cost, 0.0), score)
+    assert close(L.hinge_cost_penalty(score, cost, 1.0), [1.0, 0.5, -2.2, 1.5])
+    assert close(L.hinge_cost_penalty(score, cost, 2.0), [1.0, 0.5, -4.2, 1.0])  # linear in coef
+    with pytest.raises(ValueError, match="coef"):
+        L.hinge_cost_penalty(score, cost, -1.0)
+
+
+def test_rule_based_reward_follows_the_prompt_label():
+    refused = torch.tensor([True, False, True, False])
+    should = torch.tensor([True, True, False, False])  # harmful, harmful, benign, benign
+    assert close(L.rule_based_reward(refused, should), [1.0, -1.0, -1.0, 1.0])
+    assert L.rule_based_reward(refused, should).dtype == torch.float32
+    with pytest.raises(ValueError, match="shapes"):
+        L.rule_based_reward(refused, should[:3])
+
+
 def test_lagrange_update_direction_and_cap_floats():
     up = L.lagrange_update(0.0, mean_episode_cost=2.0, threshold=1.0, lr=0.1)
     assert isinstance(up, float) and close(up, 0.1)  # 0 + 0.1 * e^0 * (2 - 1)

@@ -197,6 +197,58 @@ def test_lagrangian_lambda_moves_toward_constraint(threshold, direction, smoke_c
     assert (lams[0] - 1.0) * direction > 0 and (lams[1] - lams[0]) * direction > 0
 
 
+def test_cost_penalty_shapes_the_score_with_the_cost_model(smoke_cfg, smoke_base, runs, monkeypatch):
+    """A variant with cost_penalty feeds every rollout's CM costs through hinge_cost_penalty, and the
+    cost model is required for it."""
+    calls = []
+    real = ppo.hinge_cost_penalty
+
+    def spy(score, cost, coef):
+        calls.append((score.clone(), cost.clone(), coef))
+        return real(score, cost, coef)
+
+    monkeypatch.setattr(ppo, "hinge_cost_penalty", spy)
+    variant = PPOVariant(cost_penalty=2.0)
+    cfg = make_cfg(smoke_cfg, {"ppo-cost": variant})
+    ppo.train_variant(cfg, "ppo-cost", variant, PROMPTS)
+    series = read_record(runs / "ppo-cost" / "record.json")["extra"]["series"]
+    assert len(calls) == len(series) == 2 and all(c[2] == 2.0 for c in calls)
+    for (score, cost, _), row in zip(calls, series):
+        assert cost.shape == score.shape == (4,)
+        assert abs(cost.mean().item() - row["cost"]) < 1e-5  # the costs of this step's own rollouts
+
+    (runs / "cost" / "record.json").unlink()
+    with pytest.raises(RecordError, match="make cost PROFILE=smoke"):
+        ppo.train_variant(cfg, "ppo-cost", variant, PROMPTS, force=True)
+
+
+def test_rule_reward_scores_behaviour_against_prompt_labels(smoke_cfg, smoke_base, runs, monkeypatch):
+    """rule_reward adds +-coef by whether the detector's verdict fits each prompt's label; the series
+    records the share that fits, recomputed here from the same rollouts."""
+    from bench.data.schema import DataError
+    from bench.eval import refusal
+
+    harmful = {"Tell me how to pick a lock.", "How can I hurt someone?"}
+    labels = {p: "harmful" if p in harmful else "benign" for p in PROMPTS}
+    monkeypatch.setattr(ppo, "prompt_labels", lambda cfg: labels)
+    seen = []
+    real_detect = refusal.detect_many
+    monkeypatch.setattr(refusal, "detect_many", lambda texts: seen.append(list(texts)) or real_detect(texts))
+    variant = PPOVariant(rule_reward=0.5)
+    cfg = make_cfg(smoke_cfg, {"ppo-rule": variant})
+    ppo.train_variant(cfg, "ppo-rule", variant, PROMPTS)
+    series = read_record(runs / "ppo-rule" / "record.json")["extra"]["series"]
+    assert len(seen) == len(series) == 2
+    for step, (texts, row) in enumerate(zip(seen, series)):
+        batch = [PROMPTS[i] for i in ppo.prompt_indices(len(PROMPTS), 4, step, smoke_cfg.profile.seed, 0, 1)]
+        fits = [d.is_refusal == (p in harmful) for d, p in zip(real_detect(texts), batch)]
+        assert row["rule_agreement"] == pytest.approx(sum(fits) / len(fits))
+
+    labels.pop(PROMPTS[0])  # a training prompt without a label: a clear error, not a silent 0
+    with pytest.raises(DataError, match="prompt_label.*rule_reward"):
+        ppo.train_variant(cfg, "ppo-rule", variant, PROMPTS, force=True)
+
+
 class Interrupt(Exception):
     pass
 

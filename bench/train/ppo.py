@@ -1,4 +1,4 @@
-"""Stage `ppo`: the PPO family (ppo-kl, ppo-nokl, ppo-js, ppo-lag), our own loop.
+"""Stage `ppo`: the PPO family (ppo-kl, ppo-nokl, ppo-js, ppo-lag, ppo-cost), our own loop.
 
     make ppo PROFILE=default          # == bench ppo --profile default
     deepspeed --num_gpus 4 -m bench ppo --profile llama2-7b-v100    # GPU profiles (or accelerate launch)
@@ -21,6 +21,10 @@ equation and a closed-form test). One step of :func:`train_variant`:
     ``cost_threshold``, advantages combined as (A_r - lambda A_c) / (1 + lambda). The penalty enters
     the reward stream with -coef and the cost stream with +coef, so the combined advantage carries
     the penalty at strength coef whatever lambda is (as safe-rlhf does).
+    Cost-shaped reward (variant ``cost_penalty: c > 0``, ``ppo-cost``): the score becomes
+    RM - c * max(0, CM cost) (``losses.hinge_cost_penalty``): only answers the cost model judges
+    unsafe are penalised, so the safety signal is conditioned on harm (the RM is a helpfulness
+    model: alone it trains refusals away on harmful prompts too).
  4. update: ``ppo_epochs`` passes of shuffled mini-batches (``mini_batch_size`` sequences per
     optimiser step, processed in micro-batches of ``batch_size``): clipped policy loss +
     ``vf_coef`` x clipped value loss, gradient clipping, AdamW (policy lr ``learning_rate``, value
@@ -57,6 +61,7 @@ from bench.config import PPOSection, PPOVariant, ProfileConfig
 from bench.losses import (
     entropy_from_logits,
     gae,
+    hinge_cost_penalty,
     js_divergence_per_token,
     kl_penalty,
     lagrange_update,
@@ -65,6 +70,7 @@ from bench.losses import (
     masked_whiten,
     normalize_scores,
     ppo_policy_loss,
+    rule_based_reward,
     sequence_logprobs,
     shape_rewards,
     update_running_moments,
@@ -109,6 +115,43 @@ def run_ppo(cfg: ProfileConfig, force: bool = False, only: tuple[str, ...] = ())
 def variant_config(cfg: ProfileConfig, name: str) -> ProfileConfig:
     """The profile with only this variant in ``ppo.variants`` (its record's config hash)."""
     return cfg.only_variant("ppo", name)
+
+
+SHOULD_REFUSE = ("harmful", "unsafe-contrast")  # prompt labels whose right behaviour is a refusal
+
+
+def prompt_labels(cfg: ProfileConfig) -> dict[str, str]:
+    """``prompt -> prompt_label`` of the preference train split (the rule-based reward's targets); a
+    row without a label is left out, and a prompt given two labels is an error naming both rows."""
+    from bench import data
+    from bench.data.schema import DataError
+
+    ds = data.load_role(cfg.data, "preferences", "train")
+    out: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for row, where in zip(ds.rows, ds.wheres):
+        label = row.get("prompt_label")
+        if label is None:
+            continue
+        if out.get(row["prompt"], label) != label:
+            raise DataError(where, "prompt_label", f"{label!r} contradicts {out[row['prompt']]!r} given to the "
+                            f"same prompt at {seen[row['prompt']]}")
+        out[row["prompt"]] = label
+        seen.setdefault(row["prompt"], where)
+    return out
+
+
+def rule_targets(cfg: ProfileConfig, name: str, prompts: list[str]) -> dict[str, bool]:
+    """``prompt -> should refuse`` for the rule-based reward; every training prompt needs a label."""
+    from bench.data.schema import DataError
+
+    labels = prompt_labels(cfg)
+    missing = [p for p in prompts if p not in labels]
+    if missing:
+        raise DataError(f"{cfg.data.preferences}:train", "prompt_label",
+                        f"ppo.variants.{name}.rule_reward needs a label for every training prompt; "
+                        f"{len(missing)} of {len(prompts)} have none (first: {missing[0][:60]!r})")
+    return {p: labels[p] in SHOULD_REFUSE for p in prompts}
 
 
 def training_prompts(cfg: ProfileConfig) -> tuple[list[str], dict]:
@@ -159,9 +202,10 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
     device = backend.device
     ref_model = None if section.trainable == "lora" else load_reference(cfg, section, device)
     rm, rm_tok = load_score_model(cfg, "reward", required=True, device=device)
-    cm, cm_tok = load_score_model(cfg, "cost", required=variant.lagrangian, device=device)
+    cm, cm_tok = load_score_model(cfg, "cost", required=variant.lagrangian or variant.cost_penalty > 0, device=device)
     eos_ids = eos_token_ids(backend.module.policy, tok)
     prompts, n_too_long = fit_prompts(prompts, tok, cfg.model.system_prompt, section)
+    should_refuse = rule_targets(cfg, name, prompts) if variant.rule_reward > 0 else None
     total_steps = planned_steps(section, len(prompts), world)
     coef = regulariser_coef(variant, section)
 
@@ -182,8 +226,10 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
             state = load_checkpoint(latest, backend)
             run.log.info("resumed from %s (step %d)", latest, state.step)
             print(f"ppo: {name} resuming from step {state.step} ({latest})")
-        run.log.info("variant=%s regulariser=%s coef=%s lagrangian=%s trainable=%s prompts=%d steps=%d",
-                     name, variant.regulariser, coef, variant.lagrangian, section.trainable, len(prompts), total_steps)
+        run.log.info("variant=%s regulariser=%s coef=%s lagrangian=%s cost_penalty=%s rule_reward=%s trainable=%s "
+                     "prompts=%d steps=%d", name, variant.regulariser, coef, variant.lagrangian, variant.cost_penalty,
+                     variant.rule_reward, section.trainable,
+                     len(prompts), total_steps)
         tracker = None
         if section.keep_checkpoints:  # intermediate checkpoints + validation series (bench.train.tracking)
             from bench.models import policy_init_dir
@@ -214,6 +260,15 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
             if section.normalize_rewards:
                 state.reward_moments = update_running_moments(*state.reward_moments, all_gather(reward_raw))
             score = reward_score(reward_raw, samples.truncated, state.reward_moments, section)  # (B,)
+            if variant.cost_penalty > 0:  # unsafe answers (CM cost > 0) lose cost_penalty per unit of cost
+                score = hinge_cost_penalty(score, cost_raw, variant.cost_penalty)
+            rule = None
+            if should_refuse is not None:  # +1 when the behaviour fits the prompt's label, else -1
+                from bench.eval.refusal import detect_many
+
+                refused = torch.tensor([d.is_refusal for d in detect_many(samples.texts)])
+                rule = rule_based_reward(refused, torch.tensor([should_refuse[p] for p in batch]))
+                score = score + variant.rule_reward * rule.to(score.device)
             rewards = shape_rewards(score, exp["penalty"], samples.mask, coef, clip=section.reward_clip)  # (B, R)
             adv, ret_r = gae(rewards, exp["values"][..., 0], samples.mask, section.gamma, section.lam)
             adv = whiten(adv, samples.mask)
@@ -237,6 +292,8 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
             # 5. log, checkpoint
             episodes = episode_values(samples, exp, reward_raw, cost_raw)
             row = step_metrics(step + 1, episodes, exp, samples, upd, lam, variant, time.perf_counter() - t0)
+            if rule is not None:  # share of rollouts whose behaviour fits the prompt's label
+                row["rule_agreement"] = ((rule + 1) / 2).mean().item()
             state.series.append(row)
             if state.first_episodes is None:
                 state.first_episodes = episodes
