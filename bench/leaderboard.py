@@ -33,7 +33,8 @@ from typing import Any, Callable
 
 from bench.config import REPO_ROOT
 from bench.plots import save_png
-from bench.records import RECORD_NAME, RecordError, atomic_write_bytes, atomic_write_text, read_record, runs_root
+from bench.records import (RECORD_NAME, RecordError, atomic_write_bytes, atomic_write_text, read_record, runs_root,
+                           stage_rank)
 
 LEADERBOARD_ROOT = REPO_ROOT / "leaderboards"
 RECORDS_DIR = "records"
@@ -143,7 +144,6 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
         for k in ("full", "partial")) + ("empty_generations",)),
 )
 ARROW = {+1: " ↑", -1: " ↓", 0: ""}
-STAGE_ORDER = ("base", "sft", "reward", "cost", "onpolicy", "dpo", "ppo", "steer")
 # Series keys plotted first (issue 12's tracking metrics), then the rest alphabetically.
 SERIES_PRIORITY = ("refusal_harmful", "over_refusal_benign", "pref_acc_implicit", "pref_acc_raw",
                    "logp_margin_per_token", "logp_margin_sum", "loss")
@@ -259,12 +259,8 @@ def _table(headers: list[str], rows: list[list[str]], align: list[str] | None = 
     return out
 
 
-def _stage_rank(stage: str) -> int:
-    return STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER)
-
-
 def _variant_key(name: str, stage: str) -> tuple:
-    return (name != "base", _stage_rank(stage), name)
+    return (name != "base", stage_rank(stage), name)
 
 
 def _best(values: list[float | None], direction: int) -> set[int]:
@@ -538,7 +534,7 @@ def _stage_times(records: dict[str, dict]) -> list[str]:
             per.setdefault(r["stage"], []).append(float(r["wall_time_s"]))
     if not per:
         return []
-    order = sorted(per, key=lambda st: (STAGE_ORDER.index(st) if st in STAGE_ORDER else len(STAGE_ORDER), st))
+    order = sorted(per, key=lambda st: (stage_rank(st), st))
     rows = [[st, str(len(per[st])), f"{sum(per[st]):.0f}"] for st in order]
     total = sum(sum(v) for v in per.values())
     rows.append(["**total**", str(sum(len(v) for v in per.values())), f"**{total:.0f}** ({total / 60:.1f} min)"])

@@ -136,6 +136,15 @@ def run_dir(profile: str, variant: str) -> Path:
     return runs_root() / profile / variant
 
 
+# Stages in pipeline order (how leaderboards, variant lists and perf reports sort them).
+PIPELINE_STAGES = ("base", "sft", "reward", "cost", "onpolicy", "dpo", "ppo", "steer", "eval")
+
+
+def stage_rank(stage: str) -> int:
+    """Position of ``stage`` in :data:`PIPELINE_STAGES`; an unknown stage sorts last."""
+    return PIPELINE_STAGES.index(stage) if stage in PIPELINE_STAGES else len(PIPELINE_STAGES)
+
+
 def cache_dir(profile: str, name: str) -> Path:
     """``runs/<profile>/cache/<name>/``: results shared between runs of a profile (never a record)."""
     return runs_root() / profile / "cache" / name

@@ -30,13 +30,12 @@ from pathlib import Path
 from typing import Iterator
 
 from bench.config import ProfileConfig
-from bench.records import RECORD_NAME, RecordError, read_record, runs_root
+from bench.records import RECORD_NAME, RecordError, read_record, runs_root, stage_rank
 
 log = logging.getLogger(__name__)
 
 POLICY_STAGES = ("base", "sft", "dpo", "ppo")
 SCORE_STAGES = ("reward", "cost")
-STAGE_ORDER = {s: i for i, s in enumerate(("base", "sft", "reward", "cost", "onpolicy", "dpo", "ppo", "steer"))}
 NOT_VARIANTS = ("eval", "stages")
 
 
@@ -79,7 +78,7 @@ def from_record(record: dict) -> Variant:
 
 def sort_key(v: Variant) -> tuple:
     """Base first, then by stage (pipeline order), then by name."""
-    return (v.name != "base", STAGE_ORDER.get(v.stage, len(STAGE_ORDER)), v.name)
+    return (v.name != "base", stage_rank(v.stage), v.name)
 
 
 def discover(profile: str, root: Path | None = None) -> list[Variant]:

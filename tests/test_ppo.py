@@ -249,6 +249,20 @@ def test_rule_reward_scores_behaviour_against_prompt_labels(smoke_cfg, smoke_bas
         ppo.train_variant(cfg, "ppo-rule", variant, PROMPTS, force=True)
 
 
+def test_prompt_labels_reject_a_prompt_given_two_labels(smoke_cfg, monkeypatch):
+    from bench import data
+    from bench.data.registry import LoadedDataset
+    from bench.data.schema import DataError
+
+    rows = [{"prompt": "a", "prompt_label": "harmful"}, {"prompt": "b"}, {"prompt": "a", "prompt_label": "benign"}]
+    loaded = LoadedDataset(rows=rows, identity={}, schema="pku", wheres=["f.jsonl:1", "f.jsonl:2", "f.jsonl:3"])
+    monkeypatch.setattr(data, "load_role", lambda *a: loaded)
+    with pytest.raises(DataError, match=r"f.jsonl:3: field 'prompt_label': 'benign' contradicts 'harmful' .* f.jsonl:1"):
+        ppo.prompt_labels(smoke_cfg)
+    rows[2]["prompt_label"] = "harmful"  # the same label twice is fine; an unlabelled row is left out
+    assert ppo.prompt_labels(smoke_cfg) == {"a": "harmful"}
+
+
 class Interrupt(Exception):
     pass
 

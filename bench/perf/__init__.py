@@ -39,11 +39,11 @@ from typing import Callable
 
 from bench.config import REPO_ROOT, ProfileConfig, dump_yaml, runs_root
 from bench.perf.stats import rates, ratio, summarize
+from bench.records import PIPELINE_STAGES, stage_rank
 
 TARGET_SCORING_SPEEDUP = 2.0
 TARGET_PIPELINE_S = 20 * 60  # the default profile's whole pipeline on the 2-core reference machine
 GPU_MEMORY_CAP_GB = 32.0
-STAGE_ORDER = ("base", "sft", "reward", "cost", "onpolicy", "dpo", "ppo", "steer", "eval")
 
 
 @dataclass(frozen=True)
@@ -107,9 +107,8 @@ def stage_times(profile: str) -> dict:
         # Eval records carry the scored variant's name: match on the stage too.
         s["per_variant_s"] = summarize([r["wall_time_s"] for r in rows if r.get("stage") == name
                                         and r.get("wall_time_s") is not None])
-    rank = {st: i for i, st in enumerate(STAGE_ORDER)}
-    stages = dict(sorted(stages.items(), key=lambda kv: rank.get(kv[0], len(rank))))
-    missing = [st for st in STAGE_ORDER if st not in stages]
+    stages = dict(sorted(stages.items(), key=lambda kv: stage_rank(kv[0])))
+    missing = [st for st in PIPELINE_STAGES if st not in stages]
     return {"runs_dir": str(root), "records": rows, "stages": stages, "missing": missing,
             "total_s": sum(s["total_s"] for s in stages.values())}
 

@@ -1,4 +1,4 @@
-"""Stage `ppo`: the PPO family (ppo-kl, ppo-nokl, ppo-js, ppo-lag, ppo-cost), our own loop.
+"""Stage `ppo`: the PPO family (ppo-kl, ppo-nokl, ppo-js, ppo-lag), our own loop.
 
     make ppo PROFILE=default          # == bench ppo --profile default
     deepspeed --num_gpus 4 -m bench ppo --profile llama2-7b-v100    # GPU profiles (or accelerate launch)
@@ -21,10 +21,10 @@ equation and a closed-form test). One step of :func:`train_variant`:
     ``cost_threshold``, advantages combined as (A_r - lambda A_c) / (1 + lambda). The penalty enters
     the reward stream with -coef and the cost stream with +coef, so the combined advantage carries
     the penalty at strength coef whatever lambda is (as safe-rlhf does).
-    Cost-shaped reward (variant ``cost_penalty: c > 0``, ``ppo-cost``): the score becomes
-    RM - c * max(0, CM cost) (``losses.hinge_cost_penalty``): only answers the cost model judges
-    unsafe are penalised, so the safety signal is conditioned on harm (the RM is a helpfulness
-    model: alone it trains refusals away on harmful prompts too).
+    Opt-in scores (variant settings, off by default): ``cost_penalty: c`` makes the score
+    RM - c * max(0, CM cost) (``losses.hinge_cost_penalty``: only answers the CM judges unsafe are
+    penalised); ``rule_reward: w`` adds +-w by whether the refusal detector's verdict fits the
+    prompt's label (``losses.rule_based_reward``; the series records ``rule_agreement``).
  4. update: ``ppo_epochs`` passes of shuffled mini-batches (``mini_batch_size`` sequences per
     optimiser step, processed in micro-batches of ``batch_size``): clipped policy loss +
     ``vf_coef`` x clipped value loss, gradient clipping, AdamW (policy lr ``learning_rate``, value
@@ -127,18 +127,15 @@ def prompt_labels(cfg: ProfileConfig) -> dict[str, str]:
     from bench.data.schema import DataError
 
     ds = data.load_role(cfg.data, "preferences", "train")
-    out: dict[str, str] = {}
-    seen: dict[str, str] = {}
+    first: dict[str, tuple[str, str]] = {}  # prompt -> (label, where it was first given)
     for row, where in zip(ds.rows, ds.wheres):
         label = row.get("prompt_label")
         if label is None:
             continue
-        if out.get(row["prompt"], label) != label:
-            raise DataError(where, "prompt_label", f"{label!r} contradicts {out[row['prompt']]!r} given to the "
-                            f"same prompt at {seen[row['prompt']]}")
-        out[row["prompt"]] = label
-        seen.setdefault(row["prompt"], where)
-    return out
+        known, at = first.setdefault(row["prompt"], (label, where))
+        if known != label:
+            raise DataError(where, "prompt_label", f"{label!r} contradicts {known!r} given to the same prompt at {at}")
+    return {p: label for p, (label, _) in first.items()}
 
 
 def rule_targets(cfg: ProfileConfig, name: str, prompts: list[str]) -> dict[str, bool]:
@@ -206,6 +203,8 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
     eos_ids = eos_token_ids(backend.module.policy, tok)
     prompts, n_too_long = fit_prompts(prompts, tok, cfg.model.system_prompt, section)
     should_refuse = rule_targets(cfg, name, prompts) if variant.rule_reward > 0 else None
+    if should_refuse is not None:
+        from bench.eval.refusal import detect_many
     total_steps = planned_steps(section, len(prompts), world)
     coef = regulariser_coef(variant, section)
 
@@ -228,8 +227,7 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
             print(f"ppo: {name} resuming from step {state.step} ({latest})")
         run.log.info("variant=%s regulariser=%s coef=%s lagrangian=%s cost_penalty=%s rule_reward=%s trainable=%s "
                      "prompts=%d steps=%d", name, variant.regulariser, coef, variant.lagrangian, variant.cost_penalty,
-                     variant.rule_reward, section.trainable,
-                     len(prompts), total_steps)
+                     variant.rule_reward, section.trainable, len(prompts), total_steps)
         tracker = None
         if section.keep_checkpoints:  # intermediate checkpoints + validation series (bench.train.tracking)
             from bench.models import policy_init_dir
@@ -264,8 +262,6 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
                 score = hinge_cost_penalty(score, cost_raw, variant.cost_penalty)
             rule = None
             if should_refuse is not None:  # +1 when the behaviour fits the prompt's label, else -1
-                from bench.eval.refusal import detect_many
-
                 refused = torch.tensor([d.is_refusal for d in detect_many(samples.texts)])
                 rule = rule_based_reward(refused, torch.tensor([should_refuse[p] for p in batch]))
                 score = score + variant.rule_reward * rule.to(score.device)

@@ -71,8 +71,6 @@ def shared_ref_trainer(cache_dir: Path, log=None):
     cache_dir = Path(cache_dir)
 
     class SharedRefDPOTrainer(DPOTrainer):
-        ref_cache_hits = 0  # per instance after the first precompute; tests read it
-
         def _ref_key(self, dataset, batch_size: int) -> str:
             rows = dataset.remove_columns([c for c in COLUMNS if c in dataset.column_names]).to_dict()
             settings = {"batch_size": int(batch_size), "ld_alpha": getattr(self, "ld_alpha", None),
@@ -86,7 +84,6 @@ def shared_ref_trainer(cache_dir: Path, log=None):
                 columns, features = found
                 extra = Dataset.from_dict({k: v.tolist() for k, v in columns.items()},
                                           features=Features({k: Value(features[k]) for k in COLUMNS}))
-                self.ref_cache_hits += 1
                 if log is not None:
                     log.info("reference log-probs for %s: cached (%s)", name, path.name)
                 return concatenate_datasets([dataset, extra], axis=1)
