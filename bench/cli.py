@@ -254,8 +254,10 @@ def steer(cfg: ProfileConfig, force: bool) -> None:
 @click.option("--quick", is_flag=True, help="tiny sizes, 1 repeat, units in-process (tests; use with --profile smoke)")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None,
               help="where perf[-<profile>].md/.json go (default: leaderboards/, or $BENCH_LEADERBOARDS)")
+@click.option("--only", type=click.Choice(["gpu"]), default=None,
+              help="run only this unit group: gpu = the GPU units, written to perf-gpu.md/.json (a GPU node)")
 @with_config
-def perf(cfg: ProfileConfig, repeats: int, quick: bool, out_dir: str | None) -> None:
+def perf(cfg: ProfileConfig, repeats: int, quick: bool, out_dir: str | None, only: str | None) -> None:
     """Performance benchmarks (make bench): stage times and memory, scoring vs lm-eval, generation,
     DPO vs TRL defaults, PPO, and GPU units where a GPU exists -> leaderboards/perf[-<profile>].md."""
     from pathlib import Path
@@ -263,5 +265,5 @@ def perf(cfg: ProfileConfig, repeats: int, quick: bool, out_dir: str | None) -> 
     from bench.perf import run_perf
 
     run_perf(cfg, repeats=repeats, quick=quick, out_dir=Path(out_dir) if out_dir else None,
-             progress=lambda line: click.echo(line, err=True))
+             progress=lambda line: click.echo(line, err=True), only=only)
 

@@ -116,3 +116,64 @@ def test_stage_times_do_not_mix_eval_records_into_training_stages(tmp_path, monk
     st = stage_times("p")["stages"]
     assert st["dpo"]["total_s"] == 100.0 and st["dpo"]["per_variant_s"]["n"] == 1
     assert st["eval"]["total_s"] == 12.0 and st["eval"]["per_variant_s"]["n"] == 2
+
+
+def _gpu_result(only: str | None) -> dict:
+    """A hand-made `bench perf` result with the three GPU units, as a GPU node writes it."""
+    prov = {"date": "2026-12-04", "git": {"sha": "abc"}, "packages": {"torch": "2.13.0"},
+            "hardware": {"platform": "linux", "gpus": ["NVIDIA H200"], "cuda": "12.6"}}
+    one_b = {"params": 1.1e9, "batch": 4, "seq_len": 1024, "device_name": "NVIDIA H200", "peak_tflops_fp16": 989.0,
+             "peak_gpu_mem_gb": 20.0, "tokens_per_step": 4096, "seconds": [0.5, 0.5], "flops_per_token": 8e9}
+    ds = {**one_b, "deepspeed": "0.19.8", "zero_stage": 2, "offload": "cpu", "init_s": 60.0, "losses": [11.0, 9.5],
+          "loss_scale": 32768.0, "peak_gpu_mem_gb": 4.0, "seconds": [1.0, 1.0]}
+    lora = {"lora_rank": 16, "prompts": 4, "prompt_len": 256, "max_new_tokens": 256, "cap_gb": 32.0, "fits": True,
+            "peak_gpu_mem_gb": 17.0, "peak_gpu_reserved_gb": 18.0, "plan_gb_policy_side": 16.0, "plan_gb_total": 40.0}
+    from bench.perf import _gpu_1b_figures
+
+    return {"profile": "smoke", "quick": False, "repeats": 1, "isolated": True, "only": only, "provenance": prov,
+            "stages": None, "gpu_skipped": None,
+            "units": {"gpu_1b_train": one_b, "gpu_1b_deepspeed": ds, "gpu_7b_lora_ppo": lora},
+            "figures": {"gpu_1b_train": _gpu_1b_figures(one_b), "gpu_1b_deepspeed": _gpu_1b_figures(ds)},
+            "targets": {"scoring_speedup": 2.0, "pipeline_s": 1200, "gpu_cap_gb": 32.0}}
+
+
+def test_gpu_only_report_renders_the_gpu_units_and_nothing_else(tmp_path):
+    from bench.perf import output_paths
+    from bench.perf.report import render
+
+    md = render(_gpu_result("gpu"))
+    assert "--only gpu" in md and "## GPU" in md and "## Machine" in md
+    for section in ("## Stages", "## Scoring", "## Generation", "## Training"):
+        assert section not in md
+    # tokens/s = 4096 / 0.5 s; MFU = 8192 * 8e9 / 989e12
+    assert "**8,192 [8,192-8,192] (n=2) tokens/s**" in md and "MFU 0.0663" in md
+    assert "ZeRO-2, optimiser on the cpu" in md and "loss 11.00 -> 9.50" in md
+    assert "under a 32 GB cap: fits" in md
+    assert output_paths("default", tmp_path, "gpu")[0].name == "perf-gpu.md"
+    assert output_paths("default", tmp_path)[0].name == "perf.md"
+
+
+def test_perf_only_gpu_refuses_without_a_gpu(tmp_path):
+    import torch
+
+    from bench.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    r = CliRunner().invoke(main, ["perf", "--only", "gpu", "--profile", "smoke", "--out-dir", str(tmp_path)])
+    assert r.exit_code != 0 and "no CUDA device" in str(r.exception) + r.output
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_deepspeed_unit_trains_a_tiny_shape_on_gpu():
+    pytest.importorskip("deepspeed")
+    from bench.perf.gpu import unit_1b_deepspeed
+
+    tiny = dict(name="tiny", hub_id="-", layers=2, hidden=64, intermediate=128, heads=4, kv_heads=2, vocab=256,
+                tied_embeddings=True)
+    u = unit_1b_deepspeed({"shape": tiny, "seq_len": 64, "batch": 2, "steps": 3})
+    assert len(u["seconds"]) == 3 and all(s > 0 for s in u["seconds"])
+    assert u["zero_stage"] == 2 and u["offload"] == "cpu" and u["peak_gpu_mem_gb"] > 0
+    assert u["losses"][-1] < u["losses"][0]  # it trains: same batch four times

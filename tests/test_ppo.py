@@ -384,6 +384,24 @@ def test_batch_sizes_must_divide(smoke_cfg):
         PPOSection(lambda_init=20.0, lambda_max=10.0)
 
 
+def test_all_gather_travels_through_the_backends_device(tmp_path):
+    """A real single-process gloo group: the gathered values come back on the input's device; NCCL
+    would need CUDA tensors (the bug an H200 run found: CPU score-model outputs under NCCL)."""
+    import torch.distributed as dist
+
+    assert ppo.collective_device("gloo") == torch.device("cpu")
+    assert ppo.all_gather(torch.tensor([1.0, 2.0])).tolist() == [1.0, 2.0]  # no group: itself
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        x = torch.tensor([3.0, -1.0], requires_grad=True)
+        out = ppo.all_gather(x * 2)
+        assert out.tolist() == [6.0, -2.0] and out.device == x.device and not out.requires_grad
+    finally:
+        dist.destroy_process_group()
+    if torch.cuda.is_available():
+        assert ppo.collective_device("nccl").type == "cuda"
+
+
 def test_deepspeed_json_autos_are_filled(tmp_path):
     """configs/deepspeed/zero2_offload.json resolved for the PPO section (no deepspeed import)."""
     from bench.config import REPO_ROOT, ConfigError

@@ -71,9 +71,10 @@ def leaderboards_dir() -> Path:
     return Path(os.environ.get("BENCH_LEADERBOARDS", REPO_ROOT / "leaderboards"))
 
 
-def output_paths(profile: str, out_dir: Path | None = None) -> tuple[Path, Path]:
+def output_paths(profile: str, out_dir: Path | None = None, only: str | None = None) -> tuple[Path, Path]:
     d = Path(out_dir) if out_dir else leaderboards_dir()
-    stem = "perf" if profile == "default" else f"perf-{profile}"
+    # A GPU-only report (measured on a GPU node) sits beside the CPU one instead of replacing it.
+    stem = "perf-gpu" if only == "gpu" else ("perf" if profile == "default" else f"perf-{profile}")
     return d / f"{stem}.md", d / f"{stem}.json"
 
 
@@ -158,8 +159,10 @@ def _gpu_1b_figures(u: dict) -> dict:
 
 
 def run_perf(cfg: ProfileConfig, repeats: int = 3, quick: bool = False, out_dir: Path | None = None,
-             progress: Callable[[str], None] = print, isolate: bool | None = None) -> tuple[Path, Path]:
-    """Run every unit, write the markdown and JSON; returns their paths."""
+             progress: Callable[[str], None] = print, isolate: bool | None = None,
+             only: str | None = None) -> tuple[Path, Path]:
+    """Run every unit (``only="gpu"``: just the GPU units, into ``perf-gpu.md``), write the markdown and
+    JSON; returns their paths."""
     import torch
 
     from bench.perf.report import render
@@ -169,7 +172,11 @@ def run_perf(cfg: ProfileConfig, repeats: int = 3, quick: bool = False, out_dir:
     sizes = QUICK if quick else Sizes()
     repeats = 1 if quick else max(1, repeats)
     isolate = (not quick) if isolate is None else isolate
-    md_path, json_path = output_paths(cfg.profile.name, out_dir)
+    if only not in (None, "gpu"):
+        raise ValueError(f"bench perf --only: unknown unit group {only!r} (known: gpu)")
+    if only == "gpu" and not torch.cuda.is_available():
+        raise RuntimeError("bench perf --only gpu: no CUDA device on this machine (torch.cuda.is_available() is False)")
+    md_path, json_path = output_paths(cfg.profile.name, out_dir, only)
     log_dir = json_path.parent / f".{json_path.stem}-logs" if isolate else None
     # The units reload the resolved profile (command-line overrides included) from this file.
     resolved = Path(tempfile.mkdtemp(prefix="bench-perf-cfg-")) / f"{cfg.profile.name}.yaml"
@@ -184,18 +191,21 @@ def run_perf(cfg: ProfileConfig, repeats: int = 3, quick: bool = False, out_dir:
             progress(f"perf: {key} failed: {units[key]['error']}")
         return units[key]
 
-    unit("score", "score", {"n_pairs": sizes.score_pairs, "repeats": repeats})
-    unit("generate", "generate", {"n_prompts": sizes.gen_prompts, "max_new_tokens": sizes.gen_max_new_tokens,
-                                  "repeats": repeats})
-    if cfg.dpo is not None:
-        unit("dpo", "dpo_ours", {"side": "ours", "n_pairs": sizes.dpo_pairs, "repeats": repeats})
-        unit("dpo", "dpo_trl_defaults", {"side": "trl_defaults", "n_pairs": sizes.dpo_pairs, "repeats": repeats})
-    if cfg.ppo is not None:
-        unit("ppo", "ppo", {"steps": sizes.ppo_steps, "train_reward": quick})
+    if only is None:
+        unit("score", "score", {"n_pairs": sizes.score_pairs, "repeats": repeats})
+        unit("generate", "generate", {"n_prompts": sizes.gen_prompts, "max_new_tokens": sizes.gen_max_new_tokens,
+                                      "repeats": repeats})
+        if cfg.dpo is not None:
+            unit("dpo", "dpo_ours", {"side": "ours", "n_pairs": sizes.dpo_pairs, "repeats": repeats})
+            unit("dpo", "dpo_trl_defaults", {"side": "trl_defaults", "n_pairs": sizes.dpo_pairs, "repeats": repeats})
+        if cfg.ppo is not None:
+            unit("ppo", "ppo", {"steps": sizes.ppo_steps, "train_reward": quick})
     gpu_skip = None
     if torch.cuda.is_available():
         unit("gpu_1b_train", "gpu_1b_train", {"seq_len": sizes.gpu_seq_len, "batch": sizes.gpu_batch,
                                               "steps": sizes.gpu_steps})
+        unit("gpu_1b_deepspeed", "gpu_1b_deepspeed", {"seq_len": sizes.gpu_seq_len, "batch": sizes.gpu_batch,
+                                                      "steps": sizes.gpu_steps})
         unit("gpu_7b_lora_ppo", "gpu_7b_lora_ppo", {"prompts": sizes.ppo7b_prompts, "prompt_len": sizes.ppo7b_prompt_len,
                                                     "max_new_tokens": sizes.ppo7b_new_tokens, "cap_gb": GPU_MEMORY_CAP_GB})
     else:
@@ -204,14 +214,15 @@ def run_perf(cfg: ProfileConfig, repeats: int = 3, quick: bool = False, out_dir:
 
     figures: dict[str, dict] = {}
     for key, fn in (("score", _score_figures), ("generate", _gen_figures), ("ppo", _ppo_figures),
-                    ("gpu_1b_train", _gpu_1b_figures)):
+                    ("gpu_1b_train", _gpu_1b_figures), ("gpu_1b_deepspeed", _gpu_1b_figures)):
         if key in units and "error" not in units[key]:
             figures[key] = fn(units[key])
     if "dpo_ours" in units:
         figures["dpo"] = _dpo_figures(units["dpo_ours"], units["dpo_trl_defaults"])
     result = {
-        "profile": cfg.profile.name, "quick": quick, "repeats": repeats, "isolated": isolate,
-        "sizes": asdict(sizes), "provenance": provenance(), "stages": stage_times(cfg.profile.name),
+        "profile": cfg.profile.name, "quick": quick, "repeats": repeats, "isolated": isolate, "only": only,
+        "sizes": asdict(sizes), "provenance": provenance(),
+        "stages": stage_times(cfg.profile.name) if only is None else None,
         "units": units, "figures": figures, "gpu_skipped": gpu_skip,
         "targets": {"scoring_speedup": TARGET_SCORING_SPEEDUP, "pipeline_s": TARGET_PIPELINE_S,
                     "gpu_cap_gb": GPU_MEMORY_CAP_GB},

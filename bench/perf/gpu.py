@@ -11,6 +11,13 @@
   next to the :mod:`bench.memory_plan` estimate of the same step. Rewards are random numbers: the
   reward and cost models add only their frozen weights, which the plan counts separately.
 
+- :func:`unit_1b_deepspeed`: the same 1B training step through DeepSpeed with the shipped
+  ``configs/deepspeed/zero2_offload.json`` (fp16 with dynamic loss scaling, ZeRO-2, AdamW on the CPU:
+  DeepSpeedCPUAdam, compiled on first use), every ``"auto"`` filled by the PPO recipe's
+  :func:`bench.train.ppo.deepspeed_config`: the container's V100 recipe, here on one GPU. Reports
+  tokens/s, MFU and peak GPU memory next to the plain-torch unit: the GPU holds fp16 weights and
+  gradients only, the optimiser state lives in host memory.
+
 ``args["device"] = "cpu"`` with a tiny ``args["shape"]`` runs the same code on CPU (the test suite
 uses it to keep these paths importable and runnable where no GPU exists); `bench perf` only calls
 them when ``torch.cuda.is_available()``.
@@ -89,6 +96,52 @@ def unit_1b_train(args: dict) -> dict:
             "tokens_per_step": tokens, "flops_per_token": flops_per_token, "device_name": name,
             "peak_tflops_fp16": peak,
             "peak_gpu_mem_gb": torch.cuda.max_memory_allocated() / GB if device == "cuda" else None}
+
+
+def unit_1b_deepspeed(args: dict) -> dict:
+    import os
+
+    import deepspeed
+    import torch
+
+    from bench.config import REPO_ROOT, PPOSection
+    from bench.train.ppo import deepspeed_config
+
+    shape = _shape(args, "llama-1b")
+    seq, batch, steps = int(args.get("seq_len", 1024)), int(args.get("batch", 4)), int(args.get("steps", 6))
+    for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29513", "RANK": "0", "LOCAL_RANK": "0",
+                 "WORLD_SIZE": "1"}.items():
+        os.environ.setdefault(k, v)
+    section = PPOSection(deepspeed=str(REPO_ROOT / "configs" / "deepspeed" / "zero2_offload.json"), fp16=True,
+                         batch_size=batch, mini_batch_size=batch, learning_rate=1e-4)
+    conf = deepspeed_config(section, world=1, hidden_size=shape.hidden)
+    torch.cuda.reset_peak_memory_stats()
+    model = _llama(shape, "cuda", torch.float32).train()
+    t0 = time.perf_counter()
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()], config=conf)
+    init_s = time.perf_counter() - t0  # includes compiling/loading the CPU Adam extension
+    x = torch.randint(0, shape.vocab, (batch, seq), device="cuda")
+    secs, losses = [], []
+    for step in range(steps + 1):  # step 0 is the warm-up
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss = engine(input_ids=x, labels=x).loss
+        engine.backward(loss)
+        engine.step()
+        torch.cuda.synchronize()
+        losses.append(float(loss))
+        if step:
+            secs.append(time.perf_counter() - t0)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_dense = n_params - shape.vocab * shape.hidden
+    name = torch.cuda.get_device_name(0)
+    return {"shape": shape.name, "params": n_params, "seq_len": seq, "batch": batch, "seconds": secs,
+            "tokens_per_step": batch * seq, "flops_per_token": 6 * n_dense + 12 * shape.layers * shape.hidden * seq,
+            "device_name": name, "peak_tflops_fp16": peak_tflops(name), "init_s": init_s, "losses": losses,
+            "loss_scale": float(engine.optimizer.cur_scale) if hasattr(engine.optimizer, "cur_scale") else None,
+            "deepspeed": deepspeed.__version__, "zero_stage": conf["zero_optimization"]["stage"],
+            "offload": conf["zero_optimization"]["offload_optimizer"]["device"],
+            "peak_gpu_mem_gb": torch.cuda.max_memory_allocated() / GB}
 
 
 def unit_7b_lora_ppo(args: dict) -> dict:

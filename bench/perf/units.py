@@ -418,12 +418,14 @@ def unit_alloc(args: dict) -> dict:
 def _gpu_units() -> dict[str, Callable[[dict], dict]]:
     from bench.perf import gpu
 
-    return {"gpu_1b_train": gpu.unit_1b_train, "gpu_7b_lora_ppo": gpu.unit_7b_lora_ppo}
+    return {"gpu_1b_train": gpu.unit_1b_train, "gpu_1b_deepspeed": gpu.unit_1b_deepspeed,
+            "gpu_7b_lora_ppo": gpu.unit_7b_lora_ppo}
 
 
 UNITS: dict[str, Callable[[dict], dict]] = {
     "score": unit_score, "generate": unit_generate, "dpo": unit_dpo, "ppo": unit_ppo, "alloc": unit_alloc,
     "gpu_1b_train": lambda a: _gpu_units()["gpu_1b_train"](a),
+    "gpu_1b_deepspeed": lambda a: _gpu_units()["gpu_1b_deepspeed"](a),
     "gpu_7b_lora_ppo": lambda a: _gpu_units()["gpu_7b_lora_ppo"](a),
 }
 

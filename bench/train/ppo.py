@@ -769,13 +769,24 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def collective_device(backend: str) -> torch.device:
+    """Where a collective's tensors must live: NCCL moves only CUDA tensors (a CPU tensor fails with "No
+    backend type associated with device type cpu", seen on an H200 under DeepSpeed), gloo CPU ones."""
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_gather(x: torch.Tensor) -> torch.Tensor:
-    """Concatenation of ``x`` (B,) over ranks (itself in one process)."""
+    """Concatenation of ``x`` (B,) over ranks (itself in one process), on ``x``'s device. The score
+    models' outputs may sit on the CPU while the process group is NCCL, so the values travel through
+    the backend's device."""
     if not _dist():
         return x
-    parts = [torch.empty_like(x) for _ in range(torch.distributed.get_world_size())]
-    torch.distributed.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+    y = x.detach().to(collective_device(torch.distributed.get_backend())).contiguous()
+    parts = [torch.empty_like(y) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, y)
+    return torch.cat(parts).to(x.device)
 
 
 class _NullRun:

@@ -182,5 +182,7 @@ def score_responses(model, tok, prompts: list[str], responses: list[str], system
     score model's own tokenizer, whose pad differs from EOS so the head reads the end-of-turn token)."""
     from bench.score_model import score_texts
 
-    return torch.tensor(score_texts(model, tok, prompts, responses, system_prompt, batch_size=batch_size,
-                                    max_length=10**9, desc="score rollouts"), dtype=torch.float32)
+    scores = score_texts(model, tok, prompts, responses, system_prompt, batch_size=batch_size, max_length=10**9,
+                         desc="score rollouts")
+    # On the score model's device (the policy's): the rewards meet the policy's log-probs on a GPU.
+    return torch.tensor(scores, dtype=torch.float32, device=next(model.parameters()).device)
