@@ -245,6 +245,10 @@ class PPOVariant:
     # > 0: adds rule_reward * (+1 if the refusal detector's verdict matches the prompt's label, else -1)
     # to the score (losses.rule_based_reward); needs prompt labels in the preference data.
     rule_reward: float = 0.0
+    # > 1: each rollout prompt is sampled group_size times and the policy's advantage is its score
+    # relative to the other samples of the same prompt (losses.group_relative_advantages, GRPO/RLOO),
+    # minus the regulariser's penalty-to-go; the value head is not used for it. Not with lagrangian.
+    group_size: int = 1
 
 
 @dataclass
@@ -294,6 +298,13 @@ class PPOSection(TrainSection):
             raise ConfigError(f"ppo: max_new_tokens ({self.max_new_tokens}) must be < max_length ({self.max_length})")
         if not self.variants:
             raise ConfigError("ppo: variants is empty")
+        for name, v in self.variants.items():
+            if v.group_size < 1 or self.rollout_prompts % v.group_size:
+                raise ConfigError(f"ppo.variants.{name}.group_size ({v.group_size}) must be >= 1 and divide "
+                                  f"rollout_prompts ({self.rollout_prompts})")
+            if v.group_size > 1 and v.lagrangian:
+                raise ConfigError(f"ppo.variants.{name}: group_size > 1 is not combined with lagrangian (the cost "
+                                  "stream needs the value head's GAE)")
 
 
 @dataclass

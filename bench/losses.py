@@ -547,3 +547,24 @@ def rule_based_reward(is_refusal: torch.Tensor, should_refuse: torch.Tensor) -> 
         raise ValueError(f"rule_based_reward: shapes differ, {tuple(is_refusal.shape)} vs {tuple(should_refuse.shape)}")
     agree = is_refusal.bool() == should_refuse.bool()
     return torch.where(agree, 1.0, -1.0).to(torch.float32)
+
+
+def group_relative_advantages(score: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """Group-relative advantage of each sampled response (GRPO, Shao et al. 2024, arXiv:2402.03300,
+    sec. 4.1.2; the leave-in mean of RLOO, Ahmadian et al. 2024, arXiv:2402.14740):
+
+        A_i = (s_i - mean_g(s)) / (std_g(s) + eps)
+
+    over the ``group_size`` responses sampled for the same prompt (consecutive rows of ``score``, (B,)
+    with B a multiple of ``group_size``; std is the population std). A group whose responses all score
+    the same gets A = 0: no push either way. That is what makes the signal *conditional*: a prompt moves
+    the policy only where its own samples differ, towards the better ones for that prompt, whereas a
+    batch-wide baseline lets the prompts that dominate the batch push one behaviour everywhere.
+    Returns (B,) float32.
+    """
+    if group_size < 1 or score.dim() != 1 or score.numel() % group_size:
+        raise ValueError(f"group_relative_advantages: {tuple(score.shape)} scores do not split into groups of {group_size}")
+    s = score.float().view(-1, group_size)  # (G, g)
+    mean = s.mean(dim=1, keepdim=True)  # (G, 1)
+    std = s.std(dim=1, unbiased=False, keepdim=True)  # (G, 1)
+    return ((s - mean) / (std + eps)).reshape(-1)

@@ -339,6 +339,22 @@ def test_rule_based_reward_follows_the_prompt_label():
         L.rule_based_reward(refused, should[:3])
 
 
+def test_group_relative_advantages_centre_each_prompts_samples():
+    score = torch.tensor([1.0, 3.0, 2.0, 2.0, -1.0, 0.0, 1.0, 4.0])
+    a = L.group_relative_advantages(score, 2)
+    assert close(a[:2], [-1.0, 1.0])  # (s - 2) / 1
+    assert close(a[2:4], [0.0, 0.0])  # a flat group: no signal
+    # scale-free within a group (up to eps in the denominator)
+    assert torch.allclose(a[4:], torch.tensor([-1.0, 1.0, -1.0, 1.0]), atol=1e-5)
+    a4 = L.group_relative_advantages(score, 4)
+    s = score.view(2, 4)
+    assert close(a4.view(2, 4), (s - s.mean(1, keepdim=True)) / (s.std(1, unbiased=False, keepdim=True) + 1e-6))
+    assert close(L.group_relative_advantages(score + 10.0, 4), a4)  # a shift of every score changes nothing
+    assert close(L.group_relative_advantages(score, 1), torch.zeros(8))  # one sample: nothing to compare
+    with pytest.raises(ValueError, match="groups of 3"):
+        L.group_relative_advantages(score, 3)
+
+
 def test_lagrange_update_direction_and_cap_floats():
     up = L.lagrange_update(0.0, mean_episode_cost=2.0, threshold=1.0, lr=0.1)
     assert isinstance(up, float) and close(up, 0.1)  # 0 + 0.1 * e^0 * (2 - 1)

@@ -249,6 +249,39 @@ def test_rule_reward_scores_behaviour_against_prompt_labels(smoke_cfg, smoke_bas
         ppo.train_variant(cfg, "ppo-rule", variant, PROMPTS, force=True)
 
 
+def test_group_size_samples_each_prompt_as_a_group(smoke_cfg, smoke_base, runs, monkeypatch):
+    """group_size g: each step's rollout holds rollout_prompts / g prompts, each g times in a row, and the
+    policy update receives the group-relative advantages (zero where a group scored alike)."""
+    from bench.config import ConfigError
+
+    harmful = {"Tell me how to pick a lock.", "How can I hurt someone?"}
+    monkeypatch.setattr(ppo, "prompt_labels", lambda cfg: {p: "harmful" if p in harmful else "benign" for p in PROMPTS})
+    batches, advantages = [], []
+    real_sample, real_update = ppo.sample_responses, ppo.ppo_update
+    monkeypatch.setattr(ppo, "sample_responses", lambda policy, tok, batch, *a: batches.append(list(batch))
+                        or real_sample(policy, tok, batch, *a))
+    monkeypatch.setattr(ppo, "ppo_update", lambda backend, samples, exp, adv, *a: advantages.append(adv.clone())
+                        or real_update(backend, samples, exp, adv, *a))
+    variant = PPOVariant(regulariser="none", rule_reward=1.0, group_size=2)
+    cfg = make_cfg(smoke_cfg, {"ppo-group": variant})
+    ppo.train_variant(cfg, "ppo-group", variant, PROMPTS)
+    series = read_record(runs / "ppo-group" / "record.json")["extra"]["series"]
+    assert len(batches) == len(series) == 2
+    for step, batch in enumerate(batches):
+        distinct = [PROMPTS[i] for i in ppo.prompt_indices(len(PROMPTS), 2, step, smoke_cfg.profile.seed, 0, 1)]
+        assert batch == [p for p in distinct for _ in range(2)]
+    for adv, row in zip(advantages, series):
+        per_response = adv.sum(dim=1)  # no regulariser: each response's tokens share its group advantage
+        flat = [bool(torch.all(adv[i] == 0) and torch.all(adv[i + 1] == 0)) for i in (0, 2)]
+        assert row["flat_groups"] == pytest.approx(sum(flat) / 2)
+        for i in (0, 2):  # the two samples of a group get opposite advantages (or both none)
+            assert per_response[i] * per_response[i + 1] <= 0
+    with pytest.raises(ConfigError, match="group_size"):
+        make_cfg(smoke_cfg, {"bad": PPOVariant(group_size=3)})
+    with pytest.raises(ConfigError, match="lagrangian"):
+        make_cfg(smoke_cfg, {"bad": PPOVariant(group_size=2, lagrangian=True)})
+
+
 def test_prompt_labels_reject_a_prompt_given_two_labels(smoke_cfg, monkeypatch):
     from bench import data
     from bench.data.registry import LoadedDataset

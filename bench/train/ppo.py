@@ -24,7 +24,10 @@ equation and a closed-form test). One step of :func:`train_variant`:
     Opt-in scores (variant settings, off by default): ``cost_penalty: c`` makes the score
     RM - c * max(0, CM cost) (``losses.hinge_cost_penalty``: only answers the CM judges unsafe are
     penalised); ``rule_reward: w`` adds +-w by whether the refusal detector's verdict fits the
-    prompt's label (``losses.rule_based_reward``; the series records ``rule_agreement``).
+    prompt's label (``losses.rule_based_reward``; the series records ``rule_agreement``);
+    ``group_size: g`` samples each prompt g times and replaces the value-head advantage with the score
+    relative to the prompt's group (``losses.group_relative_advantages``, GRPO/RLOO) plus the
+    regulariser's penalty-to-go (the series records ``flat_groups``, the share without signal).
  4. update: ``ppo_epochs`` passes of shuffled mini-batches (``mini_batch_size`` sequences per
     optimiser step, processed in micro-batches of ``batch_size``): clipped policy loss +
     ``vf_coef`` x clipped value loss, gradient clipping, AdamW (policy lr ``learning_rate``, value
@@ -61,6 +64,7 @@ from bench.config import PPOSection, PPOVariant, ProfileConfig
 from bench.losses import (
     entropy_from_logits,
     gae,
+    group_relative_advantages,
     hinge_cost_penalty,
     js_divergence_per_token,
     kl_penalty,
@@ -205,7 +209,7 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
     should_refuse = rule_targets(cfg, name, prompts) if variant.rule_reward > 0 else None
     if should_refuse is not None:
         from bench.eval.refusal import detect_many
-    total_steps = planned_steps(section, len(prompts), world)
+    total_steps = planned_steps(section, len(prompts), world, variant.group_size)
     coef = regulariser_coef(variant, section)
 
     with stage_run_on_main(vcfg, name, rank) as run:
@@ -225,9 +229,10 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
             state = load_checkpoint(latest, backend)
             run.log.info("resumed from %s (step %d)", latest, state.step)
             print(f"ppo: {name} resuming from step {state.step} ({latest})")
-        run.log.info("variant=%s regulariser=%s coef=%s lagrangian=%s cost_penalty=%s rule_reward=%s trainable=%s "
-                     "prompts=%d steps=%d", name, variant.regulariser, coef, variant.lagrangian, variant.cost_penalty,
-                     variant.rule_reward, section.trainable, len(prompts), total_steps)
+        run.log.info("variant=%s regulariser=%s coef=%s lagrangian=%s cost_penalty=%s rule_reward=%s group_size=%s "
+                     "trainable=%s prompts=%d steps=%d", name, variant.regulariser, coef, variant.lagrangian,
+                     variant.cost_penalty, variant.rule_reward, variant.group_size, section.trainable, len(prompts),
+                     total_steps)
         tracker = None
         if section.keep_checkpoints:  # intermediate checkpoints + validation series (bench.train.tracking)
             from bench.models import policy_init_dir
@@ -242,7 +247,9 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
             t0 = time.perf_counter()
             seed_step(seed, step, rank)
             backend.set_lr_factor(lr_factor(section, step, total_steps))
-            batch = [prompts[i] for i in prompt_indices(len(prompts), section.rollout_prompts, step, seed, rank, world)]
+            g = variant.group_size  # each prompt sampled g times, consecutively (one group)
+            batch = [prompts[i] for i in prompt_indices(len(prompts), section.rollout_prompts // g, step, seed, rank, world)
+                     for _ in range(g)]
 
             # 1. rollout
             backend.module.eval()
@@ -268,6 +275,10 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
             rewards = shape_rewards(score, exp["penalty"], samples.mask, coef, clip=section.reward_clip)  # (B, R)
             adv, ret_r = gae(rewards, exp["values"][..., 0], samples.mask, section.gamma, section.lam)
             adv = whiten(adv, samples.mask)
+            if g > 1:  # GRPO-style: the score relative to the prompt's group, plus the penalty-to-go
+                group_adv = group_relative_advantages(score, g)
+                shaped = shape_rewards(group_adv.to(score.device), exp["penalty"], samples.mask, coef, clip=None)
+                adv, _ = gae(shaped, torch.zeros_like(shaped), samples.mask, 1.0, 1.0)  # (B, R) reward-to-go
             returns = [ret_r]
             lam = 0.0
             if variant.lagrangian:
@@ -290,6 +301,8 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
             row = step_metrics(step + 1, episodes, exp, samples, upd, lam, variant, time.perf_counter() - t0)
             if rule is not None:  # share of rollouts whose behaviour fits the prompt's label
                 row["rule_agreement"] = ((rule + 1) / 2).mean().item()
+            if g > 1:  # groups whose samples all scored alike give no signal
+                row["flat_groups"] = (score.view(-1, g).std(dim=1, unbiased=False) < 1e-6).float().mean().item()
             state.series.append(row)
             if state.first_episodes is None:
                 state.first_episodes = episodes
@@ -554,10 +567,10 @@ def fit_prompts(prompts: list[str], tok, system_prompt: str | None, section: PPO
     return kept, len(prompts) - len(kept)
 
 
-def planned_steps(section: PPOSection, n_prompts: int, world: int) -> int:
+def planned_steps(section: PPOSection, n_prompts: int, world: int, group_size: int = 1) -> int:
     if section.max_steps > 0:
         return section.max_steps
-    return max(1, math.ceil(section.epochs * n_prompts / (section.rollout_prompts * world)))
+    return max(1, math.ceil(section.epochs * n_prompts * group_size / (section.rollout_prompts * world)))
 
 
 def lr_factor(section: PPOSection, step: int, total_steps: int) -> float:
