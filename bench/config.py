@@ -245,6 +245,13 @@ class PPOVariant:
     # > 0: adds rule_reward * (+1 if the refusal detector's verdict matches the prompt's label, else -1)
     # to the score (losses.rule_based_reward); needs prompt labels in the preference data.
     rule_reward: float = 0.0
+    # Weight of the (normalised) RM score in the score; 0 with rule_reward > 0 trains on behaviour alone
+    # (the embedded RM is a helpfulness model that pays for complying with harmful requests).
+    reward_weight: float = 1.0
+    # Draw training prompts equally from every prompt label (smaller labels cycled; ppo.balance_by_label):
+    # the embedded train split is 56% harmful and 5% borderline, so an unbalanced stream mostly teaches
+    # what to do with harmful requests and that lesson spreads to every prompt.
+    balance_prompts: bool = False
     # > 1: each rollout prompt is sampled group_size times and the policy's advantage is its score
     # relative to the other samples of the same prompt (losses.group_relative_advantages, GRPO/RLOO),
     # minus the regulariser's penalty-to-go; the value head is not used for it. Not with lagrangian.

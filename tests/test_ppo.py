@@ -282,6 +282,47 @@ def test_group_size_samples_each_prompt_as_a_group(smoke_cfg, smoke_base, runs, 
         make_cfg(smoke_cfg, {"bad": PPOVariant(group_size=2, lagrangian=True)})
 
 
+def test_balance_by_label_draws_every_label_equally():
+    labels = {"h1": "harmful", "h2": "harmful", "h3": "harmful", "h4": "harmful", "b1": "benign", "x1": "borderline"}
+    out = ppo.balance_by_label(list(labels), labels)
+    assert out == ["h1", "b1", "x1", "h2", "b1", "x1", "h3", "b1", "x1", "h4", "b1", "x1"]
+    assert ppo.balance_by_label([], labels) == []
+
+
+def test_reward_weight_zero_trains_on_behaviour_alone(smoke_cfg, smoke_base, runs, monkeypatch):
+    """reward_weight 0: the RM still scores (its mean is logged) but the update sees only the rule
+    reward; balance_prompts draws the rollout prompts from the label-balanced list."""
+    harmful = {"Tell me how to pick a lock.", "How can I hurt someone?"}
+    labels = {p: "harmful" if p in harmful else "benign" for p in PROMPTS}
+    monkeypatch.setattr(ppo, "prompt_labels", lambda cfg: labels)
+    batches, advantages = [], []
+    real_sample, real_update = ppo.sample_responses, ppo.ppo_update
+    monkeypatch.setattr(ppo, "sample_responses", lambda policy, tok, batch, *a: batches.append(list(batch))
+                        or real_sample(policy, tok, batch, *a))
+    monkeypatch.setattr(ppo, "ppo_update", lambda backend, samples, exp, adv, *a: advantages.append(adv.clone())
+                        or real_update(backend, samples, exp, adv, *a))
+    from bench.eval import refusal
+
+    texts = []
+    real_detect = refusal.detect_many
+    monkeypatch.setattr(refusal, "detect_many", lambda t: texts.append(list(t)) or real_detect(t))
+    variant = PPOVariant(regulariser="none", rule_reward=1.0, reward_weight=0.0, group_size=2, balance_prompts=True)
+    cfg = make_cfg(smoke_cfg, {"ppo-rule-only": variant})
+    ppo.train_variant(cfg, "ppo-rule-only", variant, PROMPTS)
+    series = read_record(runs / "ppo-rule-only" / "record.json")["extra"]["series"]
+    balanced = ppo.balance_by_label(PROMPTS, labels)
+    for step, (batch, adv, out, row) in enumerate(zip(batches, advantages, texts, series)):
+        distinct = [balanced[i] for i in ppo.prompt_indices(len(balanced), 2, step, smoke_cfg.profile.seed, 0, 1)]
+        assert batch == [p for p in distinct for _ in range(2)]
+        refused = [d.is_refusal for d in real_detect(out)]
+        # Only the rule scores: a group is flat exactly when its two samples behaved alike (with the
+        # RM in the score, continuous scores would leave no group flat).
+        flat = [refused[i] == refused[i + 1] for i in (0, 2)]
+        assert row["flat_groups"] == pytest.approx(sum(flat) / 2)
+        for i, f in zip((0, 2), flat):
+            assert bool(adv[i].abs().sum() == 0) == f
+
+
 def test_prompt_labels_reject_a_prompt_given_two_labels(smoke_cfg, monkeypatch):
     from bench import data
     from bench.data.registry import LoadedDataset

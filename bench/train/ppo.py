@@ -27,7 +27,9 @@ equation and a closed-form test). One step of :func:`train_variant`:
     prompt's label (``losses.rule_based_reward``; the series records ``rule_agreement``);
     ``group_size: g`` samples each prompt g times and replaces the value-head advantage with the score
     relative to the prompt's group (``losses.group_relative_advantages``, GRPO/RLOO) plus the
-    regulariser's penalty-to-go (the series records ``flat_groups``, the share without signal).
+    regulariser's penalty-to-go (the series records ``flat_groups``, the share without signal);
+    ``reward_weight: 0`` drops the RM from the score (behaviour alone, with ``rule_reward``);
+    ``balance_prompts`` draws the rollout prompts equally from every prompt label.
  4. update: ``ppo_epochs`` passes of shuffled mini-batches (``mini_batch_size`` sequences per
     optimiser step, processed in micro-batches of ``batch_size``): clipped policy loss +
     ``vf_coef`` x clipped value loss, gradient clipping, AdamW (policy lr ``learning_rate``, value
@@ -155,6 +157,16 @@ def rule_targets(cfg: ProfileConfig, name: str, prompts: list[str]) -> dict[str,
     return {p: labels[p] in SHOULD_REFUSE for p in prompts}
 
 
+def balance_by_label(prompts: list[str], labels: dict[str, str]) -> list[str]:
+    """Every label's prompts cycled to the size of the largest label, interleaved label by label (in
+    order of first appearance): a uniform draw from the result picks each label equally often."""
+    groups: dict[str, list[str]] = {}
+    for p in prompts:
+        groups.setdefault(labels[p], []).append(p)
+    size = max((len(g) for g in groups.values()), default=0)
+    return [g[i % len(g)] for i in range(size) for g in groups.values()]
+
+
 def training_prompts(cfg: ProfileConfig) -> tuple[list[str], dict]:
     """Unique prompts of the train split of the preference data (harmful and benign prompts mixed,
     as the PKU-style pairs have both), and the dataset identity for the record."""
@@ -206,8 +218,10 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
     cm, cm_tok = load_score_model(cfg, "cost", required=variant.lagrangian or variant.cost_penalty > 0, device=device)
     eos_ids = eos_token_ids(backend.module.policy, tok)
     prompts, n_too_long = fit_prompts(prompts, tok, cfg.model.system_prompt, section)
-    should_refuse = rule_targets(cfg, name, prompts) if variant.rule_reward > 0 else None
-    if should_refuse is not None:
+    should_refuse = rule_targets(cfg, name, prompts) if variant.rule_reward > 0 or variant.balance_prompts else None
+    if variant.balance_prompts:
+        prompts = balance_by_label(prompts, prompt_labels(cfg))
+    if variant.rule_reward > 0:
         from bench.eval.refusal import detect_many
     total_steps = planned_steps(section, len(prompts), world, variant.group_size)
     coef = regulariser_coef(variant, section)
@@ -264,11 +278,11 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
             # 3. rewards and advantages
             if section.normalize_rewards:
                 state.reward_moments = update_running_moments(*state.reward_moments, all_gather(reward_raw))
-            score = reward_score(reward_raw, samples.truncated, state.reward_moments, section)  # (B,)
+            score = variant.reward_weight * reward_score(reward_raw, samples.truncated, state.reward_moments, section)  # (B,)
             if variant.cost_penalty > 0:  # unsafe answers (CM cost > 0) lose cost_penalty per unit of cost
                 score = hinge_cost_penalty(score, cost_raw, variant.cost_penalty)
             rule = None
-            if should_refuse is not None:  # +1 when the behaviour fits the prompt's label, else -1
+            if variant.rule_reward > 0:  # +1 when the behaviour fits the prompt's label, else -1
                 refused = torch.tensor([d.is_refusal for d in detect_many(samples.texts)])
                 rule = rule_based_reward(refused, torch.tensor([should_refuse[p] for p in batch]))
                 score = score + variant.rule_reward * rule.to(score.device)
