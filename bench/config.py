@@ -338,6 +338,10 @@ class SteerSection:
     shortlist: int = 4  # candidates (by held-out effect size) tested with generation
     select_max_new_tokens: int | None = None  # generation length during selection (None: max_new_tokens)
     export_orthogonalized: bool = False  # also write ablation as a full orthogonalised checkpoint
+    # > 0: also write steer-gated (bench.steer.gate): ablation only for prompts whose prompt-end read-out
+    # falls below this quantile of held-out harmful train prompts' read-outs. 0: no gated variant.
+    gate_quantile: float = 0.0
+    gate_fit_n: int = 128  # held-out train prompts per label (after the first n_train) that fit the gate
 
 
 @dataclass

@@ -201,6 +201,20 @@ def _maybe_steered(cfg, smoke_base) -> bool:
         run.artifacts = {"base_variant": "base", "model_dir": str(smoke_base),
                          "steering": {"mode": "add", "layer": 1, "alpha": 4.0, "position": -1,
                                       "vector_path": str(vec)}}
+    # A gated ablation whose gate never opens (threshold -inf): scored through the same hooks, it must
+    # behave exactly as its policy does.
+    from bench.steer.gate import generation_header
+    from transformers import AutoTokenizer
+
+    with stage_run(cfg, variant="steer-gated", stage="steer", sections=("model",)) as run:
+        run.config_hash = "fake-gated"
+        vec = hooks.save_vector(run.dir / "direction.pt", torch.ones(cfg.model.micro.hidden_size))
+        gate = hooks.save_vector(run.dir / "gate.pt", torch.ones(cfg.model.micro.hidden_size))
+        run.artifacts = {"base_variant": "base", "model_dir": str(smoke_base),
+                         "steering": {"mode": "ablate", "layer": 1, "alpha": None, "position": -1,
+                                      "vector_path": str(vec),
+                                      "gate": {"layer": 1, "threshold": float("-inf"), "vector_path": str(gate),
+                                               "header": generation_header(AutoTokenizer.from_pretrained(smoke_base))}}}
     return True
 
 
@@ -250,6 +264,14 @@ def test_battery_writes_every_metric_group(eval_profile):
         # the steering changes the policy: its answers' log-ratio to the base is not zero
         assert abs(st["metrics"]["logratio_to_base"]["value"]) > 1e-6
         assert status["steer-add"] == "scored"
+        gated = read_record(run_dir("smoke-eval", "eval/steer-gated") / "record.json")
+        assert status["steer-gated"] == "scored" and gated["extra"]["scored"]["kind"] == "steered"
+        assert gated["metrics"]["logratio_to_base"]["value"] == pytest.approx(0.0, abs=1e-6)
+        for k in ("refusal_harmful", "over_refusal_benign", "pref_acc_raw", "logp_margin_sum"):
+            # (the gated variant scores pairs without the prefix cache: the same sums to float rounding)
+            assert gated["metrics"][k]["value"] == pytest.approx(base["metrics"][k]["value"], rel=1e-6, abs=1e-5), k
+        lm = [k for k in base["metrics"] if k.startswith("helpful_")]
+        assert all(gated["metrics"][k]["value"] == pytest.approx(base["metrics"][k]["value"]) for k in lm)
 
 
 def test_second_run_skips_and_retrained_variant_rescores(eval_profile, smoke_base):

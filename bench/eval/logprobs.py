@@ -71,8 +71,10 @@ def common_prefix(rows: list[list[int]]) -> list[int]:
 
 @torch.no_grad()
 def score_pairs(model, tok, pairs: list[dict], system_prompt: str | None, batch_size: int = 8,
-                max_length: int = 512, desc: str = "score pairs") -> PairLogprobs:
-    """``batch_size`` counts sequences (two per pair), as before the shared-prefix rewrite."""
+                max_length: int = 512, desc: str = "score pairs", prefix_cache: bool = True) -> PairLogprobs:
+    """``batch_size`` counts sequences (two per pair), as before the shared-prefix rewrite.
+    ``prefix_cache=False`` scores every sequence whole in one pass (a gated steered model needs the
+    prompt and the response in the same forward call; same numbers, slower)."""
     encoded = [encode_pair(tok, p, system_prompt, max_length) for p in pairs]
     res = {k: [0.0] * len(pairs) for k in ("chosen", "rejected")}
     ntok = {k: [0] * len(pairs) for k in ("chosen", "rejected")}
@@ -84,7 +86,8 @@ def score_pairs(model, tok, pairs: list[dict], system_prompt: str | None, batch_
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     dev = model.device
     model.eval()
-    stems = [c[: plen - 1] for c, _, plen in encoded]  # prompt tokens but the last (shared by both responses)
+    # prompt tokens but the last (shared by both responses), run once through the KV cache
+    stems = [c[: plen - 1] if prefix_cache else [] for c, _, plen in encoded]
     common = common_prefix(stems)
     C = len(common)
     common_cache = None
@@ -110,17 +113,20 @@ def score_pairs(model, tok, pairs: list[dict], system_prompt: str | None, batch_
         conts = []
         for i in idx:
             c, r, plen = encoded[i]
-            conts += [c[plen - 1:], r[plen - 1:]]  # last prompt token + response
+            conts += [c[len(stems[i]):], r[len(stems[i]):]]  # the prompt's uncached tail + response
         ids, attn = pad_right(conts, pad)  # (2b, R + 1)
         if cache is not None:
             cache.batch_repeat_interleave(2)  # each prompt's cache, once per response
-        first = torch.tensor([C + len(mids[j // 2]) for j in range(2 * b)])  # position of the last prompt token
+        first = torch.tensor([C + len(mids[j // 2]) for j in range(2 * b)])  # position of the first uncached token
         pos = first[:, None] + torch.arange(ids.shape[1])[None]
         full = torch.cat([seen.repeat_interleave(2, 0), attn], 1)  # (2b, C + M + R + 1)
         logits = model(input_ids=ids.to(dev), attention_mask=full.to(dev), position_ids=pos.to(dev),
                        past_key_values=cache, use_cache=cache is not None).logits  # (2b, R + 1, V)
         labels = ids[:, 1:].to(logits.device)  # token t+1 is predicted at position t
-        mask = attn[:, 1:].to(device=logits.device, dtype=torch.float)  # response tokens only
+        mask = attn[:, 1:].to(device=logits.device, dtype=torch.float)
+        for k, i in enumerate(idx):  # response tokens only: drop labels that are prompt tokens
+            skip = encoded[i][2] - 1 - len(stems[i])  # 0 with the prefix cache
+            mask[2 * k: 2 * k + 2, :skip] = 0.0
         lp = sequence_logprobs(logits[:, :-1], labels, mask)  # (2b, R)
         sums = (lp * mask).sum(-1).tolist()
         counts = mask.sum(-1).long().tolist()

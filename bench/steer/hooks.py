@@ -138,9 +138,14 @@ def steering(model: nn.Module, direction_or_spec: Any, mode: str = "ablate", lay
 
     ``direction_or_spec``: a tensor ``(H,)`` or a spec dict as written into a steer record's
     ``artifacts["steering"]`` (``{"mode", "layer", "alpha", "vector_path"}``; ``"vector"`` may hold the
-    tensor itself). Explicit arguments are defaults that a spec's own keys override.
+    tensor itself). Explicit arguments are defaults that a spec's own keys override. A spec with a
+    ``gate`` (``{"layer", "threshold", "header", "vector_path" | "vector"}``, :mod:`bench.steer.gate`)
+    ablates only the rows whose prompt-end projection on the gate direction is below the threshold.
     """
     direction, mode, layer, alpha = _resolve(direction_or_spec, mode, layer, alpha)
+    gate = direction_or_spec.get("gate") if isinstance(direction_or_spec, Mapping) else None
+    if gate is not None and mode != "ablate":
+        raise ValueError("steering: a gate is only defined for mode 'ablate'")
     if mode not in MODES:
         raise ValueError(f"steering: mode must be one of {MODES}, got {mode!r}")
     stack = backbone(model)
@@ -150,11 +155,19 @@ def steering(model: nn.Module, direction_or_spec: Any, mode: str = "ablate", lay
         raise ValueError(f"steering: direction has {direction.numel()} elements, the model's hidden size is {hidden}")
     handles: list[torch.utils.hooks.RemovableHandle] = []
 
+    state: dict[str, Any] = {"mask": None, "reading": False}  # gated ablation: rows to ablate (B,)
     if mode == "ablate":
         unit = unit_vector(direction)
 
         def ablate_hook(module, args, output):
-            return _replace_first(output, project_out(_first(output), unit))
+            if gate is None:
+                return _replace_first(output, project_out(_first(output), unit))
+            x = _first(output)
+            if state["reading"]:  # the gate's own unsteered pass
+                return output
+            m = state["mask"].to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))  # (B, 1, 1)
+            u = unit.to(device=x.device, dtype=x.dtype)
+            return _replace_first(output, x - m * (x @ u).unsqueeze(-1) * u)  # project_out on masked rows
 
         targets = [stack.embed_tokens]
         for block in layers:
@@ -175,12 +188,56 @@ def steering(model: nn.Module, direction_or_spec: Any, mode: str = "ablate", lay
         targets = [stack.embed_tokens if layer == 0 else layers[layer - 1]]
     hook = ablate_hook if mode == "ablate" else add_hook
     try:
+        if gate is not None:
+            handles.append(model.register_forward_pre_hook(_gate_pre_hook(model, gate, state), with_kwargs=True))
         for module in targets:
             handles.append(module.register_forward_hook(hook, prepend=True))
         yield model
     finally:
         for h in handles:
             h.remove()
+
+
+def _gate_pre_hook(model: nn.Module, gate: Mapping, state: dict):
+    """Before each forward of the whole model: on a multi-token input (a prompt, or a scored sequence),
+    one unsteered pass reads each row's projection on the gate direction at its prompt end
+    (``bench.steer.gate``) and sets ``state["mask"]`` to the rows below the threshold; a decoding step
+    (one token after a filled KV cache) keeps the mask of its prefill. Any other continuation of a cache
+    is an error: the cached tokens were computed before the gate was known."""
+    from bench.steer.gate import prompt_end_positions
+
+    vec = gate.get("vector")
+    g_unit = unit_vector(torch.as_tensor(vec) if vec is not None else load_vector(gate["vector_path"]))
+    layer, threshold, header = int(gate["layer"]), float(gate["threshold"]), list(gate.get("header") or [])
+
+    def pre_hook(module, args, kwargs):
+        if state["reading"]:
+            return None
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            raise ValueError("gated steering needs input_ids (it reads the prompt's tokens)")
+        attn = kwargs.get("attention_mask")
+        past = kwargs.get("past_key_values")
+        if past is not None and past.get_seq_length() > 0:  # continues cached tokens: a decoding step
+            if ids.shape[1] != 1 or state["mask"] is None or state["mask"].shape[0] != ids.shape[0]:
+                raise ValueError("gated steering reads each sequence's prompt in one forward pass: it cannot "
+                                 f"continue a KV cache with {ids.shape[1]} tokens (score without prefix caching)")
+            return None
+        state["reading"] = True
+        try:
+            with torch.no_grad():
+                hs = backbone(model)(input_ids=ids, attention_mask=attn, output_hidden_states=True,
+                                     use_cache=False).hidden_states[layer]  # (B, T, H)
+        finally:
+            state["reading"] = False
+        pos = prompt_end_positions(ids, attn if attn is None or attn.dim() == 2 else None, header)  # (B,)
+        read = hs[torch.arange(ids.shape[0], device=hs.device), pos]  # (B, H)
+        proj = read.float() @ g_unit.to(read.device)  # (B,)
+        state["mask"] = (proj < threshold).to(torch.float32)
+        state["last_projection"] = proj.detach().cpu()
+        return None
+
+    return pre_hook
 
 
 # --------------------------------------------------------------------------- weight orthogonalisation

@@ -12,7 +12,9 @@ Top to bottom:
    tokens of every layer, and subtract.
 3. Select (layer, position) on the validation split by the effect of ablation and addition on the
    detector's refusal rate.
-4. Write two evaluable variants, ``steer-ablate`` and ``steer-add``: the policy's model plus a steering
+4. Write two evaluable variants, ``steer-ablate`` and ``steer-add`` (and, with ``steer.gate_quantile``,
+   ``steer-gated``: the ablation applied only where a prompt-end read-out says the prompt is not
+   harmful, :mod:`bench.steer.gate`): the policy's model plus a steering
    spec (``artifacts["steering"]``; ``artifacts["base_variant"]`` names the policy) that the battery applies with :func:`apply_spec`; the vector as a
    plain tensor file, the same steering in lm-eval's ``steered`` adapter format, and (when
    ``steer.export_orthogonalized``) ablation exported as orthogonalised weights.
@@ -39,6 +41,8 @@ from bench.stats import rate_metric, scalar_metric
 
 SECTIONS = ("profile", "model", "data", "steer")
 VARIANTS = {"ablate": "steer-ablate", "add": "steer-add"}
+GATED_VARIANT = "steer-gated"  # with steer.gate_quantile > 0 (bench.steer.gate)
+GATE_FILE = "gate.pt"
 AUDIT_VARIANT = "steer-audit"
 VECTOR_FILE = "direction.pt"
 MEANS_FILE = "means.pt"
@@ -56,13 +60,19 @@ def load_steering_spec(record: dict) -> dict:
     spec = dict((record.get("artifacts") or {}).get("steering") or {})
     if not spec:
         raise ValueError(f"record of variant {record.get('variant')!r} has no artifacts.steering")
-    path = Path(spec["vector_path"])
-    if not path.exists():
-        alt = run_dir(record["profile"], record["variant"]) / path.name
-        if not alt.exists():
-            raise FileNotFoundError(f"steering vector {path} not found (nor {alt}); re-run `make steer`")
-        path = alt
-    spec["vector_path"] = str(path)
+
+    def resolve(recorded: str) -> str:
+        path = Path(recorded)
+        if not path.exists():
+            alt = run_dir(record["profile"], record["variant"]) / path.name
+            if not alt.exists():
+                raise FileNotFoundError(f"steering vector {path} not found (nor {alt}); re-run `make steer`")
+            path = alt
+        return str(path)
+
+    spec["vector_path"] = resolve(spec["vector_path"])
+    if spec.get("gate"):  # steer-gated: the gate's direction file too
+        spec["gate"] = {**spec["gate"], "vector_path": resolve(spec["gate"]["vector_path"])}
     return spec
 
 
@@ -229,6 +239,70 @@ def _write_variants(cfg: ProfileConfig, model, tok, result: dict, chash: str, po
             run.log.info("layer=%d position=%d score=%.3f", sel.layer, sel.position, sel.score)
 
 
+def fit_gate(cfg: ProfileConfig, model, tok) -> dict:
+    """The gate of ``steer-gated`` from train prompts alone (:mod:`bench.steer.gate`): condition
+    directions from the first ``n_train`` harmful and benign prompts by label, layer and threshold
+    from the next ``gate_fit_n`` of each and the borderline-safe train prompts."""
+    from bench.steer import gate
+    from bench.steer.directions import activations
+
+    s = cfg.require("steer")
+    n, fit = s.n_train, s.gate_fit_n
+    harm, ih = _load_prompts(cfg, "harmful", "train", n + fit)
+    benign, ib = _load_prompts(cfg, "benign", "train", n + fit)
+    border, ix = _load_prompts(cfg, "borderline", "train", fit)
+    if len(harm) <= n or len(benign) <= n:
+        raise ValueError(f"steer.gate_quantile: the harmful and benign train splits need more than n_train={n} "
+                         f"prompts (have {len(harm)} and {len(benign)})")
+
+    def acts(ps: list[str]):
+        return activations(model, tok, ps, cfg.model.system_prompt, positions=1, batch_size=s.batch_size,
+                           position_index=0)  # (N, L+1, H) at the prompt end
+
+    held = {"harmful": acts(harm[n:]), "benign": acts(benign[n:]), "borderline": acts(border)}
+    units = gate.unit_rows(acts(harm[:n]).mean(0) - acts(benign[:n]).mean(0))  # (L+1, H)
+    choice = gate.choose_gate(units, held["harmful"], [held["benign"], held["borderline"]], s.gate_quantile)
+    kept = {k: (round(gate.share_kept(units, a, choice["layer"], choice["threshold"]) * len(a)), len(a))
+            for k, a in held.items()}
+    return {**choice, "unit": units[choice["layer"]], "kept": kept, "header": gate.generation_header(tok),
+            "datasets": {"harmful_train": ih, "benign_train": ib, "borderline_train": ix}}
+
+
+def _write_gated(cfg: ProfileConfig, model, tok, result: dict, chash: str, policy: dict, datasets: dict,
+                 detector_info: dict) -> dict:
+    import torch
+
+    from bench.steer import hooks
+    from bench.steer.directions import position_index
+
+    s = cfg.require("steer")
+    sel = result["selection"]
+    vec = result["directions"][sel.layer, position_index(sel.position, s.positions)].to(torch.float32)
+    t0 = time.perf_counter()
+    g = fit_gate(cfg, model, tok)
+    with stage_run(cfg, variant=GATED_VARIANT, stage="steer", sections=SECTIONS) as run:
+        run.config_hash = chash
+        vpath = hooks.save_vector(run.dir / VECTOR_FILE, vec)
+        gpath = hooks.save_vector(run.dir / GATE_FILE, g["unit"])
+        run.artifacts.update({
+            "base_variant": policy["variant"], "model_dir": policy["model_dir"],
+            "steering": {"mode": "ablate", "layer": sel.layer, "position": sel.position, "alpha": None,
+                         "vector_path": str(vpath),
+                         "gate": {"layer": g["layer"], "threshold": g["threshold"], "header": g["header"],
+                                  "vector_path": str(gpath)}},
+        })  # no lm-eval `steered` file: its adapter has no gate; the battery runs lm-eval through our hooks
+        run.datasets = {**datasets, **g["datasets"]}
+        run.extra = {"policy": policy, "selection": sel.record(), "detector": detector_info,
+                     "gate": {"layer": g["layer"], "threshold": g["threshold"], "quantile": g["quantile"],
+                              "auroc_per_layer": {str(k): round(v, 4) for k, v in g["auroc_per_layer"].items()}}}
+        run.metrics["gate_auroc_train"] = scalar_metric(round(g["auroc"], 4))
+        for k, (kept, n) in g["kept"].items():  # held-out train prompts left unablated (policy behaviour)
+            run.metrics[f"gate_kept_{k}_train"] = rate_metric(kept, n)
+        run.metrics["gate_wall_time_s"] = scalar_metric(round(time.perf_counter() - t0, 2))
+        run.log.info("gate layer=%d threshold=%.3f auroc=%.3f", g["layer"], g["threshold"], g["auroc"])
+    return g
+
+
 def run_audit_stage(cfg: ProfileConfig, prompts: dict, datasets: dict, base_dir: str, force: bool = False,
                     progress: Callable[[str], None] = print) -> dict | None:
     from bench.models import load_pretrained
@@ -270,7 +344,8 @@ def run_steer(cfg: ProfileConfig, force: bool = False, progress: Callable[[str],
     chash = variants_hash(cfg, detector_info, policy)
     prompts, datasets = load_prompt_sets(cfg)
     out: dict = {}
-    if force or not all(is_done(cfg, v, chash) for v in VARIANTS.values()):
+    wanted = list(VARIANTS.values()) + ([GATED_VARIANT] if cfg.require("steer").gate_quantile > 0 else [])
+    if force or not all(is_done(cfg, v, chash) for v in wanted):
         t0 = time.perf_counter()
         model, tok = load_pretrained(policy["model_dir"], cfg.model)
         result = extract_and_select(cfg, model, tok, prompts, detect_many, progress)
@@ -279,6 +354,11 @@ def run_steer(cfg: ProfileConfig, force: bool = False, progress: Callable[[str],
         sel = result["selection"]
         progress(f"steer: {policy['variant']}: chose layer {sel.layer}, position {sel.position} "
                  f"(score {sel.score:.3f}) in {wall:.0f}s")
+        if GATED_VARIANT in wanted:
+            g = _write_gated(cfg, model, tok, result, chash, policy, datasets, detector_info)
+            progress(f"steer: gate at layer {g['layer']} (train AUROC {g['auroc']:.3f}), threshold "
+                     f"{g['threshold']:.3f}; held-out train prompts left unablated: "
+                     + ", ".join(f"{k} {a}/{n}" for k, (a, n) in g["kept"].items()))
         out["selection"] = sel.record()
         del model
     else:
