@@ -350,8 +350,15 @@ def _audit_section(records: dict[str, dict], assets: Path, profile: str) -> list
     for r in steered:
         s = r["artifacts"]["steering"]
         alpha = f", alpha {s['alpha']}" if s.get("alpha") is not None else ""
+        gate = ""
+        if s.get("gate"):  # steer-gated (bench.steer.gate): fitted on train prompts only
+            kept = ", ".join(f"{k} {m['value'] * m['n']:.0f}/{m['n']}" for k in ("harmful", "benign", "borderline")
+                             if (m := (r.get("metrics") or {}).get(f"gate_kept_{k}_train")))
+            gate = (f", only where the prompt-end read-out at layer {s['gate']['layer']} is below "
+                    f"{s['gate']['threshold']:.2f} (gate fitted on train prompts; held-out train prompts left "
+                    f"unablated: {kept})")
         lines.append(f"- `{r['variant']}`: {s.get('mode')} at layer {s.get('layer')}, position {s.get('position')}"
-                     f"{alpha} (config {r['config_hash']}).")
+                     f"{alpha}{gate} (config {r['config_hash']}).")
     if steered:
         lines.append("")
     if rec is None or (rec.get("extra") or {}).get("audit") is None:

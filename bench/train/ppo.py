@@ -218,6 +218,7 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
     cm, cm_tok = load_score_model(cfg, "cost", required=variant.lagrangian or variant.cost_penalty > 0, device=device)
     eos_ids = eos_token_ids(backend.module.policy, tok)
     prompts, n_too_long = fit_prompts(prompts, tok, cfg.model.system_prompt, section)
+    # Both need every training prompt's label: rule_targets raises a DataError naming the field otherwise.
     should_refuse = rule_targets(cfg, name, prompts) if variant.rule_reward > 0 or variant.balance_prompts else None
     if variant.balance_prompts:
         prompts = balance_by_label(prompts, prompt_labels(cfg))
