@@ -394,38 +394,43 @@ def _gate_spec(model, tok, threshold: float, layer: int = 1):
 
 def test_gated_ablation_steers_only_the_rows_below_the_threshold(model_tok, batch):
     """Row by row, the gated model equals either the plain model or the fully ablated one, chosen by the
-    prompt-end read-out; the decoding steps after a prefill keep the prefill's choice."""
+    prompt-end read-out that the gate was fitted on (``directions.activations``: the residual stream
+    before the final norm, at the last layer here); decoding steps keep the prefill's choice."""
     from bench.eval.generate import GenerationSettings, generate_greedy
 
     model, tok = model_tok
-    # Read-out of each row at its prompt end, by hand: the plain model's hidden state at layer 1.
+    layer = model.config.num_hidden_layers  # the last block's output: transformers' own last entry is normed
+    prompts = HARMFUL[:2] + BENIGN[:1]
     with torch.no_grad():
-        hs = model(**batch, output_hidden_states=True).hidden_states[1][:, -1]  # left-padded: the end is last
-    proj = hs @ hooks.unit_vector(_direction(model, 1))
+        read = activations(model, tok, prompts, None, positions=1, position_index=0)[:, layer]  # (3, H)
+    proj = read @ hooks.unit_vector(_direction(model, 1))
     n_hooks = _n_hooks(model)  # after transformers installed its hidden-state capture hooks (they stay)
     order = proj.argsort()
     threshold = float((proj[order[0]] + proj[order[1]]) / 2)  # exactly one row below
-    with torch.no_grad():
-        plain = model(**batch).logits
-        with hooks.steering(model, _direction(model, 0), mode="ablate"):
-            ablated = model(**batch).logits
-        with hooks.steering(model, _gate_spec(model, tok, threshold)):
-            gated = model(**batch).logits
     low = int(order[0])
-    for i in range(gated.shape[0]):
-        want = ablated if i == low else plain
-        assert torch.allclose(gated[i], want[i], atol=1e-5), i
-    assert not torch.allclose(plain[low], ablated[low], atol=1e-3)  # the ablation does change that row
 
-    prompts = HARMFUL[:2] + BENIGN[:1]
     settings = GenerationSettings(max_new_tokens=6, batch_size=3)
-    with hooks.steering(model, _gate_spec(model, tok, threshold)):
+    with hooks.steering(model, _gate_spec(model, tok, threshold, layer)):
         gated_out = generate_greedy(model, tok, prompts, None, settings)
     plain_out = generate_greedy(model, tok, prompts, None, settings)
     with hooks.steering(model, _direction(model, 0), mode="ablate"):
         ablated_out = generate_greedy(model, tok, prompts, None, settings)
     assert gated_out == [ablated_out[i] if i == low else plain_out[i] for i in range(3)]
-    assert _n_hooks(model) == n_hooks  # the gate's pre-hook is removed with the others
+
+    # One forward over the left-padded batch (positions as generation sets them): the same split.
+    pos = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        plain = model(**batch, position_ids=pos).logits
+        with hooks.steering(model, _direction(model, 0), mode="ablate"):
+            ablated = model(**batch, position_ids=pos).logits
+        with hooks.steering(model, _gate_spec(model, tok, threshold, layer)):
+            gated = model(**batch, position_ids=pos).logits
+    texts = HARMFUL[:2] + BENIGN[:1]  # the batch fixture's rows, in this order
+    assert texts == prompts
+    assert not torch.allclose(plain[low], ablated[low], atol=1e-3)  # the ablation does change that row
+    for i in range(3):
+        assert torch.allclose(gated[i], (ablated if i == low else plain)[i], atol=1e-5), i
+    assert _n_hooks(model) == n_hooks  # the gate's hooks are removed with the others
     with pytest.raises(ValueError, match="only defined for mode 'ablate'"):
         with hooks.steering(model, {**_gate_spec(model, tok, 0.0), "mode": "add", "layer": 1}):
             pass

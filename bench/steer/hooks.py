@@ -223,13 +223,21 @@ def _gate_pre_hook(model: nn.Module, gate: Mapping, state: dict):
                 raise ValueError("gated steering reads each sequence's prompt in one forward pass: it cannot "
                                  f"continue a KV cache with {ids.shape[1]} tokens (score without prefix caching)")
             return None
+        # The read-out is the residual stream at hidden-state index ``layer`` *before* the final norm,
+        # at the positions this call uses: what bench.steer.directions.activations measured when the
+        # gate was fitted (transformers' last hidden state is normed, so it is captured by a hook).
+        stack = backbone(model)
+        point = stack.embed_tokens if layer == 0 else stack.layers[layer - 1]
+        seen: list[torch.Tensor] = []
+        grab = point.register_forward_hook(lambda m, a, out: seen.append(_first(out)))
         state["reading"] = True
         try:
             with torch.no_grad():
-                hs = backbone(model)(input_ids=ids, attention_mask=attn, output_hidden_states=True,
-                                     use_cache=False).hidden_states[layer]  # (B, T, H)
+                stack(input_ids=ids, attention_mask=attn, position_ids=kwargs.get("position_ids"), use_cache=False)
         finally:
             state["reading"] = False
+            grab.remove()
+        hs = seen[0]  # (B, T, H)
         pos = prompt_end_positions(ids, attn if attn is None or attn.dim() == 2 else None, header)  # (B,)
         read = hs[torch.arange(ids.shape[0], device=hs.device), pos]  # (B, H)
         proj = read.float() @ g_unit.to(read.device)  # (B,)
