@@ -242,7 +242,6 @@ def _gate_pre_hook(model: nn.Module, gate: Mapping, state: dict):
         read = hs[torch.arange(ids.shape[0], device=hs.device), pos]  # (B, H)
         proj = read.float() @ g_unit.to(read.device)  # (B,)
         state["mask"] = (proj < threshold).to(torch.float32)
-        state["last_projection"] = proj.detach().cpu()
         return None
 
     return pre_hook
