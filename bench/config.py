@@ -343,6 +343,11 @@ class SteerSection:
     gate_quantile: float = 0.0
     gate_fit_n: int = 128  # held-out train prompts per label (after the first n_train) that fit the gate
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.gate_quantile < 1.0 or self.gate_fit_n < 1:
+            raise ConfigError(f"steer: gate_quantile must be in [0, 1) and gate_fit_n >= 1, got "
+                              f"{self.gate_quantile} and {self.gate_fit_n}")
+
 
 @dataclass
 class EvalSection:

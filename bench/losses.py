@@ -557,7 +557,7 @@ def group_relative_advantages(score: torch.Tensor, group_size: int, eps: float =
 
     over the ``group_size`` responses sampled for the same prompt (consecutive rows of ``score``, (B,)
     with B a multiple of ``group_size``; std is the population std). A group whose responses all score
-    the same gets A = 0: no push either way. That is what makes the signal *conditional*: a prompt moves
+    the same (std <= eps, so rounding in the mean cannot make a signal) gets exactly A = 0: no push. That is what makes the signal *conditional*: a prompt moves
     the policy only where its own samples differ, towards the better ones for that prompt, whereas a
     batch-wide baseline lets the prompts that dominate the batch push one behaviour everywhere.
     Returns (B,) float32.
@@ -567,4 +567,5 @@ def group_relative_advantages(score: torch.Tensor, group_size: int, eps: float =
     s = score.float().view(-1, group_size)  # (G, g)
     mean = s.mean(dim=1, keepdim=True)  # (G, 1)
     std = s.std(dim=1, unbiased=False, keepdim=True)  # (G, 1)
-    return ((s - mean) / (std + eps)).reshape(-1)
+    adv = torch.where(std > eps, (s - mean) / (std + eps), torch.zeros_like(s))  # (G, g)
+    return adv.reshape(-1)

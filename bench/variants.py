@@ -53,6 +53,12 @@ class Variant:
         """Scored by the battery (policies and steered views of them)."""
         return self.kind in ("policy", "steered")
 
+    @property
+    def whole_sequences(self) -> bool:
+        """Must see each prompt and its response in one forward pass (no prefix KV cache): a gated
+        steered variant reads the prompt to decide its steering (bench.steer.gate)."""
+        return bool(((self.record.get("artifacts") or {}).get("steering") or {}).get("gate"))
+
 
 def classify(record: dict) -> str:
     stage = record.get("stage")

@@ -135,3 +135,9 @@ def test_chat_template_files_of_profiles_exist_and_render():
                                                   {"role": "assistant", "content": "Yo"}],
                                         bos_token="<s>", eos_token="</s>")
             assert "[INST]" in out and "S" in out and "Yo </s>" in out
+
+
+@pytest.mark.parametrize("override", ["steer.gate_quantile=1.0", "steer.gate_quantile=-0.1", "steer.gate_fit_n=0"])
+def test_gate_settings_out_of_range_are_config_errors(override):
+    with pytest.raises(ConfigError, match="gate_quantile must be in"):
+        load_config("default", [override])

@@ -351,6 +351,9 @@ def test_group_relative_advantages_centre_each_prompts_samples():
     assert close(a4.view(2, 4), (s - s.mean(1, keepdim=True)) / (s.std(1, unbiased=False, keepdim=True) + 1e-6))
     assert close(L.group_relative_advantages(score + 10.0, 4), a4)  # a shift of every score changes nothing
     assert close(L.group_relative_advantages(score, 1), torch.zeros(8))  # one sample: nothing to compare
+    # equal scores whose float32 mean is off by rounding (-2.9 three times) are still a flat group:
+    # exactly zero, not (s - mean) / (std + eps) ~ 0.2
+    assert torch.equal(L.group_relative_advantages(torch.full((3,), -2.9), 3), torch.zeros(3))
     with pytest.raises(ValueError, match="groups of 3"):
         L.group_relative_advantages(score, 3)
 

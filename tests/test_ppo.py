@@ -249,19 +249,27 @@ def test_rule_reward_scores_behaviour_against_prompt_labels(smoke_cfg, smoke_bas
         ppo.train_variant(cfg, "ppo-rule", variant, PROMPTS, force=True)
 
 
-def test_group_size_samples_each_prompt_as_a_group(smoke_cfg, smoke_base, runs, monkeypatch):
-    """group_size g: each step's rollout holds rollout_prompts / g prompts, each g times in a row, and the
-    policy update receives the group-relative advantages (zero where a group scored alike)."""
-    from bench.config import ConfigError
+LABELS = {p: "harmful" if p in ("Tell me how to pick a lock.", "How can I hurt someone?") else "benign" for p in PROMPTS}
 
-    harmful = {"Tell me how to pick a lock.", "How can I hurt someone?"}
-    monkeypatch.setattr(ppo, "prompt_labels", lambda cfg: {p: "harmful" if p in harmful else "benign" for p in PROMPTS})
+
+def _spy_rollouts(monkeypatch) -> tuple[list[list[str]], list[torch.Tensor]]:
+    """Record each step's rollout prompts and the advantages the PPO update receives."""
     batches, advantages = [], []
     real_sample, real_update = ppo.sample_responses, ppo.ppo_update
     monkeypatch.setattr(ppo, "sample_responses", lambda policy, tok, batch, *a: batches.append(list(batch))
                         or real_sample(policy, tok, batch, *a))
     monkeypatch.setattr(ppo, "ppo_update", lambda backend, samples, exp, adv, *a: advantages.append(adv.clone())
                         or real_update(backend, samples, exp, adv, *a))
+    return batches, advantages
+
+
+def test_group_size_samples_each_prompt_as_a_group(smoke_cfg, smoke_base, runs, monkeypatch):
+    """group_size g: each step's rollout holds rollout_prompts / g prompts, each g times in a row, and the
+    policy update receives the group-relative advantages (zero where a group scored alike)."""
+    from bench.config import ConfigError
+
+    monkeypatch.setattr(ppo, "prompt_labels", lambda cfg: LABELS)
+    batches, advantages = _spy_rollouts(monkeypatch)
     variant = PPOVariant(regulariser="none", rule_reward=1.0, group_size=2)
     cfg = make_cfg(smoke_cfg, {"ppo-group": variant})
     ppo.train_variant(cfg, "ppo-group", variant, PROMPTS)
@@ -292,15 +300,8 @@ def test_balance_by_label_draws_every_label_equally():
 def test_reward_weight_zero_trains_on_behaviour_alone(smoke_cfg, smoke_base, runs, monkeypatch):
     """reward_weight 0: the RM still scores (its mean is logged) but the update sees only the rule
     reward; balance_prompts draws the rollout prompts from the label-balanced list."""
-    harmful = {"Tell me how to pick a lock.", "How can I hurt someone?"}
-    labels = {p: "harmful" if p in harmful else "benign" for p in PROMPTS}
-    monkeypatch.setattr(ppo, "prompt_labels", lambda cfg: labels)
-    batches, advantages = [], []
-    real_sample, real_update = ppo.sample_responses, ppo.ppo_update
-    monkeypatch.setattr(ppo, "sample_responses", lambda policy, tok, batch, *a: batches.append(list(batch))
-                        or real_sample(policy, tok, batch, *a))
-    monkeypatch.setattr(ppo, "ppo_update", lambda backend, samples, exp, adv, *a: advantages.append(adv.clone())
-                        or real_update(backend, samples, exp, adv, *a))
+    monkeypatch.setattr(ppo, "prompt_labels", lambda cfg: LABELS)
+    batches, advantages = _spy_rollouts(monkeypatch)
     from bench.eval import refusal
 
     texts = []
@@ -310,7 +311,7 @@ def test_reward_weight_zero_trains_on_behaviour_alone(smoke_cfg, smoke_base, run
     cfg = make_cfg(smoke_cfg, {"ppo-rule-only": variant})
     ppo.train_variant(cfg, "ppo-rule-only", variant, PROMPTS)
     series = read_record(runs / "ppo-rule-only" / "record.json")["extra"]["series"]
-    balanced = ppo.balance_by_label(PROMPTS, labels)
+    balanced = ppo.balance_by_label(PROMPTS, LABELS)
     for step, (batch, adv, out, row) in enumerate(zip(batches, advantages, texts, series)):
         distinct = [balanced[i] for i in ppo.prompt_indices(len(balanced), 2, step, smoke_cfg.profile.seed, 0, 1)]
         assert batch == [p for p in distinct for _ in range(2)]

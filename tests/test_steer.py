@@ -348,7 +348,7 @@ def test_add_alpha_chosen_on_validation_from_the_grid(model_tok):
 
 
 def test_auroc_and_choose_gate_on_hand_made_read_outs():
-    from bench.steer.gate import auroc, choose_gate, share_kept
+    from bench.steer.gate import auroc, choose_gate, n_kept
 
     assert auroc(torch.tensor([3.0, 4.0]), torch.tensor([1.0, 2.0])) == 1.0
     assert auroc(torch.tensor([1.0]), torch.tensor([1.0])) == 0.5  # a tie counts one half
@@ -361,7 +361,7 @@ def test_auroc_and_choose_gate_on_hand_made_read_outs():
     g = choose_gate(units, harm, [benign], quantile=0.25)
     assert g["layer"] == 2 and g["auroc"] == 1.0 and g["auroc_per_layer"][1] == 0.5
     assert g["threshold"] == pytest.approx(5.75)  # the 25% quantile of 5, 6, 7, 8 (linear)
-    assert share_kept(units, harm, 2, g["threshold"]) == 0.75 and share_kept(units, benign, 2, g["threshold"]) == 0.0
+    assert n_kept(units, harm, 2, g["threshold"]) == 3 and n_kept(units, benign, 2, g["threshold"]) == 0
     with pytest.raises(ValueError, match="quantile"):
         choose_gate(units, harm, [benign], quantile=1.0)
 
@@ -429,7 +429,7 @@ def test_gated_ablation_steers_only_the_rows_below_the_threshold(model_tok, batc
     assert texts == prompts
     assert not torch.allclose(plain[low], ablated[low], atol=1e-3)  # the ablation does change that row
     for i in range(3):
-        assert torch.allclose(gated[i], (ablated if i == low else plain)[i], atol=1e-5), i
+        assert torch.equal(gated[i], (ablated if i == low else plain)[i]), i  # bit for bit
     assert _n_hooks(model) == n_hooks  # the gate's hooks are removed with the others
     with pytest.raises(ValueError, match="only defined for mode 'ablate'"):
         with hooks.steering(model, {**_gate_spec(model, tok, 0.0), "mode": "add", "layer": 1}):

@@ -311,10 +311,9 @@ def score_variant(cfg: ProfileConfig, variant, force: bool = False, progress: Ca
         model.eval()
         with load_policy(variant, cfg, model=model, tok=tok):
             outs = generate_greedy(model, tok, all_prompts, sp, gen, desc=f"{variant.name}: generate")
-            # A gated steered variant reads each prompt inside the forward pass that scores it.
-            gated = bool(((variant.record or {}).get("artifacts") or {}).get("steering", {}).get("gate"))
             pi_pairs = score_pairs(model, tok, pairs, sp, ev.score_batch_size, ev.max_length,
-                                   desc=f"{variant.name}: pairs", prefix_cache=not gated) if pairs else PairLogprobs([], [], [], [])
+                                   desc=f"{variant.name}: pairs", prefix_cache=not variant.whole_sequences
+                                   ) if pairs else PairLogprobs([], [], [], [])
             help_out = outs[len(all_prompts) - len(help_prompts):]
             pi_help, help_ntok = (response_logprobs(model, tok, help_prompts, help_out, sp, ev.score_batch_size,
                                                     ev.max_length) if help_prompts and not is_base else ([], []))

@@ -123,10 +123,10 @@ def score_pairs(model, tok, pairs: list[dict], system_prompt: str | None, batch_
         logits = model(input_ids=ids.to(dev), attention_mask=full.to(dev), position_ids=pos.to(dev),
                        past_key_values=cache, use_cache=cache is not None).logits  # (2b, R + 1, V)
         labels = ids[:, 1:].to(logits.device)  # token t+1 is predicted at position t
-        mask = attn[:, 1:].to(device=logits.device, dtype=torch.float)
-        for k, i in enumerate(idx):  # response tokens only: drop labels that are prompt tokens
-            skip = encoded[i][2] - 1 - len(stems[i])  # 0 with the prefix cache
-            mask[2 * k: 2 * k + 2, :skip] = 0.0
+        mask = attn[:, 1:].to(device=logits.device, dtype=torch.float)  # response tokens only ...
+        if not prefix_cache:  # ... once the labels that are prompt tokens are dropped
+            for k, i in enumerate(idx):
+                mask[2 * k: 2 * k + 2, : encoded[i][2] - 1] = 0.0
         lp = sequence_logprobs(logits[:, :-1], labels, mask)  # (2b, R)
         sums = (lp * mask).sum(-1).tolist()
         counts = mask.sum(-1).long().tolist()

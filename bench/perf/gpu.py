@@ -60,42 +60,64 @@ def _shape(args: dict, default: str):
     return ModelShape(**s) if isinstance(s, dict) else get_shape(s)
 
 
+def _timed_steps(step, steps: int, device: str) -> tuple[list[float], list[float]]:
+    """Run ``step()`` (returns the loss) ``steps + 1`` times; step 0 is the untimed warm-up (kernels,
+    allocator, extensions). Returns (seconds of the timed steps, loss of every step)."""
+    import torch
+
+    secs, losses = [], []
+    for i in range(steps + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        losses.append(step())
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            secs.append(time.perf_counter() - t0)
+    return secs, losses
+
+
+def _train_result(shape, model, seq: int, batch: int, secs: list[float], device: str) -> dict:
+    """What both 1B units report: tokens per step, FLOPs per token (6 N + 12 L h T) and the card's peak."""
+    import torch
+
+    n_params = sum(p.numel() for p in model.parameters())
+    n_dense = n_params - shape.vocab * shape.hidden  # the input embedding is a lookup, not a matmul
+    name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+    return {"shape": shape.name, "params": n_params, "seq_len": seq, "batch": batch, "seconds": secs,
+            "tokens_per_step": batch * seq, "flops_per_token": 6 * n_dense + 12 * shape.layers * shape.hidden * seq,
+            "device_name": name, "peak_tflops_fp16": peak_tflops(name),
+            "peak_gpu_mem_gb": torch.cuda.max_memory_allocated() / GB if device == "cuda" else None}
+
+
+def _sizes(args: dict) -> tuple[int, int, int]:
+    return int(args.get("seq_len", 1024)), int(args.get("batch", 4)), int(args.get("steps", 6))
+
+
 def unit_1b_train(args: dict) -> dict:
     import torch
 
     device = args.get("device", "cuda")
     shape = _shape(args, "llama-1b")
-    seq, batch, steps = int(args.get("seq_len", 1024)), int(args.get("batch", 4)), int(args.get("steps", 6))
+    seq, batch, steps = _sizes(args)
     model = _llama(shape, device, torch.float32).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
     scaler = torch.amp.GradScaler(device, enabled=device == "cuda")
     amp_dtype = torch.float16 if device == "cuda" else torch.bfloat16
     x = torch.randint(0, shape.vocab, (batch, seq), device=device)
-    secs = []
-    for step in range(steps + 1):  # step 0 is the warm-up (kernels, allocator)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+
+    def step() -> float:
         with torch.autocast(device, dtype=amp_dtype):
             loss = model(input_ids=x, labels=x).loss
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
         opt.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if step:
-            secs.append(time.perf_counter() - t0)
-    n_params = sum(p.numel() for p in model.parameters())
-    n_dense = n_params - shape.vocab * shape.hidden  # the input embedding is a lookup, not a matmul
-    flops_per_token = 6 * n_dense + 12 * shape.layers * shape.hidden * seq
-    name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
-    peak = peak_tflops(name)
-    tokens = batch * seq
-    return {"shape": shape.name, "params": n_params, "seq_len": seq, "batch": batch, "seconds": secs,
-            "tokens_per_step": tokens, "flops_per_token": flops_per_token, "device_name": name,
-            "peak_tflops_fp16": peak,
-            "peak_gpu_mem_gb": torch.cuda.max_memory_allocated() / GB if device == "cuda" else None}
+        return loss.item()
+
+    secs, _ = _timed_steps(step, steps, device)
+    return _train_result(shape, model, seq, batch, secs, device)
 
 
 def unit_1b_deepspeed(args: dict) -> dict:
@@ -108,7 +130,7 @@ def unit_1b_deepspeed(args: dict) -> dict:
     from bench.train.ppo import deepspeed_config
 
     shape = _shape(args, "llama-1b")
-    seq, batch, steps = int(args.get("seq_len", 1024)), int(args.get("batch", 4)), int(args.get("steps", 6))
+    seq, batch, steps = _sizes(args)
     for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29513", "RANK": "0", "LOCAL_RANK": "0",
                  "WORLD_SIZE": "1"}.items():
         os.environ.setdefault(k, v)
@@ -118,30 +140,21 @@ def unit_1b_deepspeed(args: dict) -> dict:
     torch.cuda.reset_peak_memory_stats()
     model = _llama(shape, "cuda", torch.float32).train()
     t0 = time.perf_counter()
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()], config=conf)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=conf)
     init_s = time.perf_counter() - t0  # includes compiling/loading the CPU Adam extension
     x = torch.randint(0, shape.vocab, (batch, seq), device="cuda")
-    secs, losses = [], []
-    for step in range(steps + 1):  # step 0 is the warm-up
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
+
+    def step() -> float:
         loss = engine(input_ids=x, labels=x).loss
         engine.backward(loss)
         engine.step()
-        torch.cuda.synchronize()
-        losses.append(float(loss))
-        if step:
-            secs.append(time.perf_counter() - t0)
-    n_params = sum(p.numel() for p in model.parameters())
-    n_dense = n_params - shape.vocab * shape.hidden
-    name = torch.cuda.get_device_name(0)
-    return {"shape": shape.name, "params": n_params, "seq_len": seq, "batch": batch, "seconds": secs,
-            "tokens_per_step": batch * seq, "flops_per_token": 6 * n_dense + 12 * shape.layers * shape.hidden * seq,
-            "device_name": name, "peak_tflops_fp16": peak_tflops(name), "init_s": init_s, "losses": losses,
+        return loss.item()
+
+    secs, losses = _timed_steps(step, steps, "cuda")
+    zero = conf["zero_optimization"]
+    return {**_train_result(shape, model, seq, batch, secs, "cuda"), "init_s": init_s, "losses": losses,
             "loss_scale": float(engine.optimizer.cur_scale) if hasattr(engine.optimizer, "cur_scale") else None,
-            "deepspeed": deepspeed.__version__, "zero_stage": conf["zero_optimization"]["stage"],
-            "offload": conf["zero_optimization"]["offload_optimizer"]["device"],
-            "peak_gpu_mem_gb": torch.cuda.max_memory_allocated() / GB}
+            "deepspeed": deepspeed.__version__, "zero_stage": zero["stage"], "offload": zero["offload_optimizer"]["device"]}
 
 
 def unit_7b_lora_ppo(args: dict) -> dict:

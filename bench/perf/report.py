@@ -172,27 +172,28 @@ def _gpu_section(r: dict) -> list[str]:
     if r.get("gpu_skipped"):
         out += [f"GPU units {r['gpu_skipped']}.", ""]
     else:
+        def speed(key: str) -> str:  # the figures both 1B units report
+            f, u = fig[key], units[key]
+            mfu = fmt(f["mfu"]) if "mfu" in f else "n/a (unknown card peak)"
+            return (f"**{fmt(f['tokens_per_s'])} tokens/s**, MFU {mfu} (peak {u['peak_tflops_fp16']} TFLOP/s), "
+                    f"peak GPU memory {u['peak_gpu_mem_gb']:.1f} GB")
+
         u = units.get("gpu_1b_train")
         if _err(u):
             out.append(f"1B fp16 training: failed: {_err(u)}")
         else:
-            f = fig["gpu_1b_train"]
-            mfu = fmt(f["mfu"]) if "mfu" in f else "n/a (unknown card peak)"
             out.append(f"1B Llama shape ({u['params'] / 1e9:.2f} B params, random init), fp16 autocast + loss scaling, "
                        f"AdamW, batch {u['batch']} x {u['seq_len']} tokens on {u['device_name']}: "
-                       f"**{fmt(f['tokens_per_s'])} tokens/s**, MFU {mfu} (peak {u['peak_tflops_fp16']} TFLOP/s), "
-                       f"peak GPU memory {u['peak_gpu_mem_gb']:.1f} GB.")
+                       f"{speed('gpu_1b_train')}.")
         u = units.get("gpu_1b_deepspeed")
         if _err(u):
             out.append(f"1B through DeepSpeed ZeRO-2 + CPU optimiser offload: failed: {_err(u)}")
         else:
-            f = fig["gpu_1b_deepspeed"]
-            mfu = fmt(f["mfu"]) if "mfu" in f else "n/a (unknown card peak)"
             out.append(f"The same 1B step through DeepSpeed {u['deepspeed']} (`configs/deepspeed/zero2_offload.json`: "
                        f"ZeRO-{u['zero_stage']}, optimiser on the {u['offload']}, fp16 dynamic loss scaling): "
-                       f"**{fmt(f['tokens_per_s'])} tokens/s**, MFU {mfu}, peak GPU memory {u['peak_gpu_mem_gb']:.1f} GB; "
-                       f"engine set-up {u['init_s']:.0f} s (includes building the CPU Adam extension), "
-                       f"loss {u['losses'][0]:.2f} -> {u['losses'][-1]:.2f}, final loss scale {u['loss_scale']}.")
+                       f"{speed('gpu_1b_deepspeed')}; engine set-up {u['init_s']:.0f} s (includes building the CPU "
+                       f"Adam extension), loss {u['losses'][0]:.2f} -> {u['losses'][-1]:.2f}, final loss scale "
+                       f"{u['loss_scale']}.")
         u = units.get("gpu_7b_lora_ppo")
         if u is None or ("error" in u and "fits" not in u):
             out.append(f"7B LoRA-PPO step: failed: {_err(u)}")

@@ -69,14 +69,16 @@ def choose_gate(units: torch.Tensor, harmful: torch.Tensor, others: Sequence[tor
             "quantile": quantile}
 
 
-def share_kept(units: torch.Tensor, acts: torch.Tensor, layer: int, threshold: float) -> float:
-    """Share of prompts whose projection is at or above the threshold (not ablated)."""
-    return float(((acts[:, layer] @ units[layer]) >= threshold).to(torch.float64).mean())
+def n_kept(units: torch.Tensor, acts: torch.Tensor, layer: int, threshold: float) -> int:
+    """How many prompts project at or above the threshold (left unablated)."""
+    return int(((acts[:, layer] @ units[layer]) >= threshold).sum())
 
 
 def generation_header(tok) -> list[int]:
     """Token ids that the chat template adds to open the assistant's turn (the generation prompt)."""
-    msgs = [{"role": "user", "content": "x"}]
+    from bench.chat import messages
+
+    msgs = messages("x")
     with_prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     without = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
     if not with_prompt.startswith(without) or with_prompt == without:

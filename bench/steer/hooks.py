@@ -155,19 +155,19 @@ def steering(model: nn.Module, direction_or_spec: Any, mode: str = "ablate", lay
         raise ValueError(f"steering: direction has {direction.numel()} elements, the model's hidden size is {hidden}")
     handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    state: dict[str, Any] = {"mask": None, "reading": False}  # gated ablation: rows to ablate (B,)
+    state: dict[str, Any] = {"mask": None, "reading": False}  # gated ablation: rows to ablate (B,) bool
     if mode == "ablate":
         unit = unit_vector(direction)
 
         def ablate_hook(module, args, output):
-            if gate is None:
-                return _replace_first(output, project_out(_first(output), unit))
-            x = _first(output)
+            return _replace_first(output, project_out(_first(output), unit))
+
+        def gated_ablate_hook(module, args, output):
             if state["reading"]:  # the gate's own unsteered pass
                 return output
-            m = state["mask"].to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))  # (B, 1, 1)
-            u = unit.to(device=x.device, dtype=x.dtype)
-            return _replace_first(output, x - m * (x @ u).unsqueeze(-1) * u)  # project_out on masked rows
+            x = _first(output)
+            m = state["mask"].to(x.device).view(-1, *([1] * (x.dim() - 1)))  # (B, 1, 1) bool
+            return _replace_first(output, torch.where(m, project_out(x, unit), x))  # exactly steer-ablate's rows
 
         targets = [stack.embed_tokens]
         for block in layers:
@@ -186,7 +186,7 @@ def steering(model: nn.Module, direction_or_spec: Any, mode: str = "ablate", lay
             return _replace_first(output, x + vec.to(device=x.device, dtype=x.dtype))
 
         targets = [stack.embed_tokens if layer == 0 else layers[layer - 1]]
-    hook = ablate_hook if mode == "ablate" else add_hook
+    hook = add_hook if mode == "add" else (ablate_hook if gate is None else gated_ablate_hook)
     try:
         if gate is not None:
             handles.append(model.register_forward_pre_hook(_gate_pre_hook(model, gate, state), with_kwargs=True))
@@ -241,7 +241,7 @@ def _gate_pre_hook(model: nn.Module, gate: Mapping, state: dict):
         pos = prompt_end_positions(ids, attn if attn is None or attn.dim() == 2 else None, header)  # (B,)
         read = hs[torch.arange(ids.shape[0], device=hs.device), pos]  # (B, H)
         proj = read.float() @ g_unit.to(read.device)  # (B,)
-        state["mask"] = (proj < threshold).to(torch.float32)
+        state["mask"] = proj < threshold  # (B,) bool: the rows to ablate
         return None
 
     return pre_hook

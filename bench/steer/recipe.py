@@ -186,16 +186,23 @@ def extract_and_select(cfg: ProfileConfig, model, tok, prompts: dict, detect_man
             "selection": selection}
 
 
-def _write_variants(cfg: ProfileConfig, model, tok, result: dict, chash: str, policy: dict, datasets: dict,
-                    detector_info: dict, wall: float) -> None:
+def chosen_vector(cfg: ProfileConfig, result: dict):
+    """The selected (layer, position) difference of means, float32 (H,)."""
     import torch
 
-    from bench.steer import hooks
     from bench.steer.directions import position_index
+
+    sel = result["selection"]
+    return result["directions"][sel.layer, position_index(sel.position, cfg.require("steer").positions)].to(torch.float32)
+
+
+def _write_variants(cfg: ProfileConfig, model, tok, result: dict, chash: str, policy: dict, datasets: dict,
+                    detector_info: dict, wall: float) -> None:
+    from bench.steer import hooks
 
     s = cfg.require("steer")
     sel = result["selection"]
-    vec = result["directions"][sel.layer, position_index(sel.position, s.positions)].to(torch.float32)
+    vec = chosen_vector(cfg, result)
     common_extra = {"policy": policy, "grouping": result["groups"].record(), "selection": sel.record(), "detector": detector_info,
                     "direction_norm": float(vec.norm()), "n_layers": int(result["directions"].shape[0] - 1)}
     n_val = {"harmful": sel.baseline["n_harmful"], "benign": sel.baseline["n_benign"]}
@@ -262,22 +269,17 @@ def fit_gate(cfg: ProfileConfig, model, tok) -> dict:
     held = {"harmful": acts(harm[n:]), "benign": acts(benign[n:]), "borderline": acts(border)}
     units = gate.unit_rows(acts(harm[:n]).mean(0) - acts(benign[:n]).mean(0))  # (L+1, H)
     choice = gate.choose_gate(units, held["harmful"], [held["benign"], held["borderline"]], s.gate_quantile)
-    kept = {k: (round(gate.share_kept(units, a, choice["layer"], choice["threshold"]) * len(a)), len(a))
-            for k, a in held.items()}
+    kept = {k: (gate.n_kept(units, a, choice["layer"], choice["threshold"]), len(a)) for k, a in held.items()}
     return {**choice, "unit": units[choice["layer"]], "kept": kept, "header": gate.generation_header(tok),
             "datasets": {"harmful_train": ih, "benign_train": ib, "borderline_train": ix}}
 
 
 def _write_gated(cfg: ProfileConfig, model, tok, result: dict, chash: str, policy: dict, datasets: dict,
                  detector_info: dict) -> dict:
-    import torch
-
     from bench.steer import hooks
-    from bench.steer.directions import position_index
 
-    s = cfg.require("steer")
     sel = result["selection"]
-    vec = result["directions"][sel.layer, position_index(sel.position, s.positions)].to(torch.float32)
+    vec = chosen_vector(cfg, result)  # the same direction as steer-ablate's
     t0 = time.perf_counter()
     g = fit_gate(cfg, model, tok)
     with stage_run(cfg, variant=GATED_VARIANT, stage="steer", sections=SECTIONS) as run:

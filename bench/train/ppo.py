@@ -144,17 +144,18 @@ def prompt_labels(cfg: ProfileConfig) -> dict[str, str]:
     return {p: label for p, (label, _) in first.items()}
 
 
-def rule_targets(cfg: ProfileConfig, name: str, prompts: list[str]) -> dict[str, bool]:
-    """``prompt -> should refuse`` for the rule-based reward; every training prompt needs a label."""
+def labels_of(cfg: ProfileConfig, name: str, prompts: list[str]) -> dict[str, str]:
+    """``prompt -> prompt_label`` for every training prompt (the rule-based reward's targets and the
+    label-balanced stream); a prompt without a label is a DataError naming the field."""
     from bench.data.schema import DataError
 
     labels = prompt_labels(cfg)
     missing = [p for p in prompts if p not in labels]
     if missing:
         raise DataError(f"{cfg.data.preferences}:train", "prompt_label",
-                        f"ppo.variants.{name}.rule_reward needs a label for every training prompt; "
-                        f"{len(missing)} of {len(prompts)} have none (first: {missing[0][:60]!r})")
-    return {p: labels[p] in SHOULD_REFUSE for p in prompts}
+                        f"ppo.variants.{name} (rule_reward / balance_prompts) needs a label for every training "
+                        f"prompt; {len(missing)} of {len(prompts)} have none (first: {missing[0][:60]!r})")
+    return {p: labels[p] for p in prompts}
 
 
 def balance_by_label(prompts: list[str], labels: dict[str, str]) -> list[str]:
@@ -218,10 +219,9 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
     cm, cm_tok = load_score_model(cfg, "cost", required=variant.lagrangian or variant.cost_penalty > 0, device=device)
     eos_ids = eos_token_ids(backend.module.policy, tok)
     prompts, n_too_long = fit_prompts(prompts, tok, cfg.model.system_prompt, section)
-    # Both need every training prompt's label: rule_targets raises a DataError naming the field otherwise.
-    should_refuse = rule_targets(cfg, name, prompts) if variant.rule_reward > 0 or variant.balance_prompts else None
+    labels = labels_of(cfg, name, prompts) if variant.rule_reward > 0 or variant.balance_prompts else {}
     if variant.balance_prompts:
-        prompts = balance_by_label(prompts, prompt_labels(cfg))
+        prompts = balance_by_label(prompts, labels)
     if variant.rule_reward > 0:
         from bench.eval.refusal import detect_many
     total_steps = planned_steps(section, len(prompts), world, variant.group_size)
@@ -285,14 +285,15 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
             rule = None
             if variant.rule_reward > 0:  # +1 when the behaviour fits the prompt's label, else -1
                 refused = torch.tensor([d.is_refusal for d in detect_many(samples.texts)])
-                rule = rule_based_reward(refused, torch.tensor([should_refuse[p] for p in batch]))
+                rule = rule_based_reward(refused, torch.tensor([labels[p] in SHOULD_REFUSE for p in batch]))
                 score = score + variant.rule_reward * rule.to(score.device)
             rewards = shape_rewards(score, exp["penalty"], samples.mask, coef, clip=section.reward_clip)  # (B, R)
             adv, ret_r = gae(rewards, exp["values"][..., 0], samples.mask, section.gamma, section.lam)
-            adv = whiten(adv, samples.mask)
-            if g > 1:  # GRPO-style: the score relative to the prompt's group, plus the penalty-to-go
-                group_adv = group_relative_advantages(score, g)
-                shaped = shape_rewards(group_adv.to(score.device), exp["penalty"], samples.mask, coef, clip=None)
+            if g == 1:
+                adv = whiten(adv, samples.mask)
+            else:  # GRPO-style: the score relative to the prompt's group, plus the penalty-to-go
+                group_adv = group_relative_advantages(score, g).to(score.device)  # (B,); 0 for a flat group
+                shaped = shape_rewards(group_adv, exp["penalty"], samples.mask, coef, clip=None)
                 adv, _ = gae(shaped, torch.zeros_like(shaped), samples.mask, 1.0, 1.0)  # (B, R) reward-to-go
             returns = [ret_r]
             lam = 0.0
@@ -317,7 +318,7 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
             if rule is not None:  # share of rollouts whose behaviour fits the prompt's label
                 row["rule_agreement"] = ((rule + 1) / 2).mean().item()
             if g > 1:  # groups whose samples all scored alike give no signal
-                row["flat_groups"] = (score.view(-1, g).std(dim=1, unbiased=False) < 1e-6).float().mean().item()
+                row["flat_groups"] = (group_adv.view(-1, g) == 0).all(dim=1).float().mean().item()
             state.series.append(row)
             if state.first_episodes is None:
                 state.first_episodes = episodes
