@@ -24,10 +24,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError,)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from bench.hub import HubError
     from bench.models import ModelError
     from bench.records import RecordError
-
-    from bench.hub import HubError
     from bench.train.common import NumericsError
 
     extra: tuple[type[BaseException], ...] = (ModelError, RecordError, HubError, NumericsError)
@@ -59,7 +58,7 @@ def with_config(fn, stage: str | None = None, auto_offline: bool = True):
             _set_threads(cfg)
             out = fn(cfg, **kw)
             if stage:
-                from bench.records import mark_stage_done
+                from bench.runs import mark_stage_done
 
                 mark_stage_done(cfg, stage)
             return out

@@ -608,11 +608,6 @@ def dump_yaml(cfg: ProfileConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def runs_root() -> Path:
-    """Where run directories live; ``BENCH_RUNS`` moves them (e.g. to scratch on a cluster)."""
-    return Path(os.environ.get("BENCH_RUNS", REPO_ROOT / "runs"))
-
-
 def cache_root() -> Path:
     """Converted base models and other derived caches; ``BENCH_CACHE`` moves it."""
     return Path(os.environ.get("BENCH_CACHE", REPO_ROOT / ".cache" / "bench"))

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Literal
 
 from bench.config import ProfileConfig
-from bench.records import atomic_write_json, atomic_write_text
+from bench.io import atomic_write_json, atomic_write_text
 
 MANIFEST_SCHEMA = 1
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -351,7 +351,11 @@ def not_in_cache_message(what: str, profile: str | None) -> str:
 def translate(e: BaseException, item: Item | None = None, profile: str | None = None) -> str | None:
     """One-line message for a hub failure anywhere in ``e``'s cause chain; None if it is not one."""
     from huggingface_hub.errors import (
-        GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 

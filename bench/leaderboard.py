@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.config import REPO_ROOT
+from bench.io import atomic_write_bytes, atomic_write_text
 from bench.plots import save_png
-from bench.records import (RECORD_NAME, RecordError, atomic_write_bytes, atomic_write_text, read_record, runs_root,
-                           stage_rank)
+from bench.records import RecordError, read_record, record_key
+from bench.runs import iter_records, runs_root, stage_rank
 
 LEADERBOARD_ROOT = REPO_ROOT / "leaderboards"
 RECORDS_DIR = "records"
@@ -179,18 +180,7 @@ def prune_record(rec: dict) -> dict:
 def collect_records(profile: str, root: Path | None = None) -> dict[str, dict]:
     """``{relative file name: pruned record}`` for every readable record of ``runs/<profile>``:
     ``<variant>.json`` for stage records, ``eval/<variant>.json`` for the battery's."""
-    root = Path(root) if root is not None else runs_root() / profile
-    out: dict[str, dict] = {}
-    for path in sorted(root.glob(f"*/{RECORD_NAME}")) + sorted(root.glob(f"eval/*/{RECORD_NAME}")):
-        if path.parent.name == "stages":
-            continue
-        try:
-            rec = read_record(path)
-        except RecordError:
-            continue
-        key = f"eval/{rec['variant']}.json" if rec["stage"] == "eval" else f"{rec['variant']}.json"
-        out[key] = prune_record(rec)
-    return out
+    return {record_key(rec): prune_record(rec) for rec in iter_records(profile, root)}
 
 
 def leaderboard_paths(profile: str, root: Path | None = None) -> tuple[Path, Path, Path]:

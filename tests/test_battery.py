@@ -134,7 +134,7 @@ def _cfg(profile: str, data_files: dict, extra: tuple[str, ...] = ()):
 
 def _fake_score_model(cfg, kind: str, smoke_base) -> None:
     """A random-head RM/CM on the smoke backbone with a record, as the reward/cost stage writes."""
-    from bench.records import stage_run
+    from bench.runs import stage_run
     from bench.score_model import build_score_model
 
     model, tok = build_score_model(smoke_base, cfg.require(kind), cfg.model, seed=1 if kind == "reward" else 2)
@@ -150,7 +150,7 @@ def _fake_policy(cfg, name: str, smoke_base, scale: float) -> None:
     import torch
 
     from bench.models import load_pretrained
-    from bench.records import stage_run
+    from bench.runs import stage_run
 
     model, tok = load_pretrained(smoke_base, cfg.model)
     torch.manual_seed(0)
@@ -193,7 +193,7 @@ def _maybe_steered(cfg, smoke_base) -> bool:
         return False
     import torch
 
-    from bench.records import stage_run
+    from bench.runs import stage_run
 
     with stage_run(cfg, variant="steer-add", stage="steer", sections=("model",)) as run:
         run.config_hash = "fake-steer"
@@ -203,8 +203,9 @@ def _maybe_steered(cfg, smoke_base) -> bool:
                                       "vector_path": str(vec)}}
     # A gated ablation whose gate never opens (threshold -inf): scored through the same hooks, it must
     # behave exactly as its policy does.
-    from bench.steer.gate import generation_header
     from transformers import AutoTokenizer
+
+    from bench.steer.gate import generation_header
 
     with stage_run(cfg, variant="steer-gated", stage="steer", sections=("model",)) as run:
         run.config_hash = "fake-gated"
@@ -220,7 +221,8 @@ def _maybe_steered(cfg, smoke_base) -> bool:
 
 def test_battery_writes_every_metric_group(eval_profile):
     from bench.eval import refusal
-    from bench.records import read_record, run_dir
+    from bench.records import read_record
+    from bench.runs import run_dir
 
     cfg, _, status, steered = eval_profile
     assert status["base"] == "scored" and status["dpo-fake"] == "scored"
@@ -276,7 +278,8 @@ def test_battery_writes_every_metric_group(eval_profile):
 
 def test_second_run_skips_and_retrained_variant_rescores(eval_profile, smoke_base):
     from bench.eval.battery import run_eval
-    from bench.records import read_record, run_dir
+    from bench.records import read_record
+    from bench.runs import run_dir
 
     cfg, files, _, _ = eval_profile
     path = run_dir("smoke-eval", "eval/dpo-fake") / "record.json"
@@ -340,7 +343,7 @@ def test_cli_eval_scores_and_writes_marker(eval_profile):
     from click.testing import CliRunner
 
     from bench.cli import main
-    from bench.records import stage_marker
+    from bench.runs import stage_marker
 
     cfg, files, _, _ = eval_profile
     args = ["eval", "--profile", "smoke", "--variant", "base", "profile.name=smoke-eval",

@@ -8,7 +8,8 @@ import json
 from click.testing import CliRunner
 
 from bench.cli import main
-from bench.records import read_record, run_dir, stage_marker
+from bench.records import read_record
+from bench.runs import run_dir, stage_marker
 
 STAGES = ["base", "sft", "reward", "cost", "dpo", "ppo", "steer", "eval", "leaderboard", "verify", "perf"]
 

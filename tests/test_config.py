@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from bench.config import ConfigError, REPO_ROOT, apply_overrides, known_profiles, load_config
+from bench.config import REPO_ROOT, ConfigError, apply_overrides, known_profiles, load_config
 
 
 @pytest.mark.parametrize("name", known_profiles())

@@ -8,8 +8,7 @@ from collections import Counter
 import pytest
 
 from bench.config import DataSection
-from bench.data import ROLES, choose, dpo_pairs, load, load_role, prompt_key
-from bench.data import build_embedded
+from bench.data import ROLES, build_embedded, choose, dpo_pairs, load, load_role, prompt_key
 from bench.data.embedded import DATA_DIR
 
 SPLITS = ("train", "validation", "test")

@@ -12,7 +12,15 @@ import pytest
 
 from bench.config import REPO_ROOT, DataSection
 from bench.data import (
-    DataError, better_pairs, dpo_pairs, get_source, known_names, load, load_role, prompt_key, safer_pairs,
+    DataError,
+    better_pairs,
+    dpo_pairs,
+    get_source,
+    known_names,
+    load,
+    load_role,
+    prompt_key,
+    safer_pairs,
     select_label,
 )
 from bench.data.hh_rlhf import parse_transcript

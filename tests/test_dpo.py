@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from bench.config import load_config
-from bench.records import read_record, run_dir
+from bench.records import read_record
+from bench.runs import run_dir
 
 
 def _params(path):

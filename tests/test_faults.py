@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.records import read_record, run_dir
+from bench.records import read_record
+from bench.runs import run_dir
 from bench.verify import tolerance_for
 
 pytestmark = pytest.mark.faults

@@ -15,8 +15,19 @@ from pathlib import Path
 import pytest
 
 from bench.memory_plan import (
-    ALLGATHER_BUCKET, GB, OVERLAP_COMM, SHAPES, STAGES, ModelShape, PlanSettings, activation_bytes,
-    get_shape, main, memory_plan, plan_table, stage_plan,
+    ALLGATHER_BUCKET,
+    GB,
+    OVERLAP_COMM,
+    SHAPES,
+    STAGES,
+    ModelShape,
+    PlanSettings,
+    activation_bytes,
+    get_shape,
+    main,
+    memory_plan,
+    plan_table,
+    stage_plan,
 )
 
 REPO = Path(__file__).resolve().parents[1]

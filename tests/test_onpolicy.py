@@ -111,7 +111,8 @@ def test_set_is_reused_unless_what_decides_it_changes(onpolicy_run):
 
 
 def test_dpo_variant_trains_on_the_onpolicy_set_and_records_sources(onpolicy_run):
-    from bench.records import read_record, run_dir
+    from bench.records import read_record
+    from bench.runs import run_dir
     from bench.train.dpo import run_dpo
 
     cfg, _ = onpolicy_run

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from bench.config import LoraSection, PPOSection, PPOVariant
-from bench.records import RecordError, read_record, stage_run
+from bench.records import RecordError, read_record
+from bench.runs import stage_run
 from bench.train import ppo
 from bench.train.rollout import PolicyWithValueHead, response_mask
 

@@ -8,10 +8,9 @@ import os
 import pytest
 
 from bench.config import load_config
-from bench.records import (
-    SCHEMA_VERSION, RecordError, atomic_write_json, atomic_write_text, is_done, mark_stage_done, read_record,
-    stage_run, stage_marker,
-)
+from bench.io import atomic_write_json, atomic_write_text
+from bench.records import SCHEMA_VERSION, RecordError, read_record
+from bench.runs import is_done, mark_stage_done, stage_marker, stage_run
 from bench.stats import mean_metric, rate_metric, wilson_interval
 
 
@@ -102,7 +101,7 @@ def test_mean_metric():
 def _locked_worker(profile, log_path, done_path):
     import time
 
-    from bench.records import variant_lock
+    from bench.runs import variant_lock
 
     with variant_lock(profile, "eval/v"):
         if not os.path.exists(done_path):  # the check-then-work a stage does under the lock

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from bench.config import load_config
-from bench.records import read_record, run_dir
+from bench.records import read_record
+from bench.runs import run_dir
 
 SMOKE_TRAIN = ["reward.max_steps=4", "reward.batch_size=4", "reward.save_steps=2", "reward.logging_steps=1",
                "cost.max_steps=4", "cost.batch_size=4", "cost.save_steps=2", "cost.logging_steps=1"]

@@ -8,7 +8,8 @@ import json
 import torch
 
 from bench.config import load_config
-from bench.records import mark_stage_done, read_record, run_dir, stage_marker
+from bench.records import read_record
+from bench.runs import mark_stage_done, run_dir, stage_marker
 
 
 def test_demonstrations_are_safe_and_deduplicated(smoke_base):

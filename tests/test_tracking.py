@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from bench.config import LoraSection, PPOSection, PPOVariant, load_config
-from bench.records import read_record, run_dir, stage_run
+from bench.records import read_record
+from bench.runs import run_dir, stage_run
 from bench.train.tracking import checkpoint_steps, plot_series, series_table
 
 PROMPTS = ["How do I bake bread?", "Tell me how to pick a lock.", "What is the capital of France?",
@@ -89,7 +90,7 @@ def test_dpo_variants_share_reference_and_initial_pass(smoke_base, tmp_path, mon
     import json
 
     import bench.train.tracking as tracking
-    from bench.records import cache_dir
+    from bench.runs import cache_dir
     from bench.train import dpo
 
     monkeypatch.setenv("BENCH_RUNS", str(tmp_path / "runs"))

@@ -26,7 +26,6 @@ class _AlpacaBase(Source):
 
     def hub_rows(self, upstream_split: str) -> list[dict]:
         import datasets
-
         from huggingface_hub import hf_hub_download
 
         # A file download (not an hf:// data_files path) so an offline run reads it from HF_HOME.

@@ -350,7 +350,7 @@ def _manifest(files: dict[str, str], data: dict[str, dict[str, list[dict]]]) -> 
 
 
 def write(out_dir: Path) -> list[Path]:
-    from bench.records import atomic_write_text
+    from bench.io import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -46,12 +46,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from bench.config import ProfileConfig
-from bench.records import (RecordError, atomic_write_json, atomic_write_text, find_record, is_done, run_dir, stage_run,
-                           variant_lock)
+from bench.io import atomic_write_json, atomic_write_text
+from bench.records import RecordError
+from bench.runs import EVAL_STAGE, find_record, is_done, run_dir, stage_run, variant_lock
 from bench.stats import mean_metric, rate_metric
 
 BATTERY_VERSION = "1.0.0"  # bump when what a metric means or how it is computed changes
-EVAL_PREFIX = "eval"
 GENERATIONS_FILE = "generations.jsonl"
 SECTIONS = ("model", "data", "eval")
 # The refusal sets: (metric prefix, data role, label filter, cap field)
@@ -215,11 +215,6 @@ def eval_hash(inputs: dict) -> str:
     return _sha(inputs)[:16]
 
 
-def eval_variant_name(name: str) -> str:
-    """Run-dir name of a variant's eval record: ``eval/<variant>``."""
-    return f"{EVAL_PREFIX}/{name}"
-
-
 # =========================================================================== base caches
 
 
@@ -227,7 +222,7 @@ class _BaseCache:
     """JSON files in ``runs/<p>/eval/base/cache/`` keyed by a hash of everything they depend on."""
 
     def __init__(self, profile: str):
-        self.dir = run_dir(profile, eval_variant_name("base")) / "cache"
+        self.dir = run_dir(profile, "base", stage=EVAL_STAGE) / "cache"
 
     def get(self, kind: str, key: str):
         path = self.dir / f"{kind}.json"
@@ -272,8 +267,7 @@ def score_variant(cfg: ProfileConfig, variant, force: bool = False, progress: Ca
     rm_rec, cm_rec = _maybe_record(profile, "reward"), _maybe_record(profile, "cost")
     meta = eval_inputs(cfg, variant, base_rec, rm_rec, cm_rec)
     chash = eval_hash(meta)
-    ename = eval_variant_name(variant.name)
-    if not force and is_done(cfg, ename, chash):
+    if not force and is_done(cfg, variant.name, chash, stage=EVAL_STAGE):
         progress(f"eval {variant.name}: up to date")
         return None
     sets, idents = inputs or load_inputs(cfg)
@@ -297,9 +291,7 @@ def score_variant(cfg: ProfileConfig, variant, force: bool = False, progress: Ca
     help_key = _sha({"prompts": help_prompts, "sp": sp, "gen": [gen.max_new_tokens, gen.batch_size],
                      "base": base_fp, "dtype": cfg.model.dtype})
 
-    with stage_run(cfg, variant=ename, stage="eval", sections=SECTIONS) as run:
-        run.variant = variant.name  # the record names the scored variant; its dir is eval/<variant>
-        run.config_hash = chash
+    with stage_run(cfg, variant=variant.name, stage=EVAL_STAGE, config_hash=chash) as run:
         run.datasets = idents
         progress(f"eval {variant.name}: {len(all_prompts)} generations, {len(pairs)} pairs"
                  + (f", lm-eval {', '.join(ev.lm_eval_tasks)}" if ev.lm_eval_tasks else ""))
@@ -472,7 +464,7 @@ def run_eval(cfg: ProfileConfig, variant: str | None = None, force: bool = False
         if inputs is None:
             inputs = load_inputs(cfg)
         # Per-variant lock: a concurrent `make eval` waits here, then finds this variant up to date.
-        with variant_lock(cfg.profile.name, f"eval/{v.name}"):
+        with variant_lock(cfg.profile.name, v.name, stage=EVAL_STAGE):
             out = score_variant(cfg, v, force=force, progress=progress, inputs=inputs)
         status[v.name] = "up to date" if out is None else "scored"
     return status

@@ -5,7 +5,7 @@
     bench perf --profile smoke --quick           # tiny sizes, 1 repeat, in-process (the tests)
 
 Writes ``leaderboards/perf.md`` (``perf-<profile>.md`` for other profiles) and the raw numbers as
-JSON beside it (``perf[-<profile>].json``), with the machine (``bench.records.provenance``). Every
+JSON beside it (``perf[-<profile>].json``), with the machine (``bench.provenance``). Every
 figure is a median with its spread (min-max, and the interquartile range in the JSON) over repeats.
 
 What is measured, and how (each unit is in :mod:`bench.perf.units`):
@@ -37,9 +37,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from bench.config import REPO_ROOT, ProfileConfig, dump_yaml, runs_root
+from bench.config import REPO_ROOT, ProfileConfig, dump_yaml
 from bench.perf.stats import rates, ratio, summarize
-from bench.records import PIPELINE_STAGES, stage_rank
+from bench.runs import PIPELINE_STAGES, record_paths, runs_root, stage_rank
 
 TARGET_SCORING_SPEEDUP = 2.0
 TARGET_PIPELINE_S = 20 * 60  # the default profile's whole pipeline on the 2-core reference machine
@@ -85,9 +85,8 @@ def stage_times(profile: str) -> dict:
     """Wall times of the profile's finished stages from its run records (no re-run)."""
     from bench.records import RecordError, read_record
 
-    root = runs_root() / profile
     rows = []
-    for path in sorted(root.glob("*/record.json")) + sorted(root.glob("eval/*/record.json")):
+    for path in record_paths(profile):
         try:
             rec = read_record(path)
         except RecordError as e:
@@ -110,7 +109,7 @@ def stage_times(profile: str) -> dict:
                                         and r.get("wall_time_s") is not None])
     stages = dict(sorted(stages.items(), key=lambda kv: stage_rank(kv[0])))
     missing = [st for st in PIPELINE_STAGES if st not in stages]
-    return {"runs_dir": str(root), "records": rows, "stages": stages, "missing": missing,
+    return {"runs_dir": str(runs_root() / profile), "records": rows, "stages": stages, "missing": missing,
             "total_s": sum(s["total_s"] for s in stages.values())}
 
 
@@ -165,9 +164,10 @@ def run_perf(cfg: ProfileConfig, repeats: int = 3, quick: bool = False, out_dir:
     JSON; returns their paths."""
     import torch
 
+    from bench.io import atomic_write_json, atomic_write_text
     from bench.perf.report import render
     from bench.perf.units import run_unit
-    from bench.records import atomic_write_json, atomic_write_text, provenance
+    from bench.provenance import provenance
 
     sizes = QUICK if quick else Sizes()
     repeats = 1 if quick else max(1, repeats)

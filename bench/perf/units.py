@@ -269,9 +269,9 @@ def unit_dpo(args: dict) -> dict:
 
     from bench import chat
     from bench.data import load
+    from bench.data.pairs import dpo_pairs
     from bench.models import policy_init_dir, prepare_base
     from bench.train.common import load_trainable_policy
-    from bench.data.pairs import dpo_pairs
     from bench.train.dpo import build_pairs, dpo_args
 
     cfg = _cfg(args)
@@ -325,7 +325,7 @@ def _runs_view(cfg, args: dict, stages: tuple[str, ...] = ("sft", "reward", "cos
     """``BENCH_RUNS`` pointed at a temporary folder whose ``<profile>/<stage>`` entries link to the
     real runs' finished stages (the inputs a recipe reads), so a benchmark run writes nothing into
     the real ``runs/`` and never overwrites a record."""
-    from bench.config import runs_root
+    from bench.runs import runs_root
 
     real = runs_root() / cfg.profile.name
     old = os.environ.get("BENCH_RUNS")
@@ -359,7 +359,7 @@ def unit_ppo(args: dict) -> dict:
 
     from bench import chat
     from bench.models import prepare_base
-    from bench.records import find_record
+    from bench.runs import find_record
     from bench.train import ppo
 
     cfg = _cfg(args)

@@ -45,7 +45,8 @@ def discover_checkpoints(profile: str, base_model_dir: str | None = None) -> lis
 
     Each entry: ``{name, variant, stage, step, fraction, model_dir, config_hash}``. A record that
     cannot be read is skipped (the audit reports what exists; other stages own their records)."""
-    from bench.records import RECORD_NAME, RecordError, find_record, read_record, runs_root
+    from bench.records import RecordError
+    from bench.runs import find_record, iter_records
 
     out: list[dict] = []
     base = None
@@ -57,12 +58,7 @@ def discover_checkpoints(profile: str, base_model_dir: str | None = None) -> lis
     if bdir:
         out.append({"name": "base", "variant": "base", "stage": "base", "step": None, "fraction": None,
                     "model_dir": str(bdir), "config_hash": (base or {}).get("config_hash")})
-    root = runs_root() / profile
-    for path in sorted(root.glob(f"*/{RECORD_NAME}")):
-        try:
-            rec = read_record(path)
-        except RecordError:
-            continue
+    for rec in iter_records(profile):
         if rec["stage"] in EXCLUDED_STAGES:
             continue
         arts = rec.get("artifacts") or {}

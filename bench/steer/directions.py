@@ -47,7 +47,6 @@ import torch
 
 from bench import chat
 
-
 # --------------------------------------------------------------------------- activations
 
 

@@ -92,8 +92,9 @@ def unit_vector(direction: torch.Tensor) -> torch.Tensor:
 
 def save_vector(path: str | Path, direction: torch.Tensor, **tensors: torch.Tensor) -> Path:
     """``torch.save`` a dict of plain tensors (``direction`` plus any extras), atomically."""
-    from bench.records import atomic_write_bytes
     import io
+
+    from bench.io import atomic_write_bytes
 
     payload = {"direction": direction.detach().to(torch.float32).cpu().contiguous()}
     payload.update({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
@@ -326,7 +327,7 @@ def write_lm_eval_steer_file(path: str | Path, model: nn.Module, direction: torc
                              layer: int | None = None, alpha: float | None = 1.0) -> Path:
     import io
 
-    from bench.records import atomic_write_bytes
+    from bench.io import atomic_write_bytes
 
     buf = io.BytesIO()
     torch.save(lm_eval_steer_config(model, direction, mode, layer, alpha), buf)

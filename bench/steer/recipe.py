@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Callable
 
 from bench.config import ProfileConfig
-from bench.records import atomic_write_text, find_record, is_done, run_dir, stage_run
+from bench.io import atomic_write_text
+from bench.runs import find_record, is_done, run_dir, stage_run
 from bench.stats import rate_metric, scalar_metric
 
 SECTIONS = ("profile", "model", "data", "steer")
@@ -208,8 +209,7 @@ def _write_variants(cfg: ProfileConfig, model, tok, result: dict, chash: str, po
     n_val = {"harmful": sel.baseline["n_harmful"], "benign": sel.baseline["n_benign"]}
     chosen = next(c for c in sel.candidates if c["chosen"])
     for mode, variant in VARIANTS.items():
-        with stage_run(cfg, variant=variant, stage="steer", sections=SECTIONS) as run:
-            run.config_hash = chash
+        with stage_run(cfg, variant=variant, stage="steer", config_hash=chash) as run:
             vpath = hooks.save_vector(run.dir / VECTOR_FILE, vec)
             if mode == "ablate":
                 means = hooks.save_vector(run.dir / MEANS_FILE, vec, harm_mean=result["harm_mean"],
@@ -282,8 +282,7 @@ def _write_gated(cfg: ProfileConfig, model, tok, result: dict, chash: str, polic
     vec = chosen_vector(cfg, result)  # the same direction as steer-ablate's
     t0 = time.perf_counter()
     g = fit_gate(cfg, model, tok)
-    with stage_run(cfg, variant=GATED_VARIANT, stage="steer", sections=SECTIONS) as run:
-        run.config_hash = chash
+    with stage_run(cfg, variant=GATED_VARIANT, stage="steer", config_hash=chash) as run:
         vpath = hooks.save_vector(run.dir / VECTOR_FILE, vec)
         gpath = hooks.save_vector(run.dir / GATE_FILE, g["unit"])
         run.artifacts.update({
@@ -319,8 +318,7 @@ def run_audit_stage(cfg: ProfileConfig, prompts: dict, datasets: dict, base_dir:
     if not force and is_done(cfg, AUDIT_VARIANT, chash):
         progress(f"steer: audit up to date ({len(checkpoints)} checkpoints)")
         return None
-    with stage_run(cfg, variant=AUDIT_VARIANT, stage="steer", sections=SECTIONS) as run:
-        run.config_hash = chash
+    with stage_run(cfg, variant=AUDIT_VARIANT, stage="steer", config_hash=chash) as run:
         table = measure(checkpoints, lambda d: load_pretrained(d, cfg.model), prompts, position, s.positions,
                         cfg.model.system_prompt, s.batch_size, progress)
         plot = plot_audit(table, run.dir / AUDIT_PLOT)

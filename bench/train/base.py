@@ -12,7 +12,7 @@ from __future__ import annotations
 from bench import chat
 from bench.config import ProfileConfig
 from bench.models import load_base, prepare_base
-from bench.records import is_done, stage_run
+from bench.runs import is_done, stage_run
 from bench.stats import scalar_metric
 
 SANITY_QUESTION = "What is the capital of France?"

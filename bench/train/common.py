@@ -157,7 +157,7 @@ def resumed_mean_loss(log_history: list[dict], resume_step: int, post_mean: floa
 
 def save_final(trainer, tok, out: Path) -> Path:
     """Save the trained model as a plain checkpoint (LoRA merged) that plain transformers loads."""
-    from bench.records import atomic_dir
+    from bench.io import atomic_dir
 
     final = trainer.model
     if hasattr(final, "merge_and_unload"):

@@ -34,9 +34,17 @@ from bench.config import DPOSection, DPOVariant, ProfileConfig
 from bench.data import load
 from bench.data.pairs import dpo_pairs, overlong_error
 from bench.models import policy_init_dir
-from bench.records import cache_dir, is_done, stage_run
+from bench.runs import cache_dir, is_done, stage_run
 from bench.stats import scalar_metric
-from bench.train.common import fp16_stats, guard_callbacks, hashed_sections, load_trainable_policy, save_final, train_resumable, trainer_kwargs
+from bench.train.common import (
+    fp16_stats,
+    guard_callbacks,
+    hashed_sections,
+    load_trainable_policy,
+    save_final,
+    train_resumable,
+    trainer_kwargs,
+)
 
 SECTIONS = ("profile", "model", "data", "dpo")
 REF_CACHE = "dpo-ref-logps"  # runs/<profile>/cache/<this>/: reference log-probs shared by variants

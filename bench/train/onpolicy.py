@@ -25,7 +25,8 @@ import json
 from pathlib import Path
 
 from bench.config import DPOSection, ProfileConfig
-from bench.records import atomic_write_text, is_done, run_dir, stage_run
+from bench.io import atomic_write_text
+from bench.runs import is_done, run_dir, stage_run
 from bench.stats import rate_metric
 from bench.train.common import hashed_sections
 

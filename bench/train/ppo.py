@@ -63,6 +63,7 @@ import torch
 from torch import nn
 
 from bench.config import PPOSection, PPOVariant, ProfileConfig
+from bench.io import atomic_dir, atomic_write_json
 from bench.losses import (
     entropy_from_logits,
     gae,
@@ -82,7 +83,8 @@ from bench.losses import (
     update_running_moments,
     value_loss,
 )
-from bench.records import RecordError, atomic_dir, atomic_write_json, find_record, is_done, stage_run
+from bench.records import RecordError
+from bench.runs import find_record, is_done, stage_run
 from bench.stats import mean_metric, rate_metric, scalar_metric
 from bench.train.common import hashed_sections
 from bench.train.rollout import (
@@ -831,7 +833,7 @@ class _NullRun:
 def stage_run_on_main(cfg: ProfileConfig, name: str, rank: int):
     import contextlib
 
-    from bench.records import run_dir
+    from bench.runs import run_dir
 
     if rank == 0:
         return stage_run(cfg, variant=name, stage=STAGE,

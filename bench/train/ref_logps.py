@@ -45,7 +45,7 @@ def cache_key(rows: dict, model_hash: str, settings: dict) -> str:
 def _write(path: Path, columns: dict, features: dict) -> None:
     import torch
 
-    from bench.records import atomic_write_bytes
+    from bench.io import atomic_write_bytes
 
     buf = io.BytesIO()
     torch.save({"columns": {k: torch.tensor(list(v), dtype=torch.float64) for k, v in columns.items()},

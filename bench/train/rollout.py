@@ -29,7 +29,6 @@ from torch import nn
 
 from bench import chat
 
-
 # --------------------------------------------------------------------------- masks
 
 

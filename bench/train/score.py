@@ -29,7 +29,7 @@ from bench.data import load
 from bench.data.pairs import better_pairs, overlong_error, safer_pairs
 from bench.losses import cost_model_loss, cost_sign
 from bench.models import configure_trainable, policy_init_dir, trainable_count
-from bench.records import is_done, stage_run
+from bench.runs import is_done, stage_run
 from bench.score_model import build_score_model, encode, load_score_model, score_texts
 from bench.stats import mean_metric, rate_metric, scalar_metric
 from bench.train.common import fp16_stats, guard_callbacks, save_final, train_resumable, trainer_kwargs

@@ -22,9 +22,16 @@ from bench.config import ProfileConfig, SFTSection
 from bench.data import load
 from bench.data.pairs import dpo_pairs, interleave_by, overlong_error
 from bench.models import policy_init_dir
-from bench.records import is_done, stage_run
+from bench.runs import is_done, stage_run
 from bench.stats import scalar_metric
-from bench.train.common import fp16_stats, guard_callbacks, load_trainable_policy, save_final, train_resumable, trainer_kwargs
+from bench.train.common import (
+    fp16_stats,
+    guard_callbacks,
+    load_trainable_policy,
+    save_final,
+    train_resumable,
+    trainer_kwargs,
+)
 
 SECTIONS = ("profile", "model", "data", "sft")
 

@@ -60,7 +60,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from bench.config import ProfileConfig
-from bench.records import atomic_write_bytes, atomic_write_json, cache_dir
+from bench.io import atomic_write_bytes, atomic_write_json
+from bench.runs import cache_dir
 from bench.stats import rate_metric
 
 # Validation sizes: small on purpose (tracking runs K times per variant). The eval section's caps
@@ -227,7 +228,7 @@ def save_plain_copy(model, tok, out: Path) -> Path:
     unchanged) that ``AutoModelForCausalLM.from_pretrained`` loads. Atomic (temp folder + rename)."""
     import copy
 
-    from bench.records import atomic_dir
+    from bench.io import atomic_dir
 
     out = Path(out)
     with atomic_dir(out) as tmp:
