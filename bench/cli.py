@@ -27,7 +27,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from bench.hub import HubError
     from bench.models import ModelError
     from bench.records import RecordError
-    from bench.train.common import NumericsError
+    from bench.train.hf_trainer import NumericsError
 
     extra: tuple[type[BaseException], ...] = (ModelError, RecordError, HubError, NumericsError)
     try:
@@ -145,7 +145,7 @@ _register_data_group()
 @stage_command("base")
 def base(cfg: ProfileConfig, force: bool) -> None:
     """Prepare the profile's base policy (convert/verify) and write its record."""
-    from bench.train.base import run_base
+    from bench.train.prepare_base import run_base
 
     run_base(cfg, force=force)
 
@@ -155,7 +155,7 @@ def base(cfg: ProfileConfig, force: bool) -> None:
 @stage_command("reward")
 def reward(cfg: ProfileConfig, force: bool) -> None:
     """Train the reward model (Bradley-Terry on better_response_id, TRL RewardTrainer)."""
-    from bench.train.score import run_score_stage
+    from bench.train.reward_cost import run_score_stage
 
     run_score_stage(cfg, "reward", force=force)
 
@@ -165,7 +165,7 @@ def reward(cfg: ProfileConfig, force: bool) -> None:
 @stage_command("cost")
 def cost(cfg: ProfileConfig, force: bool) -> None:
     """Train the cost model (Safe RLHF pairwise + sign loss)."""
-    from bench.train.score import run_score_stage
+    from bench.train.reward_cost import run_score_stage
 
     run_score_stage(cfg, "cost", force=force)
 

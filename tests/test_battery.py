@@ -170,7 +170,7 @@ def eval_profile(tmp_path_factory, smoke_base):
     """Profile ``smoke-eval`` with base, RM, CM, a fake dpo variant and (if available) a steered one,
     after one `run_eval` over all of them."""
     from bench.eval.battery import run_eval
-    from bench.train.base import run_base
+    from bench.train.prepare_base import run_base
 
     files = write_fixture_data(tmp_path_factory.mktemp("evaldata"))
     cfg = _cfg("smoke-eval", files)

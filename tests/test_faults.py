@@ -90,7 +90,7 @@ if stage in ("sft", "dpo", "reward", "cost"):
 
     from transformers import TrainerCallback
 
-    mod = importlib.import_module({"sft": "bench.train.sft", "dpo": "bench.train.dpo"}.get(stage, "bench.train.score"))
+    mod = importlib.import_module({"sft": "bench.train.sft", "dpo": "bench.train.dpo"}.get(stage, "bench.train.reward_cost"))
 
     class KillAfterSave(TrainerCallback):
         def on_save(self, args, state, control, **kw):  # called after the checkpoint folder is complete
@@ -339,8 +339,8 @@ def test_eval_killed_mid_variant_rescores_only_that_variant(smoke_base, tmp_path
     the first (base) keeps its record untouched, the killed one leaves nothing partial; the re-run skips
     base, scores sft and dpo, and their records equal an uninterrupted eval's."""
     from bench.config import load_config
-    from bench.train.base import run_base
     from bench.train.dpo import train_variant
+    from bench.train.prepare_base import run_base
     from bench.train.sft import run_sft
 
     profile = "faults-eval"

@@ -81,7 +81,7 @@ def test_missing_gguf_package_is_clear(monkeypatch):
 @pytest.mark.slow
 def test_default_base_answers_sensibly(tmp_path, monkeypatch):
     """The real conversion (about 25 s): SmolLM2 from the GGUF answers a factual question."""
-    from bench.train.base import SANITY_QUESTION, greedy_answer
+    from bench.train.prepare_base import SANITY_QUESTION, greedy_answer
 
     cfg = load_config("default")
     folder, _ = prepare_base(cfg, progress=lambda s: None)

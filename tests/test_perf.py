@@ -11,7 +11,7 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from bench.perf.stats import fmt, quantile, rates, ratio, summarize
+from bench.perf.timing import fmt, quantile, rates, ratio, summarize
 
 
 def test_summaries_on_hand_values():

@@ -16,8 +16,8 @@ SMOKE_TRAIN = ["reward.max_steps=4", "reward.batch_size=4", "reward.save_steps=2
 
 
 def _train(kind, overrides, smoke_base):
-    from bench.train.base import run_base
-    from bench.train.score import run_score_stage
+    from bench.train.prepare_base import run_base
+    from bench.train.reward_cost import run_score_stage
 
     cfg = load_config("smoke", overrides)
     run_base(cfg)
@@ -55,7 +55,7 @@ def test_score_stage_trains_and_records(kind, smoke_base):
 def test_interrupted_run_resumes_from_checkpoint(smoke_base, monkeypatch):
     from transformers import TrainerCallback
 
-    import bench.train.score as score
+    import bench.train.reward_cost as score
 
     class Interrupt(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
@@ -87,8 +87,8 @@ def test_non_finite_gradient_stops_before_the_bad_step(smoke_base, monkeypatch):
     step 2 stays, no record is written, and a re-run (cause removed) resumes from it."""
     from transformers import TrainerCallback
 
-    import bench.train.score as score
-    from bench.train.common import NumericsError
+    import bench.train.reward_cost as score
+    from bench.train.hf_trainer import NumericsError
 
     class PoisonStep3(TrainerCallback):
         def on_step_begin(self, args, state, control, model=None, **kw):

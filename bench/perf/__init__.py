@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench.config import REPO_ROOT, ProfileConfig, dump_yaml
-from bench.perf.stats import rates, ratio, summarize
+from bench.perf.timing import rates, ratio, summarize
 from bench.runs import PIPELINE_STAGES, record_paths, runs_root, stage_rank
 
 TARGET_SCORING_SPEEDUP = 2.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from bench.perf.stats import fmt
+from bench.perf.timing import fmt
 
 SECTIONS = ("## Machine", "## Stages", "## Scoring", "## Generation", "## Training", "## GPU")
 

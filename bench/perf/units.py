@@ -271,8 +271,8 @@ def unit_dpo(args: dict) -> dict:
     from bench.data import load
     from bench.data.pairs import dpo_pairs
     from bench.models import policy_init_dir, prepare_base
-    from bench.train.common import load_trainable_policy
     from bench.train.dpo import build_pairs, dpo_args
+    from bench.train.hf_trainer import load_trainable_policy
 
     cfg = _cfg(args)
     side = args["side"]
@@ -375,7 +375,7 @@ def unit_ppo(args: dict) -> dict:
             if not args.get("train_reward"):
                 return {"error": f"profile '{cfg.profile.name}' has no reward model record (run `make reward "
                                  f"PROFILE={cfg.profile.name}`)"}
-            from bench.train.score import run_score_stage
+            from bench.train.reward_cost import run_score_stage
 
             (view / "reward").unlink(missing_ok=True)
             with contextlib.redirect_stdout(sys.stderr):

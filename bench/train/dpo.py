@@ -36,7 +36,7 @@ from bench.data.pairs import dpo_pairs, overlong_error
 from bench.models import policy_init_dir
 from bench.runs import cache_dir, is_done, stage_run
 from bench.stats import scalar_metric
-from bench.train.common import (
+from bench.train.hf_trainer import (
     fp16_stats,
     guard_callbacks,
     hashed_sections,

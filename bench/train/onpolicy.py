@@ -28,7 +28,7 @@ from bench.config import DPOSection, ProfileConfig
 from bench.io import atomic_write_text
 from bench.runs import is_done, run_dir, stage_run
 from bench.stats import rate_metric
-from bench.train.common import hashed_sections
+from bench.train.hf_trainer import hashed_sections
 
 NAME = "dpo-onpolicy-pairs"  # run directory and record name
 SECTIONS = ("profile", "model", "data", "dpo")

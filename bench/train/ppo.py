@@ -86,7 +86,7 @@ from bench.losses import (
 from bench.records import RecordError
 from bench.runs import find_record, is_done, stage_run
 from bench.stats import mean_metric, rate_metric, scalar_metric
-from bench.train.common import hashed_sections
+from bench.train.hf_trainer import hashed_sections
 from bench.train.rollout import (
     PolicyWithValueHead,
     Samples,

@@ -24,7 +24,7 @@ from bench.data.pairs import dpo_pairs, interleave_by, overlong_error
 from bench.models import policy_init_dir
 from bench.runs import is_done, stage_run
 from bench.stats import scalar_metric
-from bench.train.common import (
+from bench.train.hf_trainer import (
     fp16_stats,
     guard_callbacks,
     load_trainable_policy,

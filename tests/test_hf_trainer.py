@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from bench.config import load_config
-from bench.train.common import fp16_stats, guard_callbacks, trainer_kwargs
+from bench.train.hf_trainer import fp16_stats, guard_callbacks, trainer_kwargs
 
 
 def test_fp16_stats_reads_deepspeed_and_amp_state():
@@ -42,7 +42,7 @@ def test_incomplete_checkpoints_are_skipped_and_removed(tmp_path):
     takes the newest complete one and removes the broken one."""
     import json
 
-    from bench.train.common import last_complete_checkpoint
+    from bench.train.hf_trainer import last_complete_checkpoint
 
     def ckpt(step, state=True, truncated=False):
         d = tmp_path / f"checkpoint-{step}"
@@ -63,7 +63,7 @@ def test_incomplete_checkpoints_are_skipped_and_removed(tmp_path):
 
 def test_hashed_sections_follow_policy_init():
     """A stage that starts from SFT is re-run when the SFT settings change (DPO and PPO alike)."""
-    from bench.train.common import hashed_sections
+    from bench.train.hf_trainer import hashed_sections
 
     assert hashed_sections(("dpo",), "base") == ("dpo",)
     assert hashed_sections(("ppo", "reward"), "sft") == ("ppo", "reward", "sft")
@@ -75,7 +75,7 @@ def test_hashed_sections_follow_policy_init():
 
 
 def test_checkpoints_of_another_config_are_never_resumed(tmp_path):
-    from bench.train.common import claim_checkpoints, last_complete_checkpoint
+    from bench.train.hf_trainer import claim_checkpoints, last_complete_checkpoint
 
     ckpt = tmp_path / "checkpoints"
     (ckpt / "checkpoint-2").mkdir(parents=True)

@@ -32,7 +32,7 @@ from bench.models import configure_trainable, policy_init_dir, trainable_count
 from bench.runs import is_done, stage_run
 from bench.score_model import build_score_model, encode, load_score_model, score_texts
 from bench.stats import mean_metric, rate_metric, scalar_metric
-from bench.train.common import fp16_stats, guard_callbacks, save_final, train_resumable, trainer_kwargs
+from bench.train.hf_trainer import fp16_stats, guard_callbacks, save_final, train_resumable, trainer_kwargs
 
 SECTIONS = {"reward": ("profile", "model", "data", "reward"), "cost": ("profile", "model", "data", "cost")}
 
