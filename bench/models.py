@@ -136,8 +136,10 @@ def _build_micro_llama(model_cfg: ModelSection, out: Path, seed: int) -> dict:
 def _build_hub(model_cfg: ModelSection, out: Path, profile: str | None = None) -> dict:
     """Paper-scale: the pinned revision through the HF cache (filled by `make fetch`), saved as a
     plain copy. The revision is resolved to its commit sha (from the cache's refs when offline);
-    gated, missing or not-cached items become one HubError line (bench.hub)."""
-    from bench.hub import Item, hub_errors, resolve_revision
+    gated, missing or not-cached items become one HubError line (bench.hub_errors)."""
+    from bench.hub import resolve_revision
+    from bench.hub_cache import Item
+    from bench.hub_errors import hub_errors
 
     item = Item("model", model_cfg.hub_id, model_cfg.revision, "model", used_by=["model"])
     with hub_errors(item, profile):

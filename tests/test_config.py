@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from bench.config import REPO_ROOT, ConfigError, apply_overrides, known_profiles, load_config
+from bench.config import REPO_ROOT, ConfigError, known_profiles, load_config
+from bench.typed_yaml import apply_overrides, coerce
 
 
 @pytest.mark.parametrize("name", known_profiles())
@@ -100,13 +101,9 @@ def test_hash_is_stable_across_loads():
 
 def test_float_accepts_yaml_exponent_strings(tmp_path):
     # PyYAML reads 1e-4 (no dot) as a string; floats accept numeric strings, ints do not.
-    from dataclasses import dataclass
-
-    from bench.config import _coerce
-
-    assert _coerce("1e-4", float, "k", "w") == 1e-4
+    assert coerce("1e-4", float, "k", "w") == 1e-4
     with pytest.raises(ConfigError):
-        _coerce("1e-4", int, "k", "w")
+        coerce("1e-4", int, "k", "w")
 
 
 def test_configs_dir_is_in_repo():

@@ -1,5 +1,5 @@
-"""bench.hub: fetch plans, revision resolution, gated/offline messages, the fetch manifest and
-offline-by-default. The network is fully mocked: a fake ``HfApi`` and ``snapshot_download`` serve
+"""bench.hub (fetch plans, revision resolution), bench.hub_errors (gated/offline messages) and
+bench.hub_fetch (the fetch manifest, offline-by-default). The network is fully mocked: a fake ``HfApi`` and ``snapshot_download`` serve
 an in-memory hub and write huggingface_hub's cache layout under a temp ``HF_HOME``."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import httpx2
 import pytest
 import yaml
 
-from bench import hub
+from bench import hub, hub_cache, hub_fetch
 from bench.config import CONFIG_DIR, known_profiles, load_config
+from bench.hub_errors import HubError, hub_errors
 
 SHA_MODEL = "a" * 40
 SHA_PKU = "b" * 40
@@ -70,7 +71,7 @@ def fake_snapshot_download(repo_id, *, revision=None, repo_type=None, allow_patt
 
     repo_type = repo_type or "model"
     folder = Path(cache_dir) / f"{repo_type}s--{repo_id.replace('/', '--')}" / "snapshots" / revision
-    if hub.is_offline():
+    if hub_cache.is_offline():
         if not folder.is_dir():
             raise LocalEntryNotFoundError(f"{repo_id}@{revision} not in the cache")
         return str(folder)
@@ -153,7 +154,6 @@ def test_plan_of_every_shipped_profile(profile, hf):
         assert any(f"lm-eval:{t}" in i.used_by for i in plan)
 
 
-@pytest.mark.skipif("llama2-7b-v100" not in known_profiles(), reason="paper-scale profile not shipped")
 def test_plan_llama2_profile(hf):
     plan = hub.fetch_plan(load_config("llama2-7b-v100"))
     keys = _keys(plan)
@@ -207,15 +207,15 @@ def test_resolve_offline_from_cache_refs(hf, monkeypatch):
 
     with pytest.raises(LocalEntryNotFoundError):
         hub.resolve_revision("org/name", "dev", "model")
-    with pytest.raises(hub.HubError, match=r"model org/name@dev is not in the cache .*make fetch PROFILE=p1"):
-        with hub.hub_errors(hub.Item("model", "org/name", "dev", "model"), "p1"):
+    with pytest.raises(HubError, match=r"model org/name@dev is not in the cache .*make fetch PROFILE=p1"):
+        with hub_errors(hub_cache.Item("model", "org/name", "dev", "model"), "p1"):
             hub.resolve_revision("org/name", "dev", "model")
 
 
 def test_resolved_revisions_from_manifest_and_live(hub_profile, hf, monkeypatch):
     live = hub.resolved_revisions(hub_profile)  # no manifest yet: resolved online
     assert live == {"model:org/model@main": SHA_MODEL, "dataset:PKU-Alignment/PKU-SafeRLHF@main": SHA_PKU}
-    hub.fetch(hub_profile, progress=lambda s: None)
+    hub_fetch.fetch(hub_profile, progress=lambda s: None)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     FakeApi.calls.clear()
     assert hub.resolved_revisions(hub_profile) == live
@@ -226,7 +226,7 @@ def test_resolved_revisions_unresolvable_is_none_or_error(hub_profile, hf, monke
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # empty cache, offline
     assert hub.resolved_revisions(hub_profile) == {"model:org/model@main": None,
                                                    "dataset:PKU-Alignment/PKU-SafeRLHF@main": None}
-    with pytest.raises(hub.HubError, match="not in the cache"):
+    with pytest.raises(HubError, match="not in the cache"):
         hub.resolved_revisions(hub_profile, strict=True)
     assert hub.resolved_revisions(load_config("smoke")) == {}
 
@@ -236,11 +236,11 @@ def test_resolved_revisions_unresolvable_is_none_or_error(hub_profile, hf, monke
 
 def test_fetch_writes_manifest_with_shas_and_prints_sizes(hub_profile, hf, monkeypatch):
     writes = []
-    real_write = hub.atomic_write_json
-    monkeypatch.setattr(hub, "atomic_write_json", lambda p, obj: (writes.append(Path(p)), real_write(p, obj)))
+    real_write = hub_fetch.atomic_write_json
+    monkeypatch.setattr(hub_fetch, "atomic_write_json", lambda p, obj: (writes.append(Path(p)), real_write(p, obj)))
     lines = []
-    manifest = hub.fetch(hub_profile, progress=lines.append)
-    path = hub.manifest_path("hubby")
+    manifest = hub_fetch.fetch(hub_profile, progress=lines.append)
+    path = hub_cache.manifest_path("hubby")
     assert path == hf.home / "align-bench" / "fetch-hubby.json"
     assert writes == [path]  # written once, atomically, at the end
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
@@ -264,23 +264,23 @@ def test_fetch_writes_manifest_with_shas_and_prints_sizes(hub_profile, hf, monke
 
 
 def test_fetch_offline_checks_the_cache(hub_profile, hf, monkeypatch):
-    hub.fetch(hub_profile, progress=lambda s: None)
-    hub.manifest_path("hubby").unlink()
+    hub_fetch.fetch(hub_profile, progress=lambda s: None)
+    hub_cache.manifest_path("hubby").unlink()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     FakeApi.calls.clear()
-    manifest = hub.fetch(hub_profile, progress=lambda s: None)  # everything cached: a manifest again
+    manifest = hub_fetch.fetch(hub_profile, progress=lambda s: None)  # everything cached: a manifest again
     assert manifest["items"]["model:org/model@main"]["sha"] == SHA_MODEL and FakeApi.calls == []
 
 
 def test_offline_missing_item_names_item_and_make_fetch(hub_profile, hf, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(hub.HubError) as ei:
-        hub.fetch(hub_profile, progress=lambda s: None)
+    with pytest.raises(HubError) as ei:
+        hub_fetch.fetch(hub_profile, progress=lambda s: None)
     msg = str(ei.value)
     assert "model org/model@main is not in the cache" in msg
     assert f"HF_HOME={hf.home}" in msg and "`make fetch PROFILE=hubby`" in msg and "login node" in msg
     assert "\n" not in msg and ei.value.__cause__ is None and ei.value.__suppress_context__
-    assert not hub.manifest_path("hubby").exists()
+    assert not hub_cache.manifest_path("hubby").exists()
 
 
 def _gated(status):
@@ -299,41 +299,41 @@ def _http(status):
                          ids=["gated-401", "gated-403", "http-401", "http-403"])
 def test_gated_model_one_clear_message_and_no_manifest(hub_profile, hf, error):
     FakeApi.fail = {"org/model": error()}
-    with pytest.raises(hub.HubError) as ei:
-        hub.fetch(hub_profile, progress=lambda s: None)
+    with pytest.raises(HubError) as ei:
+        hub_fetch.fetch(hub_profile, progress=lambda s: None)
     msg = str(ei.value)
     assert msg.startswith("model org/model is gated: accept its licence at https://huggingface.co/org/model")
     assert "HF_TOKEN" in msg and "make fetch PROFILE=hubby" in msg and "no token found" in msg
     assert "\n" not in msg and ei.value.__cause__ is None and ei.value.__suppress_context__
-    assert not hub.manifest_path("hubby").exists()
+    assert not hub_cache.manifest_path("hubby").exists()
 
 
 def test_gated_dataset_after_model_leaves_no_manifest(hub_profile, hf, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_fake")
     FakeApi.fail = {"PKU-Alignment/PKU-SafeRLHF": _gated(403)}
-    with pytest.raises(hub.HubError, match=r"^dataset PKU-Alignment/PKU-SafeRLHF is gated: .*"
+    with pytest.raises(HubError, match=r"^dataset PKU-Alignment/PKU-SafeRLHF is gated: .*"
                                            r"https://huggingface.co/datasets/PKU-Alignment/PKU-SafeRLHF .*HF_TOKEN is set"):
-        hub.fetch(hub_profile, progress=lambda s: None)
-    assert not hub.manifest_path("hubby").exists()
+        hub_fetch.fetch(hub_profile, progress=lambda s: None)
+    assert not hub_cache.manifest_path("hubby").exists()
 
 
 def test_not_found_and_bad_revision(hub_profile, hf):
     hub_profile.model.hub_id = "org/missing"
-    with pytest.raises(hub.HubError, match="model org/missing was not found on the hub, or it is private"):
-        hub.fetch(hub_profile, progress=lambda s: None)
+    with pytest.raises(HubError, match="model org/missing was not found on the hub, or it is private"):
+        hub_fetch.fetch(hub_profile, progress=lambda s: None)
     hub_profile.model.hub_id, hub_profile.model.revision = "org/model", "no-such-tag"
-    with pytest.raises(hub.HubError, match="pinned revision 'no-such-tag' does not exist"):
-        hub.fetch(hub_profile, progress=lambda s: None)
+    with pytest.raises(HubError, match="pinned revision 'no-such-tag' does not exist"):
+        hub_fetch.fetch(hub_profile, progress=lambda s: None)
 
 
 def test_hub_errors_passes_other_errors_and_unwraps_causes():
     with pytest.raises(ValueError, match="unrelated"):
-        with hub.hub_errors():
+        with hub_errors():
             raise ValueError("unrelated")
     # transformers wraps hub errors in OSError: the cause chain is searched
-    item = hub.Item("model", "org/model", "main", "model")
-    with pytest.raises(hub.HubError, match="model org/model is gated"):
-        with hub.hub_errors(item, "p"):
+    item = hub_cache.Item("model", "org/model", "main", "model")
+    with pytest.raises(HubError, match="model org/model is gated"):
+        with hub_errors(item, "p"):
             try:
                 raise _gated(403)
             except Exception as e:
@@ -341,7 +341,7 @@ def test_hub_errors_passes_other_errors_and_unwraps_causes():
 
 
 def test_prepare_base_gated_hub_model(hub_profile, hf, monkeypatch):
-    """models._build_hub goes through bench.hub: one message, no half-built base folder."""
+    """models._build_hub goes through bench.hub_errors: one message, no half-built base folder."""
     from bench import models
 
     def gated_load(*a, **kw):
@@ -351,7 +351,7 @@ def test_prepare_base_gated_hub_model(hub_profile, hf, monkeypatch):
             raise OSError("gated repo") from e
 
     monkeypatch.setattr(models, "load_pretrained", gated_load)
-    with pytest.raises(hub.HubError, match="model org/model is gated.*make fetch PROFILE=hubby"):
+    with pytest.raises(HubError, match="model org/model is gated.*make fetch PROFILE=hubby"):
         models.prepare_base(hub_profile, progress=lambda s: None)
     out = models.base_model_dir(hub_profile)
     assert not out.exists() and not list(out.parent.glob(f".{out.name}.*"))
@@ -366,7 +366,7 @@ def test_prepare_base_offline_resolves_from_cache(hub_profile, hf, monkeypatch):
         seen["rev"] = revision
         raise RuntimeError("stop here")
 
-    hub.fetch(hub_profile, progress=lambda s: None)
+    hub_fetch.fetch(hub_profile, progress=lambda s: None)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(models, "load_pretrained", fake_load)
     with pytest.raises(RuntimeError, match="stop here"):
@@ -390,17 +390,17 @@ def restore_offline_constants(monkeypatch):
 
 def test_offline_by_default(hub_profile, hf, monkeypatch, restore_offline_constants):
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    assert hub.offline_by_default(hub_profile) is False  # no manifest yet
+    assert hub_fetch.offline_by_default(hub_profile) is False  # no manifest yet
     assert "HF_HUB_OFFLINE" not in os.environ
-    hub.fetch(hub_profile, progress=lambda s: None)
+    hub_fetch.fetch(hub_profile, progress=lambda s: None)
     # a file of the manifest missing from the cache: stay online
     victim = hf.home / "hub" / "models--org--model" / "snapshots" / SHA_MODEL / "model.safetensors"
     data = victim.read_bytes()
     victim.unlink()
-    assert hub.offline_by_default(hub_profile) is False and "HF_HUB_OFFLINE" not in os.environ
+    assert hub_fetch.offline_by_default(hub_profile) is False and "HF_HUB_OFFLINE" not in os.environ
     victim.write_bytes(data)
     lines = []
-    assert hub.offline_by_default(hub_profile, progress=lines.append) is True
+    assert hub_fetch.offline_by_default(hub_profile, progress=lines.append) is True
     assert os.environ["HF_HUB_OFFLINE"] == "1" and "HF_HUB_OFFLINE=1" in lines[0]
     import huggingface_hub.constants
 
@@ -408,16 +408,16 @@ def test_offline_by_default(hub_profile, hf, monkeypatch, restore_offline_consta
 
 
 def test_offline_by_default_respects_user_setting(hub_profile, hf, monkeypatch, restore_offline_constants):
-    hub.fetch(hub_profile, progress=lambda s: None)
+    hub_fetch.fetch(hub_profile, progress=lambda s: None)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the user wants the network
-    assert hub.offline_by_default(hub_profile) is False and os.environ["HF_HUB_OFFLINE"] == "0"
+    assert hub_fetch.offline_by_default(hub_profile) is False and os.environ["HF_HUB_OFFLINE"] == "0"
 
 
 def test_offline_by_default_stale_manifest(hub_profile, hf, monkeypatch, restore_offline_constants):
-    hub.fetch(hub_profile, progress=lambda s: None)
+    hub_fetch.fetch(hub_profile, progress=lambda s: None)
     monkeypatch.delenv("HF_HUB_OFFLINE")
     hub_profile.model.revision = SHA_NEW  # the profile now pins another revision
-    assert hub.offline_by_default(hub_profile) is False and "HF_HUB_OFFLINE" not in os.environ
+    assert hub_fetch.offline_by_default(hub_profile) is False and "HF_HUB_OFFLINE" not in os.environ
 
 
 @pytest.mark.slow
@@ -427,5 +427,5 @@ def test_lm_eval_index_lookup_real():
     out = hub.lm_eval_task_datasets(("truthfulqa_mc2", "arc_easy"))
     assert out["truthfulqa_mc2"] == [{"path": "truthfulqa/truthful_qa", "name": "multiple_choice", "kwargs": {}}]
     assert out["arc_easy"] == [{"path": "allenai/ai2_arc", "name": "ARC-Easy", "kwargs": {}}]
-    with pytest.raises(hub.HubError, match="no-such-task"):
+    with pytest.raises(HubError, match="no-such-task"):
         hub.lm_eval_task_datasets(("no-such-task",))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 import pytest
-import yaml
 
 from bench.config import REPO_ROOT, ConfigError, load_config
 
