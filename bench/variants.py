@@ -1,5 +1,8 @@
 """Variants of a profile: discovery from run records, and loading one as a policy to score.
 
+The battery (``make eval`` / ``bench eval``) scores what :func:`discover` lists; this is the one place
+that says what kind of variant a record is and how to load it (tests: ``tests/test_variants.py``)::
+
     from bench.variants import discover, load_policy
     for v in discover("default"):          # base first, then sft, dpo..., ppo..., steer-...
         if v.kind in ("policy", "steered"):
@@ -11,8 +14,9 @@ the record's stage:
 
 - ``policy``: ``base``, ``sft``, ``dpo``, ``ppo`` records with ``artifacts.model_dir`` (a plain HF
   causal LM);
-- ``steered``: ``steer`` records with ``artifacts.steering`` (a base model plus forward hooks,
-  applied through ``bench.steer``'s ``apply_spec`` context manager);
+- ``steered``: ``steer`` records with ``artifacts.steering`` (a policy's model plus forward hooks:
+  :class:`bench.steer.spec.SteeringSpec`, applied by :func:`bench.steer.hooks.steering`; the steered
+  policy is :attr:`Variant.policy_variant`, recorded as ``artifacts["base_variant"]``);
 - ``score``: ``reward`` / ``cost`` records (sequence classifiers: they get the RM/CM table, not the
   battery);
 - ``audit``: the ``steer-audit`` record (a table and a plot, no model).
@@ -31,7 +35,8 @@ from typing import Iterator
 
 from bench.config import ProfileConfig
 from bench.records import RecordError
-from bench.runs import EVAL_STAGE, iter_records, stage_rank
+from bench.runs import EVAL_STAGE, find_record, iter_records, run_dir, stage_rank
+from bench.steer.spec import SteeringSpec
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +59,23 @@ class Variant:
         return self.kind in ("policy", "steered")
 
     @property
-    def whole_sequences(self) -> bool:
+    def steering(self) -> SteeringSpec | None:
+        """The steering spec of a steered variant (validated; paths as recorded), else None."""
+        return SteeringSpec.from_record(self.record) if self.kind == "steered" else None
+
+    @property
+    def policy_variant(self) -> str:
+        """The variant whose model this one runs: itself for a policy; the steered policy for a steered
+        variant (the record's ``artifacts["base_variant"]``, ``"base"`` when absent)."""
+        if self.kind == "steered":
+            return self.steering.policy_variant or "base"
+        return self.name
+
+    @property
+    def needs_whole_sequences(self) -> bool:
         """Must see each prompt and its response in one forward pass (no prefix KV cache): a gated
-        steered variant reads the prompt to decide its steering (bench.steer.gate)."""
-        return bool(((self.record.get("artifacts") or {}).get("steering") or {}).get("gate"))
+        steered variant reads the prompt to decide its steering (:mod:`bench.steer.gate`)."""
+        return self.kind == "steered" and self.steering.needs_whole_sequences
 
 
 def classify(record: dict) -> str:
@@ -93,37 +111,19 @@ def discover(profile: str, root: Path | None = None) -> list[Variant]:
     return sorted((from_record(rec) for rec in iter_records(profile, root) if rec["stage"] != EVAL_STAGE), key=sort_key)
 
 
-def steering_module():
-    """The module that provides ``load_steering_spec(record)`` and ``apply_spec(model, spec)``,
-    or None while the steering code is not there."""
-    import importlib
-
-    for name in ("bench.steer.hooks", "bench.steer.recipe"):
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(mod, "load_steering_spec") and hasattr(mod, "apply_spec"):
-            return mod
-    return None
-
-
 def policy_dir(v: Variant, profile: str) -> Path:
-    """The model folder of a policy or a steered variant (its base), checked to exist."""
+    """The model folder of a policy or of a steered variant (its steered policy's), checked to exist."""
     from bench.models import ModelError
 
     mdir = v.model_dir
     if v.kind == "steered" and not mdir:
-        base = (v.record.get("artifacts") or {}).get("base_variant", "base")
-        mdir = ((_record_of(profile, base) or {}).get("artifacts") or {}).get("model_dir")
+        mdir = ((_record_of(profile, v.policy_variant) or {}).get("artifacts") or {}).get("model_dir")
     if not mdir or not (Path(mdir) / "config.json").exists():
         raise ModelError(f"variant '{v.name}': no model at {mdir} (re-run `make {v.stage}`)")
     return Path(mdir)
 
 
 def _record_of(profile: str, name: str) -> dict | None:
-    from bench.runs import find_record
-
     try:
         return find_record(profile, name)
     except RecordError:
@@ -135,6 +135,7 @@ def load_policy(v: Variant, cfg: ProfileConfig, model=None, tok=None) -> Iterato
     """``(model, tok)`` of a variant, steered when it is a steered variant (hooks removed on exit).
     Pass an already loaded ``model``/``tok`` of the right folder to avoid a second load."""
     from bench.models import load_pretrained
+    from bench.steer.hooks import steering
 
     if not v.evaluable:
         raise ValueError(f"variant '{v.name}' ({v.kind}) is not a policy")
@@ -144,9 +145,6 @@ def load_policy(v: Variant, cfg: ProfileConfig, model=None, tok=None) -> Iterato
     if v.kind == "policy":
         yield model, tok
         return
-    mod = steering_module()
-    if mod is None:
-        raise RuntimeError("steered variant but bench.steer (load_steering_spec/apply_spec) is not available")
-    spec = mod.load_steering_spec(v.record)
-    with mod.apply_spec(model, spec):
+    spec = v.steering.located(run_dir(v.record.get("profile") or cfg.profile.name, v.name))
+    with steering(model, spec):
         yield model, tok

@@ -498,7 +498,7 @@ def test_missing_required_key_names_file_and_key(key, tmp_path):
 
 # (section, changes in that section, key the message must name, expected fragment). The TrainSection
 # checks (learning_rate, batch_size/grad_accum, top_layers, deepspeed) read the same for every training
-# section: the message must say which one (config._build qualifies them with the section).
+# section: the message must say which one (bench.typed_yaml.build qualifies them with the section).
 RANGE = [
     *(pytest.param(s, ch, key, frag, id=f"{s}-{key}")
       for s in TRAIN_SECTIONS

@@ -1,6 +1,9 @@
 """The evaluation battery: metric functions on hand-made inputs, an end-to-end run on the smoke base
-(plus a fake trained variant, a steered view and random-head RM/CM) writing eval records with every
-metric group, and the skip logic (a second run does nothing; a changed variant is re-scored)."""
+(plus a fake trained variant, steered views and random-head RM/CM) writing eval records with every
+metric group, and the skip logic (a second run does nothing; a changed variant is re-scored).
+
+    nice .venv/bin/python -m pytest -q tests/test_battery.py
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.eval.battery import logratio_metric, refusal_metrics, win_rate
+from bench.eval.measures import logratio_metric, refusal_metrics, win_rate
 from bench.eval.refusal import Detection, detect_many
 
 
@@ -157,8 +160,7 @@ def _fake_policy(cfg, name: str, smoke_base, scale: float) -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(scale * torch.randn_like(p))
-    with stage_run(cfg, variant=name, stage="dpo", sections=("model", "dpo")) as run:
-        run.config_hash = f"fake-{scale}"
+    with stage_run(cfg, variant=name, stage="dpo", config_hash=f"fake-{scale}") as run:
         out = run.dir / "model"
         model.save_pretrained(out)
         tok.save_pretrained(out)
@@ -167,8 +169,8 @@ def _fake_policy(cfg, name: str, smoke_base, scale: float) -> None:
 
 @pytest.fixture(scope="module")
 def eval_profile(tmp_path_factory, smoke_base):
-    """Profile ``smoke-eval`` with base, RM, CM, a fake dpo variant and (if available) a steered one,
-    after one `run_eval` over all of them."""
+    """Profile ``smoke-eval`` with base, RM, CM, a fake dpo variant and two steered ones, after one
+    `run_eval` over all of them."""
     from bench.eval.battery import run_eval
     from bench.train.prepare_base import run_base
 
@@ -178,45 +180,37 @@ def eval_profile(tmp_path_factory, smoke_base):
     _fake_score_model(cfg, "reward", smoke_base)
     _fake_score_model(cfg, "cost", smoke_base)
     _fake_policy(cfg, "dpo-fake", smoke_base, 0.05)
-    steered = _maybe_steered(cfg, smoke_base)
+    write_steered(cfg, smoke_base)
     status = run_eval(cfg, progress=lambda s: None)
-    return cfg, files, status, steered
+    return cfg, files, status
 
 
-def _maybe_steered(cfg, smoke_base) -> bool:
-    try:
-        from bench.steer import hooks  # noqa: F401
-        from bench.variants import steering_module
-    except ImportError:
-        return False
-    if steering_module() is None:
-        return False
+def write_steered(cfg, smoke_base) -> None:
+    """``steer-add`` (a constant vector added at layer 1) and ``steer-gated`` (an ablation whose gate
+    never opens: threshold -inf), both steering the base, recorded as the steer stage writes them."""
     import torch
-
-    from bench.runs import stage_run
-
-    with stage_run(cfg, variant="steer-add", stage="steer", sections=("model",)) as run:
-        run.config_hash = "fake-steer"
-        vec = hooks.save_vector(run.dir / "direction.pt", torch.ones(cfg.model.micro.hidden_size))
-        run.artifacts = {"base_variant": "base", "model_dir": str(smoke_base),
-                         "steering": {"mode": "add", "layer": 1, "alpha": 4.0, "position": -1,
-                                      "vector_path": str(vec)}}
-    # A gated ablation whose gate never opens (threshold -inf): scored through the same hooks, it must
-    # behave exactly as its policy does.
     from transformers import AutoTokenizer
 
+    from bench.runs import stage_run
+    from bench.steer import hooks
     from bench.steer.gate import generation_header
+    from bench.steer.spec import GateSpec, SteeringSpec
 
-    with stage_run(cfg, variant="steer-gated", stage="steer", sections=("model",)) as run:
-        run.config_hash = "fake-gated"
-        vec = hooks.save_vector(run.dir / "direction.pt", torch.ones(cfg.model.micro.hidden_size))
-        gate = hooks.save_vector(run.dir / "gate.pt", torch.ones(cfg.model.micro.hidden_size))
-        run.artifacts = {"base_variant": "base", "model_dir": str(smoke_base),
-                         "steering": {"mode": "ablate", "layer": 1, "alpha": None, "position": -1,
-                                      "vector_path": str(vec),
-                                      "gate": {"layer": 1, "threshold": float("-inf"), "vector_path": str(gate),
-                                               "header": generation_header(AutoTokenizer.from_pretrained(smoke_base))}}}
-    return True
+    hidden = cfg.model.micro.hidden_size
+    with stage_run(cfg, variant="steer-add", stage="steer", config_hash="fake-steer") as run:
+        vec = hooks.save_vector(run.dir / "direction.pt", torch.ones(hidden))
+        spec = SteeringSpec(mode="add", layer=1, position=-1, alpha=4.0, vector_path=str(vec),
+                            policy_variant="base", model_dir=str(smoke_base))
+        run.artifacts = spec.to_artifacts()
+    # Scored through the same hooks, the never-opening gate must behave exactly as its policy does.
+    with stage_run(cfg, variant="steer-gated", stage="steer", config_hash="fake-gated") as run:
+        vec = hooks.save_vector(run.dir / "direction.pt", torch.ones(hidden))
+        gate = hooks.save_vector(run.dir / "gate.pt", torch.ones(hidden))
+        header = generation_header(AutoTokenizer.from_pretrained(smoke_base))
+        spec = SteeringSpec(mode="ablate", layer=1, position=-1, vector_path=str(vec), policy_variant="base",
+                            model_dir=str(smoke_base),
+                            gate=GateSpec(layer=1, threshold=float("-inf"), header=tuple(header), vector_path=str(gate)))
+        run.artifacts = spec.to_artifacts()
 
 
 def test_battery_writes_every_metric_group(eval_profile):
@@ -224,11 +218,11 @@ def test_battery_writes_every_metric_group(eval_profile):
     from bench.records import read_record
     from bench.runs import run_dir
 
-    cfg, _, status, steered = eval_profile
+    cfg, _, status = eval_profile
     assert status["base"] == "scored" and status["dpo-fake"] == "scored"
     assert "reward" not in status and "cost" not in status  # score models are not policies
-    base = read_record(run_dir("smoke-eval", "eval/base") / "record.json")
-    rec = read_record(run_dir("smoke-eval", "eval/dpo-fake") / "record.json")
+    base = read_record(run_dir("smoke-eval", "base", stage="eval") / "record.json")
+    rec = read_record(run_dir("smoke-eval", "dpo-fake", stage="eval") / "record.json")
     for r in (base, rec):
         assert r["stage"] == "eval"
         assert r["extra"]["detector"] == {"name": refusal.DETECTOR_NAME, "version": refusal.DETECTOR_VERSION}
@@ -260,20 +254,19 @@ def test_battery_writes_every_metric_group(eval_profile):
     assert all(r["label"] in refusal.LABELS for r in rows if r["set"] != "helpfulness")
     assert all("base_response" in r and "reward" in r for r in rows if r["set"] == "helpfulness")
     assert rec["extra"]["inputs"]["variant"]["config_hash"] == "fake-0.05"
-    if steered:
-        st = read_record(run_dir("smoke-eval", "eval/steer-add") / "record.json")
-        assert st["extra"]["scored"]["kind"] == "steered"
-        # the steering changes the policy: its answers' log-ratio to the base is not zero
-        assert abs(st["metrics"]["logratio_to_base"]["value"]) > 1e-6
-        assert status["steer-add"] == "scored"
-        gated = read_record(run_dir("smoke-eval", "eval/steer-gated") / "record.json")
-        assert status["steer-gated"] == "scored" and gated["extra"]["scored"]["kind"] == "steered"
-        assert gated["metrics"]["logratio_to_base"]["value"] == pytest.approx(0.0, abs=1e-6)
-        for k in ("refusal_harmful", "over_refusal_benign", "pref_acc_raw", "logp_margin_sum"):
-            # (the gated variant scores pairs without the prefix cache: the same sums to float rounding)
-            assert gated["metrics"][k]["value"] == pytest.approx(base["metrics"][k]["value"], rel=1e-6, abs=1e-5), k
-        lm = [k for k in base["metrics"] if k.startswith("helpful_")]
-        assert all(gated["metrics"][k]["value"] == pytest.approx(base["metrics"][k]["value"]) for k in lm)
+    st = read_record(run_dir("smoke-eval", "steer-add", stage="eval") / "record.json")
+    assert st["extra"]["scored"]["kind"] == "steered"
+    # the steering changes the policy: its answers' log-ratio to the base is not zero
+    assert abs(st["metrics"]["logratio_to_base"]["value"]) > 1e-6
+    assert status["steer-add"] == "scored"
+    gated = read_record(run_dir("smoke-eval", "steer-gated", stage="eval") / "record.json")
+    assert status["steer-gated"] == "scored" and gated["extra"]["scored"]["kind"] == "steered"
+    assert gated["metrics"]["logratio_to_base"]["value"] == pytest.approx(0.0, abs=1e-6)
+    for k in ("refusal_harmful", "over_refusal_benign", "pref_acc_raw", "logp_margin_sum"):
+        # (the gated variant scores pairs without the prefix cache: the same sums to float rounding)
+        assert gated["metrics"][k]["value"] == pytest.approx(base["metrics"][k]["value"], rel=1e-6, abs=1e-5), k
+    lm = [k for k in base["metrics"] if k.startswith("lm_eval/")]
+    assert all(gated["metrics"][k]["value"] == pytest.approx(base["metrics"][k]["value"]) for k in lm)
 
 
 def test_second_run_skips_and_retrained_variant_rescores(eval_profile, smoke_base):
@@ -281,8 +274,8 @@ def test_second_run_skips_and_retrained_variant_rescores(eval_profile, smoke_bas
     from bench.records import read_record
     from bench.runs import run_dir
 
-    cfg, files, _, _ = eval_profile
-    path = run_dir("smoke-eval", "eval/dpo-fake") / "record.json"
+    cfg, files, _ = eval_profile
+    path = run_dir("smoke-eval", "dpo-fake", stage="eval") / "record.json"
     before = path.read_bytes()
     status = run_eval(cfg, progress=lambda s: None)
     assert set(status.values()) == {"up to date"}
@@ -345,7 +338,7 @@ def test_cli_eval_scores_and_writes_marker(eval_profile):
     from bench.cli import main
     from bench.runs import stage_marker
 
-    cfg, files, _, _ = eval_profile
+    cfg, files, _ = eval_profile
     args = ["eval", "--profile", "smoke", "--variant", "base", "profile.name=smoke-eval",
             "data.local_files=" + json.dumps(files), *SMOKE_EVAL]
     r = CliRunner().invoke(main, args)

@@ -216,8 +216,8 @@ def unit_generate(args: dict) -> dict:
     import torch
 
     from bench import chat
-    from bench.eval.battery import REFUSAL_SETS, load_inputs
     from bench.eval.generate import GenerationSettings, generate_greedy
+    from bench.eval.inputs import REFUSAL_SETS, load_inputs
 
     cfg = _cfg(args)
     model, tok = _base(cfg)

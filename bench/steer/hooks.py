@@ -1,7 +1,12 @@
 """Steering by forward hooks: ablate or add a direction in the residual stream.
 
-One context manager, :func:`steering`, applies a direction to a Hugging Face decoder-only model
-(Llama-style: ``model.model.embed_tokens``, ``model.model.layers[i].self_attn`` / ``.mlp``):
+One context manager, :func:`steering`, applies a direction (or a steered variant's
+:class:`~bench.steer.spec.SteeringSpec`) to a Hugging Face decoder-only model (Llama-style:
+``model.model.embed_tokens``, ``model.model.layers[i].self_attn`` / ``.mlp``)::
+
+    with steering(model, SteeringSpec.from_record(record).located(run_dir)): ...
+
+Two modes:
 
 - ``mode="ablate"`` (directional ablation, Arditi et al. 2024, "Refusal in language models is
   mediated by a single direction", eq. 4): ``x <- x - (x . r_hat) r_hat`` for the unit direction
@@ -39,8 +44,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-MODES = ("ablate", "add")
-
+from bench.steer.spec import MODES, GateSpec, SteeringSpec
 
 # --------------------------------------------------------------------------- model anatomy
 
@@ -115,21 +119,20 @@ def load_vector(path: str | Path) -> torch.Tensor:
 # --------------------------------------------------------------------------- the context manager
 
 
-def _resolve(direction_or_spec: Any, mode: str, layer: int | None, alpha: float | None):
-    """Tensor + explicit arguments, or a spec dict ``{mode, layer, alpha, vector_path | vector}``."""
+def as_spec(direction_or_spec: Any, mode: str = "ablate", layer: int | None = None,
+            alpha: float | None = 1.0) -> SteeringSpec:
+    """A :class:`~bench.steer.spec.SteeringSpec` from a spec, a spec dict, or a tensor plus arguments."""
+    if isinstance(direction_or_spec, SteeringSpec):
+        return direction_or_spec
     if isinstance(direction_or_spec, Mapping):
-        spec = direction_or_spec
-        vec = spec.get("vector")
-        if vec is None:
-            vec = load_vector(spec["vector_path"])
-        mode = spec.get("mode", mode)
-        layer = spec.get("layer", layer)
-        spec_alpha = spec.get("alpha")
-        alpha = spec_alpha if spec_alpha is not None else alpha
-        return torch.as_tensor(vec), mode, layer, alpha
+        return SteeringSpec.from_dict(direction_or_spec)
     if not isinstance(direction_or_spec, torch.Tensor):
-        raise TypeError(f"steering: expected a tensor or a spec dict, got {type(direction_or_spec).__name__}")
-    return direction_or_spec, mode, layer, alpha
+        raise TypeError(f"steering: expected a tensor or a spec, got {type(direction_or_spec).__name__}")
+    return SteeringSpec(mode=mode, layer=layer, alpha=alpha if mode == "add" else None, vector=direction_or_spec)
+
+
+def _tensor(vector: Any, vector_path: str | None) -> torch.Tensor:
+    return torch.as_tensor(vector) if vector is not None else load_vector(vector_path)
 
 
 @contextlib.contextmanager
@@ -137,18 +140,14 @@ def steering(model: nn.Module, direction_or_spec: Any, mode: str = "ablate", lay
              alpha: float | None = 1.0) -> Iterator[nn.Module]:
     """Ablate (every layer) or add (one layer) a direction while the block runs; yields the model.
 
-    ``direction_or_spec``: a tensor ``(H,)`` or a spec dict as written into a steer record's
-    ``artifacts["steering"]`` (``{"mode", "layer", "alpha", "vector_path"}``; ``"vector"`` may hold the
-    tensor itself). Explicit arguments are defaults that a spec's own keys override. A spec with a
-    ``gate`` (``{"layer", "threshold", "header", "vector_path" | "vector"}``, :mod:`bench.steer.gate`)
-    ablates only the rows whose prompt-end projection on the gate direction is below the threshold.
+    ``direction_or_spec``: a :class:`~bench.steer.spec.SteeringSpec` (what a steer record holds, see
+    :meth:`SteeringSpec.from_record`), a spec dict, or a tensor ``(H,)`` steered as ``mode``,
+    ``layer`` and ``alpha`` say (those arguments are used only with a tensor). A spec with a gate
+    (:mod:`bench.steer.gate`) ablates only the rows whose prompt-end projection on the gate direction
+    is below the threshold.
     """
-    direction, mode, layer, alpha = _resolve(direction_or_spec, mode, layer, alpha)
-    gate = direction_or_spec.get("gate") if isinstance(direction_or_spec, Mapping) else None
-    if gate is not None and mode != "ablate":
-        raise ValueError("steering: a gate is only defined for mode 'ablate'")
-    if mode not in MODES:
-        raise ValueError(f"steering: mode must be one of {MODES}, got {mode!r}")
+    spec = as_spec(direction_or_spec, mode, layer, alpha)
+    direction = _tensor(spec.vector, spec.vector_path)
     stack = backbone(model)
     layers = stack.layers
     hidden = stack.embed_tokens.embedding_dim
@@ -157,7 +156,7 @@ def steering(model: nn.Module, direction_or_spec: Any, mode: str = "ablate", lay
     handles: list[torch.utils.hooks.RemovableHandle] = []
 
     state: dict[str, Any] = {"mask": None, "reading": False}  # gated ablation: rows to ablate (B,) bool
-    if mode == "ablate":
+    if spec.mode == "ablate":
         unit = unit_vector(direction)
 
         def ablate_hook(module, args, output):
@@ -173,24 +172,21 @@ def steering(model: nn.Module, direction_or_spec: Any, mode: str = "ablate", lay
         targets = [stack.embed_tokens]
         for block in layers:
             targets += [block.self_attn, block.mlp, block]
+        hook = gated_ablate_hook if spec.gated else ablate_hook
     else:
-        if layer is None:
-            raise ValueError("steering: mode 'add' needs a layer (hidden-state index: 0 = embeddings, i = output of block i-1)")
-        if not 0 <= layer <= len(layers):
-            raise ValueError(f"steering: layer {layer} out of range 0..{len(layers)}")
-        if alpha is None:
-            raise ValueError("steering: mode 'add' needs alpha")
-        vec = direction.detach().flatten().to(torch.float32) * float(alpha)
+        if not 0 <= spec.layer <= len(layers):
+            raise ValueError(f"steering: layer {spec.layer} out of range 0..{len(layers)}")
+        vec = direction.detach().flatten().to(torch.float32) * float(spec.alpha)
 
         def add_hook(module, args, output):
             x = _first(output)
             return _replace_first(output, x + vec.to(device=x.device, dtype=x.dtype))
 
-        targets = [stack.embed_tokens if layer == 0 else layers[layer - 1]]
-    hook = add_hook if mode == "add" else (ablate_hook if gate is None else gated_ablate_hook)
+        targets = [stack.embed_tokens if spec.layer == 0 else layers[spec.layer - 1]]
+        hook = add_hook
     try:
-        if gate is not None:
-            handles.append(model.register_forward_pre_hook(_gate_pre_hook(model, gate, state), with_kwargs=True))
+        if spec.gated:
+            handles.append(model.register_forward_pre_hook(_gate_pre_hook(model, spec.gate, state), with_kwargs=True))
         for module in targets:
             handles.append(module.register_forward_hook(hook, prepend=True))
         yield model
@@ -199,7 +195,7 @@ def steering(model: nn.Module, direction_or_spec: Any, mode: str = "ablate", lay
             h.remove()
 
 
-def _gate_pre_hook(model: nn.Module, gate: Mapping, state: dict):
+def _gate_pre_hook(model: nn.Module, gate: GateSpec, state: dict):
     """Before each forward of the whole model: on a multi-token input (a prompt, or a scored sequence),
     one unsteered pass reads each row's projection on the gate direction at its prompt end
     (``bench.steer.gate``) and sets ``state["mask"]`` to the rows below the threshold; a decoding step
@@ -207,9 +203,8 @@ def _gate_pre_hook(model: nn.Module, gate: Mapping, state: dict):
     is an error: the cached tokens were computed before the gate was known."""
     from bench.steer.gate import prompt_end_positions
 
-    vec = gate.get("vector")
-    g_unit = unit_vector(torch.as_tensor(vec) if vec is not None else load_vector(gate["vector_path"]))
-    layer, threshold, header = int(gate["layer"]), float(gate["threshold"]), list(gate.get("header") or [])
+    g_unit = unit_vector(_tensor(gate.vector, gate.vector_path))
+    layer, threshold, header = int(gate.layer), float(gate.threshold), list(gate.header)
 
     def pre_hook(module, args, kwargs):
         if state["reading"]:

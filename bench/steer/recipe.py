@@ -14,8 +14,9 @@ Top to bottom:
    detector's refusal rate.
 4. Write two evaluable variants, ``steer-ablate`` and ``steer-add`` (and, with ``steer.gate_quantile``,
    ``steer-gated``: the ablation applied only where a prompt-end read-out says the prompt is not
-   harmful, :mod:`bench.steer.gate`): the policy's model plus a steering
-   spec (``artifacts["steering"]``; ``artifacts["base_variant"]`` names the policy) that the battery applies with :func:`apply_spec`; the vector as a
+   harmful, :mod:`bench.steer.gate`): the policy's model plus a
+   :class:`~bench.steer.spec.SteeringSpec` (``artifacts["steering"]``; ``artifacts["base_variant"]``
+   names the steered policy) that :func:`bench.steer.hooks.steering` applies; the vector as a
    plain tensor file, the same steering in lm-eval's ``steered`` adapter format, and (when
    ``steer.export_orthogonalized``) ablation exported as orthogonalised weights.
 5. Audit the direction across the base and every trained checkpoint that exists (``steer-audit``):
@@ -32,13 +33,13 @@ import copy
 import hashlib
 import json
 import time
-from pathlib import Path
 from typing import Callable
 
 from bench.config import ProfileConfig
 from bench.io import atomic_write_text
 from bench.runs import find_record, is_done, run_dir, stage_run
 from bench.stats import rate_metric, scalar_metric
+from bench.steer.spec import GateSpec, SteeringSpec
 
 SECTIONS = ("profile", "model", "data", "steer")
 VARIANTS = {"ablate": "steer-ablate", "add": "steer-add"}
@@ -49,39 +50,6 @@ VECTOR_FILE = "direction.pt"
 MEANS_FILE = "means.pt"
 LM_EVAL_FILE = "lm_eval_steer.pt"
 AUDIT_PLOT = "audit.png"
-# Defaults for fields the steer section may not (yet) declare.
-
-
-# --------------------------------------------------------------------------- the battery's entry points
-
-
-def load_steering_spec(record: dict) -> dict:
-    """The steering spec of a steer variant's record, with ``vector_path`` resolved to a file that
-    exists (the absolute path recorded, or the same file name in the record's run dir if runs moved)."""
-    spec = dict((record.get("artifacts") or {}).get("steering") or {})
-    if not spec:
-        raise ValueError(f"record of variant {record.get('variant')!r} has no artifacts.steering")
-
-    def resolve(recorded: str) -> str:
-        path = Path(recorded)
-        if not path.exists():
-            alt = run_dir(record["profile"], record["variant"]) / path.name
-            if not alt.exists():
-                raise FileNotFoundError(f"steering vector {path} not found (nor {alt}); re-run `make steer`")
-            path = alt
-        return str(path)
-
-    spec["vector_path"] = resolve(spec["vector_path"])
-    if spec.get("gate"):  # steer-gated: the gate's direction file too
-        spec["gate"] = {**spec["gate"], "vector_path": resolve(spec["gate"]["vector_path"])}
-    return spec
-
-
-def apply_spec(model, spec: dict):
-    """Context manager steering ``model`` as the spec says: ``with apply_spec(model, spec): ...``."""
-    from bench.steer.hooks import steering
-
-    return steering(model, spec)
 
 
 # --------------------------------------------------------------------------- data
@@ -187,8 +155,9 @@ def extract_and_select(cfg: ProfileConfig, model, tok, prompts: dict, detect_man
             "selection": selection}
 
 
-def chosen_vector(cfg: ProfileConfig, result: dict):
-    """The selected (layer, position) difference of means, float32 (H,)."""
+def selected_direction(cfg: ProfileConfig, result: dict):
+    """The difference of means at the selected (layer, position): the refusal direction that every
+    steered variant uses, float32 (H,)."""
     import torch
 
     from bench.steer.directions import position_index
@@ -203,7 +172,7 @@ def _write_variants(cfg: ProfileConfig, model, tok, result: dict, chash: str, po
 
     s = cfg.require("steer")
     sel = result["selection"]
-    vec = chosen_vector(cfg, result)
+    vec = selected_direction(cfg, result)
     common_extra = {"policy": policy, "grouping": result["groups"].record(), "selection": sel.record(), "detector": detector_info,
                     "direction_norm": float(vec.norm()), "n_layers": int(result["directions"].shape[0] - 1)}
     n_val = {"harmful": sel.baseline["n_harmful"], "benign": sel.baseline["n_benign"]}
@@ -217,12 +186,10 @@ def _write_variants(cfg: ProfileConfig, model, tok, result: dict, chash: str, po
                 run.artifacts["means_path"] = str(means)
             alpha = (sel.add_alpha if sel.add_alpha is not None else s.add_alpha) if mode == "add" else None
             lm_eval = hooks.write_lm_eval_steer_file(run.dir / LM_EVAL_FILE, model, vec, mode, sel.layer, alpha)
-            run.artifacts.update({
-                "base_variant": policy["variant"], "model_dir": policy["model_dir"],
-                "steering": {"mode": mode, "layer": sel.layer, "position": sel.position, "alpha": alpha,
-                             "vector_path": str(vpath)},
-                "lm_eval_steer_path": str(lm_eval),
-            })
+            spec = SteeringSpec(mode=mode, layer=sel.layer, position=sel.position, alpha=alpha,
+                                vector_path=str(vpath), policy_variant=policy["variant"],
+                                model_dir=policy["model_dir"])
+            run.artifacts.update({**spec.to_artifacts(), "lm_eval_steer_path": str(lm_eval)})
             if mode == "ablate" and s.export_orthogonalized:
                 out = run.dir / "orthogonalized"
                 ortho = hooks.orthogonalize_weights(copy.deepcopy(model), vec)
@@ -279,19 +246,18 @@ def _write_gated(cfg: ProfileConfig, model, tok, result: dict, chash: str, polic
     from bench.steer import hooks
 
     sel = result["selection"]
-    vec = chosen_vector(cfg, result)  # the same direction as steer-ablate's
+    vec = selected_direction(cfg, result)  # the same direction as steer-ablate's
     t0 = time.perf_counter()
     g = fit_gate(cfg, model, tok)
     with stage_run(cfg, variant=GATED_VARIANT, stage="steer", config_hash=chash) as run:
         vpath = hooks.save_vector(run.dir / VECTOR_FILE, vec)
         gpath = hooks.save_vector(run.dir / GATE_FILE, g["unit"])
-        run.artifacts.update({
-            "base_variant": policy["variant"], "model_dir": policy["model_dir"],
-            "steering": {"mode": "ablate", "layer": sel.layer, "position": sel.position, "alpha": None,
-                         "vector_path": str(vpath),
-                         "gate": {"layer": g["layer"], "threshold": g["threshold"], "header": g["header"],
-                                  "vector_path": str(gpath)}},
-        })  # no lm-eval `steered` file: its adapter has no gate; the battery runs lm-eval through our hooks
+        gate = GateSpec(layer=g["layer"], threshold=g["threshold"], header=tuple(g["header"]), vector_path=str(gpath))
+        spec = SteeringSpec(mode="ablate", layer=sel.layer, position=sel.position, alpha=None,
+                            vector_path=str(vpath), gate=gate, policy_variant=policy["variant"],
+                            model_dir=policy["model_dir"])
+        # no lm-eval `steered` file: its adapter has no gate; the battery runs lm-eval through our hooks
+        run.artifacts.update(spec.to_artifacts())
         run.datasets = {**datasets, **g["datasets"]}
         run.extra = {"policy": policy, "selection": sel.record(), "detector": detector_info,
                      "gate": {"layer": g["layer"], "threshold": g["threshold"], "quantile": g["quantile"],
@@ -312,7 +278,7 @@ def run_audit_stage(cfg: ProfileConfig, prompts: dict, datasets: dict, base_dir:
 
     s = cfg.require("steer")
     sel_rec = find_record(cfg.profile.name, VARIANTS["ablate"])
-    position = sel_rec["artifacts"]["steering"]["position"]
+    position = SteeringSpec.from_record(sel_rec).position
     checkpoints = discover_checkpoints(cfg.profile.name, base_dir)
     chash = audit_hash(cfg, checkpoints, sel_rec["config_hash"])
     if not force and is_done(cfg, AUDIT_VARIANT, chash):
