@@ -72,7 +72,7 @@ dpo: $(DONE)/dpo.done ## train DPO-family variants (dpo, ipo, dpo-js)
 ppo: $(DONE)/ppo.done ## train PPO-family variants (ppo-kl, ppo-nokl, ppo-js, ppo-lag)
 steer: $(DONE)/steer.done ## refusal directions, steered variants, layerwise audit
 eval: $(DONE)/eval.done ## score every variant with the battery
-leaderboard: leaderboards/$(PROFILE).md ## run missing stages and render leaderboards/<profile>.md
+leaderboard: leaderboards/$(PROFILE).md ## run missing stages, publish their records and render leaderboards/<profile>.md
 
 $(DONE)/base.done: $(CONFIG) $(FORCE_IF_ARGS) | $(STAMP)
 	$(BENCH) base --profile $(PROFILE) $(ARGS)
@@ -92,10 +92,12 @@ $(DONE)/steer.done: $(DONE)/sft.done $(DONE)/dpo.done $(DONE)/ppo.done $(FORCE_I
 $(DONE)/eval.done: $(DONE)/sft.done $(DONE)/dpo.done $(DONE)/ppo.done $(DONE)/steer.done \
                    $(wildcard tasks/helpfulness/*.yaml tasks/helpfulness/data/*.jsonl) $(FORCE_IF_ARGS)
 	$(BENCH) eval --profile $(PROFILE) $(ARGS)
+# `bench publish` copies the fresh records into leaderboards/<profile>/records/, then renders; `bench
+# leaderboard` only re-renders from those copies. verify compares with the copies committed in git.
 leaderboards/$(PROFILE).md: $(DONE)/eval.done
-	$(BENCH) leaderboard --profile $(PROFILE)
+	$(BENCH) publish --profile $(PROFILE)
 
-verify: $(DONE)/eval.done ## compare fresh records with the committed ones within tolerances (VARIANT=name for one)
+verify: $(DONE)/eval.done ## compare fresh records with the ones committed in git, within tolerances (VARIANT=name for one)
 	$(BENCH) verify --profile $(PROFILE) $(if $(VARIANT),--variant $(VARIANT))
 
 bench: $(STAMP) ## performance benchmarks -> leaderboards/perf.md

@@ -24,19 +24,13 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError,)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from bench.hub import HubError
+    from bench.data.schema import DataError
+    from bench.hub_errors import HubError
     from bench.models import ModelError
     from bench.records import RecordError
     from bench.train.hf_trainer import NumericsError
 
-    extra: tuple[type[BaseException], ...] = (ModelError, RecordError, HubError, NumericsError)
-    try:
-        from bench.data.schema import DataError  # provided by the data registry
-
-        extra += (DataError,)
-    except ImportError:
-        pass
-    return USER_ERRORS + extra
+    return USER_ERRORS + (ModelError, RecordError, HubError, NumericsError, DataError)
 
 
 def with_config(fn, stage: str | None = None, auto_offline: bool = True):
@@ -52,7 +46,7 @@ def with_config(fn, stage: str | None = None, auto_offline: bool = True):
         try:
             cfg = load_config(profile, list(overrides))
             if auto_offline:
-                from bench.hub import offline_by_default
+                from bench.hub_fetch import offline_by_default
 
                 offline_by_default(cfg, progress=lambda line: click.echo(line, err=True))
             _set_threads(cfg)
@@ -81,11 +75,6 @@ def _set_threads(cfg: ProfileConfig) -> None:
         import torch
 
         torch.set_num_threads(cfg.profile.cpu_threads)
-
-
-def not_built(stage: str, issue: str):
-    click.echo(f"error: stage '{stage}' is not implemented yet ({issue})", err=True)
-    sys.exit(3)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -122,7 +111,7 @@ def config_list() -> None:
 def fetch_(cfg: ProfileConfig, dry_run: bool, no_prepare: bool) -> None:
     """Download the profile's models and datasets (pinned revisions) into HF_HOME; run it where there
     is internet (the login node). Afterwards the profile's stages run offline (HF_HUB_OFFLINE=1)."""
-    from bench.hub import fetch, plan_summary
+    from bench.hub_fetch import fetch, plan_summary
 
     if dry_run:
         for line in plan_summary(cfg):
@@ -203,14 +192,25 @@ def eval_(cfg: ProfileConfig, variant: str | None, force: bool) -> None:
 
 
 @main.command()
-@click.option("--from-records", is_flag=True,
-              help="re-render from the committed copies in leaderboards/<profile>/records/ (no runs/ needed)")
+# Always the case now; accepted (hidden) because committed leaderboards print it in their "Reproduce" lines.
+@click.option("--from-records", is_flag=True, hidden=True)
 @with_config
 def leaderboard(cfg: ProfileConfig, from_records: bool) -> None:
-    """Render leaderboards/<profile>.md from records (copied into leaderboards/<profile>/records/)."""
+    """Render leaderboards/<profile>.md from the reported records in leaderboards/<profile>/records/
+    alone (no runs/ needed). `bench publish` copies fresh records there first."""
     from bench.leaderboard import write_leaderboard
 
-    write_leaderboard(cfg.profile.name, from_records=from_records)
+    write_leaderboard(cfg.profile.name)
+
+
+@main.command()
+@with_config
+def publish(cfg: ProfileConfig) -> None:
+    """Copy the fresh records of runs/<profile> (pruned) and the steering audit's PNG into
+    leaderboards/<profile>/records/, then render leaderboards/<profile>.md (make leaderboard)."""
+    from bench.leaderboard import publish as publish_leaderboard
+
+    publish_leaderboard(cfg.profile.name)
 
 
 @main.command()
@@ -218,7 +218,8 @@ def leaderboard(cfg: ProfileConfig, from_records: bool) -> None:
 @click.option("--rescore", is_flag=True, help="re-score even when runs/ has up-to-date eval records")
 @with_config
 def verify(cfg: ProfileConfig, variant: str | None, rescore: bool) -> None:
-    """Re-score and compare with the committed records within tolerances; exit 1 listing failures."""
+    """Re-score and compare runs/<profile> with the records committed in git (HEAD) under
+    leaderboards/<profile>/records/, within tolerances; exit 1 listing failures."""
     from bench.verify import run_verify
 
     checks = run_verify(cfg, variant=variant, rescore=rescore)

@@ -331,13 +331,13 @@ def gae(
     values: torch.Tensor,
     mask: torch.Tensor,
     gamma: float = 1.0,
-    lam: float = 0.95,
+    gae_lambda: float = 0.95,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised Advantage Estimation (Schulman et al. 2016, arXiv:1506.02438, eq. 16).
 
     Reverse-time recursion, with m the mask and V beyond the last valid token taken as 0:
       delta_t = r_t + gamma * V_{t+1} m_{t+1} - V_t
-      A_t     = delta_t + gamma * lam * m_{t+1} * A_{t+1}
+      A_t     = delta_t + gamma * lambda * m_{t+1} * A_{t+1}   (lambda = ``gae_lambda``)
       R_t     = A_t + V_t                       (the value target)
     ``rewards``, ``values``, ``mask`` (B, T) -> (advantages, returns), both (B, T) and 0 on
     masked positions. A hole in the mask ends the recursion there. Inputs are expected detached
@@ -353,7 +353,7 @@ def gae(
     advs = []
     for t in reversed(range(T)):
         delta = r[:, t] + gamma * next_value * next_mask - v[:, t]  # (B,)
-        adv = (delta + gamma * lam * next_mask * next_adv) * m[:, t]  # (B,)
+        adv = (delta + gamma * gae_lambda * next_mask * next_adv) * m[:, t]  # (B,)
         advs.append(adv)
         next_adv, next_value, next_mask = adv, v[:, t], m[:, t]
     advantages = torch.stack(advs[::-1], dim=1)  # (B, T)
@@ -457,16 +457,17 @@ def normalize_scores(
 
 
 def lagrangian_advantages(
-    adv_reward: torch.Tensor, adv_cost: torch.Tensor, lam: TensorOrNumber
+    adv_reward: torch.Tensor, adv_cost: torch.Tensor, lagrange_multiplier: TensorOrNumber
 ) -> torch.Tensor:
     """Combined advantage of PPO-Lagrangian (Dai et al. 2023, Safe RLHF, arXiv:2310.12773, §3.3).
 
     A = (A_r - lambda * A_c) / (1 + lambda)
     The policy maximises J_r - lambda (J_c - d); dividing by 1 + lambda keeps the advantage scale
     bounded as lambda grows (safe-rlhf ``ppo_lag/trainer.py``). lambda = 0 gives A_r, lambda -> inf
-    gives -A_c. Shapes (B, T) -> (B, T); ``lam`` a float or 0-dim tensor (detached).
+    gives -A_c. Shapes (B, T) -> (B, T); ``lagrange_multiplier`` (lambda) a float or 0-dim tensor
+    (detached).
     """
-    return (adv_reward - lam * adv_cost) / (1.0 + lam)
+    return (adv_reward - lagrange_multiplier * adv_cost) / (1.0 + lagrange_multiplier)
 
 
 def lagrange_update(
@@ -493,11 +494,11 @@ def lagrange_update(
     """
     if isinstance(log_lambda, torch.Tensor):
         with torch.no_grad():
-            lam = log_lambda.detach().exp()
+            multiplier = log_lambda.detach().exp()
             gap = torch.as_tensor(
                 mean_episode_cost, dtype=log_lambda.dtype, device=log_lambda.device
             ) - threshold
-            new = log_lambda.detach() + lr * lam * gap
+            new = log_lambda.detach() + lr * multiplier * gap
             if lambda_max is not None:
                 new = new.clamp(max=math.log(lambda_max))
             return new

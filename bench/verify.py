@@ -4,13 +4,16 @@
     bench verify --profile default --variant dpo     # one variant (its training and eval records)
     bench verify --profile default --rescore         # re-score even when runs/ has up-to-date eval records
 
-The committed records are ``leaderboards/<profile>/records/`` (what the leaderboard reports). The
-fresh ones are ``runs/<profile>/``: ``bench verify`` first brings the eval records up to date (the
-battery skips variants whose eval record matches; ``--rescore`` forces it), so after ``make`` has
-re-run the profile's stages the comparison covers every stage. Every committed metric is compared
-with the fresh value under the first matching rule of :data:`TOLERANCES`; a metric or a record
-missing from the fresh side is a failure too. The exit status is non-zero when anything fails, and
-every failing metric is listed.
+The committed records are ``leaderboards/<profile>/records/`` as committed in git (``HEAD``; read
+with ``git show``, :func:`bench.published.load_committed`), not the working-tree copies: ``make
+leaderboard`` (``bench publish``) overwrites those with the fresh records, and verify after it must
+still compare with what was reported. Without git (e.g. in a container) the working-tree copies are
+used, with a note. The fresh records are ``runs/<profile>/``: ``bench verify`` first brings the eval
+records up to date (the battery skips variants whose eval record matches; ``--rescore`` forces it),
+so after ``make`` has re-run the profile's stages the comparison covers every stage. Every committed
+metric is compared with the fresh value under its tolerance in the metric catalogue
+(:func:`bench.metrics.tolerance_for`); a metric or a record missing from the fresh side is a
+failure too. The exit status is non-zero when anything fails, and every failing metric is listed.
 
 :func:`compare` is a pure function of two ``{record name: record}`` dicts (tested on hand-made
 records); :func:`run_verify` does the I/O.
@@ -18,91 +21,12 @@ records); :func:`run_verify` does the I/O.
 
 from __future__ import annotations
 
-import fnmatch
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 from bench.config import ProfileConfig
+from bench.metrics import tolerance_for, value_of
 from bench.records import RecordError, is_eval_key, key_for
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Accept ``fresh`` when |fresh - committed| <= abs + rel * |committed|, or (``within_ci``) when
-    fresh lies inside the committed 95% interval. ``None`` in the table: not compared."""
-
-    abs: float = 0.0
-    rel: float = 0.0
-    within_ci: bool = False
-    why: str = ""
-
-    def describe(self) -> str:
-        parts = []
-        if self.abs:
-            parts.append(f"±{self.abs:g} abs")
-        if self.rel:
-            parts.append(f"±{self.rel:g} rel")
-        if not parts:
-            parts.append("exact")
-        text = " + ".join(parts)
-        return text + (" or within committed CI" if self.within_ci else "")
-
-    def accepts(self, committed: dict, fresh: dict) -> bool:
-        c, f = _val(committed), _val(fresh)
-        if c is None or f is None:
-            return c is None and f is None  # both non-finite: the same (e.g. an undefined interval)
-        if abs(f - c) <= self.abs + self.rel * abs(c) + 1e-12:
-            return True
-        lo, hi = _val(committed, "ci_low"), _val(committed, "ci_high")
-        return self.within_ci and lo is not None and hi is not None and lo <= f <= hi
-
-
-# First matching pattern wins. The rates' tolerance is sampling noise; the log-prob tolerance is
-# numerics (teacher-forced on fixed pairs: the same machine and packages give the same numbers up to
-# float summation order); greedy-generation-based means get the rates' treatment.
-RATE = Tolerance(abs=0.05, within_ci=True, why="rate: a few flipped greedy generations or verdicts")
-LOGPROB = Tolerance(abs=1e-3, rel=1e-3, why="teacher-forced log-probs: numerics only, same machine")
-SCORE = Tolerance(abs=0.05, rel=0.05, within_ci=True, why="mean score of greedy generations")
-TOLERANCES: tuple[tuple[str, Tolerance | None], ...] = (
-    ("*wall_time*", None),
-    ("*_time_s", None),
-    ("param_count", Tolerance(why="architecture")),
-    ("trainable_params", Tolerance(why="architecture")),
-    ("n_checkpoints", Tolerance(why="count")),
-    ("refusal_*", RATE),
-    ("over_refusal_*", RATE),
-    ("empty_generations", RATE),
-    ("pref_acc_*", RATE),
-    ("rm_win_rate", RATE),
-    ("rm_accuracy", RATE),
-    ("cm_*_accuracy", RATE),
-    ("select_*", RATE),
-    ("lm_eval/*", RATE),
-    ("logp_*", LOGPROB),
-    ("chosen_shift", LOGPROB),
-    ("rejected_shift", LOGPROB),
-    ("logratio_to_base", Tolerance(abs=0.02, within_ci=True, why="log-probs of greedy generations")),
-    ("reward_*", SCORE),
-    ("cost_*", SCORE),
-    ("score_*", SCORE),
-    ("train_loss", Tolerance(abs=1e-3, rel=0.02, why="training loss: same seed, same machine")),
-    ("*", Tolerance(abs=1e-3, rel=0.05, why="default")),
-)
-
-
-def tolerance_for(metric: str, table=TOLERANCES) -> Tolerance | None:
-    for pattern, tol in table:
-        if fnmatch.fnmatchcase(metric, pattern):
-            return tol
-    return None
-
-
-def _val(m: dict | None, key: str = "value") -> float | None:
-    v = (m or {}).get(key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        return None
-    return float(v)
 
 
 @dataclass(frozen=True)
@@ -122,9 +46,9 @@ class Check:
         def show(m):
             if m is None:
                 return "–"
-            v = _val(m)
+            v = value_of(m)
             s = "nan" if v is None else f"{v:.6g}"
-            lo, hi = _val(m, "ci_low"), _val(m, "ci_high")
+            lo, hi = value_of(m, "ci_low"), value_of(m, "ci_high")
             return s + (f" [{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else "")
 
         if self.status == "missing record":
@@ -133,7 +57,7 @@ class Check:
                 f"fresh {show(self.fresh)}; tolerance {self.tolerance}")
 
 
-def compare(committed: dict[str, dict], fresh: dict[str, dict], table=TOLERANCES) -> list[Check]:
+def compare(committed: dict[str, dict], fresh: dict[str, dict]) -> list[Check]:
     """One :class:`Check` per committed metric (and per committed record missing from ``fresh``).
     Metrics only the fresh side has are not checked (new metrics do not fail old leaderboards)."""
     checks: list[Check] = []
@@ -144,7 +68,7 @@ def compare(committed: dict[str, dict], fresh: dict[str, dict], table=TOLERANCES
             checks.append(Check(name, "*", "missing record"))
             continue
         for metric in sorted(crec.get("metrics") or {}):
-            tol = tolerance_for(metric, table)
+            tol = tolerance_for(metric)
             if tol is None:
                 continue
             cm = crec["metrics"][metric]
@@ -167,10 +91,10 @@ def run_verify(cfg: ProfileConfig, variant: str | None = None, rescore: bool = F
                progress: Callable[[str], None] = print) -> list[Check]:
     """Bring eval records up to date (or re-score), compare with the committed records, report."""
     from bench.eval.battery import run_eval
-    from bench.leaderboard import collect_records, load_committed
+    from bench.published import collect_records, load_committed
 
     profile = cfg.profile.name
-    committed = select(load_committed(profile), variant)
+    committed = select(load_committed(profile, progress=progress), variant)
     if not committed:
         raise RecordError(f"leaderboards/{profile}/records has no record for variant '{variant}'")
     for name in sorted(r["variant"] for k, r in committed.items() if is_eval_key(k)):

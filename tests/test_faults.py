@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.metrics import tolerance_for
 from bench.records import read_record
 from bench.runs import run_dir
-from bench.verify import tolerance_for
 
 pytestmark = pytest.mark.faults
 
@@ -262,7 +262,7 @@ def test_killed_stage_resumes_from_its_last_checkpoint(stage, kill_and_resume):
 
 @pytest.mark.parametrize("stage", list(CASES))
 def test_resumed_record_matches_uninterrupted(stage, kill_and_resume):
-    """Every metric within its declared tolerance (bench.verify.TOLERANCES, the one `bench verify`
+    """Every metric within its declared tolerance (the metric catalogue bench.metrics, the one `bench verify`
     applies); the per-step training series equal to float precision (same machine, same seed, same
     data order: the resumed steps 3-6 must be the uninterrupted run's steps 3-6). ``train_loss`` is
     checked on its own below."""

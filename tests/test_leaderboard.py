@@ -1,6 +1,7 @@
 """The leaderboard renderer on fixture records (tests/golden/records/): the output matches the golden
-file byte for byte, rendering twice is identical (markdown and PNGs), copies are pruned and a
-re-render from the copies alone (no runs/) gives the same file.
+file byte for byte, rendering twice is identical (markdown and PNGs), published copies are pruned,
+a re-render from the copies alone (no runs/) gives the same file, and the committed
+leaderboards/default.md is re-rendered byte for byte from its committed records.
 
 Regenerate the golden file after an intended change of the output, and review the diff:
 
@@ -17,6 +18,10 @@ from pathlib import Path
 import pytest
 
 from bench import leaderboard as lb
+from bench.report import AUDIT_PNG, SERIES_PNG, TRACKING_PNG
+from bench.report import series as report_series
+
+REPO = Path(__file__).resolve().parents[1]
 
 GOLDEN = Path(__file__).parent / "golden"
 FIXTURE_RECORDS = GOLDEN / "records"
@@ -56,12 +61,12 @@ def test_golden_file(tmp_path):
 
 def test_render_twice_is_identical(tmp_path):
     a, assets = _render(tmp_path)
-    png = (assets / lb.SERIES_PNG).read_bytes()
+    png = (assets / SERIES_PNG).read_bytes()
     b, _ = _render(tmp_path)
     assert a == b
-    assert (assets / lb.SERIES_PNG).read_bytes() == png
+    assert (assets / SERIES_PNG).read_bytes() == png
     c, assets2 = _render(tmp_path / "elsewhere")
-    assert c == a and (assets2 / lb.SERIES_PNG).read_bytes() == png
+    assert c == a and (assets2 / SERIES_PNG).read_bytes() == png
 
 
 def _row(text: str, section: str, variant: str) -> list[str]:
@@ -99,7 +104,7 @@ def test_sections_present(tmp_path):
     assert "make leaderboard PROFILE=golden" in text and "git checkout 0123456789ab" in text
     assert "| rm_accuracy" not in text and "RM accuracy ↑" in text
     assert "lm_eval/helpful_mc/acc" in text  # defined in the definitions table
-    assert "![training series](golden/series.png)" in text and (assets / lb.SERIES_PNG).exists()
+    assert "![training series](golden/series.png)" in text and (assets / SERIES_PNG).exists()
     assert "`steer-add`: add at layer 12" in text
 
 
@@ -114,36 +119,35 @@ def _fake_runs(root: Path, profile: str) -> Path:
     return runs
 
 
-def test_copy_prune_and_rerender_from_records(tmp_path, monkeypatch):
+def test_publish_prune_and_rerender_from_records(tmp_path, monkeypatch):
     monkeypatch.setattr(lb, "detector_agreement", lambda: AGREEMENT)
     runs = _fake_runs(tmp_path, "p")
     out = tmp_path / "leaderboards"
-    md = lb.write_leaderboard("p", runs=runs, out_root=out, progress=lambda s: None)
+    md = lb.publish("p", runs=runs, out_root=out, progress=lambda s: None)
     first = md.read_text()
     copied = json.loads((out / "p" / "records" / "dpo.json").read_text())
     assert "log_history" not in copied["extra"] and copied["extra"]["series"]
     assert (out / "p" / "records" / "eval" / "steer-add.json").exists()
-    # a stale copy (a variant no longer in runs/) is removed on the next copy
+    # a stale copy (a variant no longer in runs/) is removed on the next publish
     (out / "p" / "records" / "gone.json").write_text("{}")
-    lb.write_leaderboard("p", runs=runs, out_root=out, progress=lambda s: None)
+    lb.publish("p", runs=runs, out_root=out, progress=lambda s: None)
     assert not (out / "p" / "records" / "gone.json").exists()
     assert md.read_text() == first
-    # without runs/: re-render from the committed copies only
+    # without runs/: `bench leaderboard` re-renders from the published copies only
     shutil.rmtree(tmp_path / "runs")
     md.unlink()
-    lb.write_leaderboard("p", from_records=True, out_root=out, progress=lambda s: None)
+    lb.write_leaderboard("p", out_root=out, progress=lambda s: None)
     assert md.read_text() == first
 
 
-def test_from_records_without_copies_is_an_error(tmp_path):
+def test_render_without_copies_is_an_error(tmp_path):
     from bench.records import RecordError
 
-    with pytest.raises(RecordError, match="no committed records"):
-        lb.write_leaderboard("nothing", from_records=True, out_root=tmp_path, progress=lambda s: None)
+    with pytest.raises(RecordError, match="no reported records"):
+        lb.write_leaderboard("nothing", out_root=tmp_path, progress=lambda s: None)
 
 
 def test_audit_table_and_plot_rendered(tmp_path):
-    pytest.importorskip("bench.steer.audit")
     recs = _fixture()
     table = {"layers": [1, 2], "position": -1, "grouping": "label", "layer_note": "hidden-state index",
              "separability": "Cohen's d", "checkpoints": [{"name": "base"}, {"name": "dpo"}],
@@ -153,7 +157,7 @@ def test_audit_table_and_plot_rendered(tmp_path):
                                     extra={"audit": table})
     assets = tmp_path / "a"
     assets.mkdir()
-    (assets / lb.AUDIT_PNG).write_bytes(b"png")
+    (assets / AUDIT_PNG).write_bytes(b"png")
     text = lb.render("golden", recs, assets, agreement=AGREEMENT)
     section = text.split("## Steering: refusal-direction audit", 1)[1].split("\n## ", 1)[0]
     assert "| layer |" in section and "0.900" in section
@@ -165,29 +169,56 @@ def test_detector_agreement_is_computed_from_labelled_set():
     assert a["overall"]["n"] >= 300 and set(a) >= {"comply", "refuse", "partial", "confusion", "detector"}
 
 
-def test_cli_leaderboard_and_from_records(tmp_path, monkeypatch):
+def test_cli_publish_then_leaderboard_without_runs(tmp_path, monkeypatch):
+    """`bench publish` copies and renders; `bench leaderboard` renders from the copies alone (no runs/;
+    `--from-records`, which committed leaderboards print, is still accepted); publish needs records."""
     from click.testing import CliRunner
 
     from bench.cli import main
 
     monkeypatch.setattr(lb, "detector_agreement", lambda: AGREEMENT)
-    monkeypatch.setattr(lb, "LEADERBOARD_ROOT", tmp_path / "leaderboards")
+    monkeypatch.setenv("BENCH_LEADERBOARDS", str(tmp_path / "leaderboards"))
     _fake_runs(tmp_path, "p")
     monkeypatch.setenv("BENCH_RUNS", str(tmp_path / "runs"))
-    r = CliRunner().invoke(main, ["leaderboard", "--profile", "smoke", "profile.name=p"])
+    r = CliRunner().invoke(main, ["publish", "--profile", "smoke", "profile.name=p"])
     assert r.exit_code == 0, r.output
     md = tmp_path / "leaderboards" / "p.md"
     first = md.read_text()
     shutil.rmtree(tmp_path / "runs")
-    r = CliRunner().invoke(main, ["leaderboard", "--profile", "smoke", "profile.name=p", "--from-records"])
-    assert r.exit_code == 0, r.output
-    assert md.read_text() == first
-    r = CliRunner().invoke(main, ["leaderboard", "--profile", "smoke", "profile.name=p"])
+    for extra in ([], ["--from-records"]):
+        md.unlink()
+        r = CliRunner().invoke(main, ["leaderboard", "--profile", "smoke", "profile.name=p", *extra])
+        assert r.exit_code == 0, r.output
+        assert md.read_text() == first
+    assert (tmp_path / "leaderboards" / "p" / "records" / "dpo.json").exists()  # leaderboard never touches them
+    r = CliRunner().invoke(main, ["publish", "--profile", "smoke", "profile.name=p"])
     assert r.exit_code == 2 and r.output.startswith("error: no records under")
 
 
+def test_committed_leaderboard_rerenders_byte_for_byte(tmp_path, monkeypatch):
+    """`bench leaderboard` with no runs/ at all re-renders the committed leaderboards/default.md (and
+    its PNGs) from the committed records alone."""
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    out = tmp_path / "leaderboards"
+    shutil.copytree(REPO / "leaderboards" / "default" / "records", out / "default" / "records")
+    shutil.copy(REPO / "leaderboards" / "default" / AUDIT_PNG, out / "default" / AUDIT_PNG)  # published, not rendered
+    monkeypatch.setenv("BENCH_LEADERBOARDS", str(out))
+    monkeypatch.setenv("BENCH_RUNS", str(tmp_path / "no-runs"))
+    r = CliRunner().invoke(main, ["leaderboard", "--profile", "default"])
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "no-runs").exists()
+    assert (out / "default.md").read_text() == (REPO / "leaderboards" / "default.md").read_text()
+    for png in (SERIES_PNG, TRACKING_PNG):
+        committed = REPO / "leaderboards" / "default" / png
+        assert (out / "default" / png).exists() == committed.exists(), png
+        if committed.exists():
+            assert (out / "default" / png).read_bytes() == committed.read_bytes(), png
+
+
 def test_tracking_series_rendered(tmp_path):
-    tracking = pytest.importorskip("bench.train.tracking")
     from bench.stats import rate_metric
 
     recs = _fixture()
@@ -199,7 +230,40 @@ def test_tracking_series_rendered(tmp_path):
     assets.mkdir()
     text = lb.render("golden", recs, assets, agreement=AGREEMENT)
     assert "## Tuning dynamics" in text and "![tuning dynamics](golden/tracking.png)" in text
-    assert (assets / lb.TRACKING_PNG).exists()
+    assert (assets / TRACKING_PNG).exists()
     assert any(line.startswith("| dpo | 5 |") for line in text.splitlines())
     assert text == lb.render("golden", recs, assets, agreement=AGREEMENT)
-    assert tracking.tracked_records(recs)
+    assert report_series.tracked_records(recs)
+
+
+def _fake_record(variant: str, stage: str, values: list[float]) -> dict:
+    def m(v):
+        return {"value": v, "ci_low": max(0.0, v - 0.1), "ci_high": min(1.0, v + 0.1), "n": 16}
+
+    series = [{"step": i * 10, "fraction": i / (len(values) - 1), "model_dir": f"/x/{variant}/{i}",
+               "metrics": {"refusal_harmful": m(v), "over_refusal_benign": m(v / 2), "pref_acc_raw": m(0.5),
+                           **({"pref_acc_implicit": m(0.5 + v / 4)} if i else {}),
+                           "logp_margin_per_token": {"value": v - 0.5, "ci_low": None, "ci_high": None, "n": 16}}}
+              for i, v in enumerate(values)]
+    return {"variant": variant, "stage": stage, "extra": {"tracking": {"series": series}}}
+
+
+def test_plot_tracking_writes_png(tmp_path):
+    recs = [_fake_record("dpo", "dpo", [0.1, 0.3, 0.6]), _fake_record("ppo-kl", "ppo", [0.1, 0.2]),
+            {"variant": "reward", "stage": "reward", "extra": {}}]
+    out = report_series.plot_tracking(recs, tmp_path / "series.png")
+    assert out == tmp_path / "series.png" and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report_series.plot_tracking({"a.json": recs[2]}, tmp_path / "none.png") is None  # nothing tracked
+    table = report_series.tracking_table(recs)
+    assert len(table) == 2 + 5 and table[2].startswith("| dpo | 0 | 0.00 | 0.100")
+
+
+def test_leaderboard_reads_no_training_code():
+    """Rendering and publishing import nothing under bench/train/ (DESIGN.md §7)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, bench.leaderboard, bench.published, bench.verify, bench.report.series; "
+            "print(sorted(m for m in sys.modules if m.startswith('bench.train')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"

@@ -217,29 +217,29 @@ def test_shape_rewards_last_valid_token():
 
 
 def test_gae_hand_unrolled():
-    gamma, lam = 0.9, 0.8
+    gamma, gae_lambda = 0.9, 0.8
     r = [0.1, -0.2, 1.0, 100.0]
     v = [0.5, 0.4, 0.3, 50.0]  # index 3 is beyond the mask: must be ignored
     rewards = torch.tensor([r, [2.0, 9.0, 9.0, 9.0]])
     values = torch.tensor([v, [0.5, 9.0, 9.0, 9.0]])
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
-    adv, ret = L.gae(rewards, values, mask, gamma=gamma, lam=lam)
+    adv, ret = L.gae(rewards, values, mask, gamma=gamma, gae_lambda=gae_lambda)
     d2 = r[2] - v[2]
     a2 = d2
     d1 = r[1] + gamma * v[2] - v[1]
-    a1 = d1 + gamma * lam * a2
+    a1 = d1 + gamma * gae_lambda * a2
     d0 = r[0] + gamma * v[1] - v[0]
-    a0 = d0 + gamma * lam * a1
+    a0 = d0 + gamma * gae_lambda * a1
     assert close(adv[0], [a0, a1, a2, 0.0])
     assert close(ret[0], [a0 + v[0], a1 + v[1], a2 + v[2], 0.0])
     assert close(adv[1], [2.0 - 0.5, 0.0, 0.0, 0.0])
     assert close(ret[1], [2.0, 0.0, 0.0, 0.0])
 
 
-def test_gae_gamma_lam_one_is_reward_to_go_minus_value():
+def test_gae_gamma_and_lambda_one_is_reward_to_go_minus_value():
     rewards = torch.tensor([[1.0, 2.0, 3.0]])
     values = torch.tensor([[0.5, 0.25, 0.125]])
-    adv, ret = L.gae(rewards, values, torch.ones(1, 3), gamma=1.0, lam=1.0)
+    adv, ret = L.gae(rewards, values, torch.ones(1, 3), gamma=1.0, gae_lambda=1.0)
     assert close(ret, [[6.0, 5.0, 3.0]])
     assert close(adv, [[5.5, 4.75, 2.875]])
 
@@ -370,10 +370,10 @@ def test_lagrange_update_direction_and_cap_floats():
 
 
 def test_lagrange_update_tensors():
-    log_lam = torch.tensor(0.0, requires_grad=True)
-    new = L.lagrange_update(log_lam, torch.tensor(3.0), 1.0, 0.5)
+    log_lambda = torch.tensor(0.0, requires_grad=True)
+    new = L.lagrange_update(log_lambda, torch.tensor(3.0), 1.0, 0.5)
     assert isinstance(new, torch.Tensor) and new.dim() == 0 and not new.requires_grad
     assert close(new, 1.0)
-    assert close(L.lagrange_update(log_lam, torch.tensor(3.0), 1.0, 0.5, lambda_max=2.0),
+    assert close(L.lagrange_update(log_lambda, torch.tensor(3.0), 1.0, 0.5, lambda_max=2.0),
                  math.log(2.0))
-    assert L.lagrange_update(log_lam, torch.tensor(-1.0), 1.0, 0.5).item() < 0.0
+    assert L.lagrange_update(log_lambda, torch.tensor(-1.0), 1.0, 0.5).item() < 0.0

@@ -1,10 +1,13 @@
-"""PPO recipe (bench/train/ppo.py): masks, reference policy, a smoke run per variant, PPO-Lagrangian's
-lambda, and resume after an interruption. Smoke profile: a micro random Llama, 2 steps, 4 prompts,
-8 new tokens; random score models stand in for the reward and cost stages."""
+"""PPO recipe (bench/train/ppo.py and its modules beside it: rollout, prompt_stream, ppo_advantages,
+ppo_backends, ppo_checkpoints, ppo_models): masks, reference policy, the advantages composition on
+hand-made tensors, a smoke run per variant, PPO-Lagrangian's multiplier, and resume after an
+interruption. Smoke profile: a micro random Llama, 2 steps, 4 prompts, 8 new tokens; random score
+models stand in for the reward and cost stages. Run: ``python -m pytest tests/test_ppo.py -q``."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -12,7 +15,8 @@ import torch
 from bench.config import LoraSection, PPOSection, PPOVariant
 from bench.records import RecordError, read_record
 from bench.runs import stage_run
-from bench.train import ppo
+from bench.train import ppo, ppo_backends, ppo_models, prompt_stream
+from bench.train.ppo_advantages import ppo_advantages
 from bench.train.rollout import PolicyWithValueHead, response_mask
 
 PROMPTS = ["How do I bake bread?", "Tell me how to pick a lock.", "What is the capital of France?",
@@ -119,7 +123,7 @@ def test_lora_reference_is_base_with_adapters_disabled(smoke_cfg, smoke_base):
         attn = torch.ones_like(ids)
         R = ids.shape[1] - 3  # prompt of 3 tokens, the rest is the "response"
         base_logits = base(input_ids=ids, attention_mask=attn, logits_to_keep=R + 1).logits[:, :-1].float()
-    module = PolicyWithValueHead(ppo.setup_trainable(base, section), base.config.hidden_size).eval()
+    module = PolicyWithValueHead(ppo_models.setup_trainable(base, section), base.config.hidden_size).eval()
     with torch.no_grad():
         for name, p in module.policy.named_parameters():
             if "lora_B" in name:
@@ -193,9 +197,9 @@ def test_lagrangian_lambda_moves_toward_constraint(threshold, direction, smoke_c
     cfg = make_cfg(smoke_cfg, {"ppo-lag": variant}, max_steps=2, cost_threshold=threshold,
                    lambda_init=1.0, lambda_lr=1e-4, lambda_max=1e9)
     ppo.train_variant(cfg, "ppo-lag", variant, PROMPTS)
-    lams = [r["lambda"] for r in read_record(runs / "ppo-lag" / "record.json")["extra"]["series"]]
-    assert all(lam > 0 for lam in lams)
-    assert (lams[0] - 1.0) * direction > 0 and (lams[1] - lams[0]) * direction > 0
+    multipliers = [r["lambda"] for r in read_record(runs / "ppo-lag" / "record.json")["extra"]["series"]]
+    assert all(m > 0 for m in multipliers)
+    assert (multipliers[0] - 1.0) * direction > 0 and (multipliers[1] - multipliers[0]) * direction > 0
 
 
 def test_cost_penalty_shapes_the_score_with_the_cost_model(smoke_cfg, smoke_base, runs, monkeypatch):
@@ -231,7 +235,7 @@ def test_rule_reward_scores_behaviour_against_prompt_labels(smoke_cfg, smoke_bas
 
     harmful = {"Tell me how to pick a lock.", "How can I hurt someone?"}
     labels = {p: "harmful" if p in harmful else "benign" for p in PROMPTS}
-    monkeypatch.setattr(ppo, "prompt_labels", lambda cfg: labels)
+    monkeypatch.setattr(prompt_stream, "prompt_labels", lambda cfg: labels)
     seen = []
     real_detect = refusal.detect_many
     monkeypatch.setattr(refusal, "detect_many", lambda texts: seen.append(list(texts)) or real_detect(texts))
@@ -241,7 +245,7 @@ def test_rule_reward_scores_behaviour_against_prompt_labels(smoke_cfg, smoke_bas
     series = read_record(runs / "ppo-rule" / "record.json")["extra"]["series"]
     assert len(seen) == len(series) == 2
     for step, (texts, row) in enumerate(zip(seen, series)):
-        batch = [PROMPTS[i] for i in ppo.prompt_indices(len(PROMPTS), 4, step, smoke_cfg.profile.seed, 0, 1)]
+        batch = [PROMPTS[i] for i in prompt_stream.prompt_indices(len(PROMPTS), 4, step, smoke_cfg.profile.seed, 0, 1)]
         fits = [d.is_refusal == (p in harmful) for d, p in zip(real_detect(texts), batch)]
         assert row["rule_agreement"] == pytest.approx(sum(fits) / len(fits))
 
@@ -269,7 +273,7 @@ def test_group_size_samples_each_prompt_as_a_group(smoke_cfg, smoke_base, runs, 
     policy update receives the group-relative advantages (zero where a group scored alike)."""
     from bench.config import ConfigError
 
-    monkeypatch.setattr(ppo, "prompt_labels", lambda cfg: LABELS)
+    monkeypatch.setattr(prompt_stream, "prompt_labels", lambda cfg: LABELS)
     batches, advantages = _spy_rollouts(monkeypatch)
     variant = PPOVariant(regulariser="none", rule_reward=1.0, group_size=2)
     cfg = make_cfg(smoke_cfg, {"ppo-group": variant})
@@ -277,7 +281,7 @@ def test_group_size_samples_each_prompt_as_a_group(smoke_cfg, smoke_base, runs, 
     series = read_record(runs / "ppo-group" / "record.json")["extra"]["series"]
     assert len(batches) == len(series) == 2
     for step, batch in enumerate(batches):
-        distinct = [PROMPTS[i] for i in ppo.prompt_indices(len(PROMPTS), 2, step, smoke_cfg.profile.seed, 0, 1)]
+        distinct = [PROMPTS[i] for i in prompt_stream.prompt_indices(len(PROMPTS), 2, step, smoke_cfg.profile.seed, 0, 1)]
         assert batch == [p for p in distinct for _ in range(2)]
     for adv, row in zip(advantages, series):
         per_response = adv.sum(dim=1)  # no regulariser: each response's tokens share its group advantage
@@ -293,15 +297,15 @@ def test_group_size_samples_each_prompt_as_a_group(smoke_cfg, smoke_base, runs, 
 
 def test_balance_by_label_draws_every_label_equally():
     labels = {"h1": "harmful", "h2": "harmful", "h3": "harmful", "h4": "harmful", "b1": "benign", "x1": "borderline"}
-    out = ppo.balance_by_label(list(labels), labels)
+    out = prompt_stream.balance_by_label(list(labels), labels)
     assert out == ["h1", "b1", "x1", "h2", "b1", "x1", "h3", "b1", "x1", "h4", "b1", "x1"]
-    assert ppo.balance_by_label([], labels) == []
+    assert prompt_stream.balance_by_label([], labels) == []
 
 
 def test_reward_weight_zero_trains_on_behaviour_alone(smoke_cfg, smoke_base, runs, monkeypatch):
     """reward_weight 0: the RM still scores (its mean is logged) but the update sees only the rule
     reward; balance_prompts draws the rollout prompts from the label-balanced list."""
-    monkeypatch.setattr(ppo, "prompt_labels", lambda cfg: LABELS)
+    monkeypatch.setattr(prompt_stream, "prompt_labels", lambda cfg: LABELS)
     batches, advantages = _spy_rollouts(monkeypatch)
     from bench.eval import refusal
 
@@ -312,9 +316,9 @@ def test_reward_weight_zero_trains_on_behaviour_alone(smoke_cfg, smoke_base, run
     cfg = make_cfg(smoke_cfg, {"ppo-rule-only": variant})
     ppo.train_variant(cfg, "ppo-rule-only", variant, PROMPTS)
     series = read_record(runs / "ppo-rule-only" / "record.json")["extra"]["series"]
-    balanced = ppo.balance_by_label(PROMPTS, LABELS)
+    balanced = prompt_stream.balance_by_label(PROMPTS, LABELS)
     for step, (batch, adv, out, row) in enumerate(zip(batches, advantages, texts, series)):
-        distinct = [balanced[i] for i in ppo.prompt_indices(len(balanced), 2, step, smoke_cfg.profile.seed, 0, 1)]
+        distinct = [balanced[i] for i in prompt_stream.prompt_indices(len(balanced), 2, step, smoke_cfg.profile.seed, 0, 1)]
         assert batch == [p for p in distinct for _ in range(2)]
         refused = [d.is_refusal for d in real_detect(out)]
         # Only the rule scores: a group is flat exactly when its two samples behaved alike (with the
@@ -334,9 +338,9 @@ def test_prompt_labels_reject_a_prompt_given_two_labels(smoke_cfg, monkeypatch):
     loaded = LoadedDataset(rows=rows, identity={}, schema="pku", wheres=["f.jsonl:1", "f.jsonl:2", "f.jsonl:3"])
     monkeypatch.setattr(data, "load_role", lambda *a: loaded)
     with pytest.raises(DataError, match=r"f.jsonl:3: field 'prompt_label': 'benign' contradicts 'harmful' .* f.jsonl:1"):
-        ppo.prompt_labels(smoke_cfg)
+        prompt_stream.prompt_labels(smoke_cfg)
     rows[2]["prompt_label"] = "harmful"  # the same label twice is fine; an unlabelled row is left out
-    assert ppo.prompt_labels(smoke_cfg) == {"a": "harmful"}
+    assert prompt_stream.prompt_labels(smoke_cfg) == {"a": "harmful"}
 
 
 class Interrupt(Exception):
@@ -423,6 +427,74 @@ def test_forward_logprobs_are_those_generate_sampled_from(smoke_cfg, smoke_base)
     assert values.shape == (2, resp.shape[1], 1) and torch.equal(values, torch.zeros_like(values))
 
 
+def _whitened(xs: list[float]) -> list[float]:
+    """masked_whiten by hand on the valid entries: (x - mean) / sqrt(unbiased var + 1e-8)."""
+    mu = sum(xs) / len(xs)
+    var = sum((x - mu) ** 2 for x in xs) / (len(xs) - 1)
+    return [(x - mu) / math.sqrt(var + 1e-8) for x in xs]
+
+
+def test_ppo_advantages_one_stream_is_whitened_gae_of_shaped_rewards():
+    """group_size 1, no cost: the score (clipped) on the last valid token, -coef x penalty on every
+    token, GAE against the reward critic, the advantages whitened; the returns are GAE's, unwhitened."""
+    gamma, gae_lambda, coef = 0.9, 0.8, 0.5
+    score = torch.tensor([1.0, 3.0])  # clipped to reward_clip = 2 -> 2.0
+    penalty = torch.tensor([[1.0, 0.0], [0.0, 5.0]])  # the 5.0 is under the mask: never counts
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    values = torch.tensor([[[0.5], [0.25]], [[0.5], [9.0]]])  # (B, T, 1); 9.0 is masked
+    out = ppo_advantages(score, penalty, values, mask, coef=coef, gamma=gamma, gae_lambda=gae_lambda, reward_clip=2.0)
+    # rewards: row 0 = [-0.5 * 1, 1.0], row 1 = [2.0 (clipped score), -]
+    a01 = 1.0 - 0.25  # last token: delta = r - V
+    a00 = (-0.5 + gamma * 0.25 - 0.5) + gamma * gae_lambda * a01
+    a10 = 2.0 - 0.5
+    w00, w01, w10 = _whitened([a00, a01, a10])
+    torch.testing.assert_close(out.advantages, torch.tensor([[w00, w01], [w10, 0.0]]))
+    torch.testing.assert_close(out.returns, torch.tensor([[[a00 + 0.5], [a01 + 0.25]], [[a10 + 0.5], [0.0]]]))
+    assert out.group_advantages is None
+
+
+def test_ppo_advantages_groups_score_relative_to_the_prompt_plus_penalty_to_go():
+    """group_size 2: the policy's advantage is the group-relative score on the last token plus the
+    undiscounted penalty-to-go (no whitening); a flat group has only the penalty; the critic's
+    returns still come from GAE on the plain score."""
+    gamma, gae_lambda, coef = 0.9, 0.8, 0.5
+    score = torch.tensor([1.0, 3.0, 2.0, 2.0])  # group 0 = rows 0, 1 (mean 2, std 1); group 1 flat
+    penalty = torch.tensor([[0.2, 0.4], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    mask = torch.ones(4, 2)
+    values = torch.zeros(4, 2, 1)
+    out = ppo_advantages(score, penalty, values, mask, coef=coef, gamma=gamma, gae_lambda=gae_lambda,
+                         reward_clip=10.0, group_size=2)
+    g = 1.0 / (1.0 + 1e-6)  # (s - mean) / (std + eps) with |s - mean| = std = 1
+    torch.testing.assert_close(out.group_advantages, torch.tensor([-g, g, 0.0, 0.0]))
+    expected = [[-0.1 - 0.2 - g, -0.2 - g], [g, g], [-0.5 - 0.5, -0.5], [0.0, 0.0]]
+    torch.testing.assert_close(out.advantages, torch.tensor(expected))
+    rewards = [[-0.1, -0.2 + 1.0], [0.0, 3.0], [-0.5, -0.5 + 2.0], [0.0, 2.0]]  # values 0: A = r + gamma lambda A'
+    returns = [[r0 + gamma * gae_lambda * r1, r1] for r0, r1 in rewards]
+    torch.testing.assert_close(out.returns, torch.tensor(returns)[..., None])
+
+
+def test_ppo_advantages_lagrangian_combines_whitened_reward_and_cost_streams():
+    """With a cost: a second stream (raw cost, clipped, on the last token; the penalty at +coef) with
+    GAE against the cost critic, whitened, and (A_r - lambda A_c) / (1 + lambda); returns (B, T, 2)."""
+    coef, multiplier = 0.5, 3.0
+    score, cost = torch.tensor([1.0, -1.0]), torch.tensor([2.0, -2.0])  # cost clipped to +-1.5
+    penalty = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    mask = torch.ones(2, 2)
+    values = torch.zeros(2, 2, 2)
+    out = ppo_advantages(score, penalty, values, mask, coef=coef, gamma=1.0, gae_lambda=1.0, reward_clip=1.5,
+                         cost=cost, lagrange_multiplier=multiplier)
+    # gamma = lambda = 1 and zero values: advantages and returns are the reward-to-go of each stream
+    reward_to_go = [(-0.5 + 1.0), 1.0, (0.0 - 0.5 - 1.0), (-0.5 - 1.0)]  # rewards [-0.5, 1], [0, -1.5]
+    cost_to_go = [(0.5 + 1.5), 1.5, (0.0 + 0.5 - 1.5), (0.5 - 1.5)]  # costs [0.5, 1.5], [0, -1.0]
+    combined = [(r - multiplier * c) / (1.0 + multiplier)
+                for r, c in zip(_whitened(reward_to_go), _whitened(cost_to_go))]
+    torch.testing.assert_close(out.advantages, torch.tensor(combined).view(2, 2))
+    torch.testing.assert_close(out.returns, torch.stack([torch.tensor(reward_to_go), torch.tensor(cost_to_go)], -1)
+                               .view(2, 2, 2))
+    no_cost = ppo_advantages(score, penalty, values, mask, coef=coef, gamma=1.0, gae_lambda=1.0, reward_clip=1.5)
+    torch.testing.assert_close(no_cost.advantages, torch.tensor(_whitened(reward_to_go)).view(2, 2))
+
+
 def test_reward_score_normalises_then_penalises_truncation():
     section = PPOSection(normalize_rewards=True, truncated_penalty=-3.0)
     raw = torch.tensor([1.0, 3.0, 5.0])
@@ -436,15 +508,15 @@ def test_reward_score_normalises_then_penalises_truncation():
 
 def test_prompt_stream_covers_each_prompt_once_per_epoch():
     n, per_step = 10, 4
-    first_epoch = [i for step in range(0, 3) for i in ppo.prompt_indices(n, per_step, step, 0, 0, 1)][:n]
+    first_epoch = [i for step in range(0, 3) for i in prompt_stream.prompt_indices(n, per_step, step, 0, 0, 1)][:n]
     assert sorted(first_epoch) == list(range(n))
-    assert ppo.prompt_indices(n, per_step, 5, 0, 0, 1) == ppo.prompt_indices(n, per_step, 5, 0, 0, 1)
+    assert prompt_stream.prompt_indices(n, per_step, 5, 0, 0, 1) == prompt_stream.prompt_indices(n, per_step, 5, 0, 0, 1)
     # two ranks draw disjoint prompts at a step
-    assert not set(ppo.prompt_indices(n, 2, 0, 0, 0, 2)) & set(ppo.prompt_indices(n, 2, 0, 0, 1, 2))
+    assert not set(prompt_stream.prompt_indices(n, 2, 0, 0, 0, 2)) & set(prompt_stream.prompt_indices(n, 2, 0, 0, 1, 2))
 
 
 def test_training_prompts_come_from_the_preference_train_split(smoke_cfg):
-    prompts, identity = ppo.training_prompts(smoke_cfg)
+    prompts, identity = prompt_stream.training_prompts(smoke_cfg)
     assert prompts and len(prompts) == len(set(prompts))
     assert identity["split"] == "train" and identity["name"] == smoke_cfg.data.preferences
 
@@ -465,17 +537,17 @@ def test_all_gather_travels_through_the_backends_device(tmp_path):
     would need CUDA tensors (the bug an H200 run found: CPU score-model outputs under NCCL)."""
     import torch.distributed as dist
 
-    assert ppo.collective_device("gloo") == torch.device("cpu")
-    assert ppo.all_gather(torch.tensor([1.0, 2.0])).tolist() == [1.0, 2.0]  # no group: itself
+    assert ppo_backends.collective_device("gloo") == torch.device("cpu")
+    assert ppo_backends.all_gather(torch.tensor([1.0, 2.0])).tolist() == [1.0, 2.0]  # no group: itself
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         x = torch.tensor([3.0, -1.0], requires_grad=True)
-        out = ppo.all_gather(x * 2)
+        out = ppo_backends.all_gather(x * 2)
         assert out.tolist() == [6.0, -2.0] and out.device == x.device and not out.requires_grad
     finally:
         dist.destroy_process_group()
     if torch.cuda.is_available():
-        assert ppo.collective_device("nccl").type == "cuda"
+        assert ppo_backends.collective_device("nccl").type == "cuda"
 
 
 def test_deepspeed_json_autos_are_filled(tmp_path):
@@ -487,15 +559,15 @@ def test_deepspeed_json_autos_are_filled(tmp_path):
         pytest.skip("no DeepSpeed JSON in this checkout")
     section = PPOSection(deepspeed=str(path), fp16=True, rollout_prompts=8, mini_batch_size=4, batch_size=2,
                          learning_rate=1e-5)
-    conf = ppo.deepspeed_config(section, world=4, hidden_size=64)
+    conf = ppo_backends.deepspeed_config(section, world=4, hidden_size=64)
     assert (conf["train_micro_batch_size_per_gpu"], conf["gradient_accumulation_steps"], conf["train_batch_size"]) \
         == (2, 2, 16)
     assert conf["fp16"]["enabled"] is True and conf["optimizer"]["params"]["lr"] == 1e-5
     assert conf["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
-    assert not ppo._auto_paths(conf)
+    assert not ppo_backends._auto_paths(conf)
     zero3 = REPO_ROOT / "configs" / "deepspeed" / "zero3_offload.json"  # shipped; our PPO loop refuses it
     with pytest.raises(ConfigError, match="ZeRO stage 3"):
-        ppo.deepspeed_config(dataclasses.replace(section, deepspeed=str(zero3)), world=1, hidden_size=64)
+        ppo_backends.deepspeed_config(dataclasses.replace(section, deepspeed=str(zero3)), world=1, hidden_size=64)
 
 
 @pytest.mark.gpu

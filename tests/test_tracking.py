@@ -1,7 +1,8 @@
 """Tuning dynamics (bench/train/tracking.py): which steps are kept, kept checkpoints of a smoke DPO
 and PPO run load with plain transformers (step 0 = the initial policy), the record carries the
-series, a resumed run keeps its series, the plot is written and the steering audit sees the
-kept checkpoints. Smoke profile: micro random Llama, 2 steps."""
+series, a resumed run keeps its series and the steering audit sees the kept checkpoints. Smoke
+profile: micro random Llama, 2 steps. (The series' plot and table are reporting:
+tests/test_leaderboard.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from bench.config import LoraSection, PPOSection, PPOVariant, load_config
 from bench.records import read_record
 from bench.runs import run_dir, stage_run
-from bench.train.tracking import checkpoint_steps, plot_series, series_table
+from bench.train.tracking import checkpoint_steps
 
 PROMPTS = ["How do I bake bread?", "Tell me how to pick a lock.", "What is the capital of France?",
            "Write a haiku about rain.", "How can I hurt someone?", "Explain photosynthesis briefly."]
@@ -95,7 +96,7 @@ def test_dpo_variants_share_reference_and_initial_pass(smoke_base, tmp_path, mon
 
     monkeypatch.setenv("BENCH_RUNS", str(tmp_path / "runs"))
     cfg = load_config("smoke", ["dpo.keep_checkpoints=2", "dpo.max_steps=2"])
-    passes, precomputes = [], []
+    passes = []
     real_validate = tracking._validate
     monkeypatch.setattr(tracking, "_validate", lambda *a, **k: passes.append(1) or real_validate(*a, **k))
 
@@ -183,25 +184,3 @@ def test_ppo_keeps_checkpoints_and_resumes_series(smoke_cfg, smoke_base, ppo_run
     assert kept[0]["model_dir"] == str(smoke_base)  # step 0: zero LoRA adapters = the initial policy
     assert any(not torch.equal(_weights(d / "kept" / "step-1")[k], v) for k, v in _weights(smoke_base).items())
     assert kept[1]["model_dir"] == str(d / "kept" / "step-1")
-
-
-def _fake_record(variant: str, stage: str, values: list[float]) -> dict:
-    def m(v):
-        return {"value": v, "ci_low": max(0.0, v - 0.1), "ci_high": min(1.0, v + 0.1), "n": 16}
-
-    series = [{"step": i * 10, "fraction": i / (len(values) - 1), "model_dir": f"/x/{variant}/{i}",
-               "metrics": {"refusal_harmful": m(v), "over_refusal_benign": m(v / 2), "pref_acc_raw": m(0.5),
-                           **({"pref_acc_implicit": m(0.5 + v / 4)} if i else {}),
-                           "logp_margin_per_token": {"value": v - 0.5, "ci_low": None, "ci_high": None, "n": 16}}}
-              for i, v in enumerate(values)]
-    return {"variant": variant, "stage": stage, "extra": {"tracking": {"series": series}}}
-
-
-def test_plot_series_writes_png(tmp_path):
-    recs = [_fake_record("dpo", "dpo", [0.1, 0.3, 0.6]), _fake_record("ppo-kl", "ppo", [0.1, 0.2]),
-            {"variant": "reward", "stage": "reward", "extra": {}}]
-    out = plot_series(recs, tmp_path / "series.png")
-    assert out == tmp_path / "series.png" and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert plot_series({"a.json": recs[2]}, tmp_path / "none.png") is None  # nothing tracked: no plot
-    table = series_table(recs)
-    assert len(table) == 2 + 5 and table[2].startswith("| dpo | 0 | 0.00 | 0.100")

@@ -1,15 +1,17 @@
 """verify's tolerance logic on hand-made records: within -> ok, outside -> listed, missing metric or
-record -> listed; unchecked metrics are ignored; the CLI exits non-zero listing every failure."""
+record -> listed; unchecked metrics are ignored; the CLI exits non-zero listing every failure; the
+reference is the records committed in git, so a publish (make leaderboard) before verify does not
+turn the check into a comparison of the fresh records with themselves."""
 
 from __future__ import annotations
 
 import json
 import math
+import subprocess
 
-import pytest
-
+from bench.metrics import LOGPROB, RATE, Tolerance, tolerance_for
 from bench.stats import mean_metric, rate_metric
-from bench.verify import LOGPROB, RATE, Tolerance, compare, select, tolerance_for
+from bench.verify import compare, select
 
 
 def _rec(variant: str, metrics: dict, stage: str = "eval") -> dict:
@@ -95,15 +97,15 @@ def test_cli_verify_exits_nonzero_listing_failures(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     import bench.eval.battery as battery
-    import bench.leaderboard as lb
+    import bench.published as published
     from bench.cli import main
 
     committed = {"eval/base.json": _rec("base", {"refusal_harmful": rate_metric(5, 100),
                                                  "logp_margin_sum": _m(-3.0)})}
     fresh = {"eval/base.json": _rec("base", {"refusal_harmful": rate_metric(40, 100),
                                              "logp_margin_sum": _m(-3.0)})}
-    monkeypatch.setattr(lb, "load_committed", lambda profile: committed)
-    monkeypatch.setattr(lb, "collect_records", lambda profile: fresh)
+    monkeypatch.setattr(published, "load_committed", lambda profile, **kw: committed)
+    monkeypatch.setattr(published, "collect_records", lambda profile: fresh)
     monkeypatch.setattr(battery, "run_eval", lambda cfg, variant=None, force=False, progress=print: {variant: "up to date"})
     r = CliRunner().invoke(main, ["verify", "--profile", "smoke"])
     assert r.exit_code == 1, r.output
@@ -111,3 +113,64 @@ def test_cli_verify_exits_nonzero_listing_failures(tmp_path, monkeypatch):
     fresh["eval/base.json"]["metrics"]["refusal_harmful"] = rate_metric(6, 100)
     r = CliRunner().invoke(main, ["verify", "--profile", "smoke"])
     assert r.exit_code == 0, r.output
+
+
+def _git(repo, *args):
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          check=True, capture_output=True)
+
+
+def _write_fresh(rec: dict) -> None:
+    from bench.records import RECORD_NAME
+    from bench.runs import run_dir
+
+    d = run_dir(rec["profile"], rec["variant"], rec["stage"])
+    d.mkdir(parents=True, exist_ok=True)
+    (d / RECORD_NAME).write_text(json.dumps(rec))
+
+
+def test_verify_reads_the_committed_records_even_after_publish(tmp_path, monkeypatch):
+    """Commit records, let a fresh run change a metric, publish (the working-tree copies now are the
+    fresh records): verify still fails, against git HEAD. Without git it falls back to the working
+    tree, says so, and then (after the publish) passes."""
+    from click.testing import CliRunner
+
+    import bench.eval.battery as battery
+    import bench.published as published
+    from bench.cli import main
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    monkeypatch.setenv("BENCH_LEADERBOARDS", str(repo / "leaderboards"))
+    monkeypatch.setenv("BENCH_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setattr(battery, "run_eval", lambda cfg, variant=None, force=False, progress=print: {variant: "up to date"})
+    committed = _rec("base", {"refusal_harmful": rate_metric(5, 100), "logp_margin_sum": _m(-3.0)})
+    _write_fresh(committed)
+    published.publish_records("p")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "records")
+    assert published.load_committed("p", progress=lambda s: None) == {"eval/base.json": committed}
+
+    fresh = json.loads(json.dumps(committed))
+    fresh["metrics"]["refusal_harmful"] = rate_metric(40, 100)
+    _write_fresh(fresh)
+    r = CliRunner().invoke(main, ["verify", "--profile", "smoke", "profile.name=p"])
+    assert r.exit_code == 1 and "FAIL eval/base.json refusal_harmful" in r.output, r.output
+
+    published.publish_records("p")  # what `make leaderboard` does before `make verify`
+    r = CliRunner().invoke(main, ["verify", "--profile", "smoke", "profile.name=p"])
+    assert r.exit_code == 1 and "FAIL eval/base.json refusal_harmful" in r.output, r.output
+    assert "differs from HEAD" in r.output
+
+    monkeypatch.setattr(published, "git_records", lambda rec_dir, rev="HEAD": None)  # no git (a container)
+    r = CliRunner().invoke(main, ["verify", "--profile", "smoke", "profile.name=p"])
+    assert r.exit_code == 0 and "not in a git checkout" in r.output, r.output
+
+
+def test_git_records_outside_a_checkout_and_before_a_commit(tmp_path):
+    import bench.published as published
+
+    assert published.git_records(tmp_path / "leaderboards" / "p" / "records") is None  # not a git checkout
+    _git(tmp_path, "init", "-q")
+    assert published.git_records(tmp_path / "leaderboards" / "p" / "records") == {}  # nothing committed yet

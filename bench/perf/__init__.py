@@ -10,8 +10,8 @@ figure is a median with its spread (min-max, and the interquartile range in the 
 
 What is measured, and how (each unit is in :mod:`bench.perf.units`):
 
-- **stages**: wall time of every stage read from the run records (``runs/<p>/*/record.json`` and
-  ``runs/<p>/eval/*/record.json``): the pipeline is not re-run; peak memory of a stage is the peak
+- **stages**: wall time of every stage read from the run records (stage and battery records, as
+  ``bench.runs.record_paths`` lists them): the pipeline is not re-run; peak memory of a stage is the peak
   resident memory of the unit below that does its work (records carry no memory figure).
 - **scoring**: pairs/s of ``bench.eval.logprobs.score_pairs`` vs lm-evaluation-harness's
   ``HFLM.loglikelihood`` on the same pairs (two requests per pair) and model, and their agreement.

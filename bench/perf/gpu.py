@@ -14,7 +14,7 @@
 - :func:`unit_1b_deepspeed`: the same 1B training step through DeepSpeed with the shipped
   ``configs/deepspeed/zero2_offload.json`` (fp16 with dynamic loss scaling, ZeRO-2, AdamW on the CPU:
   DeepSpeedCPUAdam, compiled on first use), every ``"auto"`` filled by the PPO recipe's
-  :func:`bench.train.ppo.deepspeed_config`: the container's V100 recipe, here on one GPU. Reports
+  :func:`bench.train.ppo_backends.deepspeed_config`: the container's V100 recipe, here on one GPU. Reports
   tokens/s, MFU and peak GPU memory next to the plain-torch unit: the GPU holds fp16 weights and
   gradients only, the optimiser state lives in host memory.
 
@@ -127,7 +127,7 @@ def unit_1b_deepspeed(args: dict) -> dict:
     import torch
 
     from bench.config import REPO_ROOT, PPOSection
-    from bench.train.ppo import deepspeed_config
+    from bench.train.ppo_backends import deepspeed_config
 
     shape = _shape(args, "llama-1b")
     seq, batch, steps = _sizes(args)
@@ -164,8 +164,9 @@ def unit_7b_lora_ppo(args: dict) -> dict:
     from bench.config import LoraSection, PPOSection, PPOVariant
     from bench.losses import gae, masked_whiten, shape_rewards
     from bench.memory_plan import PlanSettings, stage_plan
-    from bench.train.ppo import TorchBackend, experience, ppo_update
-    from bench.train.rollout import PolicyWithValueHead, Samples, response_mask
+    from bench.train.ppo_backends import TorchBackend
+    from bench.train.ppo_update import ppo_update
+    from bench.train.rollout import PolicyWithValueHead, Samples, experience, response_mask
 
     device = args.get("device", "cuda")
     shape = _shape(args, "llama2-7b")

@@ -325,17 +325,17 @@ def _runs_view(cfg, args: dict, stages: tuple[str, ...] = ("sft", "reward", "cos
     """``BENCH_RUNS`` pointed at a temporary folder whose ``<profile>/<stage>`` entries link to the
     real runs' finished stages (the inputs a recipe reads), so a benchmark run writes nothing into
     the real ``runs/`` and never overwrites a record."""
-    from bench.runs import runs_root
+    from bench.runs import find_record, profile_root, run_dir
 
-    real = runs_root() / cfg.profile.name
+    profile = cfg.profile.name
+    real = {stage: run_dir(profile, stage) for stage in stages if find_record(profile, stage)}
     old = os.environ.get("BENCH_RUNS")
     with tempfile.TemporaryDirectory(prefix="bench-perf-runs-") as tmp:
-        view = Path(tmp) / cfg.profile.name
-        view.mkdir(parents=True)
-        for stage in stages:
-            if (real / stage / "record.json").exists():
-                (view / stage).symlink_to(real / stage, target_is_directory=True)
         os.environ["BENCH_RUNS"] = tmp
+        view = profile_root(profile)
+        view.mkdir(parents=True)
+        for stage, folder in real.items():
+            run_dir(profile, stage).symlink_to(folder, target_is_directory=True)
         try:
             yield view
         finally:
@@ -360,7 +360,7 @@ def unit_ppo(args: dict) -> dict:
     from bench import chat
     from bench.models import prepare_base
     from bench.runs import find_record
-    from bench.train import ppo
+    from bench.train import ppo, prompt_stream
 
     cfg = _cfg(args)
     section = cfg.require("ppo")
@@ -381,7 +381,7 @@ def unit_ppo(args: dict) -> dict:
             with contextlib.redirect_stdout(sys.stderr):
                 run_score_stage(cfg, "reward")
             trained_reward = True
-        prompts, identity = ppo.training_prompts(cfg)
+        prompts, identity = prompt_stream.training_prompts(cfg)
         with contextlib.redirect_stdout(sys.stderr):
             ppo.train_variant(cfg, name, variant, prompts, identity, force=True)
         rec = find_record(cfg.profile.name, name)
@@ -391,12 +391,12 @@ def unit_ppo(args: dict) -> dict:
 
     with _runs_view(cfg, args):
         _, tok = load_pretrained(policy_init_dir(cfg, section.policy_init), cfg.model)
-    fitted, _ = ppo.fit_prompts(prompts, tok, cfg.model.system_prompt, section)
+    fitted, _ = prompt_stream.fit_prompts(prompts, tok, cfg.model.system_prompt, section)
     plen = [len(tok(chat.format_prompt(tok, p, cfg.model.system_prompt), add_special_tokens=False)["input_ids"])
             for p in fitted]
     tokens = []
     for row in series:
-        idx = ppo.prompt_indices(len(fitted), section.rollout_prompts, row["step"] - 1, cfg.profile.seed, 0, 1)
+        idx = prompt_stream.prompt_indices(len(fitted), section.rollout_prompts, row["step"] - 1, cfg.profile.seed, 0, 1)
         tokens.append(sum(plen[i] for i in idx) + row["response_length"] * len(idx))
     return {"variant": name, "steps": len(series), "seconds": [row["seconds"] for row in series],
             "tokens_per_step": tokens, "rollout_prompts": section.rollout_prompts, "ppo_epochs": section.ppo_epochs,

@@ -1,7 +1,9 @@
 """PPO rollouts: sample responses, mask them, and score them with the policy, reference, critic, RM and CM.
 
 Helpers of ``bench/train/ppo.py`` (the recipe reads top to bottom there); everything here is a
-plain function of tensors and models, with no optimisation state.
+plain function of tensors and models, with no optimisation state. :func:`experience` is the
+recipe's step 2: old log-probs, values, reference log-probs and the variant's per-token regulariser
+(``PENALTIES``: ``kl`` with estimator k1/k2/k3, ``js``, ``none``) of a sampled batch, without grad.
 
 Layout of one rollout batch (B sequences)::
 
@@ -21,13 +23,15 @@ that position is the value of the state before emitting it; both are sliced to (
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from bench import chat
+from bench.config import PPOSection, PPOVariant
+from bench.losses import entropy_from_logits, js_divergence_per_token, kl_penalty, sequence_logprobs
 
 # --------------------------------------------------------------------------- masks
 
@@ -185,3 +189,46 @@ def score_responses(model, tok, prompts: list[str], responses: list[str], system
                          desc="score rollouts")
     # On the score model's device (the policy's): the rewards meet the policy's log-probs on a GPU.
     return torch.tensor(scores, dtype=torch.float32, device=next(model.parameters()).device)
+
+
+# --------------------------------------------------------------------------- experience
+
+
+PENALTIES: dict[str, Callable[..., torch.Tensor]] = {
+    # (variant, logp, ref_logp, logits, ref_logits, mask) -> (B, R) per-token penalty
+    "kl": lambda v, lp, rlp, lg, rlg, m: kl_penalty(lp, rlp, v.kl_estimator),
+    "js": lambda v, lp, rlp, lg, rlg, m: js_divergence_per_token(lg, rlg, m),
+    "none": lambda v, lp, rlp, lg, rlg, m: torch.zeros_like(lp),
+}
+
+
+def regulariser_coef(variant: PPOVariant, section: PPOSection) -> float:
+    """The coefficient of the variant's per-token penalty: its own ``coef``, else the section's."""
+    if variant.coef is not None:
+        return variant.coef
+    return {"kl": section.kl_coef, "js": section.js_coef, "none": 0.0}[variant.regulariser]
+
+
+def micro_slices(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+@torch.no_grad()
+def experience(module: PolicyWithValueHead, ref_model: nn.Module | None, s: Samples, variant: PPOVariant,
+               section: PPOSection) -> dict[str, torch.Tensor]:
+    """Old log-probs, values, reference log-probs, per-token penalty, entropy and k3 KL, each (B, R)
+    (values (B, R, n_values)), computed in micro-batches of ``batch_size``."""
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("logp", "ref_logp", "values", "penalty", "entropy", "kl")}
+    for sl in micro_slices(len(s.prompts), section.batch_size):
+        ids, attn, y, m = s.input_ids[sl], s.attention_mask[sl], s.responses[sl], s.mask[sl]
+        logits, values = module(ids, attn, s.prompt_len, section.temperature)  # (b, R, V), (b, R, K)
+        ref_logits = reference_logits(module, ref_model, ids, attn, s.prompt_len, section.temperature)
+        logp = sequence_logprobs(logits, y, m)  # (b, R)
+        ref_logp = sequence_logprobs(ref_logits, y, m)  # (b, R)
+        parts["logp"].append(logp)
+        parts["ref_logp"].append(ref_logp)
+        parts["values"].append(values)
+        parts["penalty"].append(PENALTIES[variant.regulariser](variant, logp, ref_logp, logits, ref_logits, m))
+        parts["entropy"].append(entropy_from_logits(logits))
+        parts["kl"].append(torch.where(m.bool(), kl_penalty(logp, ref_logp, "k3"), 0.0))
+    return {k: torch.cat(v) for k, v in parts.items()}

@@ -24,7 +24,7 @@ What is kept (:class:`Tracker`)
     (keyed by the folder's files and the pass's settings), so variants that start from the same
     policy (every DPO variant starts from SFT) run it once.
 
-Validation pass (:func:`validation_metrics`), on the ``validation`` split, small by design
+Validation pass (``_validate``, run by the tracker), on the ``validation`` split, small by design
     - ``refusal_harmful`` / ``over_refusal_benign``: share of greedy generations (at most
       ``TRACK_MAX_NEW_TOKENS`` new tokens, and no more than ``eval.max_new_tokens``) on the first
       ``TRACK_N_PROMPTS`` harmful / benign prompts (fewer when ``eval.n_harmful`` / ``n_benign`` cap
@@ -41,8 +41,8 @@ Record
     ``artifacts["checkpoints"]``: ``[{step, fraction, model_dir}]`` (what the steering audit reads);
     ``extra["tracking"]``: ``{"series": [{step, fraction, model_dir, metrics}], "detector": ...,
     "validation": sizes}``; ``datasets["tracking/<role>"]``: identities of the validation sets.
-    :func:`plot_series` draws the series of several records (one line per variant); the leaderboard
-    calls it.
+    The leaderboard draws and tabulates the series from the records (:mod:`bench.report.series`);
+    nothing here renders.
 
 Resume
     ``kept/tracking.json`` is rewritten (atomically) after each kept step together with the config
@@ -57,12 +57,15 @@ import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from bench.config import ProfileConfig
 from bench.io import atomic_write_bytes, atomic_write_json
 from bench.runs import cache_dir
 from bench.stats import rate_metric
+
+if TYPE_CHECKING:  # annotations only: importing this module stays free of torch
+    import torch
 
 # Validation sizes: small on purpose (tracking runs K times per variant). The eval section's caps
 # (eval.n_harmful / n_benign / n_pairs, eval.max_new_tokens) lower them further, never raise them.
@@ -72,11 +75,6 @@ TRACK_MAX_NEW_TOKENS = 32  # greedy tokens per generation (a refusal shows in it
 KEPT_DIR = "kept"
 INIT_CACHE = "tracking-init"  # runs/<profile>/cache/<this>/: the initial policy's pass, shared by runs
 STATE_FILE = "tracking.json"
-# Panels of plot_series: (metric, title).
-PANELS = (("refusal_harmful", "refusal rate, harmful prompts"),
-          ("over_refusal_benign", "over-refusal, benign prompts"),
-          ("pref_acc_implicit", "preference accuracy (implicit; dashed: raw)"),
-          ("logp_margin_per_token", "log-prob margin per token (chosen - rejected)"))
 
 
 # =========================================================================== which steps
@@ -178,17 +176,6 @@ def _validate(model, tok, cfg: ProfileConfig, vs: ValidationSet, ref=None) -> tu
     if pi is not None:
         metrics.update(preference_metrics(pi, ref))
     return metrics, pi, gens
-
-
-def validation_metrics(model, tok, cfg: ProfileConfig, base_pair_logps=None,
-                       vs: ValidationSet | None = None) -> dict[str, dict]:
-    """Metrics (record format ``{value, ci_low, ci_high, n}``) of the small validation pass of one
-    model: ``refusal_harmful``, ``over_refusal_benign`` and the preference metrics; the implicit
-    ones (``pref_acc_implicit``, ``chosen_shift``, ``rejected_shift``) only when
-    ``base_pair_logps`` (a :class:`bench.eval.logprobs.PairLogprobs` or its ``to_dict()``) is given."""
-    if isinstance(base_pair_logps, dict):
-        base_pair_logps = _logprobs_from_dict(base_pair_logps)
-    return _validate(model, tok, cfg, vs or validation_set(cfg), base_pair_logps)[0]
 
 
 # =========================================================================== plain copies
@@ -465,87 +452,9 @@ def _keep_checkpoints_class():
 
 def __getattr__(name: str):
     """``KeepCheckpoints(tracker, tok)``, a ``transformers.TrainerCallback``, is built on first use so
-    that importing this module (the leaderboard does, for :func:`plot_series`) stays free of torch."""
+    that importing this module stays free of torch and transformers."""
     if name == "KeepCheckpoints":
         cls = _keep_checkpoints_class()
         globals()[name] = cls
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# =========================================================================== plots and tables
-
-
-def tracked_records(records: Iterable[dict] | dict) -> list[dict]:
-    """The records (a list, or the leaderboard's ``{file: record}``) that carry a tracking series."""
-    recs = records.values() if isinstance(records, dict) else records
-    return [r for r in recs if ((r.get("extra") or {}).get("tracking") or {}).get("series")]
-
-
-def _val(m: dict | None) -> float | None:
-    v = (m or {}).get("value")
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
-
-
-def plot_series(records: Iterable[dict] | dict, path: Path) -> Path | None:
-    """PNG of the tracking series: one line per variant, four panels (harmful refusal, benign
-    over-refusal, preference accuracy (implicit solid, raw dashed), per-token log-prob margin)
-    against the fraction of training, with 95% intervals as bands. None when no record has a series."""
-    recs = tracked_records(records)
-    if not recs:
-        return None
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, rec in enumerate(sorted(recs, key=lambda r: (r.get("stage", ""), r["variant"]))):
-        color = colors[i % len(colors)]
-        series = rec["extra"]["tracking"]["series"]
-        for ax, (key, title) in zip(axes.flat, PANELS):
-            keys = [(key, "-", rec["variant"])]
-            if key == "pref_acc_implicit":
-                keys.append(("pref_acc_raw", "--", None))
-            for k, style, label in keys:
-                pts = [(e["fraction"], e["metrics"].get(k)) for e in series]
-                pts = [(x, m) for x, m in pts if _val(m) is not None]
-                if not pts:
-                    continue
-                xs = [x for x, _ in pts]
-                ax.plot(xs, [_val(m) for _, m in pts], style, marker="o", ms=3, lw=1.3, color=color, label=label)
-                lo = [(m.get("ci_low"), m.get("ci_high")) for _, m in pts]
-                if style == "-" and all(isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isfinite(a)
-                       and math.isfinite(b) for a, b in lo):
-                    ax.fill_between(xs, [a for a, _ in lo], [b for _, b in lo], color=color, alpha=0.12, lw=0)
-            ax.set_title(title, fontsize=9)
-    for ax, (key, _) in zip(axes.flat, PANELS):
-        ax.set_xlabel("fraction of training")
-        ax.set_xlim(-0.03, 1.03)
-        if key != "logp_margin_per_token":
-            ax.set_ylim(-0.03, 1.03)
-        ax.grid(alpha=0.3)
-    from bench.plots import save_png
-
-    return save_png(fig, path, legend_room=0.1)
-
-
-def series_table(records: Iterable[dict] | dict, metrics: tuple[str, ...] = (
-        "refusal_harmful", "over_refusal_benign", "pref_acc_implicit", "pref_acc_raw", "logp_margin_per_token",
-        "chosen_shift", "rejected_shift")) -> list[str]:
-    """Markdown table lines (variant, step, fraction, metrics), one row per kept checkpoint."""
-    recs = sorted(tracked_records(records), key=lambda r: (r.get("stage", ""), r["variant"]))
-    if not recs:
-        return []
-    lines = ["| variant | step | fraction | " + " | ".join(metrics) + " |",
-             "|---|---:|---:|" + "---:|" * len(metrics)]
-    for rec in recs:
-        for e in rec["extra"]["tracking"]["series"]:
-            cells = []
-            for k in metrics:
-                v = _val(e["metrics"].get(k))
-                cells.append("–" if v is None else f"{v:.3f}")
-            lines.append(f"| {rec['variant']} | {e['step']} | {e['fraction']:.2f} | " + " | ".join(cells) + " |")
-    return lines

@@ -1,0 +1,243 @@
+"""Where the PPO recipe's optimisation runs, and the distributed helpers it needs.
+
+Two backends share one interface (``device``, ``module``, ``forward``, ``backward``, ``step``,
+``set_lr_factor``, ``save``, ``load``), so ``bench/train/ppo.py`` reads the same on a laptop and on
+a GPU node:
+
+- :class:`TorchBackend`: plain torch in one process (fp32), AdamW, gradient accumulation over
+  micro-batches, gradient-norm clipping.
+- :class:`DeepSpeedBackend`: a DeepSpeed engine (ZeRO-2, CPU optimiser offload, fp16 with dynamic
+  loss scaling as set in the profile's JSON, whose ``auto`` values :func:`deepspeed_config` fills
+  from the PPO section). DeepSpeed is imported only on this path (it is slow to import).
+
+Why here and not in the recipe: the optimiser plumbing and the process-group details (which device
+a collective's tensors must live on, what non-main ranks write) are independent of what PPO
+computes; keeping them apart lets the recipe read top to bottom.
+
+Used by ``make ppo PROFILE=...`` (``bench ppo``) and the GPU perf units (``bench.perf.gpu``);
+tested in ``tests/test_ppo.py`` (``python -m pytest tests/test_ppo.py -q``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from bench.config import PPOSection
+from bench.records import RecordError
+from bench.train.rollout import PolicyWithValueHead
+
+# =============================================================================== optimiser backends
+
+
+def param_groups(module: PolicyWithValueHead, section: PPOSection) -> list[dict]:
+    head = [p for p in module.value_head.parameters()]
+    policy = [p for p in module.policy.parameters() if p.requires_grad]
+    return [{"params": policy, "lr": section.learning_rate, "weight_decay": section.weight_decay},
+            {"params": head, "lr": section.critic_learning_rate, "weight_decay": 0.0}]
+
+
+class TorchBackend:
+    """Plain torch: AdamW, gradient accumulation over micro-batches, gradient-norm clipping."""
+
+    def __init__(self, module: PolicyWithValueHead, section: PPOSection):
+        self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        self.module = module.to(self.device)
+        self.optimizer = torch.optim.AdamW(param_groups(module, section))
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.gas = section.mini_batch_size // section.batch_size
+        self.max_grad_norm = section.max_grad_norm
+        self._micro = 0
+
+    def forward(self, *args, **kw):
+        return self.module(*args, **kw)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.gas).backward()
+
+    def step(self) -> float | None:
+        """Call after every micro-batch; steps at the accumulation boundary and returns the grad norm."""
+        self._micro += 1
+        if self._micro % self.gas:
+            return None
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def set_lr_factor(self, factor: float) -> None:
+        for g, lr in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = lr * factor
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().contiguous() for n, p in self.module.named_parameters() if p.requires_grad}
+
+    def save(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file(self.trainable_state(), str(folder / "trainable.safetensors"))
+        torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+
+    def load(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        state = load_file(str(folder / "trainable.safetensors"))
+        missing, unexpected = self.module.load_state_dict(state, strict=False)
+        expected = set(self.trainable_state())
+        if set(state) != expected or unexpected:
+            raise RecordError(f"{folder}: checkpoint does not match the trainable parameters; delete "
+                              f"{folder.parent} to restart")
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=True))
+
+
+class DeepSpeedBackend:
+    """The same interface over a DeepSpeed engine (ZeRO-2, CPU optimiser offload, fp16 loss scaling
+    as set in the JSON). ``engine.step`` is called after every micro-batch: DeepSpeed itself steps
+    at the accumulation boundary, scales the loss by 1/gas, clips and skips overflowing fp16 steps."""
+
+    def __init__(self, module: PolicyWithValueHead, section: PPOSection, world: int):
+        import deepspeed  # imported only on this path: it is slow to import
+
+        conf = deepspeed_config(section, world, module.value_head.in_features)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=module, model_parameters=param_groups(module, section), config=conf)
+        self.device = self.engine.device
+        self.module = self.engine.module
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+
+    def forward(self, *args, **kw):
+        return self.engine(*args, **kw)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> float | None:
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.step()
+        if not boundary:
+            return None
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else math.nan
+
+    def set_lr_factor(self, factor: float) -> None:
+        for g, lr in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = lr * factor
+
+    def save(self, folder: Path) -> None:
+        self.engine.save_checkpoint(str(folder), tag="engine", exclude_frozen_parameters=True)
+
+    def load(self, folder: Path) -> None:
+        self.engine.load_checkpoint(str(folder), tag="engine", load_module_strict=False)
+
+
+def deepspeed_config(section: PPOSection, world: int, hidden_size: int) -> dict:
+    """The profile's DeepSpeed JSON with every ``"auto"`` filled from the PPO section (as the HF
+    integration fills them for Trainer); an ``auto`` left unfilled, or ZeRO stage 3, is an error."""
+    from bench.config import ConfigError
+
+    conf = json.loads(Path(section.deepspeed).read_text())
+    gas = section.mini_batch_size // section.batch_size
+    zero = conf.get("zero_optimization", {})
+    if int(zero.get("stage", 0)) > 2:
+        raise ConfigError(f"ppo.deepspeed={section.deepspeed}: ZeRO stage {zero['stage']} is not supported by the PPO "
+                          "recipe (generation and saving need whole parameters); use ZeRO-2 (zero2_offload.json)")
+
+    def fill(node: dict, values: dict) -> None:
+        for k, v in values.items():
+            if node.get(k, "auto") == "auto":
+                node[k] = v
+
+    fill(conf, {"train_micro_batch_size_per_gpu": section.batch_size, "gradient_accumulation_steps": gas,
+                "train_batch_size": section.batch_size * gas * world, "gradient_clipping": section.max_grad_norm})
+    if "fp16" in conf:
+        fill(conf["fp16"], {"enabled": section.fp16})
+    if "bf16" in conf:
+        fill(conf["bf16"], {"enabled": False})
+    conf.setdefault("optimizer", {"type": "AdamW", "params": {}})
+    fill(conf["optimizer"].setdefault("params", {}),
+         {"lr": section.learning_rate, "weight_decay": section.weight_decay, "betas": [0.9, 0.999], "eps": 1e-8})
+    if zero:
+        fill(zero, {"reduce_bucket_size": hidden_size * hidden_size})
+    conf.pop("scheduler", None)  # the recipe sets the learning rate itself (lr_factor)
+    left = _auto_paths(conf)
+    if left:
+        raise ConfigError(f"ppo.deepspeed={section.deepspeed}: cannot fill 'auto' at {', '.join(left)}")
+    return conf
+
+
+def _auto_paths(node, prefix: str = "") -> list[str]:
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in _auto_paths(v, f"{prefix}{k}.")]
+    return [prefix.rstrip(".")] if node == "auto" else []
+
+
+def make_backend(module: PolicyWithValueHead, section: PPOSection, world: int):
+    if section.deepspeed:
+        return DeepSpeedBackend(module, section, world)
+    if world > 1:
+        from bench.config import ConfigError
+
+        raise ConfigError("ppo: several processes need ppo.deepspeed (a DeepSpeed JSON); the torch path is one process")
+    return TorchBackend(module, section)
+
+
+# =============================================================================== distributed helpers
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); a DeepSpeed / accelerate launch sets WORLD_SIZE and RANK."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import deepspeed
+
+        deepspeed.init_distributed()
+        return torch.distributed.get_rank(), world
+    return 0, 1
+
+
+def is_distributed() -> bool:
+    """Whether a process group is up (several ranks, or a test's one-rank group)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def current_rank() -> int:
+    return torch.distributed.get_rank() if is_distributed() else 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        torch.distributed.barrier()
+
+
+def collective_device(backend: str) -> torch.device:
+    """Where a collective's tensors must live: NCCL moves only CUDA tensors (a CPU tensor fails with "No
+    backend type associated with device type cpu", seen on an H200 under DeepSpeed), gloo CPU ones."""
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenation of ``x`` (B,) over ranks (itself in one process), on ``x``'s device. The score
+    models' outputs may sit on the CPU while the process group is NCCL, so the values travel through
+    the backend's device."""
+    if not is_distributed():
+        return x
+    y = x.detach().to(collective_device(torch.distributed.get_backend())).contiguous()
+    parts = [torch.empty_like(y) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, y)
+    return torch.cat(parts).to(x.device)
+
+
+class NullRun:
+    """What non-main ranks get instead of a StageRun: same attributes, writes nothing."""
+
+    def __init__(self, dir: Path):
+        self.dir, self.log = dir, logging.getLogger("bench.run.null")
+        self.metrics, self.datasets, self.artifacts, self.extra = {}, {}, {}, {}
