@@ -12,6 +12,8 @@ def test_fp16_stats_reads_deepspeed_and_amp_state():
     ds = SimpleNamespace(is_deepspeed_enabled=True,
                          model_wrapped=SimpleNamespace(skipped_steps=3, optimizer=SimpleNamespace(cur_scale=1024.0)))
     assert fp16_stats(ds) == {"fp16_skipped_steps": 3, "fp16_loss_scale": 1024.0}
+    ds.model_wrapped.fp16_enabled = lambda: False  # DeepSpeed in fp32 (CPU): nothing is scaled
+    assert fp16_stats(ds) == {}
 
     class Scaler:
         def is_enabled(self):
@@ -91,3 +93,41 @@ def test_checkpoints_of_another_config_are_never_resumed(tmp_path):
     assert last_complete_checkpoint(ckpt) == str(ckpt / "checkpoint-4")
     claim_checkpoints(ckpt, "bbbb", "t")  # settings changed since: gone
     assert last_complete_checkpoint(ckpt) is None and (ckpt / "config_hash").read_text().strip() == "bbbb"
+
+
+def test_process_group_env_only_for_deepspeed(monkeypatch, tmp_path):
+    """Without a launcher, trainer_kwargs sets the one-process group's variables only for DeepSpeed
+    (which otherwise dies in its MPI discovery); without DeepSpeed the environment is untouched, since
+    accelerate would read LOCAL_RANK as a request for a MULTI_CPU group and change the default path."""
+    import os
+
+    GROUP = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    for k in GROUP + ("SLURM_STEP_ID", "SLURM_STEPID", "SLURM_PROCID", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        monkeypatch.setenv(k, "x")  # recorded as absent first, so the variables set below are undone too
+        monkeypatch.delenv(k)
+    section = load_config("smoke").sft
+    trainer_kwargs(section, tmp_path, seed=0)
+    assert not [k for k in GROUP if k in os.environ]
+    section.deepspeed = "configs/deepspeed/zero2_offload.json"
+    assert trainer_kwargs(section, tmp_path, seed=0)["deepspeed"] == section.deepspeed
+    assert {k: os.environ[k] for k in GROUP[:3]} == {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+
+
+def test_save_final_one_process(tmp_path):
+    """One process (no group): save_final writes the merged model and tokenizer into place."""
+    from bench.train.hf_trainer import save_final
+
+    class Model:
+        def save_pretrained(self, d, safe_serialization=True):
+            (d / "model.safetensors").write_text("merged" if self.merged else "adapter")
+
+        def merge_and_unload(self):
+            self.merged = True
+            return self
+
+    model = Model()
+    model.merged = False
+    tok = SimpleNamespace(save_pretrained=lambda d: (d / "tokenizer.json").write_text("{}"))
+    out = save_final(SimpleNamespace(model=model), tok, tmp_path / "model")
+    assert (out / "model.safetensors").read_text() == "merged" and (out / "tokenizer.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

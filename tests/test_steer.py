@@ -299,7 +299,8 @@ def test_behaviour_grouping_uses_the_default_detector_at_call_time(monkeypatch):
 def test_audit_table_shape_markdown_and_png(model_tok, smoke_cfg, smoke_base, tmp_path, monkeypatch):
     from bench.io import atomic_write_json
     from bench.models import load_pretrained
-    from bench.steer.audit import audit_markdown, discover_checkpoints, plot_audit, run_audit
+    from bench.steer.audit import discover_checkpoints, run_audit
+    from bench.steer.audit_table import audit_markdown, plot_audit
 
     monkeypatch.setenv("BENCH_RUNS", str(tmp_path / "runs"))
     model, tok = model_tok

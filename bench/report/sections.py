@@ -167,7 +167,7 @@ def audit_section(records: dict[str, dict], assets: Path, profile: str) -> list[
         lines.append("")
     if rec is None or (rec.get("extra") or {}).get("audit") is None:
         return lines + ["No steering audit in this profile's records.", ""]
-    from bench.steer.audit import audit_markdown  # owned by bench/steer/ (it imports torch: loaded only here)
+    from bench.steer.audit_table import audit_markdown
 
     lines += [audit_markdown(rec["extra"]["audit"]).rstrip(), ""]
     if (assets / AUDIT_PNG).exists():

@@ -1,7 +1,7 @@
 """Layerwise refusal-direction audit across checkpoints (issues 7 and 12).
 
 Part of ``make steer`` (variant ``steer-audit``). For the base policy and every trained checkpoint
-found in ``runs/<profile>/*/record.json`` (any stage other than base/steer/reward/cost/eval that has
+with a run record (any stage other than base/steer/reward/cost/eval that has
 ``artifacts["model_dir"]``, plus the intermediate checkpoints it lists in ``artifacts["checkpoints"]``),
 and for every layer (hidden-state index ``1 .. n_layers``: the output of block ``l - 1``), at
 the position chosen by the steering selection:
@@ -14,8 +14,8 @@ the position chosen by the steering selection:
 - ``cos_base``: the cosine between this checkpoint's direction and the base's at the same layer.
 
 Groups are prompt labels (not behaviour), so every checkpoint is measured on the same prompts.
-The table is stored in the record (``extra["audit"]``), rendered by :func:`audit_markdown` for the
-leaderboard, and plotted by :func:`plot_audit` (PNG, matplotlib Agg).
+The table is stored in the record (``extra["audit"]``); :mod:`bench.steer.audit_table` renders it
+(markdown for the leaderboard, a PNG) without torch.
 """
 
 from __future__ import annotations
@@ -26,15 +26,10 @@ from typing import Callable, Sequence
 
 import torch
 
+from bench.steer.audit_table import METRICS
 from bench.steer.directions import activations, cohens_d
 
 EXCLUDED_STAGES = ("base", "steer", "reward", "cost", "eval")
-METRICS = ("norm", "separability", "cos_base")
-METRIC_TITLES = {
-    "norm": "norm of the difference of means",
-    "separability": "held-out separability (Cohen's d along the direction)",
-    "cos_base": "cosine to the base model's direction",
-}
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -156,51 +151,3 @@ def run_audit(checkpoints: Sequence[dict], load: Callable[[str], tuple], prompts
 
 
 # --------------------------------------------------------------------------- rendering
-
-
-def _fmt(v: float | None, digits: int) -> str:
-    return "–" if v is None else f"{v:.{digits}f}"
-
-
-def audit_markdown(table: dict) -> str:
-    """Markdown: one table per metric, rows = layers, columns = checkpoints."""
-    names = [c["name"] for c in table["checkpoints"]]
-    lines = [f"Refusal-direction audit at position {table['position']} (-1 = last prompt token); groups by "
-             f"{table.get('grouping', 'label')}; layer = {table.get('layer_note', 'hidden-state index')}; "
-             f"separability = {table.get('separability', '')}.", ""]
-    digits = {"norm": 2, "separability": 2, "cos_base": 3}
-    for m in METRICS:
-        rows = table["metrics"][m]
-        lines += [f"**{METRIC_TITLES[m]}**", "", "| layer | " + " | ".join(names) + " |",
-                  "|---:|" + "---:|" * len(names)]
-        for layer, row in zip(table["layers"], rows):
-            lines.append(f"| {layer} | " + " | ".join(_fmt(v, digits[m]) for v in row) + " |")
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def plot_audit(table: dict, path: str | Path) -> Path:
-    """Three panels (norm, separability, cosine to base) against layer, one line per checkpoint."""
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    layers = table["layers"]
-    names = [c["name"] for c in table["checkpoints"]]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for ax, m in zip(axes, METRICS):
-        rows = table["metrics"][m]
-        for j, name in enumerate(names):
-            ys = [math.nan if r[j] is None else r[j] for r in rows]
-            ax.plot(layers, ys, marker="o", ms=3, label=name, lw=2 if name == "base" else 1.2)
-        ax.set_title(METRIC_TITLES[m], fontsize=10)
-        ax.set_xlabel("layer (hidden-state index)")
-        ax.grid(alpha=0.3)
-    axes[2].set_ylim(-1.05, 1.05)
-    axes[0].legend(fontsize=8, loc="best")
-    fig.suptitle(f"Refusal direction across checkpoints (position {table['position']})", fontsize=11)
-    from bench.plots import save_png
-
-    return save_png(fig, path, dpi=110, legend=False)

@@ -273,8 +273,9 @@ def _write_gated(cfg: ProfileConfig, model, tok, result: dict, chash: str, polic
 def run_audit_stage(cfg: ProfileConfig, prompts: dict, datasets: dict, base_dir: str, force: bool = False,
                     progress: Callable[[str], None] = print) -> dict | None:
     from bench.models import load_pretrained
-    from bench.steer.audit import audit_markdown, discover_checkpoints, plot_audit
+    from bench.steer.audit import discover_checkpoints
     from bench.steer.audit import run_audit as measure
+    from bench.steer.audit_table import audit_markdown, plot_audit
 
     s = cfg.require("steer")
     sel_rec = find_record(cfg.profile.name, VARIANTS["ablate"])

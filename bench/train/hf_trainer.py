@@ -18,7 +18,18 @@ def hashed_sections(sections: tuple[str, ...], policy_init: str) -> tuple[str, .
 
 def trainer_kwargs(section: TrainSection, out: Path, seed: int) -> dict:
     """TrainingArguments keywords from a stage section. On CPU: fp32, no gradient checkpointing
-    (TRL defaults to bf16 + checkpointing, about ten times slower on CPU; V100 has no bf16)."""
+    (TRL defaults to bf16 + checkpointing, about ten times slower on CPU; V100 has no bf16).
+
+    Called before the trainer is built, so it also sets up the process-group variables
+    (:func:`bench.distributed.ensure_process_group_env`): a launcher's ranks join its group (srun's
+    tasks get RANK / WORLD_SIZE / LOCAL_RANK from SLURM's variables), and with ``deepspeed`` set a
+    stage started without a launcher runs as a world of one instead of dying in DeepSpeed's MPI
+    discovery (``No module named 'mpi4py'``). Without DeepSpeed a single process is left untouched:
+    accelerate reads LOCAL_RANK as a request for a distributed group (MULTI_CPU over gloo on CPU),
+    which would change the default profile's path."""
+    from bench.distributed import ensure_process_group_env
+
+    ensure_process_group_env(set_single_process=bool(section.deepspeed))
     cuda = torch.cuda.is_available()
     return dict(
         output_dir=str(out), per_device_train_batch_size=section.batch_size,
@@ -109,9 +120,14 @@ def train_resumable(trainer, ckpt_dir: Path, label: str, config_hash: str):
     After a resume, ``training_loss`` (and ``metrics["train_loss"]``, and the summary row of the
     log history) is the mean over every optimiser step, not only those after the resume (which is
     what transformers returns): see :func:`resumed_mean_loss`."""
-    claim_checkpoints(ckpt_dir, config_hash, label)
-    resume = last_complete_checkpoint(ckpt_dir)
-    if resume:
+    from bench.distributed import is_main_process, main_process_writes
+
+    with main_process_writes() as main:  # one rank cleans the checkpoint folder; the others wait
+        if main:
+            claim_checkpoints(ckpt_dir, config_hash, label)
+            last_complete_checkpoint(ckpt_dir)  # removes a checkpoint a kill left half-written
+    resume = last_complete_checkpoint(ckpt_dir)  # every rank resumes from the same one (nothing left to remove)
+    if resume and is_main_process():
         print(f"{label}: resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
     if resume:
@@ -156,15 +172,22 @@ def resumed_mean_loss(log_history: list[dict], resume_step: int, post_mean: floa
 
 
 def save_final(trainer, tok, out: Path) -> Path:
-    """Save the trained model as a plain checkpoint (LoRA merged) that plain transformers loads."""
+    """Save the trained model as a plain checkpoint (LoRA merged) that plain transformers loads.
+
+    Every rank calls it; rank 0 alone writes, after a barrier, and the others wait until the folder
+    is in place (several ranks renaming into one folder would delete each other's copy). Under
+    ZeRO-2 every rank holds the whole model, so rank 0's copy is the model."""
+    from bench.distributed import main_process_writes
     from bench.io import atomic_dir
 
-    final = trainer.model
-    if hasattr(final, "merge_and_unload"):
-        final = final.merge_and_unload()
-    with atomic_dir(out) as tmp:  # a kill mid-save never leaves half a model
-        final.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+    with main_process_writes() as main:
+        if main:
+            final = trainer.model
+            if hasattr(final, "merge_and_unload"):
+                final = final.merge_and_unload()
+            with atomic_dir(out) as tmp:  # a kill mid-save never leaves half a model
+                final.save_pretrained(tmp, safe_serialization=True)
+                tok.save_pretrained(tmp)
     return out
 
 
@@ -197,6 +220,8 @@ def fp16_stats(trainer) -> dict:
     current loss scale, or torch AMP's scale. Empty on fp32/CPU runs, where nothing is scaled."""
     engine = getattr(trainer, "model_wrapped", None)
     if getattr(trainer, "is_deepspeed_enabled", False) and engine is not None:
+        if not getattr(engine, "fp16_enabled", lambda: True)():  # DeepSpeed without fp16 (CPU, fp32)
+            return {}
         opt = getattr(engine, "optimizer", None)
         return {"fp16_skipped_steps": int(getattr(engine, "skipped_steps", 0)),
                 "fp16_loss_scale": float(getattr(opt, "cur_scale", getattr(opt, "loss_scale", float("nan"))))}
