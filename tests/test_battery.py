@@ -346,3 +346,17 @@ def test_cli_eval_scores_and_writes_marker(eval_profile):
     assert "eval base:" in r.output
     marker = json.loads(stage_marker("smoke-eval", "eval").read_text())
     assert marker["variants"]["base"] and marker["variants"]["dpo-fake"]
+
+
+def test_battery_refuses_to_write_an_uncatalogued_metric(tmp_path):
+    """Every number the battery reports has a catalogue entry (definition, direction, tolerance)."""
+    from types import SimpleNamespace
+
+    from bench.eval import battery
+
+    s = SimpleNamespace(variant=SimpleNamespace(name="x"), metrics={"refusal_harmful": {"value": 0.5},
+                                                                    "made_up_metric": {"value": 1.0}})
+    run = SimpleNamespace(dir=tmp_path)
+    with pytest.raises(ValueError, match="made_up_metric"):
+        battery._fill_record(run, s, {}, [])
+    assert not list(tmp_path.iterdir())  # nothing written

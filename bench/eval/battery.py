@@ -49,6 +49,7 @@ import math
 from pathlib import Path
 from typing import Callable
 
+from bench import metrics
 from bench.config import ProfileConfig
 from bench.eval import steps
 from bench.eval.inputs import BaseCache, load_inputs, pairs_policy, plan, sha
@@ -147,6 +148,9 @@ def _fill_record(run, s: steps.Scoring, meta: dict, rows: list[dict]) -> None:
     """The eval record: sorted metrics, ``generations.jsonl`` (what a human audits) beside it, and in
     ``extra`` the inputs the hash covers, what was scored, set sizes, notes and timings."""
     v = s.variant
+    uncatalogued = metrics.unknown(s.metrics)
+    if uncatalogued:  # every reported number has a definition, a direction and a tolerance
+        raise ValueError(f"battery metric(s) {', '.join(uncatalogued)} are not in the catalogue (bench/metrics.py)")
     gen_path = run.dir / GENERATIONS_FILE
     atomic_write_text(gen_path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
     run.metrics = {k: s.metrics[k] for k in sorted(s.metrics)}
