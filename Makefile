@@ -20,6 +20,11 @@ STAMP := $(VENV)/.installed
 endif
 RUNS := $(or $(BENCH_RUNS),runs)/$(PROFILE)
 DONE := $(RUNS)/stages
+# The rendered leaderboard; BENCH_LEADERBOARDS moves it (inside the image: under the user's working directory).
+LB := $(or $(BENCH_LEADERBOARDS),leaderboards)
+# The source commit baked into the images (their records carry it; there is no .git inside them).
+GIT_SHA = $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+GIT_DIRTY = $(shell test -n "$$(git status --porcelain --untracked-files=no 2>/dev/null)" && echo true || echo false)
 CONFIG := configs/$(PROFILE).yaml
 BENCH := $(PY) -m bench
 FORCE_IF_ARGS := $(if $(strip $(ARGS)),FORCE)
@@ -29,7 +34,7 @@ export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
 .PHONY: help setup lock image-test fetch test-faults base sft reward cost dpo ppo steer eval leaderboard verify bench test test-slow \
-        clean image docker FORCE
+        clean image docker gpu-check FORCE
 
 help: ## list targets
 	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -72,7 +77,7 @@ dpo: $(DONE)/dpo.done ## train DPO-family variants (dpo, ipo, dpo-js)
 ppo: $(DONE)/ppo.done ## train PPO-family variants (ppo-kl, ppo-nokl, ppo-js, ppo-lag)
 steer: $(DONE)/steer.done ## refusal directions, steered variants, layerwise audit
 eval: $(DONE)/eval.done ## score every variant with the battery
-leaderboard: leaderboards/$(PROFILE).md ## run missing stages, publish their records and render leaderboards/<profile>.md
+leaderboard: $(LB)/$(PROFILE).md ## run missing stages, publish their records and render leaderboards/<profile>.md
 
 $(DONE)/base.done: $(CONFIG) $(FORCE_IF_ARGS) | $(STAMP)
 	$(BENCH) base --profile $(PROFILE) $(ARGS)
@@ -94,7 +99,7 @@ $(DONE)/eval.done: $(DONE)/sft.done $(DONE)/dpo.done $(DONE)/ppo.done $(DONE)/st
 	$(BENCH) eval --profile $(PROFILE) $(ARGS)
 # `bench publish` copies the fresh records into leaderboards/<profile>/records/, then renders; `bench
 # leaderboard` only re-renders from those copies. verify compares with the copies committed in git.
-leaderboards/$(PROFILE).md: $(DONE)/eval.done
+$(LB)/$(PROFILE).md: $(DONE)/eval.done
 	$(BENCH) publish --profile $(PROFILE)
 
 verify: $(DONE)/eval.done ## compare fresh records with the ones committed in git, within tolerances (VARIANT=name for one)
@@ -102,6 +107,8 @@ verify: $(DONE)/eval.done ## compare fresh records with the ones committed in gi
 
 bench: $(STAMP) ## performance benchmarks -> leaderboards/perf.md
 	$(BENCH) perf --profile $(PROFILE) $(ARGS)
+gpu-check: $(STAMP) ## on a GPU (<8 min): smoke pipeline under DeepSpeed fp16 + 7B PPO-Lagrangian under 32 GB -> leaderboards/perf-gpu.md
+	$(PY) -m bench.perf.gpu_check $(ARGS)
 
 # ---------------------------------------------------------------- tests and housekeeping
 test: $(STAMP) ## run the fast test suite (smoke profile)
@@ -117,12 +124,12 @@ clean: ## remove this profile's runs (keeps the model cache and committed leader
 	rm -rf $(RUNS)
 
 image: ## build the Apptainer image align.sif (needs apptainer; see docs/containers.md)
-	apptainer build align.sif Apptainer.def
+	BENCH_GIT_SHA=$(GIT_SHA) BENCH_GIT_DIRTY=$(GIT_DIRTY) apptainer build align.sif Apptainer.def
 
 image-test: ## run the image's %test section
 	apptainer test align.sif
 
 docker: ## build the Docker image (needs a Docker engine)
-	docker build -t align-bench .
+	docker build --build-arg BENCH_GIT_SHA=$(GIT_SHA) --build-arg BENCH_GIT_DIRTY=$(GIT_DIRTY) -t align-bench .
 
 FORCE:

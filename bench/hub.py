@@ -9,6 +9,9 @@
   on the hub (its hub id and pinned revision come from ``bench.data``), and the hub datasets behind the
   profile's built-in lm-eval tasks. Embedded data, ``data.local_files`` overrides and the project's
   own lm-eval tasks are listed as "local, nothing to fetch".
+- :func:`unpinned_items` lists the hub items pinned to a branch or tag (``main``) rather than a commit
+  sha; :func:`fetch_plan` prints a loud warning about them to stderr, once per process and profile
+  (every stage reads the plan when it stamps its record, ``make fetch`` when it downloads).
 - :func:`resolve_revision` turns a pinned branch, tag or sha into its commit sha (online from the
   hub, offline from the cache's ``refs/``); :func:`resolved_revisions` gives records the exact commit
   sha of every hub item of a profile, from the fetch manifest where there is one.
@@ -30,7 +33,9 @@ imported, so their import-time reading of ``HF_HUB_OFFLINE`` sees our setting).
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
+from typing import TextIO
 
 from bench.config import ProfileConfig
 from bench.hub_cache import SHA_RE, Item, is_offline, read_manifest, repo_dir
@@ -194,7 +199,43 @@ def fetch_plan(cfg: ProfileConfig, lm_eval: bool = True) -> list[Item]:
             if t in local:
                 _add(items, Item("dataset", f"lm-eval:{t}", None, "local", used_by=[f"lm-eval:{t}"],
                                  note=str(local[t].name)))
-    return list(items.values())
+    plan = list(items.values())
+    warn_unpinned(cfg.profile.name, plan)
+    return plan
+
+
+def unpinned_items(plan: list[Item]) -> list[Item]:
+    """Hub items whose revision is a branch or tag (``main``, ``v0``) or unset, not a commit sha: what
+    they read can change upstream between two runs of the same profile."""
+    return [it for it in hub_items(plan) if not (it.revision and SHA_RE.match(it.revision))]
+
+
+_WARNED: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def warn_unpinned(profile: str, plan: list[Item], stream: TextIO | None = None) -> list[str]:
+    """Print a loud warning naming every unpinned hub item of ``plan`` (once per process for the
+    same profile and items; returns the lines printed, [] when everything is pinned or already said).
+    Records still carry the commit sha each item resolved to (the fetch manifest, ``provenance.
+    hub_revisions``), so a number stays traceable; what is not guaranteed is that a fresh ``make
+    fetch`` reads the same data. Pin the sha in the profile (``model.revision``) or in the dataset's
+    registry entry (``bench/data/<source>.py``), or name ``source@<sha>`` in the profile's data section."""
+    loose = unpinned_items(plan)
+    key = (profile, tuple(it.key for it in loose))
+    if not loose or key in _WARNED:
+        return []
+    _WARNED.add(key)
+    bar = "!" * 100
+    lines = [bar, f"WARNING: profile {profile} reads {len(loose)} hub item(s) at a branch or tag, not a commit sha:"]
+    lines += [f"  {it.repo_type} {it.repo_id}@{it.revision or '(unset: main)'}  ({', '.join(it.used_by)})"
+              for it in loose]
+    lines += ["  Upstream can change them between runs. Records carry the commit each one resolved to",
+              "  (provenance.hub_revisions); pin the sha (model.revision, the registry entry in bench/data/,",
+              "  or data.<role>: name@<sha>) to make the profile reproducible.",
+              bar]
+    out = stream if stream is not None else sys.stderr
+    print("\n".join(lines), file=out, flush=True)
+    return lines
 
 
 def hub_items(plan: list[Item]) -> list[Item]:

@@ -9,6 +9,7 @@ trusting a row that is within a gigabyte of the limit.
     python -m bench.memory_plan                      # every named shape, 8 GPUs, seq 512, micro-batch 1
     python -m bench.memory_plan llama2-7b --n-gpus 16 --seq-len 1024
     python -m bench.memory_plan llama2-7b --zero-stage 3
+    python -m bench.memory_plan llama2-7b --score-models resident   # PPO without score-model offload
 
 Profiles point at a shape by name (``SHAPES``, :func:`get_shape`).
 
@@ -19,7 +20,8 @@ is at most the card's nominal size, e.g. 16e9 bytes for a "16 GB" V100, whose re
 
 * weights, fp16: ``2 P`` per model (ZeRO stages 0-2 replicate parameters; stage 3 keeps ``2 P / N``
   plus a gathered working set of two layers, ``2 * 2 * max(layer, embedding)``). Frozen models
-  (reference, reward and cost models during PPO) count the same way.
+  (the reference, and the reward and cost models during PPO when they are on the GPU) count the
+  same way.
 * gradients, fp16: ``2 T`` (stage 0-1) or ``2 T / N`` (stage >= 2: ZeRO-2 partitions gradients).
 * optimizer, fp32 master weights + Adam m + v: ``12 T`` (stage 0) or ``12 T / N`` (stage >= 1);
   **0 on the GPU with CPU offload**: those ``12 T / N`` bytes plus the fp32 gradient partition
@@ -41,17 +43,27 @@ is at most the card's nominal size, e.g. 16e9 bytes for a "16 GB" V100, whose re
   score models (one scalar head) have none.
 * overhead: 1 GB for the CUDA context, cuBLAS/NCCL workspaces and allocator fragmentation.
 
-Stages (``tokens`` = micro_batch * seq_len per sequence):
+Stages (``tokens`` = micro_batch * seq_len per sequence), each as the code holds it:
 
+* ``sft``: the policy trained on demonstrations (1 sequence per example), no reference.
 * ``reward`` / ``cost``: one score model (the LM head replaced by a scalar head) trained on pairs:
   2 sequences per example.
 * ``dpo``: the policy trained on pairs (2 sequences per example) and a reference forward. Full
   fine-tuning holds a second fp16 copy as the reference; LoRA uses the same base with the adapters
   disabled (no extra weights). Peak = max(reference forward, policy step).
-* ``ppo``: policy (trainable), reference (frozen; shared base under LoRA), reward and cost models
-  (frozen score models) and the critic (a trainable score model; under LoRA an adapter on its own
-  frozen base). Peak activations = the largest of rollout (KV cache + the reference's no-grad
-  forward), the policy step (with logits) and the critic step.
+* ``ppo`` (``bench.train.ppo``; PPO-Lagrangian and the other variants alike): the policy with its
+  value head (``rollout.PolicyWithValueHead``: the critic is a linear head on the policy's last
+  hidden state, ``VALUE_COLUMNS`` outputs, trained with it: there is no separate critic model);
+  the reference (a frozen copy under full fine-tuning, the same network with the adapters off under
+  LoRA); the reward model and the cost model (loaded for PPO-Lagrangian and cost-shaped rewards, and
+  as a logged monitor for the other variants whenever the profile has one: ``cost_model``).
+  With ``score_models="offload"`` (what ``bench.train.ppo_models`` does on a GPU) the score models
+  live in host RAM (the ``cpu`` column) and visit the GPU one at a time for their scoring pass:
+  the GPU then holds one score model's weights during that pass only. ``"resident"`` keeps both on
+  every GPU (what the code did before issue 24). The peak is the largest phase: ``rollout``
+  (generation's KV cache, the experience pass's no-grad forwards with logits), ``policy step``
+  (activations + logits with grad) or ``scoring`` (a score model's no-grad forward, plus its
+  weights when offloaded); ``StagePlan.peak`` names it.
 """
 
 from __future__ import annotations
@@ -73,8 +85,11 @@ OVERHEAD_GB = 1.0  # CUDA context, cuBLAS/NCCL workspaces, allocator fragmentati
 # Defaults that mirror configs/deepspeed/*.json (a test checks they agree).
 ALLGATHER_BUCKET = 50_000_000
 OVERLAP_COMM = True
-STAGES = ("reward", "dpo", "ppo")  # "cost" has exactly the reward model's plan
+STAGES = ("sft", "reward", "dpo", "ppo")  # "cost" has exactly the reward model's plan
 TUNINGS = ("full", "lora")
+SCORE_MODELS = ("offload", "resident")  # where PPO keeps the reward/cost models between scoring passes
+ALL_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+VALUE_COLUMNS = 2  # PPO's value head: reward and cost values (PPO-Lagrangian; 1 for the other variants)
 
 
 @dataclass(frozen=True)
@@ -114,15 +129,19 @@ class ModelShape:
 
     @property
     def score_params(self) -> int:
-        """A score model (reward / cost / critic): the LM head replaced by a 1-output linear."""
+        """A score model (reward / cost): the LM head replaced by a 1-output linear (no bias)."""
         head = 0 if self.tied_embeddings else self.embed_params
         return self.params - head + self.hidden
 
-    def lora_params(self, rank: int) -> int:
-        """LoRA on every linear of every layer (q, k, v, o, gate, up, down): r (d_in + d_out) each."""
+    def lora_params(self, rank: int, targets: Sequence[str] = ALL_LINEARS) -> int:
+        """LoRA on the ``targets`` linears of every layer (default: all seven): r (d_in + d_out) each."""
         h, kv, i = self.hidden, self.kv_dim, self.intermediate
-        per_layer = (h + h) + 2 * (h + kv) + (h + h) + 2 * (h + i) + (i + h)
-        return self.layers * rank * per_layer
+        dims = {"q_proj": h + h, "k_proj": h + kv, "v_proj": h + kv, "o_proj": h + h,
+                "gate_proj": h + i, "up_proj": h + i, "down_proj": i + h}
+        unknown = set(targets) - set(dims)
+        if unknown:
+            raise ValueError(f"unknown LoRA target(s) {sorted(unknown)}; known: {', '.join(dims)}")
+        return self.layers * rank * sum(dims[t] for t in targets)
 
     def act_bytes_per_token_layer(self) -> int:
         """``a = 20 h + 4 kv + 8 I``: bytes saved for backward per token per decoder layer (see module doc)."""
@@ -167,16 +186,24 @@ class PlanSettings:
     act_ckpt: bool = False
     tuning: str = "full"  # "full" or "lora"
     lora_rank: int = 16
+    lora_targets: tuple[str, ...] = ALL_LINEARS
     zero_stage: int = 2
     offload_optimizer: bool = True
     allgather_bucket: int = ALLGATHER_BUCKET
     reduce_bucket: int | None = None  # None = "auto" = hidden**2
     overlap_comm: bool = OVERLAP_COMM
     overhead_gb: float = OVERHEAD_GB
+    score_models: str = "offload"  # PPO: "offload" (host RAM, on the GPU per scoring pass) or "resident"
+    cost_model: bool = True  # PPO loads a cost model (PPO-Lagrangian; a monitor for the others)
 
     def __post_init__(self):
         if self.tuning not in TUNINGS:
             raise ValueError(f"tuning must be one of {TUNINGS}, got {self.tuning!r}")
+        if self.score_models not in SCORE_MODELS:
+            raise ValueError(f"score_models must be one of {SCORE_MODELS}, got {self.score_models!r}")
+        unknown = sorted(set(self.lora_targets) - set(ALL_LINEARS))
+        if unknown:
+            raise ValueError(f"unknown LoRA target(s) {unknown}; known: {', '.join(ALL_LINEARS)}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0..3, got {self.zero_stage}")
         for name in ("n_gpus", "seq_len", "micro_batch", "lora_rank"):
@@ -191,8 +218,10 @@ class StagePlan:
     stage: str
     shape: str
     settings: PlanSettings
-    parts: dict[str, float] = field(default_factory=dict)  # bytes on each GPU
-    cpu_bytes: float = 0.0  # host RAM per GPU (offloaded optimizer + fp32 grads)
+    parts: dict[str, float] = field(default_factory=dict)  # bytes on each GPU, at the peak
+    cpu_bytes: float = 0.0  # host RAM per GPU (offloaded optimizer + fp32 grads, offloaded score models)
+    peak: str = "step"  # the phase that sets the peak (PPO: rollout, policy step or scoring)
+    phases: dict[str, float] = field(default_factory=dict)  # activation bytes of each phase
 
     @property
     def total_bytes(self) -> float:
@@ -256,7 +285,7 @@ def _add(parts: dict[str, float], more: dict[str, float]) -> None:
 def _trainable(shape_total: int, shape: ModelShape, s: PlanSettings) -> tuple[int, int]:
     """(all params incl. adapters, trainable params) of one trained model."""
     if s.tuning == "lora":
-        lora = shape.lora_params(s.lora_rank)
+        lora = shape.lora_params(s.lora_rank, s.lora_targets)
         return shape_total + lora, lora
     return shape_total, shape_total
 
@@ -264,10 +293,42 @@ def _trainable(shape_total: int, shape: ModelShape, s: PlanSettings) -> tuple[in
 # --------------------------------------------------------------------------- the plan
 
 
+def _ppo(plan: StagePlan, shape: ModelShape, score: ModelShape, s: PlanSettings) -> None:
+    """The PPO stage as ``bench.train.ppo`` holds it (module docstring): policy + value head engine,
+    reference copy (full only), reward and cost models resident or offloaded, the largest phase."""
+    parts = plan.parts
+    value_head = VALUE_COLUMNS * (shape.hidden + 1)
+    p_total, p_train = _trainable(shape.params, shape, s)
+    _add(parts, _engine(p_total + value_head, p_train + value_head, s, shape))
+    plan.cpu_bytes = _engine_cpu(p_train + value_head, s)
+    if s.tuning == "full":
+        parts["frozen weights"] = _weights(shape.params, s, shape)  # the reference copy
+    n_score = 2 if s.cost_model else 1
+    score_weights = _weights(score.score_params, s, score)
+    tokens = s.micro_batch * s.seq_len
+    kv_cache = tokens * shape.layers * 2 * shape.kv_dim * BYTES_16
+    plan.phases = {
+        "rollout": max(kv_cache, tokens * (LOGIT_BYTES_FORWARD * shape.vocab + shape.act_bytes_per_token_layer())),
+        "policy step": activation_bytes(shape, tokens, s.act_ckpt) + LOGIT_BYTES_TRAIN * tokens * shape.vocab,
+        "scoring": tokens * score.act_bytes_per_token_layer(),  # one no-grad forward, one layer live
+    }
+    if s.score_models == "resident":
+        parts["score models"] = n_score * score_weights
+        visiting = 0.0
+    else:  # host RAM; one of them on the GPU during its scoring pass
+        plan.cpu_bytes += n_score * BYTES_16 * score.score_params
+        visiting = score_weights
+    transient = {k: v + (visiting if k == "scoring" else 0.0) for k, v in plan.phases.items()}
+    plan.peak = max(transient, key=transient.get)
+    if plan.peak == "scoring" and visiting:
+        parts["score models"] = visiting
+    parts["activations"] = plan.phases[plan.peak]
+
+
 def stage_plan(stage: str, shape: str | ModelShape, settings: PlanSettings | None = None,
                score_shape: str | ModelShape | None = None, **overrides) -> StagePlan:
-    """Per-GPU memory of one stage. ``score_shape`` (default: the policy's shape) sizes the reward,
-    cost and critic models; ``overrides`` replace fields of ``settings`` (e.g. ``n_gpus=16``)."""
+    """Per-GPU memory of one stage. ``score_shape`` (default: the policy's shape) sizes the reward
+    and cost models; ``overrides`` replace fields of ``settings`` (e.g. ``n_gpus=16``)."""
     shape = get_shape(shape)
     score = get_shape(score_shape) if score_shape is not None else shape
     s = dataclasses.replace(settings or PlanSettings(), **overrides)
@@ -275,7 +336,13 @@ def stage_plan(stage: str, shape: str | ModelShape, settings: PlanSettings | Non
     parts = plan.parts
     seq_tokens = s.micro_batch * s.seq_len
 
-    if stage in ("reward", "cost"):
+    if stage == "sft":
+        total, trainable = _trainable(shape.params, shape, s)
+        _add(parts, _engine(total, trainable, s, shape))
+        plan.cpu_bytes = _engine_cpu(trainable, s)
+        parts["activations"] = (activation_bytes(shape, seq_tokens, s.act_ckpt)
+                                + LOGIT_BYTES_TRAIN * seq_tokens * shape.vocab)
+    elif stage in ("reward", "cost"):
         total, trainable = _trainable(score.score_params, score, s)
         _add(parts, _engine(total, trainable, s, score))
         plan.cpu_bytes = _engine_cpu(trainable, s)
@@ -291,23 +358,9 @@ def stage_plan(stage: str, shape: str | ModelShape, settings: PlanSettings | Non
         policy_step = activation_bytes(shape, tokens, s.act_ckpt) + LOGIT_BYTES_TRAIN * tokens * shape.vocab
         parts["activations"] = max(ref_forward, policy_step)
     elif stage == "ppo":
-        p_total, p_train = _trainable(shape.params, shape, s)
-        c_total, c_train = _trainable(score.score_params, score, s)
-        _add(parts, _engine(p_total, p_train, s, shape))  # policy
-        _add(parts, _engine(c_total, c_train, s, score))  # critic
-        plan.cpu_bytes = _engine_cpu(p_train, s) + _engine_cpu(c_train, s)
-        frozen = 2 * _weights(score.score_params, s, score)  # reward + cost models
-        if s.tuning == "full":
-            frozen += _weights(shape.params, s, shape)  # reference copy
-        parts["frozen weights"] = frozen
-        tokens = seq_tokens
-        kv_cache = tokens * shape.layers * 2 * shape.kv_dim * BYTES_16
-        rollout = max(kv_cache, tokens * (LOGIT_BYTES_FORWARD * shape.vocab + shape.act_bytes_per_token_layer()))
-        policy_step = activation_bytes(shape, tokens, s.act_ckpt) + LOGIT_BYTES_TRAIN * tokens * shape.vocab
-        critic_step = activation_bytes(score, tokens, s.act_ckpt)
-        parts["activations"] = max(rollout, policy_step, critic_step)
+        _ppo(plan, shape, score, s)
     else:
-        raise ValueError(f"unknown stage {stage!r}; known: reward, cost, dpo, ppo")
+        raise ValueError(f"unknown stage {stage!r}; known: sft, reward, cost, dpo, ppo")
     parts["overhead"] = s.overhead_gb * GB
     return plan
 
@@ -324,7 +377,7 @@ def memory_plan(shape: str | ModelShape, settings: PlanSettings | None = None,
     return out
 
 
-_COLUMNS = ("weights", "frozen weights", "grads", "optimizer", "buckets", "activations", "overhead")
+_COLUMNS = ("weights", "frozen weights", "score models", "grads", "optimizer", "buckets", "activations", "overhead")
 
 
 def plan_table(shape: str | ModelShape, gpus: Sequence[float] = (16, 32), *,
@@ -335,23 +388,29 @@ def plan_table(shape: str | ModelShape, gpus: Sequence[float] = (16, 32), *,
     shape = get_shape(shape)
     plans = memory_plan(shape, settings, score_shape, **overrides)
     s = plans[0].settings
-    score_note = f", reward/cost/critic shaped like `{get_shape(score_shape).name}`" if score_shape else ""
+    score_note = f", reward/cost models shaped like `{get_shape(score_shape).name}`" if score_shape else ""
     offload = "CPU optimizer offload" if s.offload_optimizer else "no offload"
+    lora = "all linears" if tuple(s.lora_targets) == ALL_LINEARS else ", ".join(s.lora_targets)
+    scores = ("in host RAM, one at a time on the GPU for its scoring pass" if s.score_models == "offload"
+              else "resident on every GPU")
+    models = "reward and cost models" if s.cost_model else "reward model (no cost model)"
     lines = [
         f"**{shape.name}** (`{shape.hub_id}`, {shape.params / 1e9:.2f} B params{score_note}): "
         f"fp16, ZeRO-{s.zero_stage} with {offload}, {s.n_gpus} GPUs, seq len {s.seq_len}, "
-        f"micro-batch {s.micro_batch}, LoRA rank {s.lora_rank} on all linears. GB (1e9 bytes) per GPU.",
+        f"micro-batch {s.micro_batch}, LoRA rank {s.lora_rank} on {lora}. PPO: policy with a value head "
+        f"(no separate critic), reference = adapters off under LoRA, {models} {scores}. "
+        "GB (1e9 bytes) per GPU at the peak phase.",
         "",
-        "| stage | tuning | act. ckpt | " + " | ".join(_COLUMNS) + " | **total** | "
+        "| stage | tuning | act. ckpt | " + " | ".join(_COLUMNS) + " | **total** | peak at | "
         + " | ".join(f"{g:g} GB" for g in gpus) + " | host RAM/GPU |",
-        "|---|---|---|" + "---:|" * (len(_COLUMNS) + 1) + ":---:|" * len(gpus) + "---:|",
+        "|---|---|---|" + "---:|" * (len(_COLUMNS) + 1) + "---|" + ":---:|" * len(gpus) + "---:|",
     ]
     for p in plans:
         stage = "reward / cost" if p.stage == "reward" else p.stage
         cells = [f"{p.gb(c):.1f}" for c in _COLUMNS]
         fits = ["fits" if p.fits(g) else "**no**" for g in gpus]
         lines.append(f"| {stage} | {p.settings.tuning} | {'on' if p.settings.act_ckpt else 'off'} | "
-                     + " | ".join(cells) + f" | **{p.total_gb:.1f}** | " + " | ".join(fits)
+                     + " | ".join(cells) + f" | **{p.total_gb:.1f}** | {p.peak} | " + " | ".join(fits)
                      + f" | {p.cpu_bytes / GB:.1f} |")
     return "\n".join(lines) + "\n"
 
@@ -365,7 +424,11 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap.add_argument("--lora-rank", type=int, default=PlanSettings.lora_rank)
     ap.add_argument("--zero-stage", type=int, default=PlanSettings.zero_stage, choices=(0, 1, 2, 3))
     ap.add_argument("--no-offload", action="store_true", help="optimizer states on the GPU")
-    ap.add_argument("--score-shape", default=None, help="shape of reward/cost/critic (default: same)")
+    ap.add_argument("--score-shape", default=None, help="shape of the reward/cost models (default: same)")
+    ap.add_argument("--score-models", default="offload", choices=SCORE_MODELS,
+                    help="PPO: reward/cost models in host RAM between scoring passes (the code on a GPU) or resident")
+    ap.add_argument("--lora-targets", nargs="+", default=list(ALL_LINEARS), metavar="MODULE",
+                    help="linears LoRA adapts (default: all seven)")
     ap.add_argument("--gpu-gb", type=float, nargs="+", default=[16, 32], help="card sizes to check")
     args = ap.parse_args(list(argv) if argv is not None else None)
     try:
@@ -373,7 +436,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         score = get_shape(args.score_shape) if args.score_shape else None
         settings = PlanSettings(n_gpus=args.n_gpus, seq_len=args.seq_len, micro_batch=args.micro_batch,
                                 lora_rank=args.lora_rank, zero_stage=args.zero_stage,
-                                offload_optimizer=not args.no_offload)
+                                offload_optimizer=not args.no_offload, score_models=args.score_models,
+                                lora_targets=tuple(args.lora_targets))
     except (KeyError, ValueError) as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2

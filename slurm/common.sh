@@ -11,6 +11,8 @@
 #   BENCH_CACHE    converted models (default: $BENCH_REPO/.cache/bench)
 #   HF_HUB_OFFLINE 1 on compute nodes (default here): nothing is downloaded, a missing item is an error
 #   GPUS_PER_NODE  default: $SLURM_GPUS_ON_NODE, else 4
+#   HF_TOKEN       gated models: passed to the container through the environment (never argv)
+#   NCCL_*         pass through to the container (NCCL_IB_HCA, NCCL_SOCKET_IFNAME: docs/containers.md)
 #   MASTER_PORT    default: derived from the job id (two jobs on one node do not collide)
 
 REPO="${BENCH_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}"
@@ -39,15 +41,16 @@ mkdir -p "$HF_HOME" "$BENCH_RUNS" "$BENCH_CACHE" "$REPO/leaderboards"
 # cache, and the checkout's leaderboards/ (committed records in, rendered leaderboards out).
 # Set BENCH_NV= (empty) on a node without GPUs, e.g. the login node.
 bench_container() {
-    local -a nv=() token=()
+    local -a nv=()
     if [[ -n "${BENCH_NV---nv}" ]]; then nv=("${BENCH_NV---nv}"); fi
-    # Gated models: pass the token explicitly, since sites that default to --cleanenv drop it.
-    if [[ -n "${HF_TOKEN:-}" ]]; then token=(--env "HF_TOKEN=$HF_TOKEN"); fi
-    apptainer exec "${nv[@]}" "${token[@]}" \
-        --bind "$HF_HOME" --bind "$BENCH_RUNS" --bind "$BENCH_CACHE" \
-        --bind "$REPO/leaderboards:/opt/align-bench/leaderboards" \
+    # Gated models: the token goes in through the environment, never on a command line (argv is
+    # world-readable in `ps` and /proc; the environment only to the user). Apptainer hands every
+    # APPTAINERENV_X to the container as X, also where --cleanenv is the site default.
+    if [[ -n "${HF_TOKEN:-}" ]]; then export APPTAINERENV_HF_TOKEN="$HF_TOKEN"; fi
+    apptainer exec "${nv[@]}" \
+        --bind "$HF_HOME" --bind "$BENCH_RUNS" --bind "$BENCH_CACHE" --bind "$REPO/leaderboards" \
         --env "HF_HOME=$HF_HOME" --env "BENCH_RUNS=$BENCH_RUNS" --env "BENCH_CACHE=$BENCH_CACHE" \
-        --env "HF_HUB_OFFLINE=$HF_HUB_OFFLINE" \
+        --env "BENCH_LEADERBOARDS=$REPO/leaderboards" --env "HF_HUB_OFFLINE=$HF_HUB_OFFLINE" \
         --pwd /opt/align-bench \
         "$SIF" "$@"
 }

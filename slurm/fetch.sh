@@ -5,7 +5,8 @@
 # HF_HUB_OFFLINE=1, which the slurm/ templates set.
 #
 #   PROFILE=llama2-7b-v100 bash slurm/fetch.sh
-#   HF_TOKEN=... PROFILE=llama2-7b-v100 bash slurm/fetch.sh   # gated models (accept the licence first)
+#   export HF_TOKEN; PROFILE=llama2-7b-v100 bash slurm/fetch.sh   # gated models (accept the licence first); the token
+#       reaches the container through the environment (APPTAINERENV_HF_TOKEN), never a command line
 #
 # HF_HOME must be on a filesystem the compute nodes mount (not the login node's /tmp).
 set -euo pipefail

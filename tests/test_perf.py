@@ -63,6 +63,7 @@ def test_isolated_unit_reports_its_own_peak_memory(tmp_path):
 
 def test_gpu_code_paths_run_on_a_tiny_shape_on_cpu():
     """The GPU units only run where CUDA exists; the same code on a micro shape keeps them honest."""
+    from bench.memory_plan import ModelShape
     from bench.perf.gpu import peak_tflops, unit_1b_train, unit_7b_lora_ppo
 
     tiny = dict(name="tiny", hub_id="-", layers=2, hidden=32, intermediate=64, heads=4, kv_heads=2, vocab=128,
@@ -72,7 +73,9 @@ def test_gpu_code_paths_run_on_a_tiny_shape_on_cpu():
     p = unit_7b_lora_ppo({"device": "cpu", "shape": tiny, "prompts": 2, "prompt_len": 4, "max_new_tokens": 3,
                           "lora_rank": 2})
     assert p["fits"], p.get("error")
-    assert p["plan_gb_policy_side"] > 0
+    assert p["plan_gb_policy_side"] > 0 and p["variant"] == "ppo-lag" and p["plan_peak"] in p["plan_phases_gb"]
+    assert p["score_models"] == "on the device"  # CPU: nothing is offloaded
+    assert p["score_model_params"] == ModelShape(**tiny).score_params  # reward and cost models of the same shape
     assert peak_tflops("Tesla V100-SXM2-32GB") == 125.0 and peak_tflops("mystery card") is None
 
 
@@ -163,6 +166,55 @@ def test_perf_only_gpu_refuses_without_a_gpu(tmp_path):
     r = CliRunner().invoke(main, ["perf", "--only", "gpu", "--profile", "smoke", "--out-dir", str(tmp_path)])
     assert r.exit_code != 0 and "no CUDA device" in str(r.exception) + r.output
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_gpu_check_plans_the_issue_steps_and_refuses_without_cuda(tmp_path, capsys):
+    """`make gpu-check`: the 7B PPO-Lagrangian step, then every smoke stage under DeepSpeed fp16; on a
+    machine without CUDA one line, exit code 2 and nothing written."""
+    import torch
+
+    from bench.config import load_config
+    from bench.perf import gpu_check
+
+    names = [s["name"] for s in gpu_check.plan()]
+    assert names == ["ppo-lag-7b", "base", "sft", "reward", "cost", "dpo", "ppo", "steer", "eval", "leaderboard"]
+    cfg = load_config("smoke", gpu_check.overrides())
+    for section in ("sft", "reward", "cost", "dpo", "ppo"):
+        sec = getattr(cfg, section)
+        assert sec.deepspeed == "configs/deepspeed/zero2_offload.json" and sec.fp16, section
+    assert gpu_check.PPO7B_ARGS["cap_gb"] == 32.0
+    assert sum(s["timeout_s"] for s in gpu_check.plan()) > gpu_check.BUDGET_S <= 8 * 60  # the budget bounds it
+    assert gpu_check.main(["--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == len(names) and all(n in line for n, line in zip(names, out))
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert gpu_check.main(["--out-dir", str(tmp_path / "lb"), "--log-dir", str(tmp_path / "logs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no CUDA device" in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_gpu_check_section_replaces_itself_in_perf_gpu_md(tmp_path):
+    from bench.perf import gpu_check
+
+    (tmp_path / "perf-gpu.md").write_text("# Performance\n\n## GPU\n\nold numbers\n")
+    (tmp_path / "perf-gpu.json").write_text('{"units": {}}')
+    result = {"date": "2026-12-05", "device": "NVIDIA H200", "git": "abc", "wall_s": 300.0,
+              "ppo_lag_7b": {"fits": True, "lora_rank": 16, "prompts": 4, "prompt_len": 256, "max_new_tokens": 256,
+                             "cap_gb": 32.0, "peak_gpu_mem_gb": 28.0, "peak_gpu_reserved_gb": 29.0,
+                             "phase_peak_gb": {"scoring": 28.0, "policy step": 16.0}, "plan_gb_total": 28.4,
+                             "plan_peak": "scoring", "score_copy_s": [2.0, 2.1]},
+              "stages": [{"name": "base", "rc": 0, "ok": True, "wall_s": 3.0},
+                         {"name": "sft", "rc": 1, "ok": False, "wall_s": 9.0}]}
+    gpu_check.write_results(result, tmp_path)
+    gpu_check.write_results(result, tmp_path)
+    md = (tmp_path / "perf-gpu.md").read_text()
+    assert md.count("## GPU check") == 1 and "old numbers" in md
+    assert "**fits**; peak allocated 28.0 GB" in md and "memory plan 28.4 GB (peak at scoring)" in md
+    assert "| sft | **failed** (rc 1) | 9.0 |" in md
+    data = json.loads((tmp_path / "perf-gpu.json").read_text())
+    assert data["units"] == {} and data["gpu_check"]["stages"][1]["ok"] is False
 
 
 @pytest.mark.gpu

@@ -5,11 +5,14 @@
   weights, autocast fp16, dynamic loss scaling, AdamW: what a V100 runs; no bf16 there).
   MFU = (6 N + 12 L h T) tokens/s / peak dense fp16 FLOP/s of the card (PaLM appendix B;
   N = parameters without the embedding, T = sequence length), with the peak looked up by card name.
-- :func:`unit_7b_lora_ppo`: peak GPU memory of one PPO step of our loop (``bench.train.ppo``:
-  rollout with the KV cache, experience with the LoRA-disabled reference, clipped update) on a
-  ``llama2-7b``-shaped fp16 policy with LoRA, under a 32 GB cap (``set_per_process_memory_fraction``),
-  next to the :mod:`bench.memory_plan` estimate of the same step. Rewards are random numbers: the
-  reward and cost models add only their frozen weights, which the plan counts separately.
+- :func:`unit_7b_lora_ppo`: peak GPU memory of one PPO-Lagrangian step of our loop (``bench.train.ppo``:
+  rollout with the KV cache, experience with the LoRA-disabled reference and the two-column value
+  head, reward and cost scoring, Lagrangian advantages, clipped update) on a ``llama2-7b``-shaped fp16
+  policy with LoRA, with ``llama2-7b``-shaped fp16 reward and cost models held as the PPO code holds
+  them on a GPU (host RAM, each copied to the GPU for its scoring pass: ``ppo_models.on_scoring_device``),
+  under a 32 GB cap (``set_per_process_memory_fraction``), next to the :mod:`bench.memory_plan`
+  estimate of the same step, phase by phase. All weights are random (no download); the score models
+  read the sampled token ids directly (no text round trip, there is no tokenizer for a random shape).
 
 - :func:`unit_1b_deepspeed`: the same 1B training step through DeepSpeed with the shipped
   ``configs/deepspeed/zero2_offload.json`` (fp16 with dynamic loss scaling, ZeRO-2, AdamW on the CPU:
@@ -25,6 +28,7 @@ them when ``torch.cuda.is_available()``.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 GB = 1e9
@@ -157,49 +161,108 @@ def unit_1b_deepspeed(args: dict) -> dict:
             "deepspeed": deepspeed.__version__, "zero_stage": zero["stage"], "offload": zero["offload_optimizer"]["device"]}
 
 
+@contextlib.contextmanager
+def _default_dtype(dtype):
+    """Build models directly in ``dtype`` (a 7B model built in fp32 first would need 27 GB on the way)."""
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _score_model(shape, device, dtype):
+    """A random-init score model (LM head replaced by a 1-output linear, as ``bench.score_model`` builds
+    them) of ``shape``, in ``dtype`` on ``device``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    cfg = LlamaConfig(hidden_size=shape.hidden, intermediate_size=shape.intermediate, num_hidden_layers=shape.layers,
+                      num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads, vocab_size=shape.vocab,
+                      tie_word_embeddings=False, max_position_embeddings=4096, num_labels=1, pad_token_id=0)
+    with _default_dtype(dtype), torch.device(device):
+        return LlamaForSequenceClassification(cfg).eval().requires_grad_(False)
+
+
+def _phase_peak(device: str, reserved: list[float]) -> float | None:
+    """Peak allocated GB since the last call (the peak reserved GB goes to ``reserved``), then resets
+    the counters; None off CUDA."""
+    import torch
+
+    if device != "cuda":
+        return None
+    peak = torch.cuda.max_memory_allocated() / GB
+    reserved.append(torch.cuda.max_memory_reserved() / GB)
+    torch.cuda.reset_peak_memory_stats()
+    return peak
+
+
 def unit_7b_lora_ppo(args: dict) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
     from bench.config import LoraSection, PPOSection, PPOVariant
-    from bench.losses import gae, masked_whiten, shape_rewards
     from bench.memory_plan import PlanSettings, stage_plan
+    from bench.train.ppo_advantages import ppo_advantages
     from bench.train.ppo_backends import TorchBackend
+    from bench.train.ppo_models import offloads_score_models, on_scoring_device
     from bench.train.ppo_update import ppo_update
-    from bench.train.rollout import PolicyWithValueHead, Samples, experience, response_mask
+    from bench.train.rollout import PolicyWithValueHead, Samples, experience, micro_slices, response_mask
 
     device = args.get("device", "cuda")
     shape = _shape(args, "llama2-7b")
     cap_gb = float(args.get("cap_gb", 32))
     prompts, p_len, new = int(args.get("prompts", 4)), int(args.get("prompt_len", 256)), int(args.get("max_new_tokens", 256))
     rank = int(args.get("lora_rank", 16))
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    section = PPOSection(trainable="lora", lora=LoraSection(r=rank, alpha=2 * rank, dropout=0.0, target_modules=targets),
+                         rollout_prompts=prompts, mini_batch_size=prompts, batch_size=1, ppo_epochs=1,
+                         max_new_tokens=new, max_length=p_len + new + 1, gradient_checkpointing=True)
+    variant = PPOVariant(lagrangian=True)
+    offload = offloads_score_models(device)
+    out = {"shape": shape.name, "cap_gb": cap_gb, "prompts": prompts, "prompt_len": p_len, "max_new_tokens": new,
+           "lora_rank": rank, "gradient_checkpointing": True, "variant": "ppo-lag",
+           "score_models": "offload" if offload else "on the device"}
+    plan = stage_plan("ppo", shape, PlanSettings(n_gpus=1, seq_len=p_len + new, micro_batch=1, act_ckpt=True,
+                                                 tuning="lora", lora_rank=rank, zero_stage=0, offload_optimizer=False))
+    out["plan_gb_total"] = plan.total_gb  # the whole PPO-Lagrangian step: policy side + a visiting score model
+    out["plan_gb_policy_side"] = plan.total_gb - plan.gb("score models")
+    out["plan_peak"] = plan.peak
+    out["plan_phases_gb"] = {k: v / GB for k, v in plan.phases.items()}
+    t0 = time.perf_counter()
+    # The reward and cost models: built on the device before the cap (fast random init), then held in
+    # host RAM and marked with the device they score on, exactly as ppo_models.load_score_model does.
+    scorers = {}
+    for kind in ("reward", "cost"):
+        m = _score_model(shape, device, dtype)
+        if offload:
+            m = m.to("cpu")
+            m.bench_scoring_device = torch.device(device)
+        scorers[kind] = m
+    out["score_model_params"] = sum(p.numel() for p in scorers["reward"].parameters())
     if device == "cuda":
+        torch.cuda.empty_cache()
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gb * GB / total))
         torch.cuda.reset_peak_memory_stats()
-    dtype = torch.float16 if device == "cuda" else torch.float32
-    section = PPOSection(trainable="lora", lora=LoraSection(r=rank, alpha=2 * rank, dropout=0.0,
-                                                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                            "gate_proj", "up_proj", "down_proj"]),
-                         rollout_prompts=prompts, mini_batch_size=prompts, batch_size=1, ppo_epochs=1,
-                         max_new_tokens=new, max_length=p_len + new + 1, gradient_checkpointing=True)
-    out = {"shape": shape.name, "cap_gb": cap_gb, "prompts": prompts, "prompt_len": p_len, "max_new_tokens": new,
-           "lora_rank": rank, "gradient_checkpointing": True}
-    plan = stage_plan("ppo", shape, PlanSettings(n_gpus=1, seq_len=p_len + new, micro_batch=1, act_ckpt=True,
-                                                 tuning="lora", lora_rank=rank, zero_stage=0, offload_optimizer=False))
-    # The measured step has no reward/cost model and a value head on the policy instead of a critic model.
-    out["plan_gb_policy_side"] = (plan.total_bytes - plan.parts.get("frozen weights", 0.0)) / GB
-    out["plan_gb_total"] = plan.total_gb
-    t0 = time.perf_counter()
+    out["setup_s"] = time.perf_counter() - t0
+    phases: dict[str, float | None] = {}
+    reserved: list[float] = []
     try:
-        base = _llama(shape, device, dtype)
+        with _default_dtype(dtype):
+            base = _llama(shape, device, dtype)
         policy = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
-                                                 target_modules=list(section.lora.target_modules), task_type="CAUSAL_LM"))
+                                                 target_modules=targets, task_type="CAUSAL_LM"))
         policy.gradient_checkpointing_enable()
         policy.enable_input_require_grads()
-        module = PolicyWithValueHead(policy, shape.hidden).to(device=device)
+        module = PolicyWithValueHead(policy, shape.hidden, n_values=2).to(device=device)
         module.value_head.to(torch.float32)
         backend = TorchBackend(module, section)
+        phases["load"] = _phase_peak(device, reserved)
         backend.module.eval()
         ids = torch.randint(3, shape.vocab, (prompts, p_len), device=device)
         attn = torch.ones_like(ids)
@@ -210,19 +273,35 @@ def unit_7b_lora_ppo(args: dict) -> dict:
         mask, truncated = response_mask(responses, [2])
         s = Samples([""] * prompts, torch.cat([ids, responses], 1), torch.cat([attn, mask.long()], 1), p_len,
                     responses, mask, truncated, [""] * prompts)
-        exp = experience(backend.module, None, s, PPOVariant(), section)
-        score = torch.randn(prompts, device=mask.device)
-        rewards = shape_rewards(score, exp["penalty"], mask, 0.05, clip=5.0)
-        adv, ret = gae(rewards, exp["values"][..., 0], mask, 1.0, 0.95)
+        phases["rollout"] = _phase_peak(device, reserved)
+        exp = experience(backend.module, None, s, variant, section)
+        phases["experience"] = _phase_peak(device, reserved)
+        scores, copy_s = {}, []
+        for kind, m in scorers.items():  # one at a time, as ppo.train_step scores reward then cost
+            t1 = time.perf_counter()
+            with torch.no_grad(), on_scoring_device(m) as dev_m:
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                copy_s.append(time.perf_counter() - t1)
+                vals = [dev_m(input_ids=s.input_ids[sl], attention_mask=s.attention_mask[sl]).logits[:, 0].float()
+                        for sl in micro_slices(prompts, section.batch_size)]
+            scores[kind] = torch.cat(vals)  # (B,)
+        out["score_copy_s"] = copy_s
+        phases["scoring"] = _phase_peak(device, reserved)
+        adv = ppo_advantages(scores["reward"], exp["penalty"], exp["values"], mask, coef=0.05, gamma=1.0,
+                             gae_lambda=0.95, reward_clip=5.0, cost=scores["cost"], lagrange_multiplier=1.0)
         backend.module.train()
-        ppo_update(backend, s, exp, masked_whiten(adv, mask), ret[..., None], section, 0, 0, 0)
+        ppo_update(backend, s, exp, adv.advantages, adv.returns, section, 0, 0, 0)
+        phases["policy step"] = _phase_peak(device, reserved)
         out["fits"] = True
     except torch.OutOfMemoryError as e:
         out["fits"] = False
         out["error"] = f"out of memory under the {cap_gb:g} GB cap: {str(e).splitlines()[0]}"
+        phases["failed phase"] = _phase_peak(device, reserved)
     out["seconds"] = [time.perf_counter() - t0]
     if device == "cuda":
-        out["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / GB
-        out["peak_gpu_reserved_gb"] = torch.cuda.max_memory_reserved() / GB
+        out["phase_peak_gb"] = phases
+        out["peak_gpu_mem_gb"] = max(v for v in phases.values() if v is not None)
+        out["peak_gpu_reserved_gb"] = max(reserved)
         out["device_name"] = torch.cuda.get_device_name(0)
     return out

@@ -182,13 +182,17 @@ def score_responses(model, tok, prompts: list[str], responses: list[str], system
                     batch_size: int) -> torch.Tensor:
     """Scores (B,) float32 of a score model (RM or CM) on prompt + response, through the same
     ``bench.score_model.score_texts`` the score stages evaluate with (same text, same padding: the
-    score model's own tokenizer, whose pad differs from EOS so the head reads the end-of-turn token)."""
+    score model's own tokenizer, whose pad differs from EOS so the head reads the end-of-turn token).
+    A score model offloaded to host memory (on a GPU, ``ppo_models.load_score_model``) visits its
+    device for this pass only (``ppo_models.on_scoring_device``)."""
     from bench.score_model import score_texts
+    from bench.train.ppo_models import on_scoring_device, scoring_device
 
-    scores = score_texts(model, tok, prompts, responses, system_prompt, batch_size=batch_size, max_length=10**9,
-                         desc="score rollouts")
-    # On the score model's device (the policy's): the rewards meet the policy's log-probs on a GPU.
-    return torch.tensor(scores, dtype=torch.float32, device=next(model.parameters()).device)
+    with on_scoring_device(model) as m:
+        scores = score_texts(m, tok, prompts, responses, system_prompt, batch_size=batch_size, max_length=10**9,
+                             desc="score rollouts")
+    # On the scoring device (the policy's): the rewards meet the policy's log-probs on a GPU.
+    return torch.tensor(scores, dtype=torch.float32, device=scoring_device(model))
 
 
 # --------------------------------------------------------------------------- experience
