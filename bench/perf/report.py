@@ -199,10 +199,15 @@ def _gpu_section(r: dict) -> list[str]:
             out.append(f"7B LoRA-PPO step: failed: {_err(u)}")
         else:
             verdict = "fits" if u["fits"] else "does **not** fit"
-            out.append(f"7B-shaped LoRA-PPO step (rank {u['lora_rank']}, {u['prompts']} prompts x {u['prompt_len']} + "
+            out.append(f"7B-shaped PPO-Lagrangian step (LoRA rank {u['lora_rank']}, reward + cost models kept in host "
+                       f"RAM between scoring passes, {u['prompts']} prompts x {u['prompt_len']} + "
                        f"{u['max_new_tokens']} tokens, gradient checkpointing) under a {u['cap_gb']:g} GB cap: {verdict}; "
                        f"peak allocated {u.get('peak_gpu_mem_gb', math.nan):.1f} GB (reserved {u.get('peak_gpu_reserved_gb', math.nan):.1f} GB); "
-                       f"memory plan for the same policy side {u['plan_gb_policy_side']:.1f} GB "
-                       f"(whole PPO stage with RM/CM/critic {u['plan_gb_total']:.1f} GB).")
+                       f"memory plan: policy side {u['plan_gb_policy_side']:.1f} GB, peak {u['plan_gb_total']:.1f} GB "
+                       f"(at {u.get('plan_peak', 'n/a')}).")
         out.append("")
+    if r.get("gpu_check"):
+        from bench.perf.gpu_check import render as render_gpu_check
+
+        out += [render_gpu_check(r["gpu_check"]).rstrip("\n"), ""]
     return out
