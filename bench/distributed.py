@@ -232,15 +232,22 @@ def barrier() -> None:
         dist.barrier()
 
 
-def _broadcast_error(message: str | None) -> str | None:
-    """Rank 0's error message (or None) on every rank; a no-op without a process group."""
+def broadcast_from_main(value):
+    """Rank 0's ``value`` (any picklable object) on every rank; ``value`` itself without a process
+    group. A collective: every rank calls it. For decisions that must be the same on every rank
+    (whether a cache is hit, which checkpoint to resume)."""
     if not is_initialized():
-        return message
+        return value
     import torch.distributed as dist
 
-    box = [message]
+    box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def _broadcast_error(message: str | None) -> str | None:
+    """Rank 0's error message (or None) on every rank; a no-op without a process group."""
+    return broadcast_from_main(message)
 
 
 @contextlib.contextmanager
@@ -269,3 +276,13 @@ def main_process_writes() -> Iterator[bool]:
         raise error
     if message is not None:
         raise RuntimeError(f"rank {rank()}: the main process failed to write: {message}")
+
+
+def remove_tree_on_main(path) -> None:
+    """Delete a folder every rank shares (a stage's checkpoints once its record is written): rank 0
+    alone, after a barrier (no rank still reads it), while the others wait. Every rank calls it."""
+    import shutil
+
+    with main_process_writes() as main:
+        if main:
+            shutil.rmtree(path, ignore_errors=True)

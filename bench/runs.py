@@ -109,7 +109,19 @@ def is_done(cfg: ProfileConfig, variant: str, config_hash: str, stage: str | Non
 
 def mark_stage_done(cfg: ProfileConfig, stage: str) -> Path:
     """Written after every variant of a stage has its record, so Make skips the stage next time.
-    It lists the records' config hashes: a marker never stands for records that are not there."""
+    It lists the records' config hashes: a marker never stands for records that are not there.
+
+    Every rank of a multi-rank stage calls it; rank 0 alone reads the records and writes the marker,
+    after a barrier (every rank has finished the stage), and the others wait (and fail with it)."""
+    from bench.distributed import main_process_writes
+
+    with main_process_writes() as main:
+        if main:
+            _write_stage_marker(cfg, stage)
+    return stage_marker(cfg.profile.name, stage)
+
+
+def _write_stage_marker(cfg: ProfileConfig, stage: str) -> Path:
     profile = cfg.profile.name
     variants = {rec["variant"]: rec["config_hash"] for rec in iter_records(profile, strict=True) if rec["stage"] == stage}
     skipped = getattr(cfg, stage, "present") is None  # the profile does not configure this stage
@@ -184,8 +196,14 @@ class StageRun:
         }
 
 
-def _logger(path: Path, name: str) -> logging.Logger:
-    log = logging.getLogger(f"bench.run.{name}")
+def _logger(folder: Path, name: str) -> logging.Logger:
+    """The run's file logger: ``log.txt`` on rank 0, ``log.rank<N>.txt`` on rank N of a multi-rank
+    stage (each rank logs its own steps; only rank 0's log sits beside the record)."""
+    from bench.distributed import rank
+
+    r = rank()
+    path = folder / ("log.txt" if r == 0 else f"log.rank{r}.txt")
+    log = logging.getLogger(f"bench.run.{name}" + (f".rank{r}" if r else ""))
     log.setLevel(logging.INFO)
     for h in list(log.handlers):
         log.removeHandler(h)
@@ -211,11 +229,18 @@ def stage_run(cfg: ProfileConfig, variant: str, stage: str, sections: tuple[str,
     fails or is killed leaves the earlier run's record and config side by side, never the failed
     run's config beside an older record. (Config first, then record: a kill between the two leaves a
     record whose hash no longer matches the config, so the next run redoes the stage and rewrites
-    both.) Nothing reads ``config.yaml`` during a run; it documents the record beside it."""
+    both.) Nothing reads ``config.yaml`` during a run; it documents the record beside it.
+
+    Under several ranks every rank enters (each logs to its own file, see :func:`_logger`) and fills
+    its StageRun; on success rank 0 alone writes ``config.yaml`` and the record, after a barrier
+    (every rank finished the block), and the others wait until it has. A rank that fails raises
+    without any collective, so a failed run writes nothing and its launcher ends the other ranks."""
+    from bench.distributed import main_process_writes
+
     d = run_dir(cfg.profile.name, variant, stage)
     d.mkdir(parents=True, exist_ok=True)
     label = f"{stage}.{variant}" if stage == EVAL_STAGE else variant
-    log = _logger(d / "log.txt", f"{cfg.profile.name}.{label}")
+    log = _logger(d, f"{cfg.profile.name}.{label}")
     if config_hash is None:
         config_hash = cfg.section_hash(*sections) if sections else cfg.config_hash
     run = StageRun(cfg=cfg, variant=variant, stage=stage, config_hash=config_hash, dir=d, log=log,
@@ -231,9 +256,11 @@ def stage_run(cfg: ProfileConfig, variant: str, stage: str, sections: tuple[str,
         for h in list(log.handlers):
             h.flush()
     wall = time.perf_counter() - t0
-    atomic_write_text(d / "config.yaml", dump_yaml(cfg))
-    atomic_write_json(d / RECORD_NAME, run.to_record(wall))
-    log.info("done in %.1fs; record written", wall)
+    with main_process_writes() as main:
+        if main:
+            atomic_write_text(d / "config.yaml", dump_yaml(cfg))
+            atomic_write_json(d / RECORD_NAME, run.to_record(wall))
+    log.info("done in %.1fs; %s", wall, "record written" if main else "record written by rank 0")
     for h in list(log.handlers):
         log.removeHandler(h)
         h.close()

@@ -131,3 +131,22 @@ def test_save_final_one_process(tmp_path):
     out = save_final(SimpleNamespace(model=model), tok, tmp_path / "model")
     assert (out / "model.safetensors").read_text() == "merged" and (out / "tokenizer.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_global_batch_is_shared_by_the_ranks():
+    """batch_size x grad_accum is the global batch of an optimizer step at any world size: the ranks
+    take accumulation steps first, then split the micro-batch; one rank changes nothing."""
+    import pytest
+
+    from bench.config import ConfigError
+    from bench.train.hf_trainer import per_rank_batch
+
+    assert per_rank_batch(4, 1, 1) == (4, 1) and per_rank_batch(3, 5, 1) == (3, 5)
+    assert per_rank_batch(4, 1, 2) == (2, 1)  # smoke: 4 examples, 2 per rank
+    assert per_rank_batch(1, 16, 4) == (1, 4)  # a V100 profile: the micro-batch stays, accumulation shrinks
+    assert per_rank_batch(2, 2, 4) == (1, 1)
+    for bs, ga, world in ((4, 1, 2), (1, 16, 4), (2, 2, 4), (8, 3, 2)):
+        per_device, accum = per_rank_batch(bs, ga, world)
+        assert per_device * accum * world == bs * ga
+    with pytest.raises(ConfigError, match=r"sft\.batch_size=3 x sft\.grad_accum=1 .* 2 ranks"):
+        per_rank_batch(3, 1, 2, "sft")

@@ -595,3 +595,28 @@ def test_deepspeed_fp16_smoke_run(smoke_cfg, smoke_base, runs):
     assert len(rec["extra"]["series"]) == 2
     before, after = weights(smoke_base), weights(runs / "ppo-lag" / "model")
     assert any(not torch.equal(before[k].float(), after[k].float()) for k in before)
+
+
+def test_ppo_batches_are_global_at_any_world_size():
+    """rollout_prompts and mini_batch_size are per step at any world size: each of W ranks samples
+    rollout_prompts / W of the step's prompts (together the one-rank batch) and updates on
+    mini_batch_size / W; a size the ranks cannot share is an error naming the key."""
+    from bench.config import ConfigError
+
+    section = PPOSection(rollout_prompts=8, mini_batch_size=4, batch_size=4)
+    assert ppo_backends.per_rank_section(section, 1) is section
+    two = ppo_backends.per_rank_section(section, 2)
+    assert (two.rollout_prompts, two.mini_batch_size, two.batch_size) == (4, 2, 2)
+    from bench.train.ppo_update import planned_steps
+
+    assert planned_steps(two, 40, 2) == planned_steps(section, 40, 1)  # same number of steps
+    prompts = [f"p{i}" for i in range(10)]
+    for step in range(4):  # the step's prompts: rank 0's then rank 1's = the one-rank batch
+        one = prompt_stream.rollout_batch(prompts, 8, 1, step, 0, 0, 1)
+        both = [p for r in (0, 1) for p in prompt_stream.rollout_batch(prompts, 4, 1, step, 0, r, 2)]
+        assert both == one
+    with pytest.raises(ConfigError, match="ppo.rollout_prompts=8"):
+        ppo_backends.per_rank_section(section, 3)
+    with pytest.raises(ConfigError, match="ppo.mini_batch_size=4"):
+        ppo_backends.per_rank_section(PPOSection(rollout_prompts=12, mini_batch_size=4, batch_size=4), 3)
+

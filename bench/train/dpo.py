@@ -26,13 +26,13 @@ is the base with adapters disabled. The saved checkpoint is plain: LoRA is merge
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 
 from bench import chat
 from bench.config import DPOSection, DPOVariant, ProfileConfig
 from bench.data import load
 from bench.data.pairs import dpo_pairs, overlong_error
+from bench.distributed import remove_tree_on_main
 from bench.models import policy_init_dir
 from bench.runs import cache_dir, is_done, stage_run
 from bench.stats import scalar_metric
@@ -85,7 +85,7 @@ def dpo_args(section: DPOSection, variant: DPOVariant, out, seed: int):
     from trl import DPOConfig
 
     return DPOConfig(
-        **trainer_kwargs(section, out, seed), beta=variant.beta if variant.beta is not None else section.beta,
+        **trainer_kwargs(section, out, seed, "dpo"), beta=variant.beta if variant.beta is not None else section.beta,
         loss_type=list(variant.loss_type), loss_weights=variant.loss_weights,
         f_divergence_type=variant.f_divergence, precompute_ref_log_probs=section.precompute_ref,
         max_length=section.max_length)
@@ -162,7 +162,7 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
             tracker.finish(run)
         acc = history[-1].get("rewards/accuracies") if history else None
         print(f"{name}: train loss {result.training_loss:.4f}" + (f", last reward accuracy {acc:.2f}" if acc is not None else ""))
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    remove_tree_on_main(ckpt_dir)  # rank 0, after every rank is done with it
 
 
 def run_dpo(cfg: ProfileConfig, force: bool = False, only: tuple[str, ...] = ()) -> None:

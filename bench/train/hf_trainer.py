@@ -16,7 +16,36 @@ def hashed_sections(sections: tuple[str, ...], policy_init: str) -> tuple[str, .
     return sections + (("sft",) if policy_init == "sft" else ())
 
 
-def trainer_kwargs(section: TrainSection, out: Path, seed: int) -> dict:
+def per_rank_batch(batch_size: int, grad_accum: int, world: int, stage: str = "") -> tuple[int, int]:
+    """(per-device batch, accumulation steps per rank) that keep the global batch of an optimizer
+    step at the configured ``batch_size`` x ``grad_accum`` whatever the number of ranks.
+
+    The rule: the configured batch is the *global* batch. The ranks take accumulation steps first
+    (``grad_accum`` / g with g = gcd(grad_accum, world): each rank's micro-batch stays the memory-
+    sized ``batch_size``), and the rest of the world splits the micro-batch (``batch_size`` /
+    (world / g)). A world of one changes nothing. When neither divides, a ConfigError names both
+    keys. With the sampler's one permutation sharded batch by batch across ranks (accelerate), an
+    optimizer step then sees the same examples at any world size, and mean losses averaged over the
+    ranks (DDP) equal the mean over the whole batch."""
+    import math
+
+    from bench.config import ConfigError
+
+    if world <= 1:
+        return batch_size, grad_accum
+    g = math.gcd(grad_accum, world)
+    split = world // g
+    if batch_size % split:
+        key = f"{stage}." if stage else ""
+        raise ConfigError(
+            f"{key}batch_size={batch_size} x {key}grad_accum={grad_accum} is the global batch of an optimizer step, "
+            f"which {world} ranks cannot share evenly: {world} must divide {key}grad_accum x {key}batch_size with "
+            f"{key}grad_accum taken first (here {world // g} ranks would split a micro-batch of {batch_size}); "
+            f"make {key}grad_accum or {key}batch_size a multiple of {split}")
+    return batch_size // split, grad_accum // g
+
+
+def trainer_kwargs(section: TrainSection, out: Path, seed: int, stage: str = "") -> dict:
     """TrainingArguments keywords from a stage section. On CPU: fp32, no gradient checkpointing
     (TRL defaults to bf16 + checkpointing, about ten times slower on CPU; V100 has no bf16).
 
@@ -26,14 +55,18 @@ def trainer_kwargs(section: TrainSection, out: Path, seed: int) -> dict:
     stage started without a launcher runs as a world of one instead of dying in DeepSpeed's MPI
     discovery (``No module named 'mpi4py'``). Without DeepSpeed a single process is left untouched:
     accelerate reads LOCAL_RANK as a request for a distributed group (MULTI_CPU over gloo on CPU),
-    which would change the default profile's path."""
+    which would change the default profile's path.
+
+    ``batch_size`` x ``grad_accum`` is the global batch of one optimizer step at any world size
+    (:func:`per_rank_batch` says how the ranks share it; ``stage`` names the keys in its error)."""
     from bench.distributed import ensure_process_group_env
 
-    ensure_process_group_env(set_single_process=bool(section.deepspeed))
+    env = ensure_process_group_env(set_single_process=bool(section.deepspeed))
+    per_device, accum = per_rank_batch(section.batch_size, section.grad_accum, env.world_size, stage)
     cuda = torch.cuda.is_available()
     return dict(
-        output_dir=str(out), per_device_train_batch_size=section.batch_size,
-        gradient_accumulation_steps=section.grad_accum, learning_rate=section.learning_rate,
+        output_dir=str(out), per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accum, learning_rate=section.learning_rate,
         num_train_epochs=section.epochs, max_steps=section.max_steps,
         warmup_steps=section.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
         weight_decay=section.weight_decay, logging_steps=section.logging_steps, save_steps=section.save_steps,

@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 
 from bench.config import DPOSection, ProfileConfig
+from bench.distributed import main_process_writes
 from bench.io import atomic_write_text
 from bench.runs import is_done, run_dir, stage_run
 from bench.stats import rate_metric
@@ -151,8 +152,10 @@ def ensure_onpolicy_pairs(cfg: ProfileConfig, force: bool = False) -> Path:
         chosen_ref = [d.is_refusal for d in detect_many(p["chosen"] for p in offline)]
         policy_ref = [d.is_refusal for d in detect_many(responses)]
         rows = answer_rows(offline, responses, chosen_ref, policy_ref)
-        atomic_write_text(run.dir / PAIRS_FILE, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n"
-                                                        for r in rows))
+        with main_process_writes() as main:  # every rank generated the same greedy answers; rank 0 writes
+            if main:
+                atomic_write_text(run.dir / PAIRS_FILE, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n"
+                                                                for r in rows))
         counts = behaviour_counts(rows)
         n_ref, n_help = counts["demo_refuses"], counts["demo_helps"]
         wrong_ref, wrong_help = counts["policy_complies_where_demo_refuses"], counts["policy_refuses_where_demo_helps"]

@@ -42,6 +42,11 @@ mini-batch must be exactly 1, as in TRL and OpenRLHF. Every step reseeds torch f
 rank), so the prompts, samples and mini-batch order of step k are the same whether the run was
 interrupted or not; a re-run resumes from the latest checkpoint of the same config hash.
 
+Ranks (torchrun, deepspeed, accelerate launch, srun): ``rollout_prompts`` and ``mini_batch_size`` are
+global, each rank samples and updates on its share (``ppo_backends.per_rank_section``); scores,
+episodes and the cost mean are gathered; every rank enters ``stage_run`` and rank 0 alone writes
+checkpoints' state, the model and the record. Each rank samples from its own RNG stream.
+
 Precision: the CPU path is plain torch (fp32). When ``ppo.deepspeed`` names a JSON, the same code runs
 through a DeepSpeed engine (ZeRO-2, CPU optimiser offload, fp16 with dynamic loss scaling as set in
 the JSON); ``auto`` values in the JSON are filled from the profile. DeepSpeed is imported only then.
@@ -56,7 +61,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +70,7 @@ import torch
 from torch import nn
 
 from bench.config import PPOSection, PPOVariant, ProfileConfig
+from bench.distributed import main_process_writes, remove_tree_on_main
 from bench.losses import (
     hinge_cost_penalty,
     lagrange_update,
@@ -76,7 +81,7 @@ from bench.losses import (
 from bench.runs import is_done, stage_run
 from bench.train.hf_trainer import hashed_sections
 from bench.train.ppo_advantages import ppo_advantages
-from bench.train.ppo_backends import NullRun, all_gather, barrier, dist_info, make_backend
+from bench.train.ppo_backends import all_gather, dist_info, gather_episodes, make_backend, per_rank_section
 from bench.train.ppo_checkpoints import (
     TrainState,
     clear_checkpoints,
@@ -151,7 +156,8 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
     ``on_step(step, state)`` is called after each finished step (and its checkpoint, if any).
     """
     setup = set_up(cfg, name, variant, prompts)
-    with stage_run_on_main(variant_config(cfg, name), name, setup.rank) as run:
+    with stage_run(variant_config(cfg, name), variant=name, stage=STAGE,
+                   sections=hashed_sections(SECTIONS, setup.section.policy_init)) as run:  # every rank
         state = start_or_resume(setup, run, force)
         tracker = start_tracker(setup, run, state)
         for step in range(state.step, setup.total_steps):
@@ -166,8 +172,8 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
         model_dir = save_and_record(setup, state, run, prompts_identity)
         if tracker is not None:
             tracker.finish(run)
-    if setup.rank == 0 and setup.section.keep_checkpoints == 0:
-        shutil.rmtree(run.dir / CHECKPOINTS, ignore_errors=True)
+    if setup.section.keep_checkpoints == 0:
+        remove_tree_on_main(run.dir / CHECKPOINTS)  # rank 0, after every rank is done with them
     return model_dir
 
 
@@ -178,7 +184,7 @@ class Setup:
     cfg: ProfileConfig
     name: str
     variant: PPOVariant
-    section: PPOSection
+    section: PPOSection  # this rank's share of the batches (ppo_backends.per_rank_section); the profile's at world 1
     rank: int
     world: int
     backend: object  # ppo_backends.TorchBackend | DeepSpeedBackend: the policy + value head and its optimiser
@@ -202,8 +208,8 @@ class Setup:
 def set_up(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: list[str]) -> Setup:
     """Models, backend and prompts. The order is the order the seeded RNG is consumed in (LoRA and
     value-head initialisation), so it is part of the run's result."""
-    section: PPOSection = cfg.require("ppo")
-    rank, world = dist_info()
+    rank, world = dist_info(cfg.require("ppo"))
+    section = per_rank_section(cfg.require("ppo"), world, variant.group_size)  # global batches, shared by the ranks
     torch.manual_seed(cfg.profile.seed)
     policy, tok = load_policy(cfg, section)
     policy = setup_trainable(policy, section)
@@ -228,10 +234,10 @@ def start_or_resume(setup: Setup, run, force: bool) -> TrainState:
     """A fresh state, or the latest checkpoint of this config hash (never with ``force``);
     checkpoints of another config are deleted first."""
     ckpt_root = run.dir / CHECKPOINTS
-    if setup.rank == 0:
-        for stale in clear_checkpoints(ckpt_root, setup.config_hash, force):
-            run.log.info("removed checkpoint %s of another config", stale)
-    barrier()
+    with main_process_writes() as main:  # rank 0 cleans the folder; the others wait, then all resume alike
+        if main:
+            for stale in clear_checkpoints(ckpt_root, setup.config_hash, force):
+                run.log.info("removed checkpoint %s of another config", stale)
     state = TrainState(log_lambda=math.log(setup.section.lambda_init), config_hash=setup.config_hash)
     latest = latest_checkpoint(ckpt_root, setup.config_hash)
     # like the HF-trainer stages: perf reports read it to flag a run whose timings are partial
@@ -290,7 +296,7 @@ def train_step(setup: Setup, state: TrainState, step: int, run) -> None:
     upd = ppo_update(backend, samples, exp, adv.advantages, adv.returns, section, setup.seed, step, setup.rank)
 
     # 5. log
-    episodes = episode_values(samples, exp, reward_raw, cost_raw)
+    episodes = gather_episodes(episode_values(samples, exp, reward_raw, cost_raw))  # every rank's, in prompt order
     row = step_metrics(step + 1, episodes, exp, samples, upd, multiplier, variant, time.perf_counter() - t0)
     if rule is not None:  # share of rollouts whose behaviour fits the prompt's label
         row["rule_agreement"] = ((rule + 1) / 2).mean().item()
@@ -303,9 +309,9 @@ def save_and_record(setup: Setup, state: TrainState, run, prompts_identity: dict
     """The trained policy as a plain HF folder, and the record's artifacts, datasets, extra and metrics."""
     model_dir = run.dir / "model"
     n_trainable = sum(p.numel() for p in setup.backend.module.parameters() if p.requires_grad)  # before merging LoRA
-    if setup.rank == 0:
-        save_policy(setup.backend.module.policy, setup.tok, model_dir, setup.section, setup.cfg.model.dtype)
-    barrier()
+    with main_process_writes() as main:  # every rank holds the whole policy; rank 0 writes, the others wait
+        if main:
+            save_policy(setup.backend.module.policy, setup.tok, model_dir, setup.section, setup.cfg.model.dtype)
     run.artifacts["model_dir"] = str(model_dir)
     run.datasets["ppo_prompts"] = prompts_identity or prompt_set_identity(setup.prompts)
     run.extra["series"] = state.series
@@ -314,18 +320,6 @@ def save_and_record(setup: Setup, state: TrainState, run, prompts_identity: dict
     run.extra["trainable_params"] = n_trainable  # policy (LoRA adapters / top blocks / all) + value head
     run.metrics.update(summary_metrics(state, setup.total_steps))
     return model_dir
-
-
-def stage_run_on_main(cfg: ProfileConfig, name: str, rank: int):
-    """The variant's StageRun on rank 0; a NullRun (writes nothing) on the other ranks."""
-    import contextlib
-
-    from bench.runs import run_dir
-
-    if rank == 0:
-        return stage_run(cfg, variant=name, stage=STAGE,
-                         sections=hashed_sections(SECTIONS, cfg.require("ppo").policy_init))
-    return contextlib.nullcontext(NullRun(run_dir(cfg.profile.name, name)))
 
 
 # =============================================================================== the steps' pieces

@@ -20,15 +20,15 @@ tested in ``tests/test_ppo.py`` (``python -m pytest tests/test_ppo.py -q``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import logging
 import math
-import os
 from pathlib import Path
 
 import torch
 
 from bench.config import PPOSection
+from bench.distributed import is_initialized, is_main_process
 from bench.records import RecordError
 from bench.train.rollout import PolicyWithValueHead
 
@@ -43,7 +43,9 @@ def param_groups(module: PolicyWithValueHead, section: PPOSection) -> list[dict]
 
 
 class TorchBackend:
-    """Plain torch: AdamW, gradient accumulation over micro-batches, gradient-norm clipping."""
+    """Plain torch: AdamW, gradient accumulation over micro-batches, gradient-norm clipping. Under
+    several ranks (a launcher without ``ppo.deepspeed``: gloo on CPU, NCCL on GPUs) the gradients are
+    averaged over the ranks before clipping, as DDP does, so every rank takes the same step."""
 
     def __init__(self, module: PolicyWithValueHead, section: PPOSection):
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -66,6 +68,7 @@ class TorchBackend:
         if self._micro % self.gas:
             return None
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        average_gradients(params)
         norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -79,8 +82,11 @@ class TorchBackend:
         return {n: p.detach().cpu().contiguous() for n, p in self.module.named_parameters() if p.requires_grad}
 
     def save(self, folder: Path) -> None:
+        """Rank 0 writes (every rank holds the same weights and optimiser state)."""
         from safetensors.torch import save_file
 
+        if not is_main_process():
+            return
         save_file(self.trainable_state(), str(folder / "trainable.safetensors"))
         torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
 
@@ -180,39 +186,66 @@ def _auto_paths(node, prefix: str = "") -> list[str]:
 def make_backend(module: PolicyWithValueHead, section: PPOSection, world: int):
     if section.deepspeed:
         return DeepSpeedBackend(module, section, world)
-    if world > 1:
-        from bench.config import ConfigError
-
-        raise ConfigError("ppo: several processes need ppo.deepspeed (a DeepSpeed JSON); the torch path is one process")
     return TorchBackend(module, section)
 
 
 # =============================================================================== distributed helpers
 
 
-def dist_info() -> tuple[int, int]:
-    """(rank, world size); a DeepSpeed / accelerate launch sets WORLD_SIZE and RANK."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
+def dist_info(section: PPOSection) -> tuple[int, int]:
+    """(rank, world size), with the process group up when there is more than one rank or DeepSpeed
+    is configured. The launcher's variables come from :func:`bench.distributed.ensure_process_group_env`
+    (a world of one gets them only with ``ppo.deepspeed``: DeepSpeed's own discovery would otherwise
+    try MPI and die without mpi4py). DeepSpeed inits its own group; the torch backend gets gloo on
+    CPU and NCCL on GPUs."""
+    from bench.distributed import ensure_process_group_env
+
+    env = ensure_process_group_env(set_single_process=bool(section.deepspeed))
+    if section.deepspeed:
         import deepspeed
 
         deepspeed.init_distributed()
-        return torch.distributed.get_rank(), world
-    return 0, 1
+    elif env.world_size > 1 and not is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(env.local_rank)
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return env.rank, env.world_size
 
 
-def is_distributed() -> bool:
-    """Whether a process group is up (several ranks, or a test's one-rank group)."""
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
+def per_rank_section(section: PPOSection, world: int, group_size: int = 1) -> PPOSection:
+    """The PPO section one of ``world`` ranks runs with: ``rollout_prompts`` and ``mini_batch_size``
+    are *global* (one step's rollouts, one optimiser step's sequences, at any world size), so each
+    rank samples ``rollout_prompts / world`` rollouts (whole groups) and updates on mini-batches of
+    ``mini_batch_size / world``, in micro-batches of at most ``batch_size``. A world of one changes
+    nothing; a size the ranks cannot share evenly is a ConfigError naming the key."""
+    from bench.config import ConfigError
+
+    if world <= 1:
+        return section
+    if section.rollout_prompts % (world * group_size):
+        raise ConfigError(f"ppo.rollout_prompts={section.rollout_prompts} is the global rollout batch of a step: "
+                          f"{world} ranks x group_size {group_size} must divide it")
+    if section.mini_batch_size % world:
+        raise ConfigError(f"ppo.mini_batch_size={section.mini_batch_size} is the global batch of an optimiser step: "
+                          f"{world} ranks must divide it")
+    mini = section.mini_batch_size // world
+    micro = min(section.batch_size, mini)
+    if mini % micro:
+        raise ConfigError(f"ppo.batch_size={section.batch_size} must divide a rank's share of ppo.mini_batch_size "
+                          f"({section.mini_batch_size} / {world} ranks = {mini})")
+    return dataclasses.replace(section, rollout_prompts=section.rollout_prompts // world, mini_batch_size=mini,
+                               batch_size=micro)
 
 
-def current_rank() -> int:
-    return torch.distributed.get_rank() if is_distributed() else 0
-
-
-def barrier() -> None:
-    if is_distributed():
-        torch.distributed.barrier()
+def average_gradients(params: list[torch.Tensor]) -> None:
+    """Mean of each gradient over the ranks (in place); nothing without a process group."""
+    if not is_initialized() or torch.distributed.get_world_size() == 1:
+        return
+    world = torch.distributed.get_world_size()
+    for p in params:
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad.div_(world)
 
 
 def collective_device(backend: str) -> torch.device:
@@ -227,7 +260,7 @@ def all_gather(x: torch.Tensor) -> torch.Tensor:
     """Concatenation of ``x`` (B,) over ranks (itself in one process), on ``x``'s device. The score
     models' outputs may sit on the CPU while the process group is NCCL, so the values travel through
     the backend's device."""
-    if not is_distributed():
+    if not is_initialized():
         return x
     y = x.detach().to(collective_device(torch.distributed.get_backend())).contiguous()
     parts = [torch.empty_like(y) for _ in range(torch.distributed.get_world_size())]
@@ -235,9 +268,15 @@ def all_gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts).to(x.device)
 
 
-class NullRun:
-    """What non-main ranks get instead of a StageRun: same attributes, writes nothing."""
+def gather_episodes(episodes: dict) -> dict:
+    """Per-episode lists (``ppo_metrics.episode_values``) of every rank, concatenated in rank order
+    (= the step's prompt order): the record and the series describe the step's whole rollout batch
+    at any world size. Itself in one process."""
+    if not is_initialized():
+        return episodes
+    out = {}
+    for k, v in episodes.items():  # float64 carries float32 and int values exactly; each keeps its type
+        gathered = None if v is None else all_gather(torch.tensor(v, dtype=torch.float64)).tolist()
+        out[k] = [type(v[0])(x) for x in gathered] if v else gathered
+    return out
 
-    def __init__(self, dir: Path):
-        self.dir, self.log = dir, logging.getLogger("bench.run.null")
-        self.metrics, self.datasets, self.artifacts, self.extra = {}, {}, {}, {}

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from bench.config import PPOSection
+from bench.distributed import main_process_writes
 from bench.io import atomic_dir, atomic_write_json
-from bench.train.ppo_backends import barrier, current_rank
 
 
 @dataclass
@@ -84,29 +84,39 @@ def drop_foreign_checkpoints(root: Path, config_hash: str) -> list[Path]:
 
 
 def save_checkpoint(root: Path, state: TrainState, backend, keep: int) -> Path:
-    """Write ``root/step-NNNNNN`` atomically (temp folder + rename) and keep the newest ``keep``."""
-    rank = current_rank()
+    """Write ``root/step-NNNNNN`` atomically (temp folder + rename) and keep the newest ``keep``.
+
+    Every rank calls it. Rank 0 makes the temp folder, every rank then enters ``backend.save``
+    (DeepSpeed writes each rank's optimiser shard; the torch backend writes on rank 0 only), and
+    after a barrier rank 0 alone writes the RNG and state files and renames the folder while the
+    others wait. A rank killed before the rename leaves only ``.tmp-step-*``, which the next run
+    deletes; the last complete checkpoint stays."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step:06d}"
     tmp = root / f".tmp-step-{state.step:06d}"
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    barrier()
+    with main_process_writes() as main:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
     backend.save(tmp)  # every rank (DeepSpeed shards optimiser state)
-    barrier()
-    if rank == 0:
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save(rng, tmp / "rng.pt")
-        atomic_write_json(tmp / "state.json", dataclasses.asdict(state))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in sorted(root.glob("step-*"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    barrier()
+    with main_process_writes() as main:
+        if main:
+            _finish_checkpoint(root, tmp, final, state, keep)
     return final
+
+
+def _finish_checkpoint(root: Path, tmp: Path, final: Path, state: TrainState, keep: int) -> None:
+    """Rank 0: RNG and state (written last: a readable state.json marks a complete checkpoint), the rename,
+    and the rotation to the newest ``keep``."""
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, tmp / "rng.pt")
+    atomic_write_json(tmp / "state.json", dataclasses.asdict(state))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(root.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(folder: Path, backend) -> TrainState:

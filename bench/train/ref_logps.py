@@ -63,6 +63,21 @@ def _read(path: Path) -> tuple[dict, dict] | None:
     return blob["columns"], blob["features"]
 
 
+def _shared_arrow_cache(dataset, cache_dir: Path):
+    """Under several ranks, point TRL's precompute file at a folder every rank sees. TRL's rank 0
+    writes the columns to ``dataset._get_cache_file_path(...)`` and every rank then reads that file;
+    for an in-memory dataset (``Dataset.from_list``, as every recipe builds) that path is in a
+    per-process temporary folder, so rank 1 failed with ``FileNotFoundError: .../hf_datasets-*/
+    cache-*.arrow``. One process keeps TRL's own temporary file."""
+    from bench.distributed import world_size
+
+    if world_size() > 1:
+        folder = cache_dir / "trl-arrow"
+        folder.mkdir(parents=True, exist_ok=True)
+        dataset._get_cache_file_path = lambda fingerprint: str(folder / f"cache-{fingerprint}.arrow")
+    return dataset
+
+
 def shared_ref_trainer(cache_dir: Path, log=None):
     """A ``trl.DPOTrainer`` subclass whose reference precompute is cached in ``cache_dir``."""
     from datasets import Dataset, Features, Value, concatenate_datasets
@@ -78,20 +93,27 @@ def shared_ref_trainer(cache_dir: Path, log=None):
             return cache_key(rows, self._precompute_model_hash, settings)
 
         def _precompute_ref_logps(self, dataset, name, batch_size):
-            path = cache_dir / f"{self._ref_key(dataset, batch_size)}.pt"
+            from bench.distributed import broadcast_from_main, main_process_writes
+
+            # Rank 0 decides hit or miss for every rank: a miss runs TRL's precompute, a collective.
+            path = cache_dir / broadcast_from_main(f"{self._ref_key(dataset, batch_size)}.pt")
             found = _read(path) if path.exists() else None
-            if found is not None and len(next(iter(found[0].values()))) == len(dataset):
+            hit = broadcast_from_main(found is not None and len(next(iter(found[0].values()))) == len(dataset))
+            if hit:
+                if found is None:
+                    raise RuntimeError(f"{path}: rank 0 read this reference cache but this rank cannot")
                 columns, features = found
                 extra = Dataset.from_dict({k: v.tolist() for k, v in columns.items()},
                                           features=Features({k: Value(features[k]) for k in COLUMNS}))
                 if log is not None:
                     log.info("reference log-probs for %s: cached (%s)", name, path.name)
                 return concatenate_datasets([dataset, extra], axis=1)
-            out = super()._precompute_ref_logps(dataset, name, batch_size)
-            if self.accelerator.is_main_process:
-                _write(path, {k: out[k] for k in COLUMNS}, {k: out.features[k].dtype for k in COLUMNS})
-                if log is not None:
-                    log.info("reference log-probs for %s: computed, cached as %s", name, path.name)
+            out = super()._precompute_ref_logps(_shared_arrow_cache(dataset, cache_dir), name, batch_size)
+            with main_process_writes() as main:  # rank 0 writes (atomically) while the others wait
+                if main:
+                    _write(path, {k: out[k] for k in COLUMNS}, {k: out.features[k].dtype for k in COLUMNS})
+                    if log is not None:
+                        log.info("reference log-probs for %s: computed, cached as %s", name, path.name)
             return out
 
     return SharedRefDPOTrainer

@@ -19,7 +19,6 @@ score means, each with n and a 95% interval.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ import torch
 from bench.config import ProfileConfig, ScoreModelSection
 from bench.data import load
 from bench.data.pairs import better_pairs, overlong_error, safer_pairs
+from bench.distributed import remove_tree_on_main
 from bench.losses import cost_model_loss, cost_sign
 from bench.models import configure_trainable, policy_init_dir, trainable_count
 from bench.runs import is_done, stage_run
@@ -110,11 +110,11 @@ def extra_callbacks() -> list:
     return []
 
 
-def trainer_args(section: ScoreModelSection, out: Path, seed: int):
+def trainer_args(section: ScoreModelSection, out: Path, seed: int, kind: str = ""):
     from trl import RewardConfig
 
     # max_length=None: over-long pairs were already handled (error or counted skip) in tokenize_pairs.
-    return RewardConfig(**trainer_kwargs(section, out, seed), max_length=None, remove_unused_columns=False,
+    return RewardConfig(**trainer_kwargs(section, out, seed, kind), max_length=None, remove_unused_columns=False,
                         center_rewards_coefficient=None)
 
 
@@ -180,7 +180,7 @@ def run_score_stage(cfg: ProfileConfig, kind: str, force: bool = False) -> None:
             examples = examples[: section.max_examples]
         train_ds = Dataset.from_list(examples)
         ckpt_dir = run.dir / "checkpoints"
-        args = trainer_args(section, ckpt_dir, cfg.profile.seed)
+        args = trainer_args(section, ckpt_dir, cfg.profile.seed, kind)
         if kind == "reward":
             trainer = RewardTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tok,
                                     callbacks=extra_callbacks() + guard_callbacks(section))
@@ -205,4 +205,4 @@ def run_score_stage(cfg: ProfileConfig, kind: str, force: bool = False) -> None:
                             if k.endswith("accuracy"))
         print(f"{kind}: {summary} (test n={len(splits['test'].rows)})")
     # Checkpoints exist only to resume; once the record is written they are dead weight.
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    remove_tree_on_main(ckpt_dir)  # rank 0, after every rank is done with it

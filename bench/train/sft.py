@@ -15,12 +15,11 @@ PPO stages when their ``policy_init`` is ``sft``. A profile without an ``sft`` s
 
 from __future__ import annotations
 
-import shutil
-
 from bench import chat
 from bench.config import ProfileConfig, SFTSection
 from bench.data import load
 from bench.data.pairs import dpo_pairs, interleave_by, overlong_error
+from bench.distributed import remove_tree_on_main
 from bench.models import policy_init_dir
 from bench.runs import is_done, stage_run
 from bench.stats import scalar_metric
@@ -91,7 +90,7 @@ def run_sft(cfg: ProfileConfig, force: bool = False) -> None:
         if section.max_examples:
             demos = demos[: section.max_examples]
         ckpt_dir = run.dir / "checkpoints"
-        args = SFTConfig(**trainer_kwargs(section, ckpt_dir, cfg.profile.seed), max_length=section.max_length,
+        args = SFTConfig(**trainer_kwargs(section, ckpt_dir, cfg.profile.seed, "sft"), max_length=section.max_length,
                          packing=False)
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(demos),
                              processing_class=tok, callbacks=extra_callbacks() + guard_callbacks(section))
@@ -103,4 +102,4 @@ def run_sft(cfg: ProfileConfig, force: bool = False) -> None:
         run.extra = {**fp16_stats(trainer), "demonstrations": len(demos), "skipped_overlong": skipped, "resumed_from": resume,
                      "series": [{k: h[k] for k in ("step", "loss", "mean_token_accuracy") if k in h} for h in history]}
         print(f"sft: {len(demos)} demonstrations, train loss {result.training_loss:.4f}")
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    remove_tree_on_main(ckpt_dir)  # rank 0, after every rank is done with it
