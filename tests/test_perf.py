@@ -220,7 +220,8 @@ def test_gpu_check_section_replaces_itself_in_perf_gpu_md(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
 def test_deepspeed_unit_trains_a_tiny_shape_on_gpu():
-    pytest.importorskip("deepspeed")
+    import deepspeed  # noqa: F401  (a locked dependency: a missing one must fail, not skip)
+
     from bench.perf.gpu import unit_1b_deepspeed
 
     tiny = dict(name="tiny", hub_id="-", layers=2, hidden=64, intermediate=128, heads=4, kv_heads=2, vocab=256,
