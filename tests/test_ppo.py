@@ -621,3 +621,65 @@ def test_ppo_batches_are_global_at_any_world_size():
     with pytest.raises(ConfigError, match="ppo.mini_batch_size=4"):
         ppo_backends.per_rank_section(PPOSection(rollout_prompts=12, mini_batch_size=4, batch_size=4), 3)
 
+
+
+def _two_ranks(fn):
+    """Run ``fn(rank, sum_over_ranks)`` for ranks 0 and 1 in two threads whose ``sum_over_ranks`` is an
+    all-reduce sum (a barrier and a shared slot per call): the collective, without a process group."""
+    import threading
+
+    barrier, slots, out = threading.Barrier(2), [None, None], [None, None]
+
+    def reducer(rank):
+        def reduce(x):
+            slots[rank] = x.clone()
+            barrier.wait()
+            total = slots[0] + slots[1]
+            barrier.wait()
+            return total
+        return reduce
+
+    threads = [threading.Thread(target=lambda r=r: out.__setitem__(r, fn(r, reducer(r)))) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return out
+
+
+def test_whitening_split_over_ranks_uses_the_whole_steps_statistics():
+    """Each rank whitens its half with the step's mean and variance, so the halves put together equal
+    one process whitening the whole step; per-rank statistics (the old behaviour) would not."""
+    from bench.losses import masked_whiten
+    from bench.train.ppo_advantages import whiten
+
+    torch.manual_seed(0)
+    adv = torch.randn(4, 5) * torch.tensor([[1.0], [1.0], [5.0], [5.0]]) + torch.tensor([[0.0], [0.0], [3.0], [3.0]])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]])
+    whole = masked_whiten(adv, mask)
+    halves = _two_ranks(lambda r, red: whiten(adv[2 * r:2 * r + 2], mask[2 * r:2 * r + 2], red))
+    torch.testing.assert_close(torch.cat(halves), whole, atol=1e-6, rtol=1e-6)
+    per_rank = torch.cat([masked_whiten(adv[:2], mask[:2]), masked_whiten(adv[2:], mask[2:])])
+    assert not torch.allclose(per_rank, whole, atol=1e-3)
+    # one process: the reducer-free path is masked_whiten itself
+    assert torch.equal(whiten(adv, mask), whole)
+
+
+def test_lagrangian_advantages_split_over_ranks_equal_one_process():
+    torch.manual_seed(1)
+    B, T = 4, 6
+    score, cost = torch.randn(B), torch.randn(B)
+    penalty, values = torch.rand(B, T) * 0.1, torch.randn(B, T, 2)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[0, 4:] = 0
+    mask[3, 2:] = 0
+    kw = dict(coef=0.1, gamma=0.95, gae_lambda=0.9, reward_clip=5.0, lagrange_multiplier=0.7)
+    whole = ppo_advantages(score, penalty, values, mask, cost=cost, **kw)
+
+    def rank(r, red):
+        s = slice(2 * r, 2 * r + 2)
+        return ppo_advantages(score[s], penalty[s], values[s], mask[s], cost=cost[s], sum_over_ranks=red, **kw)
+
+    halves = _two_ranks(rank)
+    torch.testing.assert_close(torch.cat([h.advantages for h in halves]), whole.advantages, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([h.returns for h in halves]), whole.returns)

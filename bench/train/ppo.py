@@ -81,7 +81,14 @@ from bench.losses import (
 from bench.runs import is_done, stage_run
 from bench.train.hf_trainer import hashed_sections
 from bench.train.ppo_advantages import ppo_advantages
-from bench.train.ppo_backends import all_gather, dist_info, gather_episodes, make_backend, per_rank_section
+from bench.train.ppo_backends import (
+    all_gather,
+    dist_info,
+    gather_episodes,
+    make_backend,
+    per_rank_section,
+    step_reducer,
+)
 from bench.train.ppo_checkpoints import (
     TrainState,
     clear_checkpoints,
@@ -290,7 +297,8 @@ def train_step(setup: Setup, state: TrainState, step: int, run) -> None:
     multiplier = update_lagrange_multiplier(setup, state, cost_raw)
     adv = ppo_advantages(score, exp["penalty"], exp["values"], samples.mask, coef=setup.coef, gamma=section.gamma,
                          gae_lambda=section.lam, reward_clip=section.reward_clip, group_size=variant.group_size,
-                         cost=cost_raw if variant.lagrangian else None, lagrange_multiplier=multiplier)
+                         cost=cost_raw if variant.lagrangian else None, lagrange_multiplier=multiplier,
+                         sum_over_ranks=step_reducer())
     # 4. PPO update
     backend.module.train()  # dropout is off; train() only matters for gradient checkpointing
     upd = ppo_update(backend, samples, exp, adv.advantages, adv.returns, section, setup.seed, step, setup.rank)

@@ -24,7 +24,7 @@ is testable on hand-made tensors (``tests/test_ppo.py::test_ppo_advantages_*``,
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -37,28 +37,49 @@ class Advantages(NamedTuple):
     group_advantages: torch.Tensor | None  # (B,) group-relative score advantages (group_size > 1), else None
 
 
-def whiten(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Whitened advantages; a batch with fewer than two valid tokens has no variance and is left as is."""
-    return masked_whiten(adv, mask) if mask.sum() >= 2 else adv
+# Sums a tensor over the ranks of a step (an all-reduce); None in one process.
+SumOverRanks = Callable[[torch.Tensor], torch.Tensor] | None
+
+
+def whiten(adv: torch.Tensor, mask: torch.Tensor, sum_over_ranks: SumOverRanks = None, eps: float = 1e-8) -> torch.Tensor:
+    """Whitened advantages over the step's valid tokens; a step with fewer than two valid tokens has no
+    variance and is left as is.
+
+    In one process this is ``masked_whiten`` over the batch. When the step's rollouts are split over
+    ranks, ``sum_over_ranks`` (an all-reduce sum) makes the mean and the unbiased variance those of the
+    whole step, so every rank whitens with the statistics one process would use:
+    mu = sum_r sum_t m x / N, var = sum_r sum_t m (x - mu)^2 / (N - 1), N = sum_r sum_t m."""
+    if sum_over_ranks is None:
+        return masked_whiten(adv, mask) if mask.sum() >= 2 else adv
+    m = mask.bool()  # (B, T)
+    x = adv.to(torch.float64)
+    n = sum_over_ranks(m.sum().to(torch.float64))  # ()
+    if n < 2:
+        return adv
+    mu = sum_over_ranks(torch.where(m, x, 0.0).sum()) / n
+    var = sum_over_ranks(torch.where(m, (x - mu) ** 2, 0.0).sum()) / (n - 1)
+    out = ((x - mu) * torch.rsqrt(var + eps)).to(adv.dtype)  # (B, T)
+    return torch.where(m, out, torch.zeros((), dtype=adv.dtype, device=adv.device))
 
 
 def ppo_advantages(score: torch.Tensor, penalty: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *,
                    coef: float, gamma: float, gae_lambda: float, reward_clip: float | None = None,
                    group_size: int = 1, cost: torch.Tensor | None = None,
-                   lagrange_multiplier: float = 0.0) -> Advantages:
+                   lagrange_multiplier: float = 0.0, sum_over_ranks: SumOverRanks = None) -> Advantages:
     """Advantages and returns of one rollout batch (see the module docstring for the composition).
 
     ``score`` (B,) the PPO score of each response; ``penalty`` (B, T) the per-token regulariser (KL,
     JS or 0); ``values`` (B, T, K) the critics' old values; ``mask`` (B, T) valid response tokens;
     ``coef`` the regulariser's coefficient; ``gamma`` / ``gae_lambda`` GAE's discount and lambda;
     ``group_size`` consecutive rows sampled from one prompt; ``cost`` (B,) the raw CM cost for
-    PPO-Lagrangian's second stream (None: one stream) and ``lagrange_multiplier`` its lambda >= 0.
+    PPO-Lagrangian's second stream (None: one stream) and ``lagrange_multiplier`` its lambda >= 0;
+    ``sum_over_ranks`` when the step's rollouts are split over ranks (see :func:`whiten`).
     """
     rewards = shape_rewards(score, penalty, mask, coef, clip=reward_clip)  # (B, T)
     adv, ret_r = gae(rewards, values[..., 0], mask, gamma, gae_lambda)
     group_adv = None
     if group_size == 1:
-        adv = whiten(adv, mask)
+        adv = whiten(adv, mask, sum_over_ranks)
     else:  # GRPO-style: the score relative to the prompt's group, plus the penalty-to-go
         group_adv = group_relative_advantages(score, group_size).to(score.device)  # (B,); 0 for a flat group
         shaped = shape_rewards(group_adv, penalty, mask, coef, clip=None)
@@ -67,6 +88,6 @@ def ppo_advantages(score: torch.Tensor, penalty: torch.Tensor, values: torch.Ten
     if cost is not None:  # PPO-Lagrangian: the cost stream, the penalty with the opposite sign
         costs = shape_rewards(cost, penalty, mask, -coef, clip=reward_clip)
         adv_c, ret_c = gae(costs, values[..., 1], mask, gamma, gae_lambda)
-        adv = lagrangian_advantages(adv, whiten(adv_c, mask), lagrange_multiplier)  # (B, T)
+        adv = lagrangian_advantages(adv, whiten(adv_c, mask, sum_over_ranks), lagrange_multiplier)  # (B, T)
         returns.append(ret_c)
     return Advantages(adv, torch.stack(returns, dim=-1), group_adv)  # returns (B, T, K)

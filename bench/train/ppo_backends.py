@@ -268,6 +268,18 @@ def all_gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts).to(x.device)
 
 
+def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """All-reduce sum of ``x`` over the ranks, on ``x``'s device (through the backend's device)."""
+    y = x.detach().to(collective_device(torch.distributed.get_backend())).clone()
+    torch.distributed.all_reduce(y, op=torch.distributed.ReduceOp.SUM)
+    return y.to(x.device)
+
+
+def step_reducer():
+    """What :func:`bench.train.ppo_advantages.whiten` sums over: None in one process, else the ranks."""
+    return sum_over_ranks if is_initialized() and torch.distributed.get_world_size() > 1 else None
+
+
 def gather_episodes(episodes: dict) -> dict:
     """Per-episode lists (``ppo_metrics.episode_values``) of every rank, concatenated in rank order
     (= the step's prompt order): the record and the series describe the step's whole rollout batch
