@@ -365,6 +365,14 @@ class EvalSection:
     lm_eval_tasks: list[str] = field(default_factory=list)
     lm_eval_limit: int = 0
 
+    def __post_init__(self) -> None:
+        for key in ("n_harmful", "n_benign", "n_borderline", "n_pairs", "n_helpfulness", "lm_eval_limit"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"eval.{key} must be >= 0 (0: the whole split), got {getattr(self, key)}")
+        for key in ("max_new_tokens", "batch_size", "score_batch_size", "max_length"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"eval.{key} must be >= 1, got {getattr(self, key)}")
+
 
 @dataclass
 class ProfileConfig:

@@ -138,3 +138,16 @@ def test_chat_template_files_of_profiles_exist_and_render():
 def test_gate_settings_out_of_range_are_config_errors(override):
     with pytest.raises(ConfigError, match="gate_quantile must be in"):
         load_config("default", [override])
+
+
+@pytest.mark.parametrize("override,key", [("eval.n_harmful=-5", "eval.n_harmful"), ("eval.n_pairs=-1", "eval.n_pairs"),
+                                          ("eval.lm_eval_limit=-2", "eval.lm_eval_limit"),
+                                          ("eval.batch_size=0", "eval.batch_size")])
+def test_negative_eval_caps_are_config_errors(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config("smoke", [override])
+
+
+def test_non_integer_eval_cap_is_a_type_error():
+    with pytest.raises(ConfigError, match="eval.n_harmful' expects int"):
+        load_config("smoke", ["eval.n_harmful=2.5"])
