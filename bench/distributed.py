@@ -200,23 +200,38 @@ def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def _launcher_rank_world(env) -> tuple[int, int]:
+    """(rank, world size) the launcher gave this process, read without writing: RANK / WORLD_SIZE
+    when set, else srun's or mpirun's own variables (before :func:`ensure_process_group_env` has
+    mapped them, e.g. when a stage opens its log), else (0, 1)."""
+    if "RANK" in env or "WORLD_SIZE" in env:
+        return _int_or(env.get("RANK"), 0), _int_or(env.get("WORLD_SIZE"), 1)
+    try:
+        _, r, w, _, _ = _detect(env)
+    except DistributedEnvError:
+        return 0, 1
+    return r, w
+
+
 def rank() -> int:
-    """This process's global rank: the process group's when one is up, else the launcher's RANK
-    (so a rank that has not joined the group yet already knows it must not write), else 0."""
+    """This process's global rank: the process group's when one is up, else the launcher's (RANK,
+    or srun's / mpirun's variables before they are mapped), so a rank that has not joined the group
+    yet already knows it must not write; else 0."""
     if is_initialized():
         import torch.distributed as dist
 
         return dist.get_rank()
-    return _int_or(os.environ.get("RANK"), 0)
+    return _launcher_rank_world(os.environ)[0]
 
 
 def world_size() -> int:
-    """Number of processes: the process group's when one is up, else the launcher's WORLD_SIZE, else 1."""
+    """Number of processes: the process group's when one is up, else the launcher's (as :func:`rank`),
+    else 1."""
     if is_initialized():
         import torch.distributed as dist
 
         return dist.get_world_size()
-    return _int_or(os.environ.get("WORLD_SIZE"), 1)
+    return _launcher_rank_world(os.environ)[1]
 
 
 def is_main_process() -> bool:

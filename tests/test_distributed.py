@@ -131,6 +131,32 @@ def test_mpirun_variables_are_mapped():
         ensure_process_group_env(env={k: v for k, v in env.items() if k != "MASTER_ADDR"})
 
 
+def test_rank_before_the_launcher_variables_are_mapped(monkeypatch):
+    """A stage opens its log (log.txt on rank 0, log.rank<N>.txt elsewhere) before the trainer maps
+    srun's variables to RANK / WORLD_SIZE: rank() must read srun's (and mpirun's) own already. (The bug
+    an srun run of 2 tasks showed: task 1 logged into rank 0's log.txt.)"""
+    from bench import distributed as bd
+
+    no_launcher(monkeypatch)
+    assert (bd.rank(), bd.world_size(), bd.is_main_process()) == (0, 1, True)
+    for k, v in {"SLURM_STEP_ID": "0", "SLURM_PROCID": "1", "SLURM_LOCALID": "1", "SLURM_STEP_NUM_TASKS": "2",
+                 "SLURM_NTASKS": "2", "SLURM_NNODES": "1"}.items():
+        monkeypatch.setenv(k, v)
+    assert (bd.rank(), bd.world_size(), bd.is_main_process()) == (1, 2, False)
+    assert "RANK" not in os.environ  # read, not written
+    monkeypatch.setenv("SLURM_STEP_ID", "4294967294")  # the batch script itself: one process
+    assert (bd.rank(), bd.world_size()) == (0, 1)
+    monkeypatch.delenv("SLURM_STEP_ID")
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "3")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    assert (bd.rank(), bd.world_size()) == (3, 4)
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "x")  # unreadable: no launcher, as before
+    assert (bd.rank(), bd.world_size()) == (0, 1)
+    monkeypatch.setenv("RANK", "0")  # a launcher's RANK / WORLD_SIZE win over everything
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert (bd.rank(), bd.world_size()) == (0, 2)
+
+
 # -------------------------------------------------------------- DeepSpeed without a launcher (CPU)
 
 DS_INIT = textwrap.dedent("""

@@ -2,16 +2,25 @@
 
 Each case runs the smoke profile's stage twice in clean subprocesses (never the launcher variables
 in the pytest process): ``bench <stage>`` as one process, and ``torchrun --nproc_per_node 2 -m bench
-<stage>`` (gloo). The configured ``batch_size`` x ``grad_accum`` is the global batch of an optimizer
-step at any world size (``bench.train.hf_trainer.per_rank_batch``; PPO's ``rollout_prompts`` and
-``mini_batch_size`` likewise, ``bench.train.ppo_backends.per_rank_section``), so both runs see the same
-examples in the same steps.
+<stage>`` (gloo). sft also runs under the other launchers the docs name: ``accelerate launch
+--multi_gpu --num_processes 2`` (see ACCELERATE_CPU_NOTE for why not ``--cpu``), the ``deepspeed``
+launcher (``--num_gpus 2 --no_local_rank --module``: on a host without GPUs DeepSpeed's CPU
+accelerator starts one process per slot), and two tasks of an srun job step (SLURM_* variables
+only; no Slurm here, so the two processes are started by the test with what srun would set). Slow:
+ZeRO-2 offload (the V100 profiles' DeepSpeed JSON) at 2 ranks under ``deepspeed`` and ``accelerate
+launch --use_deepspeed``, against one process with the same JSON.
+
+The configured ``batch_size`` x ``grad_accum`` is the global batch of an optimizer step at any world
+size (``bench.train.hf_trainer.per_rank_batch``; PPO's ``rollout_prompts`` and ``mini_batch_size``
+likewise, ``bench.train.ppo_backends.per_rank_section``), so both runs see the same examples in the
+same steps.
 
 What is compared, and why a tolerance: for sft, reward, cost and dpo every metric of the record
 and every logged loss of the series, to rel 1e-5 / abs 1e-6. Two ranks average their gradients
 with a gloo all-reduce (and the logged loss with a gather) in a different summation order than one
 process's batch mean, so the last bits of fp32 differ (measured: <= 1.3e-7 absolute on the reward
-and cost scores, identical sft losses). PPO at two ranks samples each rank's rollouts from its own
+and cost scores, identical sft losses under torchrun, accelerate, deepspeed and srun; <= 9.6e-7 on
+the sft losses under ZeRO-2 offload). PPO at two ranks samples each rank's rollouts from its own
 RNG stream (seeded by step and rank) and whitens advantages per rank, so its sampled numbers are not
 the one-process numbers; it is compared on what does not depend on the samples (steps, episodes per
 step = ``rollout_prompts``, metric names) and checked finite.
@@ -21,8 +30,8 @@ the run folder holds exactly one ``model/`` with weights and no temp folders. Ki
 after the first PPO checkpoint; the launcher ends rank 0, the run exits non-zero with no record and
 no model, and the same command then resumes from the checkpoint and finishes.
 
-    python -m pytest tests/test_multirank.py -q            # fast part (~2 min on 2 CPU cores)
-    python -m pytest tests/test_multirank.py -q -m slow    # dpo, ppo, kill/resume, srun-style
+    python -m pytest tests/test_multirank.py -q            # fast part (~3 min on 2 busy CPU cores)
+    python -m pytest tests/test_multirank.py -q -m slow    # dpo, ppo, kill/resume, ZeRO-2 launchers
 """
 
 from __future__ import annotations
@@ -54,19 +63,67 @@ def clean_env(**extra) -> dict:
     return env
 
 
-def command(stage: str, nproc: int, profile: str, *args: str) -> list[str]:
-    bench = ["-m", "bench", stage, "--profile", "smoke", f"profile.name={profile}", *args]
+BIN = Path(sys.executable).parent  # the venv's launchers (accelerate, deepspeed) beside its python
+DS_JSON = "configs/deepspeed/zero2_offload.json"  # the V100 profiles' (and slurm/accelerate.sbatch's DS_CONFIG)
+
+
+def command(stage: str, nproc: int, profile: str, *args: str, launcher: str = "torchrun") -> list[str]:
+    """The stage's command line: ``python -m bench`` for one process, else under ``launcher``."""
+    bench = ["bench", stage, "--profile", "smoke", f"profile.name={profile}", *args]
+    port = str(free_port())
     if nproc == 1:
-        return [sys.executable, *bench]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-            "--master_port", str(free_port()), *bench]
+        return [sys.executable, "-m", *bench]
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", port,
+                "-m", *bench]
+    if launcher == "accelerate":  # see ACCELERATE_CPU_NOTE: --multi_gpu is the form that starts nproc processes
+        return [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines",
+                "1", "--main_process_port", port, "--mixed_precision", "no", "--dynamo_backend", "no", "-m", *bench]
+    if launcher == "accelerate-deepspeed":  # slurm/accelerate.sbatch's form on one node; the JSON from accelerate
+        return [str(BIN / "accelerate"), "launch", "--use_deepspeed", "--deepspeed_config_file", DS_JSON,
+                "--deepspeed_multinode_launcher", "standard", "--num_processes", str(nproc), "--num_machines", "1",
+                "--main_process_port", port, "--mixed_precision", "no", "--dynamo_backend", "no", "-m", *bench]
+    if launcher == "deepspeed":  # slurm/deepspeed.sbatch's form on one node (CPU accelerator: one rank per slot)
+        return [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", port, "--no_local_rank",
+                "--module", *bench]
+    raise ValueError(launcher)
 
 
-def run(stage: str, nproc: int, profile: str, *args: str) -> subprocess.CompletedProcess:
-    r = subprocess.run(command(stage, nproc, profile, *args), env=clean_env(), cwd=REPO, capture_output=True,
-                       text=True, timeout=TIMEOUT)
-    assert r.returncode == 0, f"{stage} x{nproc}: rc {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-4000:]}"
+def run(stage: str, nproc: int, profile: str, *args: str, launcher: str = "torchrun") -> subprocess.CompletedProcess:
+    r = subprocess.run(command(stage, nproc, profile, *args, launcher=launcher), env=clean_env(), cwd=REPO,
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, f"{stage} x{nproc} {launcher}: rc {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-4000:]}"
     return r
+
+
+def srun_env(procid: int, ntasks: int, port: str) -> dict:
+    """What ``srun --ntasks <n>`` gives each task on one node (a job step; no RANK / WORLD_SIZE):
+    bench.distributed maps it to the env:// variables."""
+    return clean_env(SLURM_JOB_ID="4242", SLURM_JOBID="4242", SLURM_STEP_ID="0", SLURM_STEPID="0",
+                     SLURM_PROCID=str(procid), SLURM_LOCALID=str(procid), SLURM_NODEID="0",
+                     SLURM_STEP_NUM_TASKS=str(ntasks), SLURM_STEP_NUM_NODES="1", SLURM_STEP_TASKS_PER_NODE=str(ntasks),
+                     SLURM_NTASKS=str(ntasks), SLURM_NPROCS=str(ntasks), SLURM_NNODES="1", SLURM_JOB_NUM_NODES="1",
+                     SLURM_TASKS_PER_NODE=str(ntasks), MASTER_PORT=port)
+
+
+def run_srun(stage: str, ntasks: int, profile: str, *args: str) -> list[str]:
+    """``srun --ntasks <n> python -m bench <stage>`` as our detection sees it: n plain processes
+    with a job step's variables. Returns each task's stderr; all must exit 0."""
+    port = str(free_port())
+    procs = [subprocess.Popen(command(stage, 1, profile, *args), env=srun_env(i, ntasks, port), cwd=REPO, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(ntasks)]
+    outs = []
+    try:
+        for i, p in enumerate(procs):
+            out, err = p.communicate(timeout=TIMEOUT)
+            assert p.returncode == 0, f"{stage} srun task {i}: rc {p.returncode}\n{out[-3000:]}\n{err[-4000:]}"
+            outs.append(err)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return outs
 
 
 def run_dir(profile: str, variant: str) -> Path:
@@ -131,6 +188,66 @@ def test_two_ranks_give_the_records_of_one(base, stage):
     assert_one_writer(TWO, variant)
     marker = json.loads((run_dir(TWO, "stages") / f"{stage}.done").read_text())
     assert marker["variants"][variant] == record(TWO, variant)["config_hash"]
+
+
+# ------------------------------------------------------- the other launchers the docs name (sft)
+
+ACCELERATE_CPU_NOTE = """`accelerate launch --cpu --num_processes 2` (accelerate 1.15) starts ONE process: with --cpu,
+launch_command always takes simple_launcher, which runs the script once with MASTER_ADDR / MASTER_PORT
+and no RANK / WORLD_SIZE (several CPU processes need --mpirun_hostfile and an mpirun). bench therefore
+runs it as a world of one, correctly. `--multi_gpu --num_processes 2` is the form that starts 2 ranks:
+multi_gpu_launcher hands over to torch.distributed.run, and on a host without GPUs accelerate and the
+HF Trainer pick gloo (MULTI_CPU). The docs' form adds --use_deepspeed (slurm/accelerate.sbatch)."""
+
+
+@pytest.mark.parametrize("launcher", ["accelerate", "deepspeed"])
+def test_launchers_two_ranks_give_the_records_of_one(base, launcher):
+    """sft at 2 ranks under `accelerate launch --multi_gpu` and under the `deepspeed` launcher (CPU
+    accelerator; --no_local_rank as in slurm/deepspeed.sbatch; no DeepSpeed JSON, so DDP over gloo)
+    against 1 process: the torchrun comparison above, with each launcher's own variables."""
+    profile = f"mr-{launcher}"
+    run("sft", 1, ONE)
+    r = run("sft", 2, profile, launcher=launcher)
+    assert "mpi4py" not in r.stderr
+    compare_records(record(ONE, "sft"), record(profile, "sft"))
+    assert_one_writer(profile, "sft")
+
+
+def test_srun_two_tasks_give_the_records_of_one(base):
+    """Two tasks of an srun job step (SLURM_* only, no RANK / WORLD_SIZE) against 1 process: the
+    tasks find each other through bench.distributed alone, and rank 1 knows it is rank 1 from the
+    start (its log is log.rank1.txt, it never writes the record)."""
+    profile = "mr-srun"
+    run("sft", 1, ONE)
+    errs = run_srun("sft", 2, profile)
+    assert not any("mpi4py" in e for e in errs)
+    compare_records(record(ONE, "sft"), record(profile, "sft"))
+    assert_one_writer(profile, "sft")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["deepspeed", "accelerate-deepspeed"])
+def test_deepspeed_zero2_offload_two_ranks(base, launcher):
+    """The V100 path on CPU, 2 ranks, ZeRO-2 with the optimizer offloaded to DeepSpeed's CPU Adam,
+    against 1 process with the same JSON (``sft.deepspeed=``, no launcher): the `deepspeed` launcher
+    with the profile's JSON (slurm/deepspeed.sbatch), and `accelerate launch --use_deepspeed
+    --deepspeed_config_file` (slurm/accelerate.sbatch; accelerate's plugin engages DeepSpeed on CPU
+    too: the Trainer's state is DistributedType.DEEPSPEED). Measured: losses within 1e-6 of one
+    process (ZeRO's partitioned reduce sums in another order). About 35 s each, and it needs
+    DeepSpeed's CPU ops built (JIT, minutes): skipped without them."""
+    from test_distributed import _deepspeed_cpu_ops_ready  # the same check as the 1-process DeepSpeed test
+
+    why = _deepspeed_cpu_ops_ready()
+    if why:
+        pytest.skip(why)
+    ds = f"sft.deepspeed={DS_JSON}"
+    run("sft", 1, "mr-ds1", ds)
+    profile = f"mr-{launcher}-z2"
+    r = run("sft", 2, profile, *((ds,) if launcher == "deepspeed" else ()), launcher=launcher)
+    assert "mpi4py" not in r.stderr
+    assert "deepspeed_shm_comm" in r.stdout + r.stderr  # DeepSpeed's comm came up (its CPU all-reduce op)
+    compare_records(record("mr-ds1", "sft"), record(profile, "sft"))
+    assert_one_writer(profile, "sft")
 
 
 @pytest.mark.slow
