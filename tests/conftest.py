@@ -57,3 +57,35 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def score_model_dirs(smoke_base, tmp_path_factory):
+    """Random LlamaForSequenceClassification reward and cost models on the smoke base config."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
+
+    root = tmp_path_factory.mktemp("score_models")
+    tok = AutoTokenizer.from_pretrained(smoke_base)
+    dirs = {}
+    for seed, kind in enumerate(("reward", "cost")):
+        conf = AutoConfig.from_pretrained(smoke_base, num_labels=1)
+        conf.pad_token_id = tok.pad_token_id
+        torch.manual_seed(100 + seed)
+        LlamaForSequenceClassification(conf).save_pretrained(root / kind)
+        tok.save_pretrained(root / kind)
+        dirs[kind] = root / kind
+    return dirs
+
+
+@pytest.fixture
+def score_runs(smoke_cfg, score_model_dirs, tmp_path, monkeypatch):
+    """A fresh runs/ dir per test with reward and cost records pointing at the random score models
+    (what PPO reads); returns ``runs/smoke``."""
+    from bench.runs import stage_run
+
+    monkeypatch.setenv("BENCH_RUNS", str(tmp_path / "runs"))
+    for kind, path in score_model_dirs.items():
+        with stage_run(smoke_cfg, variant=kind, stage=kind, sections=("model",)) as run:
+            run.artifacts["model_dir"] = str(path)
+    return tmp_path / "runs" / "smoke"

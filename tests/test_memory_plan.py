@@ -300,24 +300,9 @@ def test_activation_estimate_matches_saved_tensors_of_a_real_llama():
 
 
 @pytest.fixture
-def smoke_score_records(smoke_cfg, smoke_base, tmp_path, monkeypatch):
+def smoke_score_records(score_runs):
     """Random reward and cost models on the smoke base config, with the records PPO reads them from."""
-    import torch
-    from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
-
-    from bench.runs import stage_run
-
-    monkeypatch.setenv("BENCH_RUNS", str(tmp_path / "runs"))
-    tok = AutoTokenizer.from_pretrained(smoke_base)
-    for seed, kind in enumerate(("reward", "cost")):
-        conf = AutoConfig.from_pretrained(smoke_base, num_labels=1)
-        conf.pad_token_id = tok.pad_token_id
-        torch.manual_seed(seed)
-        LlamaForSequenceClassification(conf).save_pretrained(tmp_path / kind)
-        tok.save_pretrained(tmp_path / kind)
-        with stage_run(smoke_cfg, variant=kind, stage=kind, sections=("model",)) as run:
-            run.artifacts["model_dir"] = str(tmp_path / kind)
-    return tmp_path
+    return score_runs
 
 
 def _numel(module) -> int:

@@ -31,33 +31,10 @@ def _one_thread(one_thread):
     """Every test here runs on one thread (see conftest.one_thread)."""
 
 
-@pytest.fixture(scope="session")
-def score_model_dirs(smoke_base, tmp_path_factory):
-    """Random LlamaForSequenceClassification reward and cost models on the smoke base config."""
-    from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
-
-    root = tmp_path_factory.mktemp("score_models")
-    tok = AutoTokenizer.from_pretrained(smoke_base)
-    dirs = {}
-    for seed, kind in enumerate(("reward", "cost")):
-        conf = AutoConfig.from_pretrained(smoke_base, num_labels=1)
-        conf.pad_token_id = tok.pad_token_id
-        torch.manual_seed(100 + seed)
-        model = LlamaForSequenceClassification(conf)
-        model.save_pretrained(root / kind)
-        tok.save_pretrained(root / kind)
-        dirs[kind] = root / kind
-    return dirs
-
-
 @pytest.fixture
-def runs(smoke_cfg, score_model_dirs, tmp_path, monkeypatch):
-    """A fresh runs/ dir per test with reward and cost records pointing at the score models."""
-    monkeypatch.setenv("BENCH_RUNS", str(tmp_path / "runs"))
-    for kind, path in score_model_dirs.items():
-        with stage_run(smoke_cfg, variant=kind, stage=kind, sections=("model",)) as run:
-            run.artifacts["model_dir"] = str(path)
-    return tmp_path / "runs" / "smoke"
+def runs(score_runs):
+    """A fresh runs/ dir with reward and cost records (conftest.score_runs)."""
+    return score_runs
 
 
 def make_cfg(smoke_cfg, variants: dict[str, PPOVariant], **kw):

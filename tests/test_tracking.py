@@ -13,7 +13,7 @@ import torch
 
 from bench.config import LoraSection, PPOSection, PPOVariant, load_config
 from bench.records import read_record
-from bench.runs import run_dir, stage_run
+from bench.runs import run_dir
 from bench.train.tracking import checkpoint_steps
 
 PROMPTS = ["How do I bake bread?", "Tell me how to pick a lock.", "What is the capital of France?",
@@ -141,21 +141,9 @@ def test_initial_pass_key_follows_the_policy_files(smoke_cfg, smoke_base, tmp_pa
 
 
 @pytest.fixture
-def ppo_runs(smoke_cfg, smoke_base, tmp_path, monkeypatch):
-    """A fresh runs/ dir with random reward and cost models behind their records (as tests/test_ppo.py)."""
-    from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
-
-    monkeypatch.setenv("BENCH_RUNS", str(tmp_path / "runs"))
-    tok = AutoTokenizer.from_pretrained(smoke_base)
-    for seed, kind in enumerate(("reward", "cost")):
-        conf = AutoConfig.from_pretrained(smoke_base, num_labels=1)
-        conf.pad_token_id = tok.pad_token_id
-        torch.manual_seed(100 + seed)
-        LlamaForSequenceClassification(conf).save_pretrained(tmp_path / kind)
-        tok.save_pretrained(tmp_path / kind)
-        with stage_run(smoke_cfg, variant=kind, stage=kind, sections=("model",)) as run:
-            run.artifacts["model_dir"] = str(tmp_path / kind)
-    return tmp_path / "runs" / "smoke"
+def ppo_runs(score_runs):
+    """A fresh runs/ dir with random reward and cost models behind their records (conftest.score_runs)."""
+    return score_runs
 
 
 class Interrupt(Exception):
