@@ -125,3 +125,16 @@ def test_variant_lock_makes_concurrent_runs_do_the_work_once(tmp_path):
         p.join(30)
     assert all(p.exitcode == 0 for p in procs)
     assert log.read_text() == "work\n"
+
+
+def test_json_sha256_is_the_canonical_json_digest():
+    import hashlib
+
+    from bench.io import json_sha256
+
+    obj = {"b": [1, 2.5, None], "a": "é", "t": ("x", 1)}
+    blob = json.dumps(obj, sort_keys=True, default=str)
+    assert json_sha256(obj) == hashlib.sha256(blob.encode()).hexdigest()
+    assert json_sha256(obj, length=16) == hashlib.sha256(blob.encode()).hexdigest()[:16]
+    assert json_sha256({"a": "é"}, ensure_ascii=False) != json_sha256({"a": "é"})  # the UTF-8 form is its own key
+    assert json_sha256({"x": 1, "y": 2}) == json_sha256({"y": 2, "x": 1})

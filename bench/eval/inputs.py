@@ -13,12 +13,11 @@ because every step of the battery reads them and none of them depends on the sco
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 
 from bench.config import ProfileConfig
-from bench.io import atomic_write_json
+from bench.io import atomic_write_json, json_sha256
 from bench.runs import EVAL_STAGE, run_dir
 
 # The refusal sets: (metric prefix, data role, label filter, cap field)
@@ -32,7 +31,7 @@ REFUSAL_SETS = (
 
 def sha(obj) -> str:
     """sha256 of an object's canonical JSON (sorted keys, UTF-8 as is): the battery's cache and config keys."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+    return json_sha256(obj, ensure_ascii=False)
 
 
 def _cap(rows: list[dict], n: int) -> list[dict]:

@@ -30,13 +30,11 @@ of checkpoints, so it re-runs when a new trained variant or checkpoint appears.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import time
 from typing import Callable
 
 from bench.config import ProfileConfig
-from bench.io import atomic_write_text
+from bench.io import atomic_write_text, json_sha256
 from bench.runs import find_record, is_done, run_dir, stage_run
 from bench.stats import rate_metric, scalar_metric
 from bench.steer.spec import GateSpec, SteeringSpec
@@ -80,8 +78,7 @@ def load_prompt_sets(cfg: ProfileConfig) -> tuple[dict[str, list[str]], dict[str
 
 
 def _hash(*parts) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return json_sha256(parts, length=16)
 
 
 def _detector() -> tuple[Callable, dict]:

@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.config import ProfileConfig
-from bench.io import atomic_write_bytes, atomic_write_json
+from bench.io import atomic_write_bytes, atomic_write_json, json_sha256
 from bench.runs import cache_dir
 from bench.stats import rate_metric
 
@@ -357,8 +357,6 @@ class Tracker:
     def _initial_key(self) -> str:
         """What the initial pass depends on: the initial folder's weights (path, size and mtime of
         each file: a retrained policy rewrites them), the validation sets and the pass's settings."""
-        import hashlib
-
         from bench.eval.refusal import DETECTOR_NAME, DETECTOR_VERSION
 
         files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(self.init_dir).iterdir()
@@ -368,7 +366,7 @@ class Tracker:
                "data": self.vs.identities, "system_prompt": self.cfg.model.system_prompt, "dtype": self.cfg.model.dtype,
                "batch": [ev.batch_size, ev.score_batch_size, ev.max_length],
                "detector": [DETECTOR_NAME, DETECTOR_VERSION]}
-        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
+        return json_sha256(key, length=32)
 
     def _initial_policy_logps(self) -> dict | None:
         """Pair log-probs of the run's initial policy, loaded from ``init_dir`` (only a run resumed
