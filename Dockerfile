@@ -133,5 +133,5 @@ LABEL org.opencontainers.image.title="align-bench" \
       org.align-bench.lock="requirements/v100.txt"
 
 # Like Apptainer's %runscript: a stage of a GPU profile without a GPU (no --gpus) stops with one line.
-ENTRYPOINT ["/bin/sh", "-c", "/opt/venv/bin/python -m bench.gpu_check \"$@\" || exit $?; exec \"$@\"", "align-bench"]
+ENTRYPOINT ["/bin/sh", "-c", "/opt/venv/bin/python -m bench.nv_check \"$@\" || exit $?; exec \"$@\"", "align-bench"]
 CMD ["make", "help"]

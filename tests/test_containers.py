@@ -161,12 +161,12 @@ def test_def_runscript_runs_its_arguments_in_the_project(apptainer):
     for var, default in (("BENCH_RUNS", "runs"), ("BENCH_CACHE", ".cache/bench"), ("BENCH_LEADERBOARDS", "leaderboards")):
         assert f'export {var}="${{{var}:-${{PWD}}/{default}}}"' in env, var
     assert "PYTHONDONTWRITEBYTECODE=1" in env and "cache_dir=${BENCH_CACHE}/pytest" in env
-    assert '/opt/venv/bin/python -m bench.gpu_check "$@" || exit $?' in s["runscript"]
+    assert '/opt/venv/bin/python -m bench.nv_check "$@" || exit $?' in s["runscript"]
 
 
 def _runscript(apptainer, tmp_path: Path) -> tuple[Path, Path, Path]:
     """%environment + %runscript as one sh script, with the project directory moved to a temp dir and
-    the image's interpreter replaced by this one (bench.gpu_check runs from the installed package)."""
+    the image's interpreter replaced by this one (bench.nv_check runs from the installed package)."""
     _, s = apptainer
     project = tmp_path / "opt-align-bench"
     (project / "leaderboards").mkdir(parents=True)
@@ -222,27 +222,27 @@ def test_def_runscript_stops_a_gpu_profile_without_nv(apptainer, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-def test_gpu_check_rules(monkeypatch):
-    from bench import gpu_check
+def test_nv_check_rules(monkeypatch):
+    from bench import nv_check
 
-    assert gpu_check.profile_from_argv(["make", "ppo", "PROFILE=x"], {}) == "x"
-    assert gpu_check.profile_from_argv(["bench", "sft", "--profile=y"], {"PROFILE": "z"}) == "y"
-    assert gpu_check.profile_from_argv(["make", "ppo"], {"PROFILE": "z"}) == "z"
-    assert gpu_check.profile_from_argv(["make", "ppo"], {}) == "default"
-    assert gpu_check.gpu_reasons({"model": {"dtype": "float32"}, "sft": {"lr": 1}}) == []
-    assert gpu_check.gpu_reasons({"model": {"dtype": "float16"}, "ppo": {"deepspeed": "z.json", "fp16": True},
+    assert nv_check.profile_from_argv(["make", "ppo", "PROFILE=x"], {}) == "x"
+    assert nv_check.profile_from_argv(["bench", "sft", "--profile=y"], {"PROFILE": "z"}) == "y"
+    assert nv_check.profile_from_argv(["make", "ppo"], {"PROFILE": "z"}) == "z"
+    assert nv_check.profile_from_argv(["make", "ppo"], {}) == "default"
+    assert nv_check.gpu_reasons({"model": {"dtype": "float32"}, "sft": {"lr": 1}}) == []
+    assert nv_check.gpu_reasons({"model": {"dtype": "float16"}, "ppo": {"deepspeed": "z.json", "fp16": True},
                                   "eval": {"device": "cuda:0"}}) \
         == ["model.dtype=float16", "ppo.deepspeed", "ppo.fp16", "eval.device=cuda:0"]
     for profile in ("llama2-7b-v100", "tinyllama-1.1b-v100"):
-        assert "sft.deepspeed" in gpu_check.profile_reasons(profile), profile
+        assert "sft.deepspeed" in nv_check.profile_reasons(profile), profile
     for profile in ("default", "smoke", "no-such-profile"):
-        assert gpu_check.profile_reasons(profile) == [], profile
+        assert nv_check.profile_reasons(profile) == [], profile
     argv = ["make", "ppo", "PROFILE=llama2-7b-v100"]
-    assert gpu_check.check(argv, {}, gpus=lambda: 1) is None
-    assert "--nv" in gpu_check.check(argv, {}, gpus=lambda: 0)
-    assert gpu_check.check(["make", "fetch", "PROFILE=llama2-7b-v100"], {}, gpus=lambda: 0) is None
+    assert nv_check.check(argv, {}, gpus=lambda: 1) is None
+    assert "--nv" in nv_check.check(argv, {}, gpus=lambda: 0)
+    assert nv_check.check(["make", "fetch", "PROFILE=llama2-7b-v100"], {}, gpus=lambda: 0) is None
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert gpu_check.visible_gpus() == 0
+    assert nv_check.visible_gpus() == 0
 
 
 def test_def_test_section_checks_the_stack(apptainer):

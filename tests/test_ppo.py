@@ -605,7 +605,7 @@ def _two_ranks(fn):
     all-reduce sum (a barrier and a shared slot per call): the collective, without a process group."""
     import threading
 
-    barrier, slots, out = threading.Barrier(2), [None, None], [None, None]
+    barrier, slots, out = threading.Barrier(2, timeout=30), [None, None], [None, None]  # a broken rank fails the other
 
     def reducer(rank):
         def reduce(x):
@@ -616,7 +616,7 @@ def _two_ranks(fn):
             return total
         return reduce
 
-    threads = [threading.Thread(target=lambda r=r: out.__setitem__(r, fn(r, reducer(r)))) for r in (0, 1)]
+    threads = [threading.Thread(target=lambda r=r: out.__setitem__(r, fn(r, reducer(r))), daemon=True) for r in (0, 1)]
     for t in threads:
         t.start()
     for t in threads:

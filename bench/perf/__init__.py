@@ -39,6 +39,7 @@ from typing import Callable
 
 from bench.config import REPO_ROOT, ProfileConfig, dump_yaml
 from bench.perf.timing import rates, ratio, summarize
+from bench.published import leaderboards_root
 from bench.runs import PIPELINE_STAGES, record_paths, runs_root, stage_rank
 
 TARGET_SCORING_SPEEDUP = 2.0
@@ -67,12 +68,8 @@ QUICK = Sizes(score_pairs=6, gen_prompts=4, gen_max_new_tokens=8, dpo_pairs=4, p
               gpu_batch=2, gpu_steps=2, ppo7b_prompts=1, ppo7b_prompt_len=64, ppo7b_new_tokens=16)
 
 
-def leaderboards_dir() -> Path:
-    return Path(os.environ.get("BENCH_LEADERBOARDS", REPO_ROOT / "leaderboards"))
-
-
 def output_paths(profile: str, out_dir: Path | None = None, only: str | None = None) -> tuple[Path, Path]:
-    d = Path(out_dir) if out_dir else leaderboards_dir()
+    d = Path(out_dir) if out_dir else leaderboards_root()
     # A GPU-only report (measured on a GPU node) sits beside the CPU one instead of replacing it.
     stem = "perf-gpu" if only == "gpu" else ("perf" if profile == "default" else f"perf-{profile}")
     return d / f"{stem}.md", d / f"{stem}.json"

@@ -153,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu-check: no CUDA device on this machine (torch.cuda.is_available() is False); nothing run, "
               "nothing written", file=sys.stderr)
         return 2
-    from bench.config import REPO_ROOT
     from bench.provenance import git_state
+    from bench.published import leaderboards_root
+    from bench.runs import profile_root
 
-    out_dir = Path(args.out_dir) if args.out_dir else REPO_ROOT / "leaderboards"
+    out_dir = Path(args.out_dir) if args.out_dir else leaderboards_root()
     t0 = time.perf_counter()
     git = git_state()
     result = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": torch.cuda.get_device_name(0),
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "BENCH_RUNS": str(tmp / "runs"), "BENCH_CACHE": str(tmp / "cache"),
                "BENCH_LEADERBOARDS": str(tmp / "leaderboards"), "HF_HUB_OFFLINE": "1",
                "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
-        logs = Path(args.log_dir) if args.log_dir else REPO_ROOT / "runs" / "gpu-check"
+        logs = Path(args.log_dir) if args.log_dir else profile_root("gpu-check")
         logs.mkdir(parents=True, exist_ok=True)
         for step in plan():
             left = BUDGET_S - (time.perf_counter() - t0)

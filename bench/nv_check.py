@@ -1,7 +1,7 @@
 """Stop at once, with one line, when a GPU profile runs in a container started without ``--nv``.
 
-    python -m bench.gpu_check make ppo PROFILE=llama2-7b-v100     # Apptainer.def's %runscript runs this
-    python -m bench.gpu_check bench sft --profile llama2-7b-v100  # before `exec "$@"`; exit 0 = go on
+    python -m bench.nv_check make ppo PROFILE=llama2-7b-v100     # Apptainer.def's %runscript runs this
+    python -m bench.nv_check bench sft --profile llama2-7b-v100  # before `exec "$@"`; exit 0 = go on
 
 Without ``--nv`` Apptainer binds no NVIDIA driver library into the container, so ``libcuda.so.1``
 cannot be loaded, torch sees no GPU and a fp16 DeepSpeed stage of a V100 profile would fail deep
