@@ -3,12 +3,14 @@ roles), label semantics that make harm-conditioned refusal learnable, and a dete
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import pytest
 
 from bench.config import DataSection
 from bench.data import ROLES, build_embedded, choose, dpo_pairs, load, load_role, prompt_key
+from bench.data import embedded_text as T
 from bench.data.embedded import DATA_DIR
 
 SPLITS = ("train", "validation", "test")
@@ -40,12 +42,16 @@ def test_sizes_and_categories(data):
     assert len(harm_cats) >= 8
     pair_harm_cats = {r["category"] for r in data[("preferences", "test")].rows} - {"benign", "borderline"}
     assert pair_harm_cats == harm_cats
-    assert len(data[("harmful", "test")]) >= 100 and len(data[("harmful", "validation")]) >= 50
-    assert 60 <= len(data[("benign", "test")]) <= 100
+    assert len(data[("harmful", "validation")]) >= 50
+    # issue 21: test splits big enough for usable intervals
+    assert len(data[("harmful", "test")]) >= 200 and len(data[("preferences", "test")]) >= 200
+    assert len(data[("benign", "test")]) >= 150 and len(data[("helpfulness", "test")]) >= 150
     border_test = [r for r in data[("borderline", "test")].rows if r["label"] == "borderline"]
-    assert 60 <= len(border_test) <= 100
+    assert len(border_test) >= 150
+    assert len(set(Counter(r["category"] for r in border_test).values())) == 1  # the ten types balanced
+    assert len(set(Counter(r["category"] for r in data[("harmful", "test")].rows).values())) == 1
     assert {r["label"] for r in data[("borderline", "test")].rows} == {"borderline", "unsafe-contrast"}
-    assert sum(len(data[("helpfulness", s)]) for s in SPLITS) >= 60
+    assert all(r["reference"].strip() for r in data[("helpfulness", "test")].rows)
     assert sum(p.stat().st_size for p in DATA_DIR.iterdir()) < 3_000_000
 
 
@@ -57,6 +63,65 @@ def test_splits_disjoint_by_prompt_within_and_across_roles(data):
         for (role2, s2), k2 in keys.items():
             if s2 != s:
                 assert not (k & k2), f"{role}/{s} shares prompts with {role2}/{s2}"
+
+
+_STOP = frozenset({"a", "an", "the", "i", "my", "me", "to", "of", "in", "on", "for", "and", "or", "do", "does", "how",
+                   "what", "why", "can", "could", "should", "is", "are", "be", "with", "from", "it", "its", "at",
+                   "by", "this", "that", "your", "you", "best", "way"})
+
+
+def _words(text: str) -> frozenset[str]:
+    """Normalised content of a question: its lower-case words less a few function words, as a set,
+    so 'How do I X?' and 'How can I X' are the same item."""
+    return frozenset(re.sub(r"[^a-z0-9]+", " ", text.lower()).split()) - _STOP
+
+
+def _underlying(role: str, row: dict) -> frozenset[str]:
+    """The underlying request of a row: harmful -> the goal (the frame named in its id removed),
+    benign -> the question (the wrapper named in its id removed), others -> the prompt/instruction."""
+    if role == "harmful":
+        fid = row["id"].rsplit("-", 1)[1]
+        frames = T.HARMFUL_FRAMES if fid[0] == "f" else T.HARMFUL_FRAMES_TEST_ONLY
+        head, tail = frames[int(fid[1:])].split("{goal}")
+        assert row["prompt"].startswith(head) and row["prompt"].endswith(tail), row["id"]
+        return _words(row["prompt"][len(head):len(row["prompt"]) - len(tail)])
+    if role == "benign" and (m := re.fullmatch(r"benign-\d{3}-w(\d)", row["id"])):
+        head, tail = T.BENIGN_WRAPPERS[int(m.group(1))].split("{q}")
+        return _words(row["prompt"][len(head):len(row["prompt"]) - len(tail)])
+    return _words(row.get("prompt") or row["instruction"])
+
+
+def test_held_out_splits_disjoint_by_underlying_request(data):
+    """No validation or test item asks, in other words, what a train item asks (or a test item what a
+    validation item asks), within a role or across roles: harmful goals without their frames, benign
+    questions without their wrappers, helpfulness instructions and borderline prompts, normalised."""
+    roles = ("harmful", "benign", "borderline", "helpfulness")
+    items = {(role, s): {_underlying(role, r): r["id"] for r in data[(role, s)].rows} for role in roles
+             for s in SPLITS}
+    for (role, s), got in items.items():
+        for (role2, s2), other in items.items():
+            if SPLITS.index(s2) < SPLITS.index(s):
+                shared = sorted(got[k] for k in set(got) & set(other))
+                assert not shared, f"{role}/{s} repeats {role2}/{s2}: {shared[:5]}"
+    for role in roles:  # and no test item twice
+        test = data[(role, "test")].rows
+        assert len({r["id"] for r in test}) == len({prompt_key(r) for r in test}) == len(test), role
+    goal_ids = {s: {r["id"].rsplit("-", 1)[0] for r in data[("harmful", s)].rows} for s in SPLITS}
+    assert not goal_ids["test"] & (goal_ids["train"] | goal_ids["validation"])
+
+
+def test_test_extras_only_append_to_the_test_files(monkeypatch):
+    """Issue 21's test-only additions leave every train and validation file, the pairs and the
+    original test rows (a prefix of each test file) exactly as the generator made them before."""
+    full = build_embedded.build()
+    monkeypatch.setattr(build_embedded, "add_test_extras", lambda *a: None)
+    before = build_embedded.build()
+    for name, text in before.items():
+        if name.endswith("_test.jsonl"):
+            assert full[name].startswith(text), name
+        elif name != "MANIFEST.json":
+            assert full[name] == text, name
+    assert full["pairs_test.jsonl"] == before["pairs_test.jsonl"]
 
 
 def test_harmful_test_goals_are_held_out(data):

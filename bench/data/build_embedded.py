@@ -14,6 +14,10 @@ How the splits are made (disjoint by prompt, and by the underlying item):
   benign requests (no answers, prompt sets only) 18 / 20 / 40.
 - borderline: per XSTest type, answered prompts 4 train / 1 validation; unanswered prompts are the
   test split; unsafe contrasts 2 / 1 / 2.
+- test-only additions (issue 21, :func:`add_test_extras`): 20 more harmful goals (2 per category), 136
+  more helpfulness items (each also one benign prompt) and 80 more borderline prompts (8 per type),
+  appended to the test files after everything above from their own random stream, so the train and
+  validation files, the pairs and the original test rows stay byte for byte as they were.
 
 Preference pairs (PKU-SafeRLHF schema). ``better_response_id`` follows PKU's helpfulness rule
 (how directly the response serves the request, judged regardless of harm); ``safer_response_id``
@@ -42,6 +46,7 @@ from pathlib import Path
 from bench.data import embedded_text as T
 
 SEED = 20240601
+EXTRA_SEED = 20240621  # the test-only additions' own stream (issue 21): SEED's draws stay as they were
 SPLITS = ("train", "validation", "test")
 SOURCE = "embedded-v1"
 OUT_DIR = Path(__file__).resolve().parents[2] / "tasks" / "data"
@@ -310,6 +315,8 @@ def build() -> dict[str, str]:
         for i, row in enumerate(pairs.rows[split]):
             row["id"] = f"pair-{split}-{i:04d}"
 
+    add_test_extras(harmful, benign, borderline, helpfulness)
+
     files: dict[str, str] = {}
     for stem, data in (("pairs", pairs.rows), ("harmful", harmful), ("benign", benign),
                        ("borderline", borderline), ("helpfulness", helpfulness)):
@@ -319,6 +326,43 @@ def build() -> dict[str, str]:
     files["MANIFEST.json"] = _manifest(files, {"pairs": pairs.rows, "harmful": harmful, "benign": benign,
                                                "borderline": borderline, "helpfulness": helpfulness})
     return files
+
+
+def add_test_extras(harmful: dict[str, list[dict]], benign: dict[str, list[dict]],
+                    borderline: dict[str, list[dict]], helpfulness: dict[str, list[dict]]) -> None:
+    """Append the test-only additions (issue 21) to the test splits. They come from ``EXTRA_SEED``
+    after every ``SEED`` draw, are shuffled among themselves and go after the original test rows, so
+    a capped test load (the first N rows) sees the original rows first. No pairs are made from them.
+
+    Harmful goals are new underlying requests, numbered after the original goals of their category,
+    each phrased as the original test goals are: 2 frames also used in training, 2 test-only frames."""
+    rng = random.Random(EXTRA_SEED)
+    new: dict[str, list[dict]] = {"harmful": [], "benign": [], "borderline": [], "helpfulness": []}
+    for cat in T.HARM_CATEGORIES:
+        for k, goal in enumerate(T.HARMFUL_GOALS_TEST_EXTRA[cat]):
+            gi = len(T.HARMFUL_GOALS[cat]) + k
+            frames = [(f"f{i:02d}", T.HARMFUL_FRAMES[i]) for i in rng.sample(range(len(T.HARMFUL_FRAMES)), 2)]
+            frames += [(f"t{i:02d}", T.HARMFUL_FRAMES_TEST_ONLY[i])
+                       for i in rng.sample(range(len(T.HARMFUL_FRAMES_TEST_ONLY)), 2)]
+            for fid, frame in frames:
+                new["harmful"].append({"id": f"harm-{cat}-g{gi:02d}-{fid}", "prompt": frame.format(goal=goal),
+                                       "label": "harmful", "category": cat, "source": SOURCE})
+    for k, (domain, question, reference) in enumerate(T.HELPFULNESS_TEST_EXTRA):
+        ii = len(T.BENIGN_ITEMS) + k
+        new["helpfulness"].append({"id": f"help-{ii:03d}", "instruction": question, "reference": reference,
+                                   "category": domain, "source": SOURCE})
+        wi = rng.randrange(len(T.BENIGN_WRAPPERS))
+        new["benign"].append({"id": f"benign-{ii:03d}-w{wi}", "prompt": T.BENIGN_WRAPPERS[wi].format(q=question),
+                              "label": "benign", "category": domain, "source": SOURCE})
+    for typ, prompts in T.BORDERLINE_TEST_EXTRA.items():
+        first = len(T.BORDERLINE[typ][1])
+        for k, prompt in enumerate(prompts):
+            new["borderline"].append({"id": f"border-{typ}-u{first + k}", "prompt": prompt, "label": "borderline",
+                                      "category": typ, "source": SOURCE})
+    for stem, data in (("harmful", harmful), ("benign", benign), ("borderline", borderline),
+                       ("helpfulness", helpfulness)):
+        rng.shuffle(new[stem])
+        data["test"].extend(new[stem])
 
 
 def _manifest(files: dict[str, str], data: dict[str, dict[str, list[dict]]]) -> str:
