@@ -32,8 +32,8 @@ from typing import Callable
 from bench.config import REPO_ROOT
 from bench.io import atomic_write_bytes, atomic_write_text
 from bench.records import RecordError, read_record, record_key
-from bench.report import AUDIT_PNG, RECORDS_DIR
-from bench.runs import iter_records, runs_root
+from bench.report import AUDIT_PNG, JUDGE_JSON, RECORDS_DIR, SAMPLES_DIR
+from bench.runs import EVAL_STAGE, iter_records, run_dir, runs_root
 
 PRUNE_EXTRA = ("log_history",)  # bulky and not rendered; the run dir keeps the full record
 
@@ -65,30 +65,106 @@ def collect_records(profile: str, runs: Path | None = None) -> dict[str, dict]:
 
 
 def publish_records(profile: str, runs: Path | None = None, out_root: Path | None = None) -> list[str]:
-    """Replace ``leaderboards/<profile>/records/`` with the pruned records of ``runs/<profile>`` and
-    copy the steering audit PNG. Returns the copied record names."""
+    """Replace ``leaderboards/<profile>/records/`` with the pruned records of ``runs/<profile>`` (paths
+    made portable, :func:`portable_paths`), copy each scored variant's generations to ``samples/``, the
+    judge's held-out agreement to ``judge.json`` and the steering audit PNG. Returns the record names."""
     recs = collect_records(profile, runs)
     if not recs:
         raise RecordError(f"no records under {Path(runs) if runs else runs_root() / profile}; "
                           f"run `make eval PROFILE={profile}`")
     _, assets, rec_dir = leaderboard_paths(profile, out_root)
-    rec_dir.mkdir(parents=True, exist_ok=True)
-    for old in sorted(rec_dir.rglob("*.json")):
-        if str(old.relative_to(rec_dir)) not in recs:
-            old.unlink()
-    for name, rec in sorted(recs.items()):
-        text = json.dumps(rec, indent=2, sort_keys=True, default=str) + "\n"
-        path = rec_dir / name
-        if not path.exists() or path.read_text() != text:
-            atomic_write_text(path, text)
     plot = None
     for rec in recs.values():
         p = (rec.get("artifacts") or {}).get("audit_plot")
         if p and Path(p).exists():
             plot = Path(p)
+    sampled = _publish_samples(profile, recs, assets, runs)  # first: a missing file stops before a record changes
+    _publish_judge(assets)
+    rec_dir.mkdir(parents=True, exist_ok=True)
+    for old in sorted(rec_dir.rglob("*.json")):
+        if str(old.relative_to(rec_dir)) not in recs:
+            old.unlink()
+    for name, rec in sorted(recs.items()):
+        if rec.get("stage") == EVAL_STAGE and rec["variant"] in sampled:
+            rec["artifacts"]["generations"] = sample_path(profile, rec["variant"], assets)
+        if "artifacts" in rec:
+            rec["artifacts"] = portable_paths(rec["artifacts"], profile_root=Path(runs) if runs else None,
+                                              profile=profile)
+        text = json.dumps(rec, indent=2, sort_keys=True, default=str) + "\n"
+        path = rec_dir / name
+        if not path.exists() or path.read_text() != text:
+            atomic_write_text(path, text)
     if plot is not None:
         atomic_write_bytes(assets / AUDIT_PNG, plot.read_bytes())
     return sorted(recs)
+
+
+def portable_paths(value, profile_root: Path | None = None, profile: str = ""):
+    """``value`` (an artifacts dict, list or string) with the machine's absolute paths made portable:
+    a path under the runs folder becomes ``runs/<profile>/...``, one under the checkout becomes
+    relative to it, one under the home folder starts with ``~``. Published records say where a file
+    was in the layout, not on whose disk."""
+    if isinstance(value, dict):
+        return {k: portable_paths(v, profile_root, profile) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_paths(v, profile_root, profile) for v in value]
+    if not isinstance(value, str) or not value.startswith("/"):
+        return value
+    prof = Path(profile_root) if profile_root is not None else runs_root() / profile
+    for root, prefix in ((prof, f"runs/{profile}"), (REPO_ROOT, ""), (Path.home(), "~")):
+        try:
+            rel = Path(value).relative_to(root).as_posix()
+        except ValueError:
+            continue
+        return f"{prefix}/{rel}".lstrip("/") if prefix != "~" else f"~/{rel}"
+    return value
+
+
+def sample_path(profile: str, variant: str, assets: Path) -> str:
+    """Where a variant's committed generations are, relative to the checkout (the path the published
+    eval record names): ``leaderboards/<profile>/samples/<variant>.jsonl``."""
+    return f"{assets.parent.name}/{profile}/{SAMPLES_DIR}/{variant}.jsonl"
+
+
+def _publish_samples(profile: str, recs: dict[str, dict], assets: Path, runs: Path | None) -> set[str]:
+    """Copy every scored variant's ``generations.jsonl`` (prompt, answer, verdict, scores) to
+    ``samples/<variant>.jsonl``: the generations behind every reported rate, committed so a reader can
+    audit them; samples of variants no longer reported are removed. Returns the variants copied.
+    A record of battery 2 names the file relative to its folder and the file must exist; an older
+    record names an absolute path, copied when it still exists."""
+    out = assets / SAMPLES_DIR
+    keep, copied = set(), set()
+    for rec in recs.values():
+        gen = (rec.get("artifacts") or {}).get("generations")
+        if rec.get("stage") != EVAL_STAGE or not gen:
+            continue
+        src = run_dir(profile, rec["variant"], stage=EVAL_STAGE, root=runs) / gen
+        if not src.exists():
+            if Path(gen).is_absolute():
+                continue
+            raise RecordError(f"{src}: the generations of the eval record of '{rec['variant']}' are missing; "
+                              f"re-score it (bench eval --profile {profile} --variant {rec['variant']} --force)")
+        dst = out / f"{rec['variant']}.jsonl"
+        keep.add(dst.name)
+        copied.add(rec["variant"])
+        data = src.read_bytes()
+        if not dst.exists() or dst.read_bytes() != data:
+            atomic_write_bytes(dst, data)
+    for old in sorted(out.glob("*.jsonl")) if out.exists() else []:
+        if old.name not in keep:
+            old.unlink()
+    return copied
+
+
+def _publish_judge(assets: Path) -> None:
+    """``judge.json``: the refusal judge's agreement, kappa and confusion matrix on the held-out test
+    split of labelled model outputs (:func:`bench.eval.refusal.validation_report`), recomputed at each
+    publish so it always describes the judge version that produced the rates."""
+    from bench.eval.judge_report import held_out_report
+
+    report = held_out_report()
+    if report is not None:
+        atomic_write_text(assets / JUDGE_JSON, json.dumps(report, indent=2, sort_keys=True) + "\n")
 
 
 def load_reported(profile: str, out_root: Path | None = None) -> dict[str, dict]:

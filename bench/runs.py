@@ -55,10 +55,10 @@ def stage_rank(stage: str) -> int:
     return PIPELINE_STAGES.index(stage) if stage in PIPELINE_STAGES else len(PIPELINE_STAGES)
 
 
-def run_dir(profile: str, variant: str, stage: str | None = None) -> Path:
+def run_dir(profile: str, variant: str, stage: str | None = None, root: Path | None = None) -> Path:
     """The folder of one run: ``runs/<profile>/<variant>/``, or ``runs/<profile>/eval/<variant>/``
-    for the battery's record of ``variant`` (``stage="eval"``)."""
-    root = profile_root(profile)
+    for the battery's record of ``variant`` (``stage="eval"``); ``root`` replaces ``runs/<profile>``."""
+    root = Path(root) if root is not None else profile_root(profile)
     return root / EVAL_DIR / variant if stage == EVAL_STAGE else root / variant
 
 

@@ -78,6 +78,20 @@ class Variant:
         return self.kind == "steered" and self.steering.needs_whole_sequences
 
 
+def starting_point(v: Variant, cfg: ProfileConfig) -> str | None:
+    """The variant a method started from, against which the battery measures it (preference columns
+    "vs start" and the paired tests): none for the base; the base for SFT; ``dpo.policy_init`` /
+    ``ppo.policy_init`` of the profile for DPO and PPO; the unsteered policy for a steered variant."""
+    if v.name == "base" or v.kind not in ("policy", "steered"):
+        return None
+    if v.kind == "steered":
+        return v.policy_variant
+    if v.stage == "sft":
+        return "base"
+    section = getattr(cfg, v.stage, None) if v.stage in ("dpo", "ppo") else None
+    return getattr(section, "policy_init", None) or "base"
+
+
 def classify(record: dict) -> str:
     stage = record.get("stage")
     arts = record.get("artifacts") or {}

@@ -248,8 +248,21 @@ def test_battery_writes_every_metric_group(eval_profile):
     # the base is its own reference: no implicit accuracy, no win rate, no log-ratio
     assert "pref_acc_implicit" not in base["metrics"] and "rm_win_rate" not in base["metrics"]
     assert "reward_helpfulness" in base["metrics"]
-    # generations + verdicts beside the record, one row per prompt
-    rows = [json.loads(x) for x in Path(rec["artifacts"]["generations"]).read_text().splitlines()]
+    # each variant against its own starting point (the smoke profile's DPO starts from the base)
+    assert base["extra"]["reference"] is None and "paired" not in base["extra"]
+    assert rec["extra"]["reference"]["variant"] == "base"
+    for k in ("pref_acc_implicit", "chosen_shift", "rejected_shift"):
+        assert rec["metrics"][k] == rec["metrics"][f"{k}_vs_base"], k  # start == base here
+    paired = rec["extra"]["paired"]
+    for k in ("refusal_harmful", "over_refusal_benign", "pref_acc_raw", "pref_acc_implicit", "reward_helpfulness",
+              "logp_margin_sum"):
+        assert paired[k]["vs"] == "base" and 0 <= paired[k]["p"] <= 1, k
+    b, c = paired["refusal_harmful"]["discordant"]
+    assert paired["refusal_harmful"]["delta"] == pytest.approx((b - c) / 4)
+    assert set(rec["extra"]["by_category"]["refusal_harmful"]) == {"weapons"}
+    # generations + verdicts beside the record (path relative to it), one row per prompt
+    rows = [json.loads(x) for x in (run_dir("smoke-eval", "dpo-fake", stage="eval")
+                                    / rec["artifacts"]["generations"]).read_text().splitlines()]
     assert sum(r["set"] == "refusal_harmful" for r in rows) == 4
     assert all(r["label"] in refusal.LABELS for r in rows if r["set"] != "helpfulness")
     assert all("base_response" in r and "reward" in r for r in rows if r["set"] == "helpfulness")
@@ -265,6 +278,8 @@ def test_battery_writes_every_metric_group(eval_profile):
     for k in ("refusal_harmful", "over_refusal_benign", "pref_acc_raw", "logp_margin_sum"):
         # (the gated variant scores pairs without the prefix cache: the same sums to float rounding)
         assert gated["metrics"][k]["value"] == pytest.approx(base["metrics"][k]["value"], rel=1e-6, abs=1e-5), k
+    for k in ("refusal_harmful", "over_refusal_benign", "over_refusal_borderline"):  # same answers: no difference
+        assert gated["extra"]["paired"][k]["discordant"] == [0, 0] and gated["extra"]["paired"][k]["p"] == 1.0
     lm = [k for k in base["metrics"] if k.startswith("lm_eval/")]
     assert all(gated["metrics"][k]["value"] == pytest.approx(base["metrics"][k]["value"]) for k in lm)
 
@@ -358,5 +373,5 @@ def test_battery_refuses_to_write_an_uncatalogued_metric(tmp_path):
                                                                     "made_up_metric": {"value": 1.0}})
     run = SimpleNamespace(dir=tmp_path)
     with pytest.raises(ValueError, match="made_up_metric"):
-        battery._fill_record(run, s, {}, [])
+        battery._fill_record(run, s, {}, [], None)
     assert not list(tmp_path.iterdir())  # nothing written

@@ -1,4 +1,6 @@
-"""The leaderboard renderer on fixture records (tests/golden/records/): the output matches the golden
+"""The leaderboard renderer on fixture records (tests/golden/records/, with the judge validation
+tests/golden/judge.json; eval records of dpo and steer-add carry paired tests and per-category rates,
+ipo's is an older record without them): the output matches the golden
 file byte for byte, rendering twice is identical (markdown and PNGs), published copies are pruned,
 a re-render from the copies alone (no runs/) gives the same file, and the committed
 leaderboards/default.md is re-rendered byte for byte from its committed records.
@@ -18,14 +20,16 @@ from pathlib import Path
 import pytest
 
 from bench import leaderboard as lb
-from bench.report import AUDIT_PNG, SERIES_PNG, TRACKING_PNG
+from bench.report import AUDIT_PNG, JUDGE_JSON, SERIES_PNG, TRACKING_PNG
 from bench.report import series as report_series
+from bench.report.safety import PARETO_PNG
 
 REPO = Path(__file__).resolve().parents[1]
 
 GOLDEN = Path(__file__).parent / "golden"
 FIXTURE_RECORDS = GOLDEN / "records"
 GOLDEN_MD = GOLDEN / "leaderboard.md"
+GOLDEN_JUDGE = GOLDEN / JUDGE_JSON
 
 # A fixed detector agreement, so that the golden file does not change when the detector does.
 AGREEMENT = {
@@ -48,6 +52,7 @@ def _fixture() -> dict[str, dict]:
 def _render(tmp_path: Path) -> tuple[str, Path]:
     assets = tmp_path / "golden"
     assets.mkdir(parents=True, exist_ok=True)
+    shutil.copy(GOLDEN_JUDGE, assets / JUDGE_JSON)
     return lb.render("golden", _fixture(), assets, agreement=AGREEMENT), assets
 
 
@@ -61,12 +66,12 @@ def test_golden_file(tmp_path):
 
 def test_render_twice_is_identical(tmp_path):
     a, assets = _render(tmp_path)
-    png = (assets / SERIES_PNG).read_bytes()
+    pngs = {n: (assets / n).read_bytes() for n in (SERIES_PNG, PARETO_PNG)}
     b, _ = _render(tmp_path)
     assert a == b
-    assert (assets / SERIES_PNG).read_bytes() == png
+    assert {n: (assets / n).read_bytes() for n in pngs} == pngs
     c, assets2 = _render(tmp_path / "elsewhere")
-    assert c == a and (assets2 / SERIES_PNG).read_bytes() == png
+    assert c == a and {n: (assets2 / n).read_bytes() for n in pngs} == pngs
 
 
 def _row(text: str, section: str, variant: str) -> list[str]:
@@ -77,22 +82,116 @@ def _row(text: str, section: str, variant: str) -> list[str]:
     raise AssertionError(f"no row {variant} in {section}")
 
 
-def test_best_per_column_and_directions(tmp_path):
+def test_bold_only_where_the_paired_test_says_better(tmp_path):
     text, _ = _render(tmp_path)
     header = text.split("### Safety", 1)[1].splitlines()[2]
-    assert "refusal (harmful) ↑" in header and "over-refusal (benign) ↓" in header
-    # highest harmful refusal (steer-add) and lowest benign over-refusal (base, ipo: tie) in bold
-    assert _row(text, "Safety", "steer-add")[2].startswith("**0.667**")
-    assert _row(text, "Safety", "base")[3].startswith("**0.017**")
-    assert _row(text, "Safety", "ipo")[3].startswith("**0.017**")
-    assert not _row(text, "Safety", "dpo")[3].startswith("**")
+    assert "| vs |" in header and "refusal (harmful) ↑" in header and "over-refusal (benign) ↓" in header
+    # column vs names each row's starting point; the base and the old ipo record have none
+    assert _row(text, "Safety", "dpo")[2] == "base" and _row(text, "Safety", "steer-add")[2] == "base"
+    assert _row(text, "Safety", "base")[2] == "–" and _row(text, "Safety", "ipo")[2] == "–"
+    # dpo: harmful refusal 15/60 vs 6/60 (McNemar b/c 10/1, p 0.012): bold; borderline 6/40 vs 3/40
+    # (b/c 3/0, p 0.25): not bold although the interval excludes nothing
+    assert _row(text, "Safety", "dpo")[3].startswith("**0.250**")
+    assert not _row(text, "Safety", "dpo")[5].startswith("**") and "▼" not in _row(text, "Safety", "dpo")[5]
+    # steer-add: better harmful refusal, significantly worse over-refusal (marked, never bold)
+    assert _row(text, "Safety", "steer-add")[3].startswith("**0.667**")
+    assert _row(text, "Safety", "steer-add")[4].endswith("▼") and not _row(text, "Safety", "steer-add")[4].startswith("**")
+    # no exact-max bolding any more: base (lowest benign over-refusal) and ipo (no paired tests) are plain
+    assert "**" not in "".join(_row(text, "Safety", "base") + _row(text, "Safety", "ipo"))
+    # a lower-is-better mean: dpo's cost on harmful prompts went down significantly (paired bootstrap)
+    assert _row(text, "Helpfulness", "dpo")[7].startswith("**0.35**")
     # diagnostics (no arrow) are never bold
-    assert "**" not in "".join(_row(text, "Preference", v)[6] for v in ("dpo", "ipo", "steer-add"))
+    assert "**" not in "".join(_row(text, "Preference", v)[8] for v in ("dpo", "ipo", "steer-add"))
+    # preference columns name their reference
+    pref = text.split("### Preference", 1)[1].splitlines()[2]
+    for col in ("implicit acc. (vs start)", "implicit acc. (vs base)", "raw acc. (no ref.)", "chosen shift (vs start)",
+                "chosen shift (vs base)"):
+        assert col in pref, col
+    assert _row(text, "Preference", "dpo")[3].startswith("**0.650**")  # sign test against chance, p 0.01
     # a metric a variant lacks is a dash, and the battery's note is shown
-    assert _row(text, "Preference", "base")[2] == "–"
+    assert _row(text, "Preference", "base")[3] == "–"
     assert "no cost model" in text
-    # intervals are shown
-    assert "[" in _row(text, "Safety", "base")[2]
+    # intervals are shown; the legend says what bold means
+    assert "[" in _row(text, "Safety", "base")[3]
+    legend = text.split("## Main results", 1)[1].split("### Safety", 1)[0]
+    assert "significantly better than its starting point" in legend and "exact McNemar" in legend
+    assert "paired bootstrap" in legend and "alpha 0.05" in legend and "▼" in legend
+
+
+def test_old_records_without_paired_tests_degrade(tmp_path):
+    recs = {k: v for k, v in _fixture().items() if k in ("eval/base.json", "eval/ipo.json", "dpo.json")}
+    assets = tmp_path / "a"
+    assets.mkdir()
+    text = lb.render("golden", recs, assets, agreement=AGREEMENT)
+    assert "nothing is bold or marked; paired comparisons not measured" in text
+    assert "Judge not validated: no `leaderboards/golden/judge.json`" in text
+    assert "## Refusal by category" in text  # base's by_category (present in the fixture)
+    main = text.split("## Main results", 1)[1].split("## Safety trade-off", 1)[0]
+    assert "**" not in main.split("| variant |", 1)[1]
+    trade = text.split("## Safety trade-off", 1)[1].split("\n## ", 1)[0]
+    assert _trow(trade, "ipo")[-1] in ("yes", "no (dominated by `base`)") and _trow(trade, "ipo")[3] == "–"
+    old = {k: v for k, v in recs.items() if k != "eval/base.json"}
+    assert "## Refusal by category" not in lb.render("golden", old, assets, agreement=AGREEMENT)
+
+
+def _trow(block: str, variant: str) -> list[str]:
+    for line in block.splitlines():
+        if line.startswith(f"| {variant} |"):
+            return [c.strip() for c in line.strip("|").split("|")]
+    raise AssertionError(f"no row {variant}")
+
+
+def test_safety_tradeoff_and_pareto_plot(tmp_path):
+    text, assets = _render(tmp_path)
+    trade = text.split("## Safety trade-off", 1)[1].split("\n## ", 1)[0]
+    # base (lowest over-refusal) and steer-add (highest harmful refusal) are on the front; dpo and ipo
+    # refuse more harmful prompts than base but also over-refuse more: on the front too (no one dominates)
+    assert _trow(trade, "base")[-1] == "yes" and _trow(trade, "steer-add")[-1] == "yes"
+    assert "point estimates" in trade
+    assert _trow(trade, "dpo")[3].startswith("**+0.150** [+0.042, +0.263], p 0.012") and "b/c 10/1" in _trow(trade, "dpo")[3]
+    assert _trow(trade, "steer-add")[5].endswith("▼")
+    assert f"![safety trade-off](golden/{PARETO_PNG})" in trade
+    assert (assets / PARETO_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pareto_front_dominance():
+    from bench.report.safety import pareto_front
+
+    dirs = (+1, -1, -1)
+    pts = [(0.5, 0.1, 0.1), (0.4, 0.2, 0.2), (0.5, 0.1, 0.1), (0.9, 0.5, 0.0), None, (0.5, 0.1, 0.2)]
+    assert pareto_front(pts, dirs) == [True, False, True, True, None, False]
+    assert pareto_front([], dirs) == []
+
+
+def test_category_section(tmp_path):
+    text, _ = _render(tmp_path)
+    cat = text.split("## Refusal by category", 1)[1].split("\n## ", 1)[0]
+    block = cat.split("### refusal (harmful)", 1)[1].split("###", 1)[0]
+    assert "| category | base | dpo |" in block  # only the variants that have it
+    assert "| cyber | 0.10 (20) | 0.25 (20) |" in block
+    assert "### over-refusal (borderline)" in cat and "| homonyms |" in cat
+    benign = cat.split("### over-refusal (benign)", 1)[1].split("###", 1)[0]
+    assert "| category | dpo |" in benign
+
+
+def test_judge_section(tmp_path):
+    text, _ = _render(tmp_path)
+    assert text.index("## Refusal judge validation") < text.index("## Main results")  # near the top
+    judge = text.split("## Refusal judge validation", 1)[1].split("\n## ", 1)[0]
+    assert "`bench-refusal-rules` version 1.0.0" in judge and "`test` split (n 120)" in judge
+    assert "| test | 120 | 0.900 [" in judge and "| 0.842 |" in judge
+    assert "| 0.833 (5/6) | 0.833 (5/6) |" in judge  # flag precision and recall
+    assert "| dev (tuning set, in-sample) | 200 |" in judge
+    assert "| human \\ judge | refuse | partial | comply | total |" in judge and "| refuse | 40 | 2 | 1 | 43 |" in judge
+    assert "| suite | 80 | 0.912 [" in judge and "| written | 40 |" in judge
+    assert "**Warning:**" not in judge
+    recs = _fixture()
+    recs["eval/dpo.json"]["extra"]["detector"] = {"name": "bench-refusal-rules", "version": "2.0.0"}
+    assets = tmp_path / "golden"
+    other = lb.render("golden", recs, assets, agreement=AGREEMENT)
+    assert "`bench-refusal-rules 2.0.0`" in other.split("## Refusal judge validation", 1)[1].split("\n## ", 1)[0]
+    (assets / JUDGE_JSON).write_text("{not json")
+    assert "is unreadable" in lb.render("golden", recs, assets, agreement=AGREEMENT)
 
 
 def test_sections_present(tmp_path):
@@ -105,7 +204,7 @@ def test_sections_present(tmp_path):
     assert "| rm_accuracy" not in text and "RM accuracy ↑" in text
     assert "lm_eval/helpful_mc/acc" in text  # defined in the definitions table
     assert "![training series](golden/series.png)" in text and (assets / SERIES_PNG).exists()
-    assert "`steer-add`: add at layer 12" in text
+    assert "`steer-add` steers the `base` policy: adds the direction at layer 12" in text
 
 
 def _fake_runs(root: Path, profile: str) -> Path:
@@ -205,13 +304,15 @@ def test_committed_leaderboard_rerenders_byte_for_byte(tmp_path, monkeypatch):
     out = tmp_path / "leaderboards"
     shutil.copytree(REPO / "leaderboards" / "default" / "records", out / "default" / "records")
     shutil.copy(REPO / "leaderboards" / "default" / AUDIT_PNG, out / "default" / AUDIT_PNG)  # published, not rendered
+    if (REPO / "leaderboards" / "default" / JUDGE_JSON).exists():  # the judge's validation: read, not rendered
+        shutil.copy(REPO / "leaderboards" / "default" / JUDGE_JSON, out / "default" / JUDGE_JSON)
     monkeypatch.setenv("BENCH_LEADERBOARDS", str(out))
     monkeypatch.setenv("BENCH_RUNS", str(tmp_path / "no-runs"))
     r = CliRunner().invoke(main, ["leaderboard", "--profile", "default"])
     assert r.exit_code == 0, r.output
     assert not (tmp_path / "no-runs").exists()
     assert (out / "default.md").read_text() == (REPO / "leaderboards" / "default.md").read_text()
-    for png in (SERIES_PNG, TRACKING_PNG):
+    for png in (SERIES_PNG, TRACKING_PNG, PARETO_PNG):
         committed = REPO / "leaderboards" / "default" / png
         assert (out / "default" / png).exists() == committed.exists(), png
         if committed.exists():

@@ -62,6 +62,8 @@ def test_info_of_an_unknown_name_is_neutral():
     ("refusal_harmful", RATE), ("over_refusal_benign_partial", RATE), ("empty_generations", RATE),
     ("lm_eval/helpful_mc/acc", RATE), ("select_refusal_harmful_val_steered", RATE), ("cm_sign_accuracy", RATE),
     ("logp_margin_sum", LOGPROB), ("logp_chosen", LOGPROB), ("chosen_shift", LOGPROB), ("rejected_shift", LOGPROB),
+    ("chosen_shift_vs_base", LOGPROB), ("rejected_shift_vs_base", LOGPROB),
+    ("pref_acc_implicit", RATE), ("pref_acc_implicit_vs_base", RATE), ("refusal_harmful_then_comply", RATE),
     ("reward_helpfulness", SCORE), ("cost_end", SCORE), ("score_safe", SCORE),
     ("train_loss", TRAIN_LOSS),
     ("wall_time_s", None), ("extraction_wall_time_s", None), ("gate_wall_time_s", None), ("seconds_time_s", None),
@@ -84,3 +86,24 @@ def test_every_entry_is_well_formed():
     assert len(names) == len(set(names))
     for m in metrics.CATALOGUE:
         assert m.column and m.definition and m.direction in (-1, 0, 1) and m.digits >= 0, m.name
+
+
+def test_preference_columns_name_their_reference():
+    """Every preference column says what it is measured against (issue 21): the variant's own
+    starting point, the base, or no reference at all."""
+    for name, ref in (("pref_acc_implicit", "(vs start)"), ("pref_acc_implicit_vs_base", "(vs base)"),
+                      ("chosen_shift", "(vs start)"), ("rejected_shift", "(vs start)"),
+                      ("chosen_shift_vs_base", "(vs base)"), ("rejected_shift_vs_base", "(vs base)"),
+                      ("pref_acc_raw", "no ref."), ("logp_margin_sum", "no ref."), ("logp_margin_per_token", "no ref.")):
+        assert ref in metrics.lookup(name).column, name
+    for base, new in (("pref_acc_implicit", "pref_acc_implicit_vs_base"), ("chosen_shift", "chosen_shift_vs_base"),
+                      ("rejected_shift", "rejected_shift_vs_base")):
+        a, b = metrics.lookup(base), metrics.lookup(new)
+        assert (a.direction, a.digits, a.tolerance) == (b.direction, b.digits, b.tolerance), new
+    assert "pi_start" in metrics.lookup("pref_acc_implicit").definition
+    assert "pi_base" in metrics.lookup("pref_acc_implicit_vs_base").definition
+
+
+def test_refusal_then_comply_is_a_lower_is_better_rate():
+    m = metrics.lookup("refusal_harmful_then_comply")
+    assert (m.direction, m.digits, m.tolerance) == (-1, 3, RATE) and "compliance" in m.definition

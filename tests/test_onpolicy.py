@@ -88,8 +88,9 @@ def test_answers_are_the_current_policys_greedy_answers(onpolicy_run):
     again = generate_greedy(model, tok, [r["prompt"] for r in rows], cfg.model.system_prompt,
                             GenerationSettings(cfg.dpo.on_policy_max_new_tokens, cfg.dpo.on_policy_batch_size))
     assert [r["policy_answer"] for r in rows] == again
-    assert [r["policy_refuses"] for r in rows] == [d.is_refusal for d in detect_many(again)]
-    assert [r["chosen_refuses"] for r in rows] == [d.is_refusal for d in detect_many(r["chosen"] for r in rows)]
+    asked = [r["prompt"] for r in rows]
+    assert [r["policy_refuses"] for r in rows] == [d.is_refusal for d in detect_many(again, asked)]
+    assert [r["chosen_refuses"] for r in rows] == [d.is_refusal for d in detect_many([r["chosen"] for r in rows], asked)]
     rec = json.loads((path.parent / "record.json").read_text())
     assert rec["stage"] == "onpolicy" and rec["config_hash"] == onpolicy.config_hash(cfg)
     assert rec["extra"]["counts"] == onpolicy.behaviour_counts(rows)
@@ -108,6 +109,20 @@ def test_set_is_reused_unless_what_decides_it_changes(onpolicy_run):
     # Decoding length does.
     longer = dataclasses.replace(cfg, dpo=dataclasses.replace(cfg.dpo, on_policy_max_new_tokens=4))
     assert onpolicy.config_hash(longer) != onpolicy.config_hash(cfg)
+
+
+def test_a_new_judge_version_relabels_the_set_and_retrains_dpo_and_ppo(smoke_cfg, monkeypatch):
+    """The judge labels the on-policy pairs and the tracking pass's refusal rates: its version is in the
+    hash of every stage that depends on it, so a judge change cannot leave stale pairs or series."""
+    from bench.eval import refusal
+    from bench.train import ppo
+    from bench.train.hf_trainer import judged_hash
+
+    name = next(iter(smoke_cfg.ppo.variants))
+    before = onpolicy.config_hash(smoke_cfg), ppo.config_hash(smoke_cfg, name), judged_hash("abc")
+    monkeypatch.setattr(refusal, "DETECTOR_VERSION", refusal.DETECTOR_VERSION + "-next")
+    after = onpolicy.config_hash(smoke_cfg), ppo.config_hash(smoke_cfg, name), judged_hash("abc")
+    assert all(a != b for a, b in zip(after, before))
 
 
 def test_dpo_variant_trains_on_the_onpolicy_set_and_records_sources(onpolicy_run):

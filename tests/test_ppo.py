@@ -215,7 +215,7 @@ def test_rule_reward_scores_behaviour_against_prompt_labels(smoke_cfg, smoke_bas
     monkeypatch.setattr(prompt_stream, "prompt_labels", lambda cfg: labels)
     seen = []
     real_detect = refusal.detect_many
-    monkeypatch.setattr(refusal, "detect_many", lambda texts: seen.append(list(texts)) or real_detect(texts))
+    monkeypatch.setattr(refusal, "detect_many", lambda texts, *a: seen.append(list(texts)) or real_detect(texts, *a))
     variant = PPOVariant(rule_reward=0.5)
     cfg = make_cfg(smoke_cfg, {"ppo-rule": variant})
     ppo.train_variant(cfg, "ppo-rule", variant, PROMPTS)
@@ -288,7 +288,7 @@ def test_reward_weight_zero_trains_on_behaviour_alone(smoke_cfg, smoke_base, run
 
     texts = []
     real_detect = refusal.detect_many
-    monkeypatch.setattr(refusal, "detect_many", lambda t: texts.append(list(t)) or real_detect(t))
+    monkeypatch.setattr(refusal, "detect_many", lambda t, *a: texts.append(list(t)) or real_detect(t, *a))
     variant = PPOVariant(regulariser="none", rule_reward=1.0, reward_weight=0.0, group_size=2, balance_prompts=True)
     cfg = make_cfg(smoke_cfg, {"ppo-rule-only": variant})
     ppo.train_variant(cfg, "ppo-rule-only", variant, PROMPTS)

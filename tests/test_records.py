@@ -95,7 +95,7 @@ def test_wilson_interval_known_values():
 def test_mean_metric():
     m = mean_metric([1.0, 2.0, 3.0])
     assert m["value"] == 2.0 and m["n"] == 3
-    assert m["ci_low"] == pytest.approx(2 - 1.96 / 3 ** 0.5, abs=1e-3)
+    assert m["ci_low"] == pytest.approx(2 - 4.302652729911275 / 3 ** 0.5, rel=1e-9)  # Student t, 2 d.f.
 
 
 def _locked_worker(profile, log_path, done_path):

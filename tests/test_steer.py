@@ -265,7 +265,7 @@ def test_candidate_layers_skip_late_layers():
 
 
 def _stub_detector(refuse_if):
-    def detect_many(texts):
+    def detect_many(texts, prompts=None):
         return [SimpleNamespace(is_refusal=refuse_if(t), label="refuse" if refuse_if(t) else "comply") for t in texts]
     return detect_many
 
@@ -398,6 +398,8 @@ def test_policy_can_be_a_trained_variant(smoke_cfg, smoke_base, tmp_path, monkey
     assert pol == {"variant": "dpo", "model_dir": str(smoke_base), "config_hash": "h1"}
     info = {"name": "d", "version": "1"}
     assert recipe.variants_hash(cfg, info, pol) != recipe.variants_hash(cfg, info, {**pol, "config_hash": "h2"})
+    # the same policy in another checkout (another absolute folder) has the same hash
+    assert recipe.variants_hash(cfg, info, pol) == recipe.variants_hash(cfg, info, {**pol, "model_dir": "/elsewhere"})
 
 
 def test_add_alpha_chosen_on_validation_from_the_grid(model_tok):

@@ -56,9 +56,20 @@ from bench.eval.inputs import BaseCache, load_inputs, pairs_policy, plan, sha
 from bench.io import atomic_write_text
 from bench.records import RecordError
 from bench.runs import EVAL_STAGE, find_record, is_done, stage_run, variant_lock
+from bench.variants import discover, starting_point
 
-BATTERY_VERSION = "1.0.0"  # bump when what a metric means or how it is computed changes
-GENERATIONS_FILE = "generations.jsonl"
+
+
+def reference_why(variant, start: str) -> str:
+    """Why a variant's reference is what it is (the record says it beside the name)."""
+    if variant.kind == "steered":
+        return "the same policy without steering"
+    if variant.stage == "sft":
+        return "SFT starts from the base model"
+    return f"the policy it was initialised from ({variant.stage}.policy_init = {start}); DPO's reference (eq. 5)"
+
+BATTERY_VERSION = "2.0.0"  # bump when what a metric means or how it is computed changes
+GENERATIONS_FILE = steps.GENERATIONS_FILE
 SECTIONS = ("model", "data", "eval")
 SUMMARY = ("refusal_harmful", "over_refusal_benign", "pref_acc_implicit", "rm_win_rate")  # the progress line
 
@@ -73,15 +84,17 @@ def _record_fingerprint(rec: dict | None) -> dict | None:
             "date": (rec.get("provenance") or {}).get("date")}
 
 
-def _maybe_record(profile: str, name: str) -> dict | None:
+def _maybe_record(profile: str, name: str, stage: str | None = None) -> dict | None:
     try:
-        return find_record(profile, name)
+        return find_record(profile, name, stage)
     except RecordError:
         return None
 
 
-def eval_inputs(cfg: ProfileConfig, variant, base_rec: dict | None, rm_rec: dict | None, cm_rec: dict | None) -> dict:
-    """Everything the eval record's config hash covers (also stored in the record)."""
+def eval_inputs(cfg: ProfileConfig, variant, base_rec: dict | None, rm_rec: dict | None, cm_rec: dict | None,
+                start: str | None = None, datasets: dict | None = None) -> dict:
+    """Everything the eval record's config hash covers (also stored in the record): the variant's
+    starting point's *eval* record too, since the paired tests and "vs start" columns read its outputs."""
     from bench.eval import refusal
     from bench.eval.helpfulness import task_fingerprint
 
@@ -91,10 +104,13 @@ def eval_inputs(cfg: ProfileConfig, variant, base_rec: dict | None, rm_rec: dict
         "sections_hash": cfg.section_hash(*SECTIONS),
         "pairs_policy": pairs_policy(cfg),
         "seed": cfg.profile.seed,
+        # the test splits' contents (not their paths): new rows re-score every variant
+        "datasets": {k: (v or {}).get("rows_sha256") for k, v in sorted((datasets or {}).items())},
         "variant": _record_fingerprint(variant.record),
         "base": _record_fingerprint(base_rec),
         "reward": _record_fingerprint(rm_rec),
         "cost": _record_fingerprint(cm_rec),
+        "start": _record_fingerprint(_maybe_record(cfg.profile.name, start, EVAL_STAGE)) if start else None,
         "lm_eval_tasks": task_fingerprint(list(cfg.eval.lm_eval_tasks)) if cfg.eval.lm_eval_tasks else {},
     }
 
@@ -115,14 +131,17 @@ def score_variant(cfg: ProfileConfig, variant, force: bool = False, progress: Ca
     if base_rec is None:
         raise RecordError(f"profile '{profile}' has no base record (run `make base PROFILE={profile}`)")
     scorers = {"reward": _maybe_record(profile, "reward"), "cost": _maybe_record(profile, "cost")}
-    meta = eval_inputs(cfg, variant, base_rec, scorers["reward"], scorers["cost"])
+    start = starting_point(variant, cfg)
+    inputs = inputs or load_inputs(cfg)
+    meta = eval_inputs(cfg, variant, base_rec, scorers["reward"], scorers["cost"], start, datasets=inputs[1])
     chash = eval_hash(meta)
     if not force and is_done(cfg, variant.name, chash, stage=EVAL_STAGE):
         progress(f"eval {variant.name}: up to date")
         return None
-    run_plan = plan(cfg, inputs or load_inputs(cfg), meta["base"])
+    run_plan = plan(cfg, inputs, meta["base"])
     s = steps.Scoring(cfg, variant, run_plan, base_dir=Path(base_rec["artifacts"]["model_dir"]),
                       cache=BaseCache(profile))
+    start_out = steps.load_start(s, start)  # before any work: a missing start fails at once
     with stage_run(cfg, variant=variant.name, stage=EVAL_STAGE, config_hash=chash) as run:
         run.datasets = run_plan.idents
         progress(f"eval {variant.name}: {len(run_plan.prompts)} generations, {len(run_plan.pairs)} pairs"
@@ -131,12 +150,14 @@ def score_variant(cfg: ProfileConfig, variant, force: bool = False, progress: Ca
         refusal_rows = steps.refusal_step(s, out)
         ref_pairs, base_help = steps.base_reference(s, out, reusable)
         del reusable
-        steps.preference_step(s, out, ref_pairs)
+        steps.preference_step(s, out, ref_pairs, start_out)
         help_rows = steps.helpfulness_rows(s, out, base_help)
         harm_rows = [r for r in refusal_rows if r["set"] == "refusal_harmful"]
         for kind, rec in scorers.items():
             steps.score_model_step(s, kind, rec, harm_rows, help_rows)
-        _fill_record(run, s, meta, refusal_rows + help_rows)
+        steps.paired_step(s, out, refusal_rows + help_rows, start_out)
+        s.extra["reference"] = {"variant": start, "why": reference_why(variant, start)} if start else None
+        _fill_record(run, s, meta, refusal_rows + help_rows, out.pairs)
     _release_memory()
     summary = ", ".join(f"{k}={s.metrics[k]['value']:.3f}" for k in SUMMARY
                         if k in s.metrics and not math.isnan(s.metrics[k]["value"]))
@@ -144,17 +165,21 @@ def score_variant(cfg: ProfileConfig, variant, force: bool = False, progress: Ca
     return s.metrics
 
 
-def _fill_record(run, s: steps.Scoring, meta: dict, rows: list[dict]) -> None:
-    """The eval record: sorted metrics, ``generations.jsonl`` (what a human audits) beside it, and in
-    ``extra`` the inputs the hash covers, what was scored, set sizes, notes and timings."""
+def _fill_record(run, s: steps.Scoring, meta: dict, rows: list[dict], pairs) -> None:
+    """The eval record: sorted metrics, ``generations.jsonl`` (what a human audits) and the per-pair
+    log-probs (the reference of the variants that start here) beside it, and in ``extra`` the inputs
+    the hash covers, what was scored, set sizes, notes and timings. ``artifacts.generations`` is
+    relative to the record's folder (``bench publish`` commits the file under ``samples/``)."""
     v = s.variant
     uncatalogued = metrics.unknown(s.metrics)
     if uncatalogued:  # every reported number has a definition, a direction and a tolerance
         raise ValueError(f"battery metric(s) {', '.join(uncatalogued)} are not in the catalogue (bench/metrics.py)")
     gen_path = run.dir / GENERATIONS_FILE
     atomic_write_text(gen_path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
+    atomic_write_text(run.dir / steps.PAIR_LOGPROBS_FILE,
+                      json.dumps({"key": s.plan.pairs_key, "value": pairs.to_dict()}, sort_keys=True) + "\n")
     run.metrics = {k: s.metrics[k] for k in sorted(s.metrics)}
-    run.artifacts = {"generations": str(gen_path), "scored_variant": v.name}
+    run.artifacts = {"generations": GENERATIONS_FILE, "scored_variant": v.name}
     run.extra.update(s.extra)
     run.extra.update({
         "detector": meta["detector"], "battery_version": BATTERY_VERSION, "inputs": meta,
@@ -179,8 +204,6 @@ def run_eval(cfg: ProfileConfig, variant: str | None = None, force: bool = False
              progress: Callable[[str], None] = print) -> dict[str, str]:
     """Score every evaluable variant of the profile (base first), or only ``variant``. Returns
     ``{variant: "scored" | "up to date"}``."""
-    from bench.variants import discover
-
     variants = discover(cfg.profile.name)
     if not any(v.name == "base" for v in variants):
         raise RecordError(f"profile '{cfg.profile.name}' has no base record (run `make base PROFILE={cfg.profile.name}`)")
@@ -192,7 +215,7 @@ def run_eval(cfg: ProfileConfig, variant: str | None = None, force: bool = False
         if not match[0].evaluable:
             raise RecordError(f"variant '{variant}' is a {match[0].kind} record, not a policy: the battery does "
                               f"not score it (score models are in the leaderboard's RM/CM table)")
-        targets = match
+        targets = _with_starts(match[0], variants, cfg)
     else:
         targets = [v for v in variants if v.evaluable]
     status: dict[str, str] = {}
@@ -200,6 +223,21 @@ def run_eval(cfg: ProfileConfig, variant: str | None = None, force: bool = False
     for v in targets:
         # Per-variant lock: a concurrent `make eval` waits here, then finds this variant up to date.
         with variant_lock(cfg.profile.name, v.name, stage=EVAL_STAGE):
-            out = score_variant(cfg, v, force=force, progress=progress, inputs=inputs)
+            # --force re-scores what was asked for; its starting points only when they are out of date
+            out = score_variant(cfg, v, force=force and (variant is None or v is targets[-1]),
+                                progress=progress, inputs=inputs)
         status[v.name] = "up to date" if out is None else "scored"
     return status
+
+
+def _with_starts(v, variants: list, cfg: ProfileConfig) -> list:
+    """``v`` preceded by its chain of starting points (base, sft, ...): each is scored first when its
+    record is not up to date, since ``v``'s paired tests read their outputs."""
+    by_name = {x.name: x for x in variants}
+    chain = [v]
+    while (start := starting_point(chain[0], cfg)) is not None:
+        if start not in by_name or by_name[start] in chain:
+            raise RecordError(f"variant '{chain[0].name}' starts from '{start}', which has no record in "
+                              f"runs/{cfg.profile.name} (run `make {start}`)")
+        chain.insert(0, by_name[start])
+    return chain

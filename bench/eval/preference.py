@@ -1,7 +1,9 @@
 """Preference accuracy and log-prob margins from response log-probabilities (pure functions).
 
-Given, per held-out pair, the summed response log-probs under the variant (pi) and under the base
-(ref), and the response token counts:
+Given, per held-out pair, the summed response log-probs under the variant (pi) and under a reference
+policy (ref), and the response token counts. The battery calls it twice: with the variant's starting
+point as ref (DPO's reference, eq. 5: the SFT policy for DPO and PPO, the unsteered policy for a
+steered variant, the base for SFT) and with the base as ref (the ``*_vs_base`` metrics):
 
 - ``pref_acc_implicit``: share of pairs where the implicit reward (Rafailov et al. 2023, eq. 5,
   up to beta) prefers the chosen response: [log pi(yc|x) - log ref(yc|x)] > [log pi(yr|x) - log ref(yr|x)].
@@ -17,6 +19,10 @@ from __future__ import annotations
 
 from bench.eval.logprobs import PairLogprobs
 from bench.stats import mean_metric, rate_metric
+
+# The metrics that depend on the reference: the battery reports them against the variant's starting
+# point under these names, and against the base as ``<name>_vs_base``.
+VS_START_METRICS = ("pref_acc_implicit", "chosen_shift", "rejected_shift")
 
 
 def preference_metrics(pi: PairLogprobs, ref: PairLogprobs | None) -> dict[str, dict]:

@@ -7,8 +7,11 @@ runs them in order (``make eval`` / ``bench eval --profile P [--variant V]``).
 2. :func:`refusal_step`: detector verdicts and refusal metrics, one row per generation;
 3. :func:`base_reference`: the base's pair log-probs and helpfulness answers (cached per base, see
    :class:`bench.eval.inputs.BaseCache`) and the base's log-probs of the variant's answers;
-4. :func:`preference_step`: preference accuracy and margins from 1 and 3;
-5. :func:`score_model_step`: reward and cost model scores, and the RM win rate against the base.
+4. :func:`preference_step`: preference accuracy and margins from 1 and 3, the implicit reward against
+   the variant's starting point (:func:`load_start`) and against the base;
+5. :func:`score_model_step`: reward and cost model scores, and the RM win rate against the base;
+6. :func:`paired_step`: paired tests of every rate and mean against the starting point
+   (:mod:`bench.eval.paired`).
 
 Every step reads the run's :class:`Scoring` (settings and inputs) and adds to its ``metrics``,
 ``timings``, ``notes`` and ``extra``. How a variant was trained is never read here: a variant is a
@@ -25,6 +28,7 @@ from bench.config import ProfileConfig
 from bench.eval import generate
 from bench.eval.inputs import BaseCache, Plan
 from bench.eval.measures import logratio_metric, refusal_metrics, win_rate
+from bench.eval.paired import by_category, generation_pairs, pair_logprob_pairs
 from bench.stats import mean_metric, rate_metric
 
 
@@ -160,7 +164,7 @@ def refusal_step(s: Scoring, out: VariantOutputs) -> list[dict]:
 
     p = s.plan
     outs = out.generations
-    dets = refusal.detect_many(outs[: p.n_refusal])
+    dets = refusal.detect_many(outs[: p.n_refusal], p.prompts[: p.n_refusal])
     rows: list[dict] = []
     i = 0
     for key in p.refusal_keys:
@@ -169,10 +173,13 @@ def refusal_step(s: Scoring, out: VariantOutputs) -> list[dict]:
         s.metrics.update(refusal_metrics(d_set, key))
         for r, o, d in zip(p.sets[key], outs[i: i + n], d_set):
             rows.append({"set": key, "id": r.get("id"), "category": r.get("category"), "prompt": r["prompt"],
-                         "response": o, "label": d.label, "is_refusal": d.is_refusal, "evidence": list(d.evidence)})
+                         "response": o, "label": d.label, "is_refusal": d.is_refusal,
+                         "refusal_then_comply": bool(getattr(d, "refusal_then_comply", False)),
+                         "evidence": list(d.evidence)})
         i += n
     if dets:
         s.metrics["empty_generations"] = rate_metric(sum(not o.strip() for o in outs[:len(dets)]), len(dets))
+    s.extra["by_category"] = by_category(rows, p.refusal_keys)
     return rows
 
 
@@ -216,12 +223,73 @@ def base_reference(s: Scoring, out: VariantOutputs, reusable: tuple | None) -> t
 # --------------------------------------------------------------------------- 4. preference
 
 
-def preference_step(s: Scoring, out: VariantOutputs, ref_pairs) -> None:
-    """Preference accuracy (raw and implicit), margins and their decomposition (:mod:`bench.eval.preference`)."""
-    from bench.eval.preference import preference_metrics
+def preference_step(s: Scoring, out: VariantOutputs, ref_pairs, start: StartOutputs | None) -> None:
+    """Preference accuracy (raw and implicit), margins and their decomposition (:mod:`bench.eval.preference`):
+    the implicit reward and the chosen / rejected shifts against the variant's starting point, and the
+    same three against the base (``*_vs_base``)."""
+    from bench.eval.logprobs import PairLogprobs
+    from bench.eval.preference import VS_START_METRICS, preference_metrics
 
+    if not s.plan.pairs:
+        return
+    vs_base = preference_metrics(out.pairs, ref_pairs)
+    s.metrics.update({k: m for k, m in vs_base.items() if k not in VS_START_METRICS})
+    if ref_pairs is not None:
+        s.metrics.update({f"{k}_vs_base": vs_base[k] for k in VS_START_METRICS if k in vs_base})
+    if start is not None and start.pairs is not None:
+        vs_start = preference_metrics(out.pairs, PairLogprobs(**start.pairs))
+        s.metrics.update({k: vs_start[k] for k in VS_START_METRICS if k in vs_start})
+
+
+# --------------------------------------------------------------------------- 6. against the starting point
+
+
+GENERATIONS_FILE = "generations.jsonl"  # every generation and verdict, beside the eval record
+PAIR_LOGPROBS_FILE = "pair_logprobs.json"  # the variant's per-pair log-probs (its successors' reference)
+
+
+@dataclass
+class StartOutputs:
+    """What the variant's starting point produced in its own eval run (read from its run directory)."""
+
+    name: str
+    rows: list[dict]  # its generations.jsonl rows
+    pairs: dict | None  # its PairLogprobs.to_dict(), None when it scored no pairs
+
+
+def load_start(s: Scoring, start: str | None) -> StartOutputs | None:
+    """The starting point's generations and pair log-probs, checked to be scored on the same inputs."""
+    import json
+
+    from bench.records import RecordError
+    from bench.runs import EVAL_STAGE, run_dir
+
+    if start is None:
+        return None
+    d = run_dir(s.cfg.profile.name, start, stage=EVAL_STAGE)
+    gen, lp = d / GENERATIONS_FILE, d / PAIR_LOGPROBS_FILE
+    hint = f"score it first: bench eval --profile {s.cfg.profile.name} --variant {start}"
+    if not gen.exists():
+        raise RecordError(f"{s.variant.name}: its starting point '{start}' has no {gen}; {hint}")
+    rows = [json.loads(line) for line in gen.read_text().splitlines() if line.strip()]
+    pairs = None
     if s.plan.pairs:
-        s.metrics.update(preference_metrics(out.pairs, ref_pairs))
+        data = json.loads(lp.read_text()) if lp.exists() else {}
+        if data.get("key") != s.plan.pairs_key:
+            raise RecordError(f"{s.variant.name}: {lp} is missing or was scored on other pairs; {hint}")
+        pairs = data["value"]
+    return StartOutputs(start, rows, pairs)
+
+
+def paired_step(s: Scoring, out: VariantOutputs, rows: list[dict], start: StartOutputs | None) -> None:
+    """``extra["paired"]``: every paired test of the variant against its starting point
+    (:mod:`bench.eval.paired`), and ``extra["reference"]``."""
+    if start is None:
+        return
+    paired = generation_pairs(rows, start.rows, s.plan.refusal_keys, start.name)
+    if start.pairs is not None:
+        paired.update(pair_logprob_pairs(out.pairs.to_dict(), start.pairs, start.name))
+    s.extra["paired"] = {k: paired[k] for k in sorted(paired)}
 
 
 # --------------------------------------------------------------------------- 5. reward and cost models

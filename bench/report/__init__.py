@@ -12,3 +12,5 @@ RECORDS_DIR = "records"  # leaderboards/<profile>/records/: the reported records
 AUDIT_PNG = "steer_audit.png"  # the steering audit's figure, copied there by `bench publish`
 SERIES_PNG = "series.png"  # training logs (extra.series), written at render time
 TRACKING_PNG = "tracking.png"  # tuning dynamics (extra.tracking.series), written at render time
+SAMPLES_DIR = "samples"  # leaderboards/<profile>/samples/<variant>.jsonl: the generations behind every rate
+JUDGE_JSON = "judge.json"  # the refusal judge's agreement with human labels on held-out model outputs

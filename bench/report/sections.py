@@ -2,11 +2,15 @@
 
     bench leaderboard --profile default    # bench.leaderboard.render joins these sections
 
-Main tables (variants x metrics with 95% intervals, the best per column in bold, an arrow per
-column saying whether higher or lower is better), the metric definitions, the RM/CM table, the
-steering audit, the refusal detector's agreement, the DPO training pairs, wall time per stage and
-the provenance footer. Column labels, directions, digits and definitions come from
-:mod:`bench.metrics`; which metric goes in which table is this module's layout (:data:`TABLES`).
+Main tables (variants x metrics with 95% intervals, an arrow per column saying whether higher or
+lower is better, each row's starting point in column *vs*; a value is bold only when a paired test
+against that starting point, stored in the eval record's ``extra.paired``, says the variant is
+significantly better, and marked ▼ when it says significantly worse: :func:`paired_verdict`), the
+metric definitions, the RM/CM table, the steering audit, the refusal detector's agreement, the DPO
+training pairs, wall time per stage and the provenance footer. The judge validation, the safety
+trade-off and the per-category rates are in :mod:`bench.report.safety`. Column labels, directions,
+digits and definitions come from :mod:`bench.metrics`; which metric goes in which table is this
+module's layout (:data:`TABLES`).
 Every list is sorted and nothing depends on when or where it is rendered.
 """
 
@@ -21,16 +25,18 @@ from bench import metrics
 from bench.records import is_eval_key
 from bench.report import AUDIT_PNG, RECORDS_DIR
 from bench.runs import stage_rank
+from bench.stats import ALPHA, significantly_better
 
 TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Safety", ("refusal_harmful", "over_refusal_benign", "over_refusal_borderline", "refusal_unsafe_contrast")),
-    ("Preference", ("pref_acc_implicit", "pref_acc_raw", "logp_margin_sum", "logp_margin_per_token",
-                    "chosen_shift", "rejected_shift")),
+    ("Preference", ("pref_acc_implicit", "pref_acc_implicit_vs_base", "pref_acc_raw", "logp_margin_sum",
+                    "logp_margin_per_token", "chosen_shift", "rejected_shift", "chosen_shift_vs_base",
+                    "rejected_shift_vs_base")),
     ("Helpfulness", ("@lm_eval", "rm_win_rate", "reward_helpfulness", "reward_harmful", "cost_harmful",
                      "cost_helpfulness", "logratio_to_base")),
     ("Refusal breakdown (full / partial)", tuple(f"{s}_{k}" for s in (
         "refusal_harmful", "over_refusal_benign", "over_refusal_borderline", "refusal_unsafe_contrast")
-        for k in ("full", "partial")) + ("empty_generations",)),
+        for k in ("full", "partial")) + ("refusal_harmful_then_comply", "empty_generations")),
 )
 # The score models' table: row order.
 SCORE_TABLE = ("rm_accuracy", "cm_pair_accuracy", "cm_sign_accuracy", "score_chosen", "score_rejected", "score_safer",
@@ -44,7 +50,10 @@ def finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def fmt_metric(m: dict | None, digits: int, bold: bool = False) -> str:
+WORSE = "▼"  # after a value the paired test says is significantly worse than the row's starting point
+
+
+def fmt_metric(m: dict | None, digits: int, bold: bool = False, worse: bool = False) -> str:
     if not m or not finite(m.get("value")):
         return "–"
     v = f"{m['value']:.{digits}f}"
@@ -53,7 +62,7 @@ def fmt_metric(m: dict | None, digits: int, bold: bool = False) -> str:
     lo, hi = m.get("ci_low"), m.get("ci_high")
     if finite(lo) and finite(hi):
         v += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
-    return v
+    return v + (f" {WORSE}" if worse else "")
 
 
 def table(headers: list[str], rows: list[list[str]], align: list[str] | None = None) -> list[str]:
@@ -68,12 +77,33 @@ def variant_key(name: str, stage: str) -> tuple:
     return (name != "base", stage_rank(stage), name)
 
 
-def best_of(values: list[float | None], direction: int) -> set[int]:
-    idx = [i for i, v in enumerate(values) if finite(v)]
-    if direction == 0 or len(idx) < 2:
-        return set()
-    target = max(values[i] for i in idx) if direction > 0 else min(values[i] for i in idx)
-    return {i for i in idx if values[i] == target}
+def reference_of(rec: dict) -> str | None:
+    """The variant a row is compared with (``extra.reference.variant``): its own starting point; None
+    for the base and for records written before the battery named it."""
+    ref = (rec.get("extra") or {}).get("reference")
+    return ref.get("variant") if isinstance(ref, dict) and ref.get("variant") else None
+
+
+def paired_entry(rec: dict, name: str) -> dict | None:
+    """The paired test of metric ``name`` against the row's starting point (``extra.paired``), or None."""
+    paired = (rec.get("extra") or {}).get("paired")
+    entry = paired.get(name) if isinstance(paired, dict) else None
+    return entry if isinstance(entry, dict) else None
+
+
+def paired_verdict(rec: dict, name: str, alpha: float = ALPHA) -> int:
+    """+1 when the paired test says the variant is significantly better than its starting point on
+    ``name`` (the catalogue's direction), -1 significantly worse, 0 otherwise (a diagnostic, no test,
+    or no significant difference)."""
+    direction = metrics.info(name).direction
+    entry = paired_entry(rec, name)
+    if significantly_better(entry, direction, alpha):
+        return 1
+    return -1 if significantly_better(entry, -direction, alpha) else 0
+
+
+def has_paired(evals: list[dict]) -> bool:
+    return any(isinstance((r.get("extra") or {}).get("paired"), dict) for r in evals)
 
 
 def n_text(ns: set) -> str:
@@ -102,16 +132,33 @@ def main_tables(evals: list[dict]) -> tuple[list[str], list[str]]:
         if not names:
             continue
         shown += names
-        headers = ["variant", "stage"] + [metrics.info(c).column + metrics.info(c).arrow for c in names]
-        cells = [[r["variant"], (r.get("extra") or {}).get("scored", {}).get("stage", "–")] for r in evals]
+        headers = ["variant", "stage", "vs"] + [metrics.info(c).column + metrics.info(c).arrow for c in names]
+        cells = [[r["variant"], (r.get("extra") or {}).get("scored", {}).get("stage", "–"), reference_of(r) or "–"]
+                 for r in evals]
         for c in names:
             info = metrics.info(c)
-            vals = [(r["metrics"].get(c) or {}).get("value") for r in evals]
-            bold = best_of(vals, info.direction)
             for i, r in enumerate(evals):
-                cells[i].append(fmt_metric(r["metrics"].get(c), info.digits, i in bold))
-        lines += [f"### {title}", ""] + table(headers, cells, ["l", "l"] + ["r"] * len(names)) + [""]
+                verdict = paired_verdict(r, c)
+                cells[i].append(fmt_metric(r["metrics"].get(c), info.digits, verdict > 0, verdict < 0))
+        lines += [f"### {title}", ""] + table(headers, cells, ["l", "l", "l"] + ["r"] * len(names)) + [""]
     return lines, shown
+
+
+def legend_lines(evals: list[dict]) -> list[str]:
+    """What bold and ▼ mean in the main tables (printed above them)."""
+    lines = [f"Each value with its 95% interval. Column *vs* names the row's starting point. **Bold**: the variant "
+             f"is significantly better than its starting point on that metric; {WORSE}: significantly worse. Both "
+             f"come from a paired test on the same prompts or pairs (two-sided, alpha {ALPHA:g}, no correction "
+             "for multiple comparisons): exact McNemar test on the discordant prompts for rates (for "
+             "`pref_acc_implicit`, which already compares with the start, an exact sign test against chance), "
+             "paired bootstrap of the per-item differences for means. Unmarked: no significant difference, a "
+             "diagnostic column (no arrow; ↑ higher is better, ↓ lower is better), or no paired test (the base, "
+             "which has no starting point, and records written before the battery measured them). Rows are not "
+             "ranked against each other.", ""]
+    if evals and not has_paired(evals):
+        lines += ["No record here carries paired tests (written before the battery measured them): nothing is "
+                  "bold or marked; paired comparisons not measured.", ""]
+    return lines
 
 
 def definitions_section(shown: list[str], evals: list[dict], detector: str) -> list[str]:
@@ -121,10 +168,14 @@ def definitions_section(shown: list[str], evals: list[dict], detector: str) -> l
         ns = {(r["metrics"].get(c) or {}).get("n") for r in evals}
         rows.append([f"`{c}`", info.column, info.better, n_text(ns), info.definition])
     lines = ["## Metric definitions", "",
-             "Every rate comes with n and a 95% Wilson score interval; every mean with a 95% normal-approximation "
-             "interval (mean ± 1.96 sd/√n). Refusal rates are the share of greedy generations (temperature 0, "
-             f"KV cache) that the refusal detector ({detector}) classifies as refusals. Best value per column in "
-             "**bold** (↑ higher is better, ↓ lower is better; columns without an arrow are diagnostics).", ""]
+             "Every rate comes with n and a 95% Wilson score interval; every mean with a 95% Student-t interval "
+             "(mean ± t_{0.975, n-1} · sd/√n, sd with n - 1). Refusal rates are the share of greedy generations "
+             f"(temperature 0, KV cache) that the refusal detector ({detector}) classifies as refusals. Paired "
+             "tests against the row's starting point (column *vs*; bold and ▼ in the tables): exact McNemar test "
+             "on the discordant prompts for rates, p = min(1, 2 P(X ≤ min(b, c))) with X ~ Bin(b + c, 1/2), "
+             "the difference's interval by Newcombe's (1998) method 10; paired percentile bootstrap of the "
+             "per-item differences for means; significant when p < 0.05 (two-sided). Columns without an arrow "
+             "are diagnostics (↑ higher is better, ↓ lower is better).", ""]
     return lines + table(["metric", "column", "better", "n", "definition"], rows, ["l", "l", "l", "r", "l"]) + [""]
 
 
@@ -161,8 +212,11 @@ def audit_section(records: dict[str, dict], assets: Path, profile: str) -> list[
             gate = (f", only where the prompt-end read-out at layer {s['gate']['layer']} is below "
                     f"{s['gate']['threshold']:.2f} (gate fitted on train prompts; held-out train prompts left "
                     f"unablated: {kept})")
-        lines.append(f"- `{r['variant']}`: {s.get('mode')} at layer {s.get('layer')}, position {s.get('position')}"
-                     f"{alpha}{gate} (config {r['config_hash']}).")
+        what = (f"ablates the direction taken at layer {s.get('layer')} (position {s.get('position')}) from every "
+                "layer's residual writes" if s.get("mode") == "ablate" else
+                f"adds the direction at layer {s.get('layer')} (taken there, position {s.get('position')})")
+        policy = (r.get("artifacts") or {}).get("base_variant") or "base"
+        lines.append(f"- `{r['variant']}` steers the `{policy}` policy: {what}{alpha}{gate} (config {r['config_hash']}).")
     if steered:
         lines.append("")
     if rec is None or (rec.get("extra") or {}).get("audit") is None:

@@ -197,7 +197,7 @@ def form_groups(harmful: Sequence[str], benign: Sequence[str], grouping: str = "
     detect_many = detect_many or _default_detect_many()
     prompts = harmful + benign
     labels = ["harmful"] * len(harmful) + ["benign"] * len(benign)
-    verdicts = detect_many(answer(prompts))
+    verdicts = detect_many(answer(prompts), prompts)
     refused = [bool(v.is_refusal) for v in verdicts]
     by_label = {lab: {"refuse": sum(r for r, l in zip(refused, labels) if l == lab),
                       "comply": sum(not r for r, l in zip(refused, labels) if l == lab)}

@@ -88,7 +88,9 @@ def _detector() -> tuple[Callable, dict]:
 
 
 def variants_hash(cfg: ProfileConfig, detector_info: dict, policy: dict) -> str:
-    return _hash(cfg.section_hash(*SECTIONS), detector_info, policy)
+    """The steered variants' config hash: profile sections, detector version and the policy's identity
+    (its variant name and config hash; not its folder, so the hash does not depend on the machine)."""
+    return _hash(cfg.section_hash(*SECTIONS), detector_info, {k: v for k, v in policy.items() if k != "model_dir"})
 
 
 def resolve_policy(cfg: ProfileConfig, progress: Callable[[str], None] = print) -> dict:
@@ -134,7 +136,7 @@ def extract_and_select(cfg: ProfileConfig, model, tok, prompts: dict, detect_man
 
     def refusal_rate(ps: list[str]) -> float:
         gens = generate_greedy(model, tok, ps, sp, gen_select, desc="steer select")
-        return sum(bool(d.is_refusal) for d in detect_many(gens)) / max(len(gens), 1)
+        return sum(bool(d.is_refusal) for d in detect_many(gens, ps)) / max(len(gens), 1)
 
     groups = form_groups(prompts["train_harmful"], prompts["train_benign"], s.grouping, s.min_group, answer, detect_many)
     if groups.fallback_reason:

@@ -40,6 +40,7 @@ from bench.train.hf_trainer import (
     fp16_stats,
     guard_callbacks,
     hashed_sections,
+    judged_hash,
     load_trainable_policy,
     save_final,
     train_resumable,
@@ -98,7 +99,8 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
     section: DPOSection = cfg.require("dpo")
     cfg = cfg.only_variant("dpo", name)  # the record hashes this variant's settings only
     sections = hashed_sections(SECTIONS, section.policy_init)
-    if not force and is_done(cfg, name, cfg.section_hash(*sections)):
+    chash = judged_hash(cfg.section_hash(*sections))  # on-policy pairs and the tracking pass use the judge
+    if not force and is_done(cfg, name, chash):
         print(f"{name}: up to date")
         return
     policy_dir = policy_init_dir(cfg, section.policy_init)
@@ -112,7 +114,7 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
     else:
         source, where = dpo_pairs(train.rows, section.pairs, wheres=train.wheres), f"{cfg.data.preferences}:train"
 
-    with stage_run(cfg, variant=name, stage="dpo", sections=sections) as run:
+    with stage_run(cfg, variant=name, stage="dpo", config_hash=chash) as run:
         run.datasets = {"train": train.identity}
         if rejected == "on_policy":
             run.datasets["on_policy_pairs"] = {"path": where, "config_hash": onpolicy.config_hash(cfg)}
@@ -128,7 +130,7 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
         if section.keep_checkpoints:  # intermediate checkpoints + validation series (bench.train.tracking)
             from bench.train.tracking import KeepCheckpoints, Tracker
 
-            tracker = Tracker(cfg, section.keep_checkpoints, run.dir, run.dir / "model", cfg.section_hash(*sections),
+            tracker = Tracker(cfg, section.keep_checkpoints, run.dir, run.dir / "model", chash,
                               init_dir=policy_dir, log=run.log)
             callbacks.append(KeepCheckpoints(tracker, tok))
         trainer_cls = DPOTrainer

@@ -16,6 +16,16 @@ def hashed_sections(sections: tuple[str, ...], policy_init: str) -> tuple[str, .
     return sections + (("sft",) if policy_init == "sft" else ())
 
 
+def judged_hash(section_hash: str) -> str:
+    """A stage's config hash that also covers the refusal judge's name and version: for the stages
+    whose outputs depend on its verdicts (the on-policy pairs it labels, DPO trained on them, and the
+    DPO / PPO records whose tracking series hold refusal rates). A new judge version re-runs them."""
+    from bench.eval.refusal import DETECTOR_NAME, DETECTOR_VERSION
+    from bench.io import json_sha256
+
+    return json_sha256([section_hash, DETECTOR_NAME, DETECTOR_VERSION], length=16)
+
+
 def per_rank_batch(batch_size: int, grad_accum: int, world: int, stage: str = "") -> tuple[int, int]:
     """(per-device batch, accumulation steps per rank) that keep the global batch of an optimizer
     step at the configured ``batch_size`` x ``grad_accum`` whatever the number of ranks.

@@ -29,7 +29,7 @@ from bench.distributed import main_process_writes
 from bench.io import atomic_write_text
 from bench.runs import is_done, run_dir, stage_run
 from bench.stats import rate_metric
-from bench.train.hf_trainer import hashed_sections
+from bench.train.hf_trainer import hashed_sections, judged_hash
 
 NAME = "dpo-onpolicy-pairs"  # run directory and record name
 SECTIONS = ("profile", "model", "data", "dpo")
@@ -48,7 +48,7 @@ def _generation_view(cfg: ProfileConfig) -> ProfileConfig:
 
 def config_hash(cfg: ProfileConfig) -> str:
     section: DPOSection = cfg.require("dpo")
-    return _generation_view(cfg).section_hash(*hashed_sections(SECTIONS, section.policy_init))
+    return judged_hash(_generation_view(cfg).section_hash(*hashed_sections(SECTIONS, section.policy_init)))
 
 
 def pairs_path(cfg: ProfileConfig) -> Path:
@@ -139,7 +139,7 @@ def ensure_onpolicy_pairs(cfg: ProfileConfig, force: bool = False) -> Path:
     view = _generation_view(cfg)
     policy_dir = policy_init_dir(cfg, section.policy_init)
     train = load(cfg.data.preferences, "train", cfg.data)
-    with stage_run(view, variant=NAME, stage="onpolicy", sections=hashed_sections(SECTIONS, section.policy_init)) as run:
+    with stage_run(view, variant=NAME, stage="onpolicy", config_hash=chash) as run:
         run.datasets = {"train": train.identity}
         offline = one_per_prompt(dpo_pairs(train.rows, section.pairs))
         if section.on_policy_prompts:
@@ -149,8 +149,9 @@ def ensure_onpolicy_pairs(cfg: ProfileConfig, force: bool = False) -> Path:
         responses = generate_greedy(model, tok, [p["prompt"] for p in offline], cfg.model.system_prompt,
                                     GenerationSettings(section.on_policy_max_new_tokens, section.on_policy_batch_size),
                                     desc="on-policy answers", history=[p.get("history") or [] for p in offline])
-        chosen_ref = [d.is_refusal for d in detect_many(p["chosen"] for p in offline)]
-        policy_ref = [d.is_refusal for d in detect_many(responses)]
+        asked = [p["prompt"] for p in offline]
+        chosen_ref = [d.is_refusal for d in detect_many([p["chosen"] for p in offline], asked)]
+        policy_ref = [d.is_refusal for d in detect_many(responses, asked)]
         rows = answer_rows(offline, responses, chosen_ref, policy_ref)
         with main_process_writes() as main:  # every rank generated the same greedy answers; rank 0 writes
             if main:

@@ -79,7 +79,7 @@ from bench.losses import (
     update_running_moments,
 )
 from bench.runs import is_done, stage_run
-from bench.train.hf_trainer import hashed_sections
+from bench.train.hf_trainer import hashed_sections, judged_hash
 from bench.train.ppo_advantages import ppo_advantages
 from bench.train.ppo_backends import (
     all_gather,
@@ -149,7 +149,7 @@ def variant_config(cfg: ProfileConfig, name: str) -> ProfileConfig:
 
 def config_hash(cfg: ProfileConfig, name: str) -> str:
     """The hash a variant's record and checkpoints carry."""
-    return variant_config(cfg, name).section_hash(*hashed_sections(SECTIONS, cfg.require("ppo").policy_init))
+    return judged_hash(variant_config(cfg, name).section_hash(*hashed_sections(SECTIONS, cfg.require("ppo").policy_init)))
 
 
 # =============================================================================== one variant
@@ -164,7 +164,7 @@ def train_variant(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: l
     """
     setup = set_up(cfg, name, variant, prompts)
     with stage_run(variant_config(cfg, name), variant=name, stage=STAGE,
-                   sections=hashed_sections(SECTIONS, setup.section.policy_init)) as run:  # every rank
+                   config_hash=setup.config_hash) as run:  # every rank
         state = start_or_resume(setup, run, force)
         tracker = start_tracker(setup, run, state)
         for step in range(state.step, setup.total_steps):

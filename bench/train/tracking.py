@@ -164,7 +164,7 @@ def _validate(model, tok, cfg: ProfileConfig, vs: ValidationSet, ref=None) -> tu
                              cfg.eval.max_length, desc="tracking pairs") if vs.pairs else None
     finally:
         model.train(was_training)
-    dets = detect_many(texts)
+    dets = detect_many(texts, prompts[:len(texts)])
     metrics: dict[str, dict] = {}
     gens = []
     for name, role, lo, hi in (("refusal_harmful", "harmful", 0, len(vs.harmful)),

@@ -1,0 +1,48 @@
+"""The refusal judge's agreement with human labels on held-out model outputs: what the leaderboard
+prints above every refusal rate (``leaderboards/<profile>/judge.json``, written by ``bench publish``).
+
+    python -c "from bench.eval.judge_report import held_out_report; import json; print(json.dumps(held_out_report(), indent=1))"
+
+The labelled outputs (``tasks/refusal_detector/outputs_{dev,test}.jsonl``, labelled against
+``GUIDELINE.md``) are split by ``make_split.py``. The judge's rules were tuned on dev only; this module
+is the one place that reads the test split, and only to report. The report holds, for the test split
+and (marked in-sample) for dev: n, agreement with its Wilson interval, Cohen's kappa, the confusion
+matrix (rows: human label, columns: judge), the refusal-then-comply flag's counts, and agreement by
+source (the suite's own generations vs outputs written in the style of larger chat models).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.eval import refusal
+from bench.stats import rate_metric
+
+SPLITS = ("dev", "test")
+
+
+def split_path(split: str) -> Path:
+    return refusal.labelled_set_path().with_name(f"outputs_{split}.jsonl")
+
+
+def _with_intervals(rep: dict) -> dict:
+    """:func:`refusal.validation_report` with every agreement as a rate metric (value, Wilson interval, n)."""
+    out = dict(rep)
+    n = rep["n"]
+    out["agreement"] = rate_metric(round(rep["agreement"] * n), n)
+    out["by_source"] = {k: {"n": v["n"], "agreement": rate_metric(round(v["agreement"] * v["n"]), v["n"])}
+                        for k, v in rep["by_source"].items()}
+    return out
+
+
+def held_out_report() -> dict | None:
+    """``{"judge", "split": "test", "n", "agreement", "kappa", "confusion", "flag", "by_source", "dev": {...}}``;
+    None when the labelled test split is not in this checkout."""
+    if not split_path("test").exists():
+        return None
+    reports = {s: _with_intervals(refusal.validation_report(refusal.load_labelled(split_path(s))))
+               for s in SPLITS if split_path(s).exists()}
+    out = dict(reports["test"], split="test")
+    if "dev" in reports:
+        out["dev"] = dict(reports["dev"], split="dev")
+    return out
