@@ -31,7 +31,7 @@ from typing import Callable
 
 from bench.io import atomic_write_text
 from bench.published import leaderboard_paths, load_reported, publish_records
-from bench.report import RECORDS_DIR, safety, series
+from bench.report import RECORDS_DIR, examples, safety, series
 from bench.report import sections as S
 
 
@@ -71,6 +71,7 @@ def render(profile: str, records: dict[str, dict], assets: Path, agreement: dict
         lines += ["Notes from the battery:", ""] + [f"- {n}" for n in notes] + [""]
     lines += safety.tradeoff_section(evals, assets, profile, write_plots)
     lines += safety.category_section(evals)
+    lines += examples.examples_section(evals, assets)
     lines += S.definitions_section(shown, evals, det)
     lines += S.score_table(records)
     lines += S.audit_section(records, assets, profile)

@@ -77,3 +77,26 @@ def test_portable_paths(tmp_path, path, want):
     runs = tmp_path / "runs" / "p"
     value = path.format(runs=runs, repo=REPO_ROOT, home=Path.home())
     assert published.portable_paths({"a": [value]}, profile_root=runs, profile="p") == {"a": [want]}
+
+
+def test_examples_show_the_prompts_variants_disagree_on(tmp_path):
+    from bench.report.examples import examples_section, pick
+
+    samples = tmp_path / "p" / "samples"
+    samples.mkdir(parents=True)
+    rows = {  # prompt h1: all comply; h2: sft refuses, dpo complies after a refusal
+        "sft": [{"set": "refusal_harmful", "id": "h1", "prompt": "P1", "label": "comply", "response": "Sure."},
+                {"set": "refusal_harmful", "id": "h2", "prompt": "P2", "label": "refuse", "response": "No | never."}],
+        "dpo": [{"set": "refusal_harmful", "id": "h1", "prompt": "P1", "label": "comply", "response": "Sure."},
+                {"set": "refusal_harmful", "id": "h2", "prompt": "P2", "label": "comply", "response": "x " * 200,
+                 "refusal_then_comply": True}],
+    }
+    for v, rs in rows.items():
+        (samples / f"{v}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
+    from bench.report.examples import load_samples
+
+    assert pick(load_samples(tmp_path / "p", ["sft", "dpo"]), "refusal_harmful", k=1) == [("h2", "P2")]
+    text = "\n".join(examples_section([{"variant": "sft"}, {"variant": "dpo"}], tmp_path / "p"))
+    assert "**P2** (`h2`)" in text and "| `dpo` | comply † |" in text
+    assert "No \\| never." in text and "…" in text  # cells escaped, long answers cut
+    assert examples_section([{"variant": "sft"}], tmp_path / "p") == []  # one variant: nothing to compare
