@@ -235,9 +235,12 @@ class DPOSection(TrainSection):
 class PPOVariant:
     """One PPO-family variant: the per-token regulariser and whether the Lagrangian cost term is on."""
 
-    regulariser: Literal["kl", "none", "js"] = "kl"
+    # kl: kl_penalty(kl_estimator); js: Sun et al. 2023's clamped sampled-token JS term (ppo_losses.js_sampled_token,
+    # first order, ~|log-ratio|/4), with kl_coef as in the paper; js_exact: the full-vocabulary JS
+    # (ppo_losses.js_divergence_per_token, second order, ~KL/4) with js_coef; none: no penalty.
+    regulariser: Literal["kl", "none", "js", "js_exact"] = "kl"
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
-    coef: float | None = None  # None: the section's kl_coef (kl) or js_coef (js)
+    coef: float | None = None  # None: the section's kl_coef (kl, js) or js_coef (js_exact)
     lagrangian: bool = False
     # > 0: the score is RM - cost_penalty * max(0, CM cost) (losses.hinge_cost_penalty): only answers
     # the cost model judges unsafe are penalised, so the safety signal is conditioned on harm.
@@ -270,7 +273,7 @@ class PPOSection(TrainSection):
     max_new_tokens: int = 48
     temperature: float = 1.0
     kl_coef: float = 0.05
-    js_coef: float = 0.1
+    js_coef: float = 0.1  # regulariser js_exact only (js uses kl_coef)
     gamma: float = 1.0
     lam: float = 0.95
     clip_eps: float = 0.2
@@ -281,6 +284,11 @@ class PPOSection(TrainSection):
     normalize_rewards: bool = True
     # Score given to responses cut at max_new_tokens without EOS (None: score them as they are).
     truncated_penalty: float | None = None
+    # Subtracted from the score (after normalisation, so in running-std units, and after the variant's
+    # opt-in terms) of every response with no end of turn within max_new_tokens (ppo_losses.missing_eos_penalty,
+    # as TRL's missing_eos_penalty). On by default: without it PPO learns that not stopping is free, since
+    # truncated text is scored as if complete. 0 switches it off.
+    missing_eos_penalty: float = 1.0
     # PPO-Lagrangian (Safe RLHF): lambda = exp(log_lambda), ascent on (mean episode cost - threshold).
     cost_threshold: float = 0.0
     lambda_init: float = 1.0
@@ -305,6 +313,8 @@ class PPOSection(TrainSection):
             raise ConfigError(f"ppo: max_new_tokens ({self.max_new_tokens}) must be < max_length ({self.max_length})")
         if not self.variants:
             raise ConfigError("ppo: variants is empty")
+        if self.missing_eos_penalty < 0:
+            raise ConfigError(f"ppo: missing_eos_penalty ({self.missing_eos_penalty}) must be >= 0 (0: off)")
         for name, v in self.variants.items():
             if v.group_size < 1 or self.rollout_prompts % v.group_size:
                 raise ConfigError(f"ppo.variants.{name}.group_size ({v.group_size}) must be >= 1 and divide "

@@ -23,7 +23,6 @@ Run the tests with ``python -m pytest tests/test_losses.py -q``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +40,6 @@ __all__ = [
     "cost_sign",
     "cost_model_loss",
     # PPO
-    "KL_ESTIMATORS",
-    "kl_penalty",
-    "js_divergence_per_token",
     "shape_rewards",
     "gae",
     "ppo_policy_loss",
@@ -220,75 +216,8 @@ def cost_model_loss(
 
 
 # ---------------------------------------------------------------------------------------------
-# PPO: KL / JS penalties, reward shaping, GAE, clipped losses, reward normalisation
+# PPO: reward shaping, GAE, clipped losses, reward normalisation (regularisers: bench.ppo_losses)
 # ---------------------------------------------------------------------------------------------
-
-
-def _kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    return logp - ref_logp
-
-
-def _kl_k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (logp - ref_logp) ** 2
-
-
-def _kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    log_r = ref_logp - logp
-    return torch.expm1(log_r) - log_r
-
-
-#: Schulman's per-sample estimators of KL(pi || pi_ref) for tokens sampled from pi.
-KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "k1": _kl_k1,
-    "k2": _kl_k2,
-    "k3": _kl_k3,
-}
-
-
-def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k1") -> torch.Tensor:
-    """Per-token estimate of KL(pi || pi_ref) from log-probs of the sampled tokens.
-
-    With log r = ref_logp - logp (J. Schulman, "Approximating KL divergence", 2020,
-    http://joschu.net/blog/kl-approx.html):
-      k1 = -log r = logp - ref_logp           unbiased, can be negative
-      k2 = 0.5 * (log r)^2                    biased, low variance, >= 0
-      k3 = (r - 1) - log r                    unbiased, >= 0
-    Shapes (B, T) -> (B, T). Unknown ``kind`` raises ValueError listing the known ones.
-    """
-    try:
-        estimator = KL_ESTIMATORS[kind]
-    except KeyError:
-        raise ValueError(
-            f"unknown KL estimator {kind!r}; known: {sorted(KL_ESTIMATORS)}"
-        ) from None
-    return estimator(logp, ref_logp)
-
-
-def js_divergence_per_token(
-    logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Full-distribution Jensen–Shannon divergence between policy and reference, per position.
-
-    JS(p, q) = 0.5 KL(p || m) + 0.5 KL(q || m),  m = (p + q) / 2,
-    with p = softmax(logits_t), q = softmax(ref_logits_t), log m = logaddexp(log p, log q) - ln 2.
-    Symmetric, 0 iff p = q, bounded by ln 2. Computed in float32 in log space; terms with p = 0
-    count as 0 (and have finite gradients). Used as the PPO regulariser in place of KL by
-    Sun et al. 2023, "Exploring the impact of low-rank adaptation on the performance, efficiency,
-    and regularization of RLHF" (arXiv:2309.09055).
-    ``logits``, ``ref_logits`` (B, T, V) -> (B, T); positions with mask 0 are 0.
-    """
-    logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
-    logq = torch.log_softmax(ref_logits.float(), dim=-1)  # (B, T, V)
-    logm = torch.logaddexp(logp, logq) - math.log(2.0)  # (B, T, V)
-    p, q = logp.exp(), logq.exp()  # (B, T, V)
-    zero = torch.zeros((), dtype=p.dtype, device=p.device)
-    # Replace log-values where the weight is 0 so that 0 * (-inf) never occurs, even in backward.
-    kl_pm = (p * (torch.where(p > 0, logp, zero) - torch.where(p > 0, logm, zero))).sum(-1)
-    kl_qm = (q * (torch.where(q > 0, logq, zero) - torch.where(q > 0, logm, zero))).sum(-1)
-    js = (0.5 * (kl_pm + kl_qm)).clamp(min=0.0, max=math.log(2.0))  # (B, T)
-    if mask is not None:
-        js = torch.where(_as_bool(mask), js, zero)
-    return js
 
 
 def shape_rewards(

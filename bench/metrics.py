@@ -225,6 +225,9 @@ _TRAINING = [
        "Mean response length (tokens) in the last rollout batch.", 1),
     _m("truncated_end", "truncated (last batch)", NEUTRAL,
        "Share of last-batch responses cut at max_new_tokens.", 3),
+    _m("kl_ref_per_token_end", "KL to start per token (last batch)", NEUTRAL,
+       "Mean per-token KL(pi || pi_start) in the last rollout batch: the k3 estimate summed over every response "
+       "token divided by their number (the same yardstick for every regulariser).", 4),
     _m("entropy_end", "entropy (last step)", NEUTRAL, "Mean token entropy of the policy at the last step.", 3),
     _m("lambda_end", "Lagrange multiplier (last step)", NEUTRAL, "PPO-Lagrangian's multiplier at the last step.", 3),
     _m("steps", "PPO steps", NEUTRAL, "Optimiser steps the run took.", 0),

@@ -139,12 +139,16 @@ def test_smoke_variant_trains_and_records(name, variant, trainable, smoke_cfg, s
     assert rec["stage"] == "ppo" and rec["variant"] == name
     series = rec["extra"]["series"]
     assert [r["step"] for r in series] == [1, 2]
-    for key in ("reward", "cost", "kl_ref", "entropy", "clip_frac", "value_loss", "response_length", "truncated"):
+    for key in ("reward", "cost", "kl_ref", "kl_ref_per_token", "entropy", "clip_frac", "value_loss",
+                "response_length", "truncated"):
         assert all(isinstance(r[key], float) for r in series), key
     assert all((r["lambda"] is not None) == variant.lagrangian for r in series)
     for key in ("reward_start", "reward_end", "kl_ref_end", "truncated_end", "cost_end"):
         assert set(rec["metrics"][key]) == {"value", "ci_low", "ci_high", "n"} and rec["metrics"][key]["n"] == 4
     assert rec["datasets"]["ppo_prompts"] == {"name": "test-prompts", "n": len(PROMPTS)}
+    kl_tok = rec["extra"]["kl_ref_per_token_end"]  # the last batch's k3 per token: total / tokens
+    assert kl_tok["estimator"] == "k3" and kl_tok["tokens"] == pytest.approx(4 * series[-1]["response_length"])
+    assert kl_tok["value"] == pytest.approx(4 * series[-1]["kl_ref"] / kl_tok["tokens"])
     if variant.regulariser == "none":
         assert all(r["penalty"] == 0.0 for r in series)
     else:
@@ -290,7 +294,7 @@ def test_reward_weight_zero_trains_on_behaviour_alone(smoke_cfg, smoke_base, run
     real_detect = refusal.detect_many
     monkeypatch.setattr(refusal, "detect_many", lambda t, *a: texts.append(list(t)) or real_detect(t, *a))
     variant = PPOVariant(regulariser="none", rule_reward=1.0, reward_weight=0.0, group_size=2, balance_prompts=True)
-    cfg = make_cfg(smoke_cfg, {"ppo-rule-only": variant})
+    cfg = make_cfg(smoke_cfg, {"ppo-rule-only": variant}, missing_eos_penalty=0.0)  # the rule alone scores
     ppo.train_variant(cfg, "ppo-rule-only", variant, PROMPTS)
     series = read_record(runs / "ppo-rule-only" / "record.json")["extra"]["series"]
     balanced = prompt_stream.balance_by_label(PROMPTS, LABELS)
@@ -481,6 +485,51 @@ def test_reward_score_normalises_then_penalises_truncation():
     plain = ppo.reward_score(raw, torch.tensor([False, False, True]), moments,
                              PPOSection(normalize_rewards=False, truncated_penalty=None))
     assert torch.equal(plain, raw)
+
+
+def test_missing_eos_penalty_comes_off_the_final_score_whatever_its_parts():
+    """missing_eos_penalty is subtracted last, so it holds with reward_weight 0 too; 0 switches it off."""
+    from types import SimpleNamespace
+
+    raw, truncated = torch.tensor([1.0, 3.0, 5.0]), torch.tensor([False, True, True])
+    for weight, expected in ((1.0, [1.0, 2.5, 4.5]), (0.0, [0.0, -0.5, -0.5])):
+        setup = SimpleNamespace(section=PPOSection(normalize_rewards=False, missing_eos_penalty=0.5),
+                                variant=PPOVariant(reward_weight=weight))
+        state = SimpleNamespace(reward_moments=(0.0, 0.0, 0))
+        score, rule = ppo.episode_scores(setup, state, PROMPTS[:3], SimpleNamespace(truncated=truncated), raw, None)
+        torch.testing.assert_close(score, torch.tensor(expected))
+        assert rule is None
+    setup = SimpleNamespace(section=PPOSection(normalize_rewards=False, missing_eos_penalty=0.0), variant=PPOVariant())
+    score, _ = ppo.episode_scores(setup, state, PROMPTS[:3], SimpleNamespace(truncated=truncated), raw, None)
+    torch.testing.assert_close(score, raw)
+    assert PPOSection().missing_eos_penalty == 1.0  # on by default
+    from bench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="missing_eos_penalty"):
+        PPOSection(missing_eos_penalty=-1.0)
+
+
+def test_js_is_sampled_token_with_kl_coef_and_js_exact_is_full_vocabulary_with_js_coef():
+    """regulariser js: Sun et al.'s sampled-token term at kl_coef; js_exact: the exact JS at js_coef."""
+    from bench.ppo_losses import js_divergence_per_token, js_sampled_token
+    from bench.train.rollout import PENALTIES, regulariser_coef
+
+    section = PPOSection(kl_coef=0.05, js_coef=0.1)
+    coefs = {r: regulariser_coef(PPOVariant(regulariser=r), section) for r in ("kl", "js", "js_exact", "none")}
+    assert coefs == {"kl": 0.05, "js": 0.05, "js_exact": 0.1, "none": 0.0}
+    assert regulariser_coef(PPOVariant(regulariser="js", coef=0.3), section) == 0.3
+    g = torch.Generator().manual_seed(0)
+    logits, ref_logits = torch.randn(2, 3, 5, generator=g), torch.randn(2, 3, 5, generator=g)
+    y = torch.randint(0, 5, (2, 3), generator=g)
+    lp = torch.log_softmax(logits, -1).gather(-1, y[..., None])[..., 0]
+    rlp = torch.log_softmax(ref_logits, -1).gather(-1, y[..., None])[..., 0]
+    m = torch.ones(2, 3)
+    v = PPOVariant()
+    torch.testing.assert_close(PENALTIES["js"](v, lp, rlp, logits, ref_logits, m), js_sampled_token(lp, rlp))
+    torch.testing.assert_close(PENALTIES["js_exact"](v, lp, rlp, logits, ref_logits, m),
+                               js_divergence_per_token(logits, ref_logits, m))
+    assert not torch.allclose(PENALTIES["js"](v, lp, rlp, logits, ref_logits, m),
+                              PENALTIES["js_exact"](v, lp, rlp, logits, ref_logits, m))
 
 
 def test_prompt_stream_covers_each_prompt_once_per_epoch():

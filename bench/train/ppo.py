@@ -4,17 +4,20 @@
     deepspeed --num_gpus 4 -m bench ppo --profile llama2-7b-v100    # GPU profiles (or accelerate launch)
 
 TRL 1.x ships no PPO and no library has PPO-Lagrangian or a Jensen-Shannon regulariser, so the
-recipe is ours; every loss and estimator is a pure function of ``bench.losses`` (with its
-equation and a closed-form test). One step of :func:`train_variant`:
+recipe is ours; every loss and estimator is a pure function of ``bench.losses`` or ``bench.ppo_losses``
+(with its equation and a closed-form test). One step of :func:`train_variant`:
 
  1. rollout: ``rollout_prompts`` prompts, sampled responses with the KV cache (``bench.train.rollout``),
     masked after the first EOS; rows without EOS are *truncated*.
  2. experience (no grad): old log-probs and values from the policy + value head, reference log-probs
     (LoRA: the same network with adapters disabled; full / top_layers: a frozen copy of the initial
-    policy), the per-token regulariser of the variant (``kl`` with estimator k1/k2/k3, ``js``, ``none``),
+    policy), the per-token regulariser of the variant (``kl`` with estimator k1/k2/k3; ``js``, Sun et al.'s
+    clamped sampled-token JS with ``kl_coef``; ``js_exact``, the full-vocabulary JS with ``js_coef``;
+    ``none``; ``bench.ppo_losses``),
     RM score and CM cost of each response.
- 3. rewards: RM scores normalised with running moments, truncated rows given ``truncated_penalty``,
-    clipped to ``reward_clip``, placed on the last token with the per-token penalty
+ 3. rewards: RM scores normalised with running moments, truncated rows given ``truncated_penalty``
+    (if set) and, after the opt-in terms below, ``missing_eos_penalty`` subtracted (on by default;
+    ``ppo_losses.missing_eos_penalty``), clipped to ``reward_clip``, placed on the last token with the per-token penalty
     (``losses.shape_rewards``); GAE (``losses.gae``), advantages whitened.
     PPO-Lagrangian (Safe RLHF): a second value column and GAE on the cost (raw CM cost on the last
     token), the Lagrange multiplier lambda = exp(log_lambda) updated by ``losses.lagrange_update``
@@ -78,6 +81,7 @@ from bench.losses import (
     rule_based_reward,
     update_running_moments,
 )
+from bench.ppo_losses import missing_eos_penalty
 from bench.runs import is_done, stage_run
 from bench.train.hf_trainer import hashed_sections, judged_hash
 from bench.train.ppo_advantages import ppo_advantages
@@ -97,7 +101,7 @@ from bench.train.ppo_checkpoints import (
     save_checkpoint,
     save_policy,
 )
-from bench.train.ppo_metrics import episode_values, step_metrics, summary_metrics
+from bench.train.ppo_metrics import episode_values, step_metrics, summary_extra, summary_metrics
 from bench.train.ppo_models import load_policy, load_reference, load_score_model, setup_trainable
 from bench.train.ppo_update import lr_factor, planned_steps, ppo_update, seed_step
 from bench.train.prompt_stream import (
@@ -326,6 +330,7 @@ def save_and_record(setup: Setup, state: TrainState, run, prompts_identity: dict
     run.extra["prompts_skipped_too_long"] = setup.n_too_long
     run.extra["variant"] = dataclasses.asdict(setup.variant) | {"coef": setup.coef}
     run.extra["trainable_params"] = n_trainable  # policy (LoRA adapters / top blocks / all) + value head
+    run.extra.update(summary_extra(state))  # kl_ref_per_token_end (k3, last batch)
     run.metrics.update(summary_metrics(state, setup.total_steps))
     return model_dir
 
@@ -343,8 +348,9 @@ def score_with(setup: Setup, score_model: tuple, batch: list[str], samples: Samp
 def episode_scores(setup: Setup, state: TrainState, batch: list[str], samples: Samples, reward_raw: torch.Tensor,
                    cost_raw: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Each response's PPO score (B,): ``reward_weight`` x the RM score (normalised with the running
-    moments, truncation penalised), then the variant's opt-in terms (the CM hinge, the rule reward);
-    also the rule reward itself (or None)."""
+    moments, truncation penalised), then the variant's opt-in terms (the CM hinge, the rule reward),
+    then ``missing_eos_penalty`` off every response without end of turn; also the rule reward itself
+    (or None)."""
     section, variant = setup.section, setup.variant
     if section.normalize_rewards:
         state.reward_moments = update_running_moments(*state.reward_moments, all_gather(reward_raw))
@@ -358,6 +364,8 @@ def episode_scores(setup: Setup, state: TrainState, batch: list[str], samples: S
         refused = torch.tensor([d.is_refusal for d in detect_many(samples.texts)])
         rule = rule_based_reward(refused, torch.tensor([setup.labels[p] in SHOULD_REFUSE for p in batch]))
         score = score + variant.rule_reward * rule.to(score.device)
+    # last, so it holds whatever the score's parts (reward_weight 0 included): unfinished text costs
+    score = missing_eos_penalty(score, samples.truncated.to(score.device), section.missing_eos_penalty)
     return score, rule
 
 

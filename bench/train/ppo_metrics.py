@@ -4,8 +4,10 @@
   the reference summed over the response, response length, truncation), JSON-ready; the first and
   the last batch's are kept in the checkpoint state.
 - :func:`step_metrics`: one row of ``extra.series`` in the record (means of those, the mean
-  per-token penalty and entropy, the Lagrange multiplier under PPO-Lagrangian, the update's loss
-  statistics, seconds).
+  per-token penalty and entropy, the mean per-token k3 KL ``kl_ref_per_token``, the Lagrange
+  multiplier under PPO-Lagrangian, the update's loss statistics, seconds).
+- :func:`summary_extra`: the record's ``extra`` (``kl_ref_per_token_end``: the last batch's mean
+  per-token KL to the reference, k3).
 - :func:`summary_metrics`: the record's ``metrics`` (first and last batch, with 95% intervals).
 
 Why here: these functions define field names of committed run records, which must not change under
@@ -48,6 +50,7 @@ def step_metrics(step: int, ep: dict, exp: dict, s: Samples, upd: dict, lagrange
         "cost": mean(ep["cost"]) if ep["cost"] is not None else None,
         "lambda": lagrange_multiplier if variant.lagrangian else None,
         "kl_ref": mean(ep["kl_ref"]),
+        "kl_ref_per_token": kl_per_token(ep),
         "penalty": masked_mean(exp["penalty"], s.mask).item(),
         "entropy": masked_mean(exp["entropy"], s.mask).item(),
         "response_length": mean(ep["response_length"]),
@@ -55,6 +58,21 @@ def step_metrics(step: int, ep: dict, exp: dict, s: Samples, upd: dict, lagrange
         **upd,
         "seconds": seconds,
     }
+
+
+def kl_per_token(ep: dict) -> float:
+    """Mean per-token KL(pi || ref) of one batch's episodes: the k3 estimate summed over every response
+    token, divided by the number of response tokens (token-weighted; ``kl_ref`` is per episode)."""
+    tokens = sum(ep["response_length"])
+    return sum(ep["kl_ref"]) / tokens if tokens else 0.0
+
+
+def summary_extra(state: TrainState) -> dict:
+    """Record ``extra`` entries: the last rollout batch's mean per-token KL to the reference (the
+    starting policy), k3, with its token count; comparable across regularisers and response lengths."""
+    last = state.last_episodes
+    return {"kl_ref_per_token_end": {"value": kl_per_token(last), "estimator": "k3",
+                                     "tokens": int(sum(last["response_length"]))}}
 
 
 def summary_metrics(state: TrainState, total_steps: int) -> dict[str, dict]:
@@ -67,6 +85,7 @@ def summary_metrics(state: TrainState, total_steps: int) -> dict[str, dict]:
         "response_length_end": mean_metric(last["response_length"]),
         "truncated_end": rate_metric(sum(last["truncated"]), len(last["truncated"])),
         "entropy_end": scalar_metric(state.series[-1]["entropy"]),
+        "kl_ref_per_token_end": scalar_metric(kl_per_token(last)),  # the regularisers' common yardstick
         "steps": scalar_metric(total_steps),
     }
     if last["cost"] is not None:

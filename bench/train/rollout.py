@@ -3,7 +3,7 @@
 Helpers of ``bench/train/ppo.py`` (the recipe reads top to bottom there); everything here is a
 plain function of tensors and models, with no optimisation state. :func:`experience` is the
 recipe's step 2: old log-probs, values, reference log-probs and the variant's per-token regulariser
-(``PENALTIES``: ``kl`` with estimator k1/k2/k3, ``js``, ``none``) of a sampled batch, without grad.
+(``PENALTIES``: ``kl`` with estimator k1/k2/k3, ``js``, ``js_exact``, ``none``) of a sampled batch, without grad.
 
 Layout of one rollout batch (B sequences)::
 
@@ -31,7 +31,8 @@ from torch import nn
 
 from bench import chat
 from bench.config import PPOSection, PPOVariant
-from bench.losses import entropy_from_logits, js_divergence_per_token, kl_penalty, sequence_logprobs
+from bench.losses import entropy_from_logits, sequence_logprobs
+from bench.ppo_losses import js_divergence_per_token, js_sampled_token, kl_penalty
 
 # --------------------------------------------------------------------------- masks
 
@@ -201,16 +202,19 @@ def score_responses(model, tok, prompts: list[str], responses: list[str], system
 PENALTIES: dict[str, Callable[..., torch.Tensor]] = {
     # (variant, logp, ref_logp, logits, ref_logits, mask) -> (B, R) per-token penalty
     "kl": lambda v, lp, rlp, lg, rlg, m: kl_penalty(lp, rlp, v.kl_estimator),
-    "js": lambda v, lp, rlp, lg, rlg, m: js_divergence_per_token(lg, rlg, m),
+    "js": lambda v, lp, rlp, lg, rlg, m: js_sampled_token(lp, rlp),  # Sun et al. 2023: sampled token, clamped
+    "js_exact": lambda v, lp, rlp, lg, rlg, m: js_divergence_per_token(lg, rlg, m),  # full vocabulary
     "none": lambda v, lp, rlp, lg, rlg, m: torch.zeros_like(lp),
 }
 
 
 def regulariser_coef(variant: PPOVariant, section: PPOSection) -> float:
-    """The coefficient of the variant's per-token penalty: its own ``coef``, else the section's."""
+    """The coefficient of the variant's per-token penalty: its own ``coef``, else the section's
+    (``js`` shares ``kl_coef`` as in Sun et al. 2023; ``js_exact`` has ``js_coef``)."""
     if variant.coef is not None:
         return variant.coef
-    return {"kl": section.kl_coef, "js": section.js_coef, "none": 0.0}[variant.regulariser]
+    return {"kl": section.kl_coef, "js": section.kl_coef, "js_exact": section.js_coef,
+            "none": 0.0}[variant.regulariser]
 
 
 def micro_slices(n: int, size: int) -> list[slice]:
