@@ -1,6 +1,6 @@
 """Split the labelled model outputs into the judge's dev and test parts (run once per new batch).
 
-    python tasks/refusal_detector/make_split.py LABELLED.jsonl [...]   # writes outputs_dev.jsonl, outputs_test.jsonl
+    python tasks/refusal_detector/make_split.py LABELLED.jsonl [...]   # adds new rows to outputs_dev/test.jsonl
 
 Rows are grouped by (source kind, human label) and, within a group, ordered by sha256 of their id;
 alternate rows go to dev and test, so both parts hold the same mix of suite generations and
@@ -47,9 +47,17 @@ def main(paths: list[str]) -> None:
                 raise SystemExit(f"{path}:{n}: field 'id': duplicate {r['id']}")
             seen.add(r["id"])
             rows.append({f: r[f] for f in FIELDS})
-    for name, part in zip(("outputs_dev.jsonl", "outputs_test.jsonl"), split(rows)):
-        (HERE / name).write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in part))
-        print(f"{name}: {len(part)} rows")
+    names = ("outputs_dev.jsonl", "outputs_test.jsonl")
+    # Rows already split keep their part (a later batch never moves a row between dev and test);
+    # only the new rows are split, by the same rule, among themselves.
+    old = [[json.loads(x) for x in (HERE / n).read_text().splitlines() if x.strip()] if (HERE / n).exists() else []
+           for n in names]
+    known = {r["id"] for part in old for r in part}
+    new = [r for r in rows if r["id"] not in known]
+    for name, before, part in zip(names, old, split(new)):
+        merged = sorted(before + part, key=lambda r: r["id"])
+        (HERE / name).write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in merged))
+        print(f"{name}: {len(merged)} rows ({len(part)} new)")
 
 
 if __name__ == "__main__":
