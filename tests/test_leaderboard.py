@@ -75,11 +75,7 @@ def test_render_twice_is_identical(tmp_path):
 
 
 def _row(text: str, section: str, variant: str) -> list[str]:
-    block = text.split(f"### {section}", 1)[1].split("###", 1)[0]
-    for line in block.splitlines():
-        if line.startswith(f"| {variant} |"):
-            return [c.strip() for c in line.strip("|").split("|")]
-    raise AssertionError(f"no row {variant} in {section}")
+    return _trow(text.split(f"### {section}", 1)[1].split("###", 1)[0], variant)
 
 
 def test_bold_only_where_the_paired_test_says_better(tmp_path):

@@ -84,6 +84,10 @@ def _record_fingerprint(rec: dict | None) -> dict | None:
             "date": (rec.get("provenance") or {}).get("date")}
 
 
+def _eval_fingerprint(rec: dict | None) -> dict | None:
+    return None if rec is None else {"variant": rec["variant"], "config_hash": rec["config_hash"]}
+
+
 def _maybe_record(profile: str, name: str, stage: str | None = None) -> dict | None:
     try:
         return find_record(profile, name, stage)
@@ -110,7 +114,9 @@ def eval_inputs(cfg: ProfileConfig, variant, base_rec: dict | None, rm_rec: dict
         "base": _record_fingerprint(base_rec),
         "reward": _record_fingerprint(rm_rec),
         "cost": _record_fingerprint(cm_rec),
-        "start": _record_fingerprint(_maybe_record(cfg.profile.name, start, EVAL_STAGE)) if start else None,
+        # the start's eval by its inputs' hash, not its date: a re-scored start with the same inputs gives
+        # the same greedy outputs, so the variants that start there need not be re-scored
+        "start": _eval_fingerprint(_maybe_record(cfg.profile.name, start, EVAL_STAGE)) if start else None,
         "lm_eval_tasks": task_fingerprint(list(cfg.eval.lm_eval_tasks)) if cfg.eval.lm_eval_tasks else {},
     }
 
