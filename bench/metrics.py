@@ -133,7 +133,7 @@ _BATTERY = [
        "Share of held-out preference pairs where the implicit reward log pi(y|x) - log pi_start(y|x) of the "
        "chosen response exceeds the rejected one's (Rafailov et al. 2023, eq. 5, up to beta); pi_start is the "
        "variant's own starting point (column vs: SFT for DPO/PPO, the unsteered policy for a steered variant, "
-       "base for SFT).", 3, RATE),
+       "base for SFT); a margin within 1e-3 nats is numerical noise, a tie, not a preference.", 3, RATE),
     _m("pref_acc_implicit_vs_base", "implicit acc. (vs base)", HIGHER,
        "The same with the base model as reference: log pi(y|x) - log pi_base(y|x).", 3, RATE),
     _m("pref_acc_raw", "raw acc. (no ref.)", HIGHER,

@@ -75,11 +75,11 @@ def test_preference_pairs_against_the_start():
     out = pair_logprob_pairs(v, s, vs="sft")
     # raw accuracy: the variant prefers the chosen on pairs 0, 2, 3; the start on pair 0 only -> b=2, c=0
     assert out["pref_acc_raw"]["discordant"] == [2, 0]
-    # implicit margins (c - sc) - (r - sr): 1-(-1)=2, 0-0=0, 0-(-1)=1, 2-0=2 -> 3 of 4 positive
+    # implicit margins (c - sc) - (r - sr): 1-(-1)=2, 0-0=0, 0-(-1)=1, 2-0=2 -> 3 of 4 positive, one tie
     imp = out["pref_acc_implicit"]
-    assert imp["test"] == "sign-exact" and imp["discordant"] == [3, 1]
-    assert imp["delta"] == pytest.approx(0.25)
-    assert imp["p"] == pytest.approx(0.625)  # 2 * P(X <= 1), X ~ Bin(4, 1/2) = 2 * 5/16
+    assert imp["test"] == "sign-exact" and imp["discordant"] == [3, 0]  # the tie is left out of the test
+    assert imp["delta"] == pytest.approx(0.25)  # accuracy 3/4 over all pairs
+    assert imp["p"] == pytest.approx(0.25)  # 2 * P(X <= 0), X ~ Bin(3, 1/2)
     assert out["logp_chosen"]["delta"] == pytest.approx(0.75)  # mean of [1, 0, 0, 2]
 
 
@@ -139,3 +139,17 @@ def test_starting_point_of_each_kind(name, stage, kind, policy, init, start):
 
     cfg = SimpleNamespace(dpo=SimpleNamespace(policy_init=init), ppo=SimpleNamespace(policy_init=init))
     assert starting_point(_variant(name, stage, kind, policy), cfg) == start
+
+
+def test_numerical_noise_is_a_tie_not_a_preference():
+    # a gated steered variant whose gate stays closed: the same log-probs up to float noise
+    base = {"chosen": [-1.0, -2.0, -3.0], "rejected": [-2.0, -1.0, -4.0], "chosen_tokens": [1, 1, 1],
+            "rejected_tokens": [1, 1, 1]}
+    noisy = {**base, "chosen": [c + 2e-6 for c in base["chosen"]]}
+    out = pair_logprob_pairs(noisy, base, vs="sft")
+    assert out["pref_acc_implicit"]["discordant"] == [0, 0] and out["pref_acc_implicit"]["p"] == 1.0
+    assert out["logp_chosen"]["delta"] == 0.0 and out["logp_chosen"]["p"] == 1.0
+    from bench.eval.preference import preference_metrics
+
+    m = preference_metrics(PairLogprobs(**noisy), PairLogprobs(**base))
+    assert m["pref_acc_implicit"]["value"] == 0.0

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Mapping, Sequence
 
+from bench.eval.preference import TIE_NATS
 from bench.stats import mcnemar_exact, paired_bootstrap, paired_rate, rate_metric
 
 # generations.jsonl rows: which refusal-set flag each paired rate compares
@@ -89,13 +90,16 @@ def pair_logprob_pairs(v: Mapping[str, Sequence], s: Mapping[str, Sequence], vs:
         return [c / max(nc, 1) - r / max(nr, 1)
                 for c, r, nc, nr in zip(d["chosen"], d["rejected"], d["chosen_tokens"], d["rejected_tokens"])]
 
+    def boot(xs: Sequence[float], ys: Sequence[float]) -> dict:  # differences within TIE_NATS are ties
+        return paired_bootstrap(list(xs), [x if abs(x - y) <= TIE_NATS else y for x, y in zip(xs, ys)])
+
     out = {
         "pref_acc_raw": paired_rate([c > r for c, r in zip(v["chosen"], v["rejected"])],
                                     [c > r for c, r in zip(s["chosen"], s["rejected"])]),
-        "logp_margin_sum": paired_bootstrap(margins(v, False), margins(s, False)),
-        "logp_margin_per_token": paired_bootstrap(margins(v, True), margins(s, True)),
-        "logp_chosen": paired_bootstrap(list(v["chosen"]), list(s["chosen"])),
-        "logp_rejected": paired_bootstrap(list(v["rejected"]), list(s["rejected"])),
+        "logp_margin_sum": boot(margins(v, False), margins(s, False)),
+        "logp_margin_per_token": boot(margins(v, True), margins(s, True)),
+        "logp_chosen": boot(v["chosen"], s["chosen"]),
+        "logp_rejected": boot(v["rejected"], s["rejected"]),
     }
     implicit = [(c - sc) - (r - sr) for c, r, sc, sr in zip(v["chosen"], v["rejected"], s["chosen"], s["rejected"])]
     out["pref_acc_implicit"] = implicit_sign_test(implicit)
@@ -103,13 +107,16 @@ def pair_logprob_pairs(v: Mapping[str, Sequence], s: Mapping[str, Sequence], vs:
 
 
 def implicit_sign_test(margins: Sequence[float]) -> dict:
-    """Exact sign test of implicit-reward accuracy against chance: b = pairs whose implicit margin is
-    positive, c = the rest (a tie counts against); delta = accuracy - 0.5 with the Wilson interval."""
+    """Exact sign test of "the implicit reward prefers the chosen response" against chance: b = pairs
+    whose implicit margin is above ``TIE_NATS``, c = pairs below ``-TIE_NATS``; ties (numerical noise)
+    are left out of the test, as in the sign test. delta = accuracy - 0.5 over all n pairs (a tie is not
+    a preference, as in ``pref_acc_implicit``), with the Wilson interval."""
     n = len(margins)
-    k = sum(m > 0 for m in margins)
+    k = sum(m > TIE_NATS for m in margins)
+    neg = sum(m < -TIE_NATS for m in margins)
     acc = rate_metric(k, n)
     return {"test": "sign-exact", "n": n, "delta": acc["value"] - 0.5, "ci_low": acc["ci_low"] - 0.5,
-            "ci_high": acc["ci_high"] - 0.5, "p": mcnemar_exact(k, n - k), "discordant": [k, n - k]}
+            "ci_high": acc["ci_high"] - 0.5, "p": mcnemar_exact(k, neg), "discordant": [k, neg]}
 
 
 def by_category(rows: Sequence[Mapping], refusal_sets: Sequence[str]) -> dict[str, dict[str, dict]]:

@@ -23,6 +23,9 @@ from bench.stats import mean_metric, rate_metric
 # The metrics that depend on the reference: the battery reports them against the variant's starting
 # point under these names, and against the base as ``<name>_vs_base``.
 VS_START_METRICS = ("pref_acc_implicit", "chosen_shift", "rejected_shift")
+# An implicit margin this small (nats) is numerical noise between two forward passes (e.g. a gated steered
+# variant whose gate stays closed, scored without the prefix cache): a tie, not a preference.
+TIE_NATS = 1e-3
 
 
 def preference_metrics(pi: PairLogprobs, ref: PairLogprobs | None) -> dict[str, dict]:
@@ -42,7 +45,7 @@ def preference_metrics(pi: PairLogprobs, ref: PairLogprobs | None) -> dict[str, 
         if len(ref.chosen) != n:
             raise ValueError(f"reference log-probs cover {len(ref.chosen)} pairs, the variant's {n}")
         implicit = [(c - rc) - (r - rr) for c, r, rc, rr in zip(pi.chosen, pi.rejected, ref.chosen, ref.rejected)]
-        out["pref_acc_implicit"] = rate_metric(sum(m > 0 for m in implicit), n)
+        out["pref_acc_implicit"] = rate_metric(sum(m > TIE_NATS for m in implicit), n)
         out["chosen_shift"] = mean_metric(c - rc for c, rc in zip(pi.chosen, ref.chosen))
         out["rejected_shift"] = mean_metric(r - rr for r, rr in zip(pi.rejected, ref.rejected))
     return out
