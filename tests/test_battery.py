@@ -229,7 +229,8 @@ def test_battery_writes_every_metric_group(eval_profile):
     assert base["variant"] == "base" and rec["variant"] == "dpo-fake"
     m = rec["metrics"]
     groups = {
-        "refusal": ["refusal_harmful", "refusal_harmful_full", "refusal_harmful_partial", "over_refusal_benign",
+        "refusal": ["refusal_harmful", "refusal_harmful_full", "refusal_harmful_partial", "refusal_harmful_then_comply",
+                    "over_refusal_benign",
                     "over_refusal_borderline", "refusal_unsafe_contrast"],
         "preference": ["pref_acc_raw", "pref_acc_implicit", "logp_margin_sum", "logp_margin_per_token",
                        "chosen_shift", "rejected_shift"],
