@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bench import leaderboard as lb
-from bench.report import AUDIT_PNG, JUDGE_JSON, SERIES_PNG, TRACKING_PNG
+from bench.report import AUDIT_PNG, SAMPLES_DIR, JUDGE_JSON, SERIES_PNG, TRACKING_PNG
 from bench.report import series as report_series
 from bench.report.safety import PARETO_PNG
 
@@ -302,6 +302,8 @@ def test_committed_leaderboard_rerenders_byte_for_byte(tmp_path, monkeypatch):
     shutil.copy(REPO / "leaderboards" / "default" / AUDIT_PNG, out / "default" / AUDIT_PNG)  # published, not rendered
     if (REPO / "leaderboards" / "default" / JUDGE_JSON).exists():  # the judge's validation: read, not rendered
         shutil.copy(REPO / "leaderboards" / "default" / JUDGE_JSON, out / "default" / JUDGE_JSON)
+    if (REPO / "leaderboards" / "default" / SAMPLES_DIR).exists():  # published generations: read, not rendered
+        shutil.copytree(REPO / "leaderboards" / "default" / SAMPLES_DIR, out / "default" / SAMPLES_DIR)
     monkeypatch.setenv("BENCH_LEADERBOARDS", str(out))
     monkeypatch.setenv("BENCH_RUNS", str(tmp_path / "no-runs"))
     r = CliRunner().invoke(main, ["leaderboard", "--profile", "default"])
