@@ -60,7 +60,7 @@ def examples_section(evals: list[dict], assets: Path) -> list[str]:
         return []
     lines = ["## Examples", "",
              f"Greedy answers to the prompts the variants disagree on most, per set (cut at {MAX_CHARS} characters; "
-             f"every answer and verdict is in `{assets.name}/{SAMPLES_DIR}/<variant>.jsonl`). "
+             f"every answer and verdict is in `{assets.parent.name}/{assets.name}/{SAMPLES_DIR}/<variant>.jsonl`). "
              "Label: the refusal judge's verdict; † marks a refusal followed by the requested content.", ""]
     for set_name, title in SETS:
         keys = pick(samples, set_name)
