@@ -12,12 +12,16 @@ bottom:
    ``data.helpfulness``; caps ``eval.n_harmful`` / ``n_benign`` / ``n_borderline`` (0 = all).
 2. **Refusal** by the versioned detector (:mod:`bench.eval.refusal`): ``refusal_harmful`` and
    ``over_refusal_benign`` / ``over_refusal_borderline`` count ``refuse`` + ``partial``; the
-   ``_full`` and ``_partial`` metrics split that share. Generations and verdicts are saved as
-   ``generations.jsonl`` beside the record: they are what a human audits.
+   ``_full`` and ``_partial`` metrics split that share; ``refusal_harmful_then_comply`` is the share
+   of harmful prompts answered with a refusal followed by the requested content (counted as
+   compliance). Generations and verdicts are saved as ``generations.jsonl`` beside the record (what a
+   human audits; ``bench publish`` commits them under ``leaderboards/<p>/samples/``); per-category
+   rates go to ``extra.by_category``.
 3. **Preference** on held-out pairs (``data.preferences`` test split, ``dpo.pairs`` policy, cap
-   ``eval.n_pairs``): response log-probs under the variant and under the base
-   (:func:`bench.eval.logprobs.score_pairs`; the base's are cached in ``runs/<p>/eval/base/cache``)
-   -> :func:`bench.eval.preference.preference_metrics`.
+   ``eval.n_pairs``): response log-probs under the variant (saved as ``pair_logprobs.json``), under
+   its starting point (:func:`bench.variants.starting_point`; read from the start's own eval run) and
+   under the base (cached in ``runs/<p>/eval/base/cache``) -> :func:`bench.eval.preference.preference_metrics`:
+   implicit accuracy and shifts against the start, and ``*_vs_base`` against the base.
 4. **Helpfulness**: (a) lm-eval tasks ``eval.lm_eval_tasks`` (:mod:`bench.eval.helpfulness`);
    (b) ``rm_win_rate``: share of helpfulness prompts where the reward model scores the variant's
    greedy answer above the base's (ties count half; the base's answers are cached);
@@ -28,6 +32,9 @@ bottom:
    "how much more likely is my own answer under me than under the base" drift measure (0 for the
    base, >= 0 typically). (b)-(c) need ``runs/<p>/reward`` / ``runs/<p>/cost``; without them the
    metrics are left out with a note in the record.
+5. **Paired tests** against the starting point (:mod:`bench.eval.paired`): ``extra.paired`` holds, per
+   rate and mean, the difference, its interval and the p-value of a paired test on the same prompts
+   (the leaderboard bolds only significant wins). A variant's start is scored first.
 
 Where each step lives: the inputs, the prompts of a run and the base's caches in
 :mod:`bench.eval.inputs`; the steps (variant pass with lm-eval, refusal, base reference, preference,
