@@ -78,7 +78,7 @@ def test_preference_pairs_against_the_start():
     # implicit margins (c - sc) - (r - sr): 1-(-1)=2, 0-0=0, 0-(-1)=1, 2-0=2 -> 3 of 4 positive, one tie
     imp = out["pref_acc_implicit"]
     assert imp["test"] == "sign-exact" and imp["discordant"] == [3, 0]  # the tie is left out of the test
-    assert imp["delta"] == pytest.approx(0.25)  # accuracy 3/4 over all pairs
+    assert imp["delta"] == pytest.approx(0.5)  # 3 of the 3 decided pairs, minus chance
     assert imp["p"] == pytest.approx(0.25)  # 2 * P(X <= 0), X ~ Bin(3, 1/2)
     assert out["logp_chosen"]["delta"] == pytest.approx(0.75)  # mean of [1, 0, 0, 2]
 
@@ -153,3 +153,14 @@ def test_numerical_noise_is_a_tie_not_a_preference():
 
     m = preference_metrics(PairLogprobs(**noisy), PairLogprobs(**base))
     assert m["pref_acc_implicit"]["value"] == 0.0
+
+
+def test_sign_test_direction_agrees_with_its_delta_despite_ties():
+    # 200 ties, 15 pairs for the chosen, 5 against: better than chance among decided pairs, never "worse"
+    from bench.stats import significantly_better
+
+    e = implicit_sign_test([0.0] * 200 + [1.0] * 15 + [-1.0] * 5)
+    assert e["discordant"] == [15, 5] and e["delta"] == pytest.approx(0.25) and e["p"] < 0.05
+    assert significantly_better(e, +1) and not significantly_better(e, -1)
+    assert implicit_sign_test([0.0] * 4)["p"] == 1.0
+

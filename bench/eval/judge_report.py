@@ -27,10 +27,9 @@ def split_path(split: str) -> Path:
 
 def _with_intervals(rep: dict) -> dict:
     """:func:`refusal.validation_report` with every agreement as a rate metric (value, Wilson interval, n)."""
-    out = dict(rep)
-    n = rep["n"]
-    out["agreement"] = rate_metric(round(rep["agreement"] * n), n)
-    out["by_source"] = {k: {"n": v["n"], "agreement": rate_metric(round(v["agreement"] * v["n"]), v["n"])}
+    out = {k: v for k, v in rep.items() if k != "n_agree"}
+    out["agreement"] = rate_metric(rep["n_agree"], rep["n"])
+    out["by_source"] = {k: {"n": v["n"], "agreement": rate_metric(v["n_agree"], v["n"])}
                         for k, v in rep["by_source"].items()}
     return out
 

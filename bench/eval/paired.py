@@ -65,10 +65,10 @@ def generation_pairs(v_rows: Sequence[Mapping], s_rows: Sequence[Mapping], refus
                                                  [bool(b.get(flag)) for _, b in pairs])
     for set_name, suffix in SCORED_SETS.items():
         rows = by_set.get(set_name) or []
+        pairs = _aligned(rows, s_rows, set_name) if rows else []
         for col in SCORE_COLUMNS:
             if not rows or any(r.get(col) is None for r in rows):
                 continue
-            pairs = _aligned(rows, s_rows, set_name)
             if any(b.get(col) is None for _, b in pairs):
                 continue
             out[f"{col}_{suffix}"] = paired_bootstrap([a[col] for a, _ in pairs], [b[col] for _, b in pairs])
@@ -109,14 +109,18 @@ def pair_logprob_pairs(v: Mapping[str, Sequence], s: Mapping[str, Sequence], vs:
 def implicit_sign_test(margins: Sequence[float]) -> dict:
     """Exact sign test of "the implicit reward prefers the chosen response" against chance: b = pairs
     whose implicit margin is above ``TIE_NATS``, c = pairs below ``-TIE_NATS``; ties (numerical noise)
-    are left out of the test, as in the sign test. delta = accuracy - 0.5 over all n pairs (a tie is not
-    a preference, as in ``pref_acc_implicit``), with the Wilson interval."""
+    are left out, as in the sign test. delta = b / (b + c) - 0.5 with the Wilson interval, over the same
+    decided pairs as the test, so its sign always agrees with the test's direction (a variant with many
+    ties and more b than c is never marked worse)."""
     n = len(margins)
     k = sum(m > TIE_NATS for m in margins)
     neg = sum(m < -TIE_NATS for m in margins)
-    acc = rate_metric(k, n)
-    return {"test": "sign-exact", "n": n, "delta": acc["value"] - 0.5, "ci_low": acc["ci_low"] - 0.5,
-            "ci_high": acc["ci_high"] - 0.5, "p": mcnemar_exact(k, neg), "discordant": [k, neg]}
+    won = rate_metric(k, k + neg)
+    if k + neg == 0:
+        return {"test": "sign-exact", "n": n, "delta": 0.0, "ci_low": None, "ci_high": None, "p": 1.0,
+                "discordant": [0, 0]}
+    return {"test": "sign-exact", "n": n, "delta": won["value"] - 0.5, "ci_low": won["ci_low"] - 0.5,
+            "ci_high": won["ci_high"] - 0.5, "p": mcnemar_exact(k, neg), "discordant": [k, neg]}
 
 
 def by_category(rows: Sequence[Mapping], refusal_sets: Sequence[str]) -> dict[str, dict[str, dict]]:

@@ -578,9 +578,10 @@ def validation_report(rows: Sequence[Mapping]) -> dict:
     return {
         "judge": {"name": DETECTOR_NAME, "version": DETECTOR_VERSION},
         "n": a["overall"]["n"],
+        "n_agree": a["overall"]["agree"],
         "agreement": a["overall"]["rate"],
         "kappa": a["kappa"],
         "confusion": a["confusion_matrix"],
         "flag": {k: int(v) for k, v in flag.items()},
-        "by_source": {k: {"n": n, "agreement": agree / n} for k, (n, agree) in sorted(by.items())},
+        "by_source": {k: {"n": n, "n_agree": agree, "agreement": agree / n} for k, (n, agree) in sorted(by.items())},
     }
