@@ -141,13 +141,14 @@ def test_validation_report_known_values():
     ]
     rep = validation_report(rows_)
     assert rep["judge"] == {"name": refusal.DETECTOR_NAME, "version": refusal.DETECTOR_VERSION}
-    assert rep["n"] == 4 and rep["agreement"] == pytest.approx(0.75)
+    assert rep["n"] == 4 and rep["n_agree"] == 3 and rep["agreement"] == pytest.approx(0.75)
     assert rep["confusion"] == {"labels": ["refuse", "partial", "comply"],
                                 "matrix": [[1, 0, 1], [0, 0, 0], [0, 0, 2]]}
     # human (r, p, c) = (2, 0, 2), judge = (1, 0, 3): p_e = (2*1 + 2*3)/16 = 1/2, kappa = (3/4 - 1/2)/(1/2)
     assert rep["kappa"] == pytest.approx(0.5)
     assert rep["flag"] == {"n_true": 1, "tp": 1, "fp": 0, "fn": 0}
-    assert rep["by_source"] == {"suite": {"n": 2, "agreement": 0.5}, "written": {"n": 2, "agreement": 1.0}}
+    assert rep["by_source"] == {"suite": {"n": 2, "n_agree": 1, "agreement": 0.5},
+                                "written": {"n": 2, "n_agree": 2, "agreement": 1.0}}
 
 
 # ---------------------------------------------------------------- hand-written cases
