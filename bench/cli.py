@@ -55,6 +55,9 @@ def with_config(fn, stage: str | None = None, auto_offline: bool = True):
                 from bench.runs import mark_stage_done
 
                 mark_stage_done(cfg, stage)
+                from bench.distributed import finish
+
+                finish()
             return out
         except _user_errors() as e:
             if os.environ.get("BENCH_DEBUG"):

@@ -247,6 +247,21 @@ def barrier() -> None:
         dist.barrier()
 
 
+def finish() -> None:
+    """Close this process's group at the end of a successful stage: a barrier (no rank leaves while
+    another still talks to it), then ``destroy_process_group``. A no-op without a group.
+
+    Why: a process that exits with a gloo group still up tears its worker threads down in static
+    destructors, racing the interpreter's exit; CI saw ``terminate called without an active
+    exception`` (SIGABRT on rank 0) after the reward and cost stages had written their records."""
+    if not is_initialized():
+        return
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def broadcast_from_main(value):
     """Rank 0's ``value`` (any picklable object) on every rank; ``value`` itself without a process
     group. A collective: every rank calls it. For decisions that must be the same on every rank

@@ -250,8 +250,10 @@ TWO_RANKS = textwrap.dedent("""
         res["failure"] = None
     except Exception as e:
         res["failure"] = f"{type(e).__name__}: {e}"
+    bd.finish()  # what a successful stage command ends with (bench.cli): barrier, then the group closed
+    res["closed"] = not bd.is_initialized()
+    bd.finish()  # a no-op once closed
     print("RESULT " + json.dumps(res), flush=True)
-    dist.destroy_process_group()
 """)
 
 
@@ -277,6 +279,7 @@ def test_two_ranks_only_rank0_writes_and_rank1_waits(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "record.json"]  # no leftover temp folders
     assert r0["failure"] == "OSError: disk full"
     assert r1["failure"] == "RuntimeError: rank 1: the main process failed to write: OSError: disk full"
+    assert r0["closed"] and r1["closed"]
 
 
 # ------------------------------------------------- a DeepSpeed stage started without a launcher (CPU)
