@@ -86,6 +86,10 @@ class ModelSection:
     hub_id: str | None = None
     revision: str | None = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    # Compute precision of every forward pass (bench.precision): fp32, or bf16 autocast with fp32
+    # weights and fp32 output heads; auto = bf16 where the CPU/GPU multiplies bf16 natively. The
+    # loader stores the resolved value, so records and stage hashes name what ran.
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
     # Executing code from a checkpoint is opt-in per profile, never a default.
     trust_remote_code: bool = False
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
@@ -477,6 +481,10 @@ def load_config(profile: str, overrides: list[str] | None = None) -> ProfileConf
         raw = apply_overrides(raw, overrides)
     cfg = build(ProfileConfig, raw, "", where)
     cfg.source_file = rel
+    if cfg.model.precision == "auto":
+        from bench.precision import resolve
+
+        cfg.model.precision = resolve("auto")
     return cfg
 
 

@@ -159,8 +159,11 @@ def base_folder_name(cfg: ProfileConfig) -> str:
     if m.source == "smollm2-gguf":
         return "smollm2-135m-instruct"
     if m.source == "micro-llama":
-        # The shape and seed decide the weights, so they name the folder.
-        return f"micro-llama-{cfg.section_hash('model')[:8]}-s{cfg.profile.seed}"
+        # The shape and seed decide the weights, so they name the folder (the compute precision does not).
+        import dataclasses
+
+        weights = dataclasses.replace(cfg, model=dataclasses.replace(m, precision="fp32"))
+        return f"micro-llama-{weights.section_hash('model')[:8]}-s{cfg.profile.seed}"
     return f"hub-{m.hub_id.replace('/', '--')}-{m.revision}"
 
 
@@ -211,7 +214,9 @@ def load_pretrained(path: str | Path, model_cfg: ModelSection, revision: str | N
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch_dtype(model_cfg.dtype), attn_implementation=model_cfg.attn_implementation,
         use_safetensors=True, **kw)
-    return model, tok
+    from bench.precision import for_precision
+
+    return for_precision(model, model_cfg.precision), tok
 
 
 def load_base(cfg: ProfileConfig):

@@ -97,6 +97,9 @@ def hardware() -> dict:
         import torch
 
         info["torch_threads"] = torch.get_num_threads()
+        from bench.precision import native_cpu_bf16
+
+        info["cpu_native_bf16"] = native_cpu_bf16()  # what model.precision=auto resolves bf16 on
         if torch.cuda.is_available():
             info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
             info["cuda"] = torch.version.cuda

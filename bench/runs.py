@@ -187,7 +187,8 @@ class StageRun:
             "stage": self.stage,
             "config_hash": self.config_hash,
             "seed": self.cfg.profile.seed,
-            "provenance": provenance(self.hub_revisions),
+            # the resolved compute precision (bench.precision): what `model.precision: auto` became here
+            "provenance": {**provenance(self.hub_revisions), "precision": self.cfg.model.precision},
             "datasets": self.datasets,
             "wall_time_s": round(wall_time_s, 3),
             "metrics": self.metrics,

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from bench import chat
 from bench.config import ModelSection, ScoreModelSection
 from bench.models import ModelError, torch_dtype
+from bench.precision import for_precision
 from bench.tensors import longest_first_batches, pad_right
 
 
@@ -49,7 +50,7 @@ def build_score_model(policy_dir: Path, section: ScoreModelSection, model_cfg: M
     model = AutoModelForSequenceClassification.from_pretrained(
         policy_dir, config=config, dtype=torch_dtype(model_cfg.dtype), use_safetensors=True,
         attn_implementation=model_cfg.attn_implementation, trust_remote_code=model_cfg.trust_remote_code)
-    return model, tok
+    return for_precision(model, model_cfg.precision), tok
 
 
 def load_score_model(path: Path, model_cfg: ModelSection):
@@ -65,7 +66,7 @@ def load_score_model(path: Path, model_cfg: ModelSection):
         path, dtype=torch_dtype(model_cfg.dtype), use_safetensors=True,
         trust_remote_code=model_cfg.trust_remote_code)
     model.eval()
-    return model, tok
+    return for_precision(model, model_cfg.precision), tok
 
 
 def encode(tok, prompt: str, response: str, system_prompt: str | None, history: list[dict] | None = None) -> list[int]:

@@ -317,13 +317,14 @@ def provenance_section(records: dict[str, dict], profile: str) -> list[str]:
         git = prov.get("git") or {}
         sha = (git.get("sha") or "–")[:12] + (" (dirty)" if git.get("dirty") else "")
         wall = r.get("wall_time_s")
-        rows.append([key[:-5], r["stage"], r["config_hash"], sha, str(r.get("seed", "–")), prov.get("date") or "–",
-                     f"{wall:.1f}" if finite(wall) else "–"])
+        rows.append([key[:-5], r["stage"], r["config_hash"], sha, str(r.get("seed", "–")),
+                     prov.get("precision") or "fp32", prov.get("date") or "–", f"{wall:.1f}" if finite(wall) else "–"])
     lines = ["## Provenance", "",
              "One row per record rendered here (copies in "
-             f"`leaderboards/{profile}/{RECORDS_DIR}/`); wall time is the stage's own, in seconds.", ""]
-    lines += table(["record", "stage", "config hash", "git", "seed", "date (UTC)", "wall s"], rows,
-                    ["l", "l", "l", "l", "r", "l", "r"]) + [""]
+             f"`leaderboards/{profile}/{RECORDS_DIR}/`); wall time is the stage's own, in seconds; precision is the "
+             "compute precision of its forward passes (`model.precision`; records without it ran in fp32).", ""]
+    lines += table(["record", "stage", "config hash", "git", "seed", "precision", "date (UTC)", "wall s"], rows,
+                    ["l", "l", "l", "l", "r", "l", "l", "r"]) + [""]
     pk: dict[str, set] = {}
     for _, r in recs:
         for name, ver in ((r.get("provenance") or {}).get("packages") or {}).items():

@@ -101,7 +101,9 @@ def load_trainable_policy(cfg, section: TrainSection, policy_dir: Path):
     model = AutoModelForCausalLM.from_pretrained(
         policy_dir, dtype=torch_dtype(cfg.model.dtype), attn_implementation=cfg.model.attn_implementation,
         use_safetensors=True, trust_remote_code=cfg.model.trust_remote_code)
-    model = configure_trainable(model, section)
+    from bench.precision import for_precision
+
+    model = configure_trainable(for_precision(model, cfg.model.precision), section)
     return (model, tok, *trainable_count(model))
 
 

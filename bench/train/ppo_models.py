@@ -111,7 +111,9 @@ def load_score_model(cfg: ProfileConfig, kind: str, required: bool, device: torc
     dtype = torch.float16 if (cfg.ppo and cfg.ppo.deepspeed and cfg.ppo.fp16) else torch_dtype(cfg.model.dtype)
     model = AutoModelForSequenceClassification.from_pretrained(
         path, dtype=dtype, use_safetensors=True, trust_remote_code=cfg.model.trust_remote_code)
-    model = model.eval().requires_grad_(False)
+    from bench.precision import for_precision
+
+    model = for_precision(model.eval().requires_grad_(False), cfg.model.precision)
     if offloads_score_models(device):
         model.bench_scoring_device = torch.device(device)
         return model, tok
