@@ -220,6 +220,30 @@ def publish(cfg: ProfileConfig) -> None:
 
 
 @main.command()
+@click.option("--against", "rev", default="HEAD", show_default=True,
+              help="git revision whose committed records (leaderboards/<profile>/records/) are side a")
+@click.option("--runs", "runs_root", default=None, type=click.Path(file_okay=False),
+              help="runs folder holding <profile>/ for side b (default: BENCH_RUNS or ./runs)")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write the markdown here")
+@with_config
+def compare(cfg: ProfileConfig, rev: str, runs_root: str | None, out: str | None) -> None:
+    """Do the fresh records (runs/<profile>) reach the conclusions of those committed at a revision?
+    Same-row metrics against each other's intervals, and the paired verdicts vs each start."""
+    from pathlib import Path
+
+    from bench.compare import compare_runs, summary
+    from bench.published import collect_records, load_committed
+
+    a = load_committed(cfg.profile.name, rev=rev, progress=lambda line: click.echo(line, err=True))
+    b = collect_records(cfg.profile.name, Path(runs_root) if runs_root else None)
+    metrics, verdicts = compare_runs(a, b)
+    text = "\n".join(summary(metrics, verdicts, f"records committed at {rev}", f"runs of {cfg.profile.name}"))
+    click.echo(text)
+    if out:
+        Path(out).write_text(text + "\n")
+
+
+@main.command()
 @click.option("--variant", default=None, help="verify only this variant (its training and eval records)")
 @click.option("--rescore", is_flag=True, help="re-score even when runs/ has up-to-date eval records")
 @with_config
