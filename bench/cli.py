@@ -50,10 +50,7 @@ def with_config(fn, stage: str | None = None, auto_offline: bool = True):
 
                 offline_by_default(cfg, progress=lambda line: click.echo(line, err=True))
             _set_threads(cfg)
-            from bench.precision import stage_autocast
-
-            with stage_autocast(cfg.model.precision):
-                out = fn(cfg, **kw)
+            out = fn(cfg, **kw)
             if stage:
                 from bench.runs import mark_stage_done
 

@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench import chat
+from bench.precision import generation_autocast
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,9 @@ def generate_greedy(model, tok, prompts: list[str], system_prompt: str | None, s
             idx = order[start:start + bs]
             batch = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
             batch = {k: v.to(model.device) for k, v in batch.items()}
-            gen = model.generate(**batch, max_new_tokens=settings.max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, use_cache=True)
+            with generation_autocast(model):  # bf16 models: one cast of the weights for the whole call
+                gen = model.generate(**batch, max_new_tokens=settings.max_new_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id, use_cache=True)
             new = gen[:, batch["input_ids"].shape[1]:]  # (B, new_tokens)
             for j, i in enumerate(idx):
                 out[i] = tok.decode(new[j], skip_special_tokens=True).strip()

@@ -82,7 +82,7 @@ from bench.losses import (
     update_running_moments,
 )
 from bench.ppo_losses import missing_eos_penalty
-from bench.precision import for_precision
+from bench.precision import keep_heads_fp32
 from bench.runs import is_done, stage_run
 from bench.train.hf_trainer import hashed_sections, judged_hash
 from bench.train.ppo_advantages import ppo_advantages
@@ -227,7 +227,8 @@ def set_up(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: list[str
     policy = setup_trainable(policy, section)
     n_values = 2 if variant.lagrangian else 1
     module = PolicyWithValueHead(policy, policy.get_output_embeddings().in_features, n_values)
-    for_precision(module, cfg.model.precision)  # the value head in fp32 under bf16 (the policy's head already is)
+    if cfg.model.precision == "bf16":
+        keep_heads_fp32(module)  # the value head in fp32 (the policy's own head and forward: bench.models loader)
     backend = make_backend(module, section, world)
     device = backend.device
     ref_model = None if section.trainable == "lora" else load_reference(cfg, section, device)

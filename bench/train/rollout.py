@@ -32,6 +32,7 @@ from torch import nn
 from bench import chat
 from bench.config import PPOSection, PPOVariant
 from bench.losses import entropy_from_logits, sequence_logprobs
+from bench.precision import generation_autocast
 from bench.ppo_losses import js_divergence_per_token, js_sampled_token, kl_penalty
 
 # --------------------------------------------------------------------------- masks
@@ -162,9 +163,10 @@ def sample_responses(policy, tok, prompts: list[str], system_prompt: str | None,
     chunks = []
     for start in range(0, len(prompts), batch_size):
         sl = slice(start, start + batch_size)
-        gen = policy.generate(input_ids=p_ids[sl], attention_mask=p_attn[sl], do_sample=True,
-                              temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                              pad_token_id=tok.pad_token_id, eos_token_id=list(eos_ids), use_cache=True)
+        with generation_autocast(policy):  # bf16 policies: one cast of the weights for the whole call
+            gen = policy.generate(input_ids=p_ids[sl], attention_mask=p_attn[sl], do_sample=True,
+                                  temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                                  pad_token_id=tok.pad_token_id, eos_token_id=list(eos_ids), use_cache=True)
         chunks.append(gen[:, P:])  # (b, R_chunk)
     R = max(c.shape[1] for c in chunks)
     responses = torch.cat([nn.functional.pad(c, (0, R - c.shape[1]), value=tok.pad_token_id) for c in chunks])
