@@ -32,6 +32,9 @@ from bench.records import is_eval_key
 from bench.stats import ALPHA, significantly_better
 
 
+EPS = 1e-9  # interval ends computed in floating point (a Wilson interval of 0/n starts at ~1e-18, not 0)
+
+
 @dataclass(frozen=True)
 class MetricRow:
     variant: str
@@ -43,11 +46,11 @@ class MetricRow:
 
     @property
     def b_in_a(self) -> bool:
-        return self.a_ci[0] <= self.b <= self.a_ci[1]
+        return self.a_ci[0] - EPS <= self.b <= self.a_ci[1] + EPS
 
     @property
     def a_in_b(self) -> bool:
-        return self.b_ci[0] <= self.a <= self.b_ci[1]
+        return self.b_ci[0] - EPS <= self.a <= self.b_ci[1] + EPS
 
     @property
     def agrees(self) -> bool:
