@@ -41,14 +41,18 @@ recipe is ours; every loss and estimator is a pure function of ``bench.losses`` 
  5. log the step's metrics into the series; every ``save_steps`` steps an atomic checkpoint.
 
 Dropout is switched off in the policy (LoRA dropout included): the importance ratio of the first
-mini-batch must be exactly 1, as in TRL and OpenRLHF. Every step reseeds torch from (seed, step,
-rank), so the prompts, samples and mini-batch order of step k are the same whether the run was
+mini-batch must be exactly 1, as in TRL and OpenRLHF. Every step reseeds torch from (seed, step),
+and the samples are keyed by row, so the prompts, samples and mini-batch order of step k are the same whether the run was
 interrupted or not; a re-run resumes from the latest checkpoint of the same config hash.
 
-Ranks (torchrun, deepspeed, accelerate launch, srun): ``rollout_prompts`` and ``mini_batch_size`` are
-global, each rank samples and updates on its share (``ppo_backends.per_rank_section``); scores,
-episodes and the cost mean are gathered; every rank enters ``stage_run`` and rank 0 alone writes
-checkpoints' state, the model and the record. Each rank samples from its own RNG stream.
+Ranks (torchrun, deepspeed, accelerate launch, srun): N ranks train what one process trains.
+``rollout_prompts`` and ``mini_batch_size`` are global; each rank samples, scores and computes the
+experience of its contiguous share of the step's rows (``ppo_backends.per_rank_section``), with
+sampling noise keyed by (seed, step, global row, position) (``rollout.keyed_sampler``), prompts
+padded to the global batch's width, and whitening, reward moments and the cost mean over all ranks;
+the rollout is then gathered and every global mini-batch is split among the ranks, with the loss
+normalised by the mini-batch's token count (``ppo_update``). Every rank enters ``stage_run`` and
+rank 0 alone writes checkpoints' state, the model and the record.
 
 Precision: the CPU path is plain torch (fp32). When ``ppo.deepspeed`` names a JSON, the same code runs
 through a DeepSpeed engine (ZeRO-2, CPU optimiser offload, fp16 with dynamic loss scaling as set in
@@ -90,6 +94,7 @@ from bench.train.ppo_backends import (
     all_gather,
     dist_info,
     gather_episodes,
+    gather_rollout,
     make_backend,
     per_rank_section,
     step_reducer,
@@ -120,6 +125,7 @@ from bench.train.rollout import (
     eos_token_ids,
     experience,
     regulariser_coef,
+    row_key,
     sample_responses,
     score_responses,
 )
@@ -283,18 +289,26 @@ def start_tracker(setup: Setup, run, state: TrainState):
 
 
 def train_step(setup: Setup, state: TrainState, step: int, run) -> None:
-    """One PPO step (module docstring, 1-5); ``state`` then holds step ``step + 1``."""
+    """One PPO step (module docstring, 1-5); ``state`` then holds step ``step + 1``.
+
+    Ranks: every rank forms the step's global prompt batch and samples, scores and computes the
+    experience of its own contiguous share of rows (``own_rows``); the rollout is then gathered so
+    the update's mini-batches are the ones one process forms (``ppo_update``)."""
     section, variant, backend = setup.section, setup.variant, setup.backend
     t0 = time.perf_counter()
-    seed_step(setup.seed, step, setup.rank)
+    seed_step(setup.seed, step)
     backend.set_lr_factor(lr_factor(section, step, setup.total_steps))
-    batch = rollout_batch(setup.prompts, section.rollout_prompts, variant.group_size, step, setup.seed, setup.rank,
-                          setup.world)
+    everyone = rollout_batch(setup.prompts, section.rollout_prompts * setup.world, variant.group_size, step,
+                             setup.seed, 0, 1)  # the step's global batch, in prompt-stream order
+    rows = own_rows(len(everyone), setup.rank, setup.world)
+    batch = everyone[rows]
 
     # 1. rollout
     backend.module.eval()
-    samples = sample_responses(backend.module.policy, setup.tok, batch, setup.cfg.model.system_prompt,
-                               section.max_new_tokens, section.temperature, section.batch_size, setup.eos_ids)
+    keys = [row_key(setup.seed, step, i) for i in range(len(everyone))]
+    samples = sample_responses(backend.module.policy, setup.tok, everyone, setup.cfg.model.system_prompt,
+                               section.max_new_tokens, section.temperature, section.batch_size, setup.eos_ids,
+                               keys, rows)
     # 2. experience
     exp = experience(backend.module, setup.ref_model, samples, variant, section)
     reward_raw = score_with(setup, setup.reward_model, batch, samples)  # (B,)
@@ -306,18 +320,29 @@ def train_step(setup: Setup, state: TrainState, step: int, run) -> None:
                          gae_lambda=section.lam, reward_clip=section.reward_clip, group_size=variant.group_size,
                          cost=cost_raw if variant.lagrangian else None, lagrange_multiplier=multiplier,
                          sum_over_ranks=step_reducer())
-    # 4. PPO update
+    # 4. PPO update, on the global batch (every rank's rows)
+    episodes = gather_episodes(episode_values(samples, exp, reward_raw, cost_raw))  # every rank's, in prompt order
+    whole, tensors = gather_rollout(samples, {**exp, "advantages": adv.advantages, "returns": adv.returns},
+                                    setup.tok.pad_token_id)
     backend.module.train()  # dropout is off; train() only matters for gradient checkpointing
-    upd = ppo_update(backend, samples, exp, adv.advantages, adv.returns, section, setup.seed, step, setup.rank)
+    upd = ppo_update(backend, whole, tensors, tensors["advantages"], tensors["returns"], section, setup.seed, step,
+                     setup.rank, setup.world)
 
     # 5. log
-    episodes = gather_episodes(episode_values(samples, exp, reward_raw, cost_raw))  # every rank's, in prompt order
-    row = step_metrics(step + 1, episodes, exp, samples, upd, multiplier, variant, time.perf_counter() - t0)
+    row = step_metrics(step + 1, episodes, tensors, whole, upd, multiplier, variant, time.perf_counter() - t0)
     if rule is not None:  # share of rollouts whose behaviour fits the prompt's label
-        row["rule_agreement"] = ((rule + 1) / 2).mean().item()
+        row["rule_agreement"] = ((all_gather(rule.float()) + 1) / 2).mean().item()
     if adv.group_advantages is not None:  # groups whose samples all scored alike give no signal
-        row["flat_groups"] = (adv.group_advantages.view(-1, variant.group_size) == 0).all(dim=1).float().mean().item()
+        flat = (adv.group_advantages.view(-1, variant.group_size) == 0).all(dim=1).float()
+        row["flat_groups"] = all_gather(flat).mean().item()
     log_step(setup, state, row, episodes, run)
+
+
+def own_rows(n: int, rank: int, world: int) -> slice:
+    """This rank's contiguous share of a global batch of ``n`` rows (``n`` divisible by ``world``:
+    ``ppo_backends.per_rank_section`` checks it)."""
+    share = n // world
+    return slice(rank * share, (rank + 1) * share)
 
 
 def save_and_record(setup: Setup, state: TrainState, run, prompts_identity: dict | None) -> Path:

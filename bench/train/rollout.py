@@ -142,14 +142,58 @@ class Samples:
     texts: list[str]  # decoded responses, special tokens stripped
 
 
+def row_key(seed: int, step: int, row: int) -> int:
+    """The sampling key of one rollout: the run's seed, the step and the row's index in the step's
+    *global* batch (all ranks' rows in prompt-stream order), never the rank or the batch it shares."""
+    return (((seed % 2**31) * 1_000_003 + step) * 1_000_033 + row) % (2**63 - 25)
+
+
+def keyed_sampler(keys: Sequence[int], temperature: float) -> Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]:
+    """A token picker for ``bench.eval.fastgen.greedy_tokens(choose=...)`` that samples from
+    softmax(logits / T) by the Gumbel-max trick, with noise keyed by (row key, position):
+
+        y_t = argmax_v ( z_v / T + G_v ),   G_v = -log E_v,  E_v ~ Exp(1) iid,
+
+    drawn from a generator seeded by ``(keys[row], t)``. argmax(z/T + G) is an exact sample of
+    softmax(z/T) (Gumbel 1954; Maddison et al. 2014). Why keyed noise rather than ``generate``'s
+    ``torch.multinomial`` on the global RNG: the draws of one row do not depend on which rows share
+    its batch, on the batch's order or on the rank that samples it, so a step split over N ranks
+    samples the tokens one process samples (up to last-bit differences of the logits between batch
+    shapes, which flip a token only at a near-tie of z/T + G). The noise is drawn on the CPU (one
+    generator per row and position, ~V floats) and moved to the logits' device."""
+    if temperature <= 0:
+        raise ValueError(f"keyed_sampler: temperature must be > 0, got {temperature}")
+    keys = list(keys)
+
+    def choose(logits: torch.Tensor, t: int, rows: torch.Tensor) -> torch.Tensor:
+        V = logits.shape[-1]
+        noise = torch.empty((len(rows), V))
+        for i, r in enumerate(rows.tolist()):
+            g = torch.Generator().manual_seed((keys[r] * 4_099 + t) % (2**63 - 25))
+            noise[i].exponential_(generator=g)
+        gumbel = -noise.log_().to(logits.device)  # (b, V)
+        return (logits.float() / temperature + gumbel).argmax(-1)
+
+    return choose
+
+
 @torch.no_grad()
 def sample_responses(policy, tok, prompts: list[str], system_prompt: str | None, max_new_tokens: int,
-                     temperature: float, batch_size: int, eos_ids: Sequence[int]) -> Samples:
-    """Sampled completions with the KV cache, for chat-formatted ``prompts``.
+                     temperature: float, batch_size: int, eos_ids: Sequence[int], keys: Sequence[int],
+                     rows: slice | None = None) -> Samples:
+    """Sampled completions of ``prompts[rows]`` (default: all), chat-formatted, with the KV cache.
 
-    The whole batch is left-padded to one width P; generation runs in chunks of ``batch_size``
-    and the responses are right-padded (with pad, masked out) to the longest chunk's length R.
+    ``prompts`` is the step's whole (global) batch: every rank left-pads to its widest prompt, so
+    the prompt width P, and with it every row's positions and padding, is the one a single process
+    uses. ``keys[i]`` is global row i's sampling key (:func:`row_key`): tokens come from
+    :func:`keyed_sampler` through ``bench.eval.fastgen`` (the decode loop of the eval battery's
+    greedy generation). Generation runs in chunks of ``batch_size`` rows, each ending when all its
+    rows have ended; the responses are right-padded (with pad, masked out) to the longest chunk's
+    length R.
     """
+    from bench.eval.fastgen import greedy_tokens
+
+    rows = rows if rows is not None else slice(0, len(prompts))
     texts = [chat.format_prompt(tok, p, system_prompt) for p in prompts]
     old_side = tok.padding_side
     tok.padding_side = "left"
@@ -158,23 +202,29 @@ def sample_responses(policy, tok, prompts: list[str], system_prompt: str | None,
     finally:
         tok.padding_side = old_side
     device = next(policy.parameters()).device
-    p_ids, p_attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # (B, P)
+    p_ids, p_attn = enc["input_ids"][rows].to(device), enc["attention_mask"][rows].to(device)  # (B, P)
+    mine = list(range(len(prompts)))[rows]
     P = p_ids.shape[1]
     chunks = []
-    for start in range(0, len(prompts), batch_size):
+    for start in range(0, len(mine), batch_size):
         sl = slice(start, start + batch_size)
+        choose = keyed_sampler([keys[i] for i in mine[sl]], temperature)
         with generation_autocast(policy):  # bf16 policies: one cast of the weights for the whole call
-            gen = policy.generate(input_ids=p_ids[sl], attention_mask=p_attn[sl], do_sample=True,
-                                  temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                                  pad_token_id=tok.pad_token_id, eos_token_id=list(eos_ids), use_cache=True)
-        chunks.append(gen[:, P:])  # (b, R_chunk)
+            chunks.append(greedy_tokens(policy, p_ids[sl], p_attn[sl], max_new_tokens, list(eos_ids),
+                                        tok.pad_token_id, choose=choose))  # (b, R_chunk)
     R = max(c.shape[1] for c in chunks)
     responses = torch.cat([nn.functional.pad(c, (0, R - c.shape[1]), value=tok.pad_token_id) for c in chunks])
+    return assemble(prompts[rows], p_ids, p_attn, responses, eos_ids, tok)
+
+
+def assemble(prompts: list[str], p_ids: torch.Tensor, p_attn: torch.Tensor, responses: torch.Tensor,
+             eos_ids: Sequence[int], tok) -> Samples:
+    """Samples from left-padded prompts (B, P) and right-padded responses (B, R)."""
     mask, truncated = response_mask(responses, eos_ids)  # (B, R), (B,)
     input_ids = torch.cat([p_ids, responses], dim=1)  # (B, P + R)
     attention_mask = torch.cat([p_attn, mask.long()], dim=1)  # (B, P + R)
     decoded = [tok.decode(responses[i][mask[i].bool()], skip_special_tokens=True).strip() for i in range(len(prompts))]
-    return Samples(prompts, input_ids, attention_mask, P, responses, mask, truncated, decoded)
+    return Samples(list(prompts), input_ids, attention_mask, p_ids.shape[1], responses, mask, truncated, decoded)
 
 
 # --------------------------------------------------------------------------- score models
