@@ -323,7 +323,7 @@ def train_step(setup: Setup, state: TrainState, step: int, run) -> None:
     # 4. PPO update, on the global batch (every rank's rows)
     episodes = gather_episodes(episode_values(samples, exp, reward_raw, cost_raw))  # every rank's, in prompt order
     whole, tensors = gather_rollout(samples, {**exp, "advantages": adv.advantages, "returns": adv.returns},
-                                    setup.tok.pad_token_id)
+                                    everyone, setup.eos_ids, setup.tok)
     backend.module.train()  # dropout is off; train() only matters for gradient checkpointing
     upd = ppo_update(backend, whole, tensors, tensors["advantages"], tensors["returns"], section, setup.seed, step,
                      setup.rank, setup.world)

@@ -30,7 +30,7 @@ import torch
 from bench.config import PPOSection
 from bench.distributed import is_initialized, is_main_process
 from bench.records import RecordError
-from bench.train.rollout import PolicyWithValueHead, Samples
+from bench.train.rollout import PolicyWithValueHead, Samples, assemble
 
 # =============================================================================== optimiser backends
 
@@ -280,13 +280,16 @@ def step_reducer():
     return sum_over_ranks if is_initialized() and torch.distributed.get_world_size() > 1 else None
 
 
-def gather_rollout(s: Samples, tensors: dict[str, torch.Tensor], pad_token_id: int) -> tuple[Samples, dict]:
+def gather_rollout(s: Samples, tensors: dict[str, torch.Tensor], prompts: list[str], eos_ids: list[int],
+                   tok) -> tuple[Samples, dict]:
     """The step's global rollout batch on every rank (what :func:`bench.train.ppo_update.ppo_update`
     splits into mini-batches): each rank's rows of ``s`` and of the per-token ``tensors`` (B, R, ...)
     (log-probs, values, advantages, returns), right-padded to the longest response of any rank (the
-    pad token in the ids, 0 elsewhere: masked out) and concatenated in rank order, which is the step's
-    prompt order. Every rank left-padded its prompts to the global batch's width
-    (``rollout.sample_responses``), so the prompt columns already agree. Itself in one process."""
+    pad token in the responses, 0 elsewhere: masked out) and concatenated in rank order, which is
+    the order of ``prompts``, the step's global batch; masks and texts are rebuilt from the gathered
+    tokens as one process builds them (``rollout.assemble``). Every rank left-padded its prompts to
+    the global batch's width (``rollout.sample_responses``), so the prompt columns already agree.
+    Tensor collectives only (no pickled objects). Itself in one process."""
     if not is_initialized() or torch.distributed.get_world_size() == 1:
         return s, tensors
     dev = collective_device(torch.distributed.get_backend())
@@ -298,16 +301,9 @@ def gather_rollout(s: Samples, tensors: dict[str, torch.Tensor], pad_token_id: i
         return all_gather(torch.nn.functional.pad(x, (0, 0) * (x.dim() - 2) + (0, R - x.shape[1]), value=value))
 
     P = s.prompt_len
-    p_ids, p_attn = all_gather(s.input_ids[:, :P]), all_gather(s.attention_mask[:, :P])
-    responses, mask = pad(s.responses, pad_token_id), pad(s.mask, 0.0)
-    texts: list[list[str]] = [None] * torch.distributed.get_world_size()
-    prompts: list[list[str]] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(texts, s.texts)
-    torch.distributed.all_gather_object(prompts, s.prompts)
-    out = Samples([p for part in prompts for p in part], torch.cat([p_ids, responses], dim=1),
-                  torch.cat([p_attn, mask.long()], dim=1), P, responses, mask,
-                  all_gather(s.truncated.int()).bool(), [t for part in texts for t in part])
-    return out, {k: pad(v, 0.0) for k, v in tensors.items()}
+    whole = assemble(prompts, all_gather(s.input_ids[:, :P]), all_gather(s.attention_mask[:, :P]),
+                     pad(s.responses, tok.pad_token_id), eos_ids, tok)
+    return whole, {k: pad(v, 0.0) for k, v in tensors.items()}
 
 
 def gather_episodes(episodes: dict) -> dict:
