@@ -324,3 +324,71 @@ def test_lora_wrapper_runs_the_lean_loop(model):
     want = _generate(m, ids, mask, 8, eos=[])
     assert not torch.equal(want, _generate(model, ids, mask, 8, eos=[]))  # the adapters matter
     assert torch.equal(fastgen.greedy_tokens(m, ids, mask, 8, [], PAD), want)
+
+
+def _argmax(logits, t, rows):
+    return logits.float().argmax(-1)
+
+
+def test_choose_argmax_is_the_default(model):
+    ids, mask = _batch([6, 9, 4, 9, 7, 2], seed=20)
+    eos = _eos_finishing_some_rows(_generate(model, ids, mask, 12, eos=[]))
+    want = fastgen.greedy_tokens(model, ids, mask, 12, [eos], PAD)
+    assert torch.equal(fastgen.greedy_tokens(model, ids, mask, 12, [eos], PAD, choose=_argmax), want)
+    assert torch.equal(want, _generate(model, ids, mask, 12, eos=[eos]))
+
+
+def test_choose_sees_each_step_and_the_original_rows(model):
+    ids, mask = _batch([5, 8, 3], seed=21)
+    seen = []
+
+    def record(logits, t, rows):
+        seen.append((t, rows.tolist(), tuple(logits.shape)))
+        return torch.full((len(rows),), 5, dtype=torch.long)  # a constant pick: choose decides the tokens
+
+    got = fastgen.greedy_tokens(model, ids, mask, 7, [], PAD, choose=record)
+    assert [s[0] for s in seen] == list(range(7))
+    assert all(r == [0, 1, 2] and shape == (3, VOCAB) for _, r, shape in seen)
+    assert torch.equal(got, torch.full((3, 7), 5))
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "penalty", "patched"])
+def test_fallback_loop_honours_choose(model, monkeypatch, kind):
+    """A model the lean loop refuses decodes by the plain loop when given ``choose`` (never by
+    generate): argmax gives generate's tokens on the model's own logits, end tokens and padding alike."""
+    ids, mask = _batch([6, 9, 4, 8], seed=22)
+    m = copy.deepcopy(model)
+    if kind == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        torch.manual_seed(0)
+        m = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=64,
+                                       initializer_range=0.3)).eval()
+        want_model = m
+    elif kind == "penalty":
+        m.generation_config.repetition_penalty = 1.5  # generate would apply it; choose sees raw logits
+        want_model = model
+    else:
+        monkeypatch.setattr(fastgen, "unsupported_reason", lambda mod: "patched for the test")
+        want_model = model
+    assert fastgen.unsupported_reason(m) is not None
+    eos = _eos_finishing_some_rows(_generate(want_model, ids, mask, 12, eos=[]))
+    want = _generate(want_model, ids, mask, 12, eos=[eos])
+    monkeypatch.setattr(m, "generate", lambda *a, **k: pytest.fail("the fallback with choose called generate"))
+    steps = []
+
+    def choose(logits, t, rows):
+        steps.append((t, rows.tolist()))
+        return _argmax(logits, t, rows)
+
+    got = fastgen.greedy_tokens(m, ids, mask, 12, [eos], PAD, choose=choose)
+    assert torch.equal(got, want)
+    assert [t for t, _ in steps] == list(range(got.shape[1])) and all(r == [0, 1, 2, 3] for _, r in steps)
+
+
+def test_missing_mask_is_the_one_generate_infers(model):
+    ids, mask = _batch([6, 3, 8], seed=23)
+    with torch.no_grad():
+        want = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=PAD, eos_token_id=[])
+    assert torch.equal(fastgen.greedy_tokens(model, ids, None, 6, [], PAD), want[:, ids.shape[1]:])
+    assert torch.equal(fastgen.greedy_tokens(model, ids, None, 6, [], PAD), fastgen.greedy_tokens(model, ids, mask, 6, [], PAD))

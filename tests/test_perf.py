@@ -1,7 +1,9 @@
 """`bench perf`: the statistics helpers on hand values, our scorer agreeing with lm-eval's
-loglikelihood on the smoke model, the peak-memory plumbing of an isolated unit, the GPU code
-paths on a tiny shape on CPU, and `bench perf --quick` writing every section. No test asserts a
-speed: timings on a shared machine are not test material."""
+loglikelihood on the smoke model (fp32 side really fp32, bf16 side really bf16), the generation
+unit (generate_greedy in fp32 equal to plain generate on the same batches), the bars' figures and verdicts on hand
+values, the peak-memory plumbing of an isolated unit, the GPU code paths on a tiny shape on CPU,
+and `bench perf --quick` writing every section. No test asserts a speed: timings on a shared
+machine are not test material."""
 
 from __future__ import annotations
 
@@ -39,16 +41,107 @@ def test_rates_and_paired_ratio():
 
 
 def test_scorer_agrees_with_lm_eval_loglikelihood(smoke_base):
+    """Run inside an enclosing bf16 autocast (a caller may hold one): the fp32 side must still agree
+    with lm-eval to 1e-3 (autocast did not leak in) and the bf16 side must differ from it (bf16
+    really ran)."""
+    import torch
+
     from bench.perf.units import run_unit
 
-    u = run_unit("score", {"profile": "smoke", "n_pairs": 4, "repeats": 1}, isolate=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        u = run_unit("score", {"profile": "smoke", "n_pairs": 4, "repeats": 1}, isolate=False)
     assert "error" not in u, u.get("traceback")
-    a = u["agreement"]
+    a, p = u["agreement"], u["bf16_vs_fp32"]
     assert u["n_requests"] == 2 * u["n_pairs"] == 8
     assert a["tokens_max_abs_diff"] < 1e-3 and a["tokens_agree_1e-3"]
     # lm-eval's string path moves the newline ending the chat prompt into the continuation.
     assert a["strings_extra_continuation_tokens"] == [1] and a["strings_mean_diff"] < 0
-    assert set(u["seconds"]) == {"ours", "lm_eval", "lm_eval_tokens"}
+    assert set(u["seconds"]) == {"ours_fp32", "ours_bf16", "lm_eval_fp32"}
+    assert 0 < p["max_abs_diff_sums"] < 0.5 and p["n_margins"] == u["n_pairs"]
+    assert 0.0 <= p["margin_sign_agreement"] <= 1.0
+
+
+def test_generate_unit_times_generate_greedy_against_plain_generate(smoke_base):
+    """generate_greedy (fastgen inside) in fp32 gives the baseline's outputs on the same batches; bf16 runs too."""
+    from bench.perf import _gen_figures
+    from bench.perf.units import run_unit
+
+    u = run_unit("generate", {"profile": "smoke", "n_prompts": 3, "max_new_tokens": 4, "repeats": 1}, isolate=False)
+    assert "error" not in u, u.get("traceback")
+    assert set(u["seconds"]) == {"batched_generate_fp32", "ours_fp32", "ours_bf16"}
+    assert u["identical_outputs"]["ours_fp32"] == u["n_prompts"] == 3
+    assert u["decoder"]["fallback"] == {"fp32": None, "bf16": None}  # the lean loop ran on both models
+    assert 0 < u["new_tokens"] <= 3 * 4
+    f = _gen_figures(u)
+    assert f["speedup_vs_batched_generate_fp32"] is f["ours_bf16_speedup_vs_batched_generate_fp32"]
+    assert f["ours_fp32_speedup_vs_batched_generate_fp32"]["n"] == 1
+
+
+def test_refusal_prompts_mix_the_sets(smoke_cfg):
+    from bench.eval.inputs import REFUSAL_SETS, load_inputs
+    from bench.perf.generation import refusal_prompts
+
+    sets, _ = load_inputs(smoke_cfg)
+    got = refusal_prompts(smoke_cfg, 3)
+    assert got == [sets["refusal_harmful"][0]["prompt"], sets["over_refusal_benign"][0]["prompt"],
+                   sets["over_refusal_borderline"][0]["prompt"]]
+    assert len(refusal_prompts(smoke_cfg, 0)) == sum(len(sets[k]) for k, *_ in REFUSAL_SETS)
+
+
+def test_peak_and_training_flops_on_hand_values():
+    from bench.perf import _dpo_figures, _peak_figures, _ppo_figures, _train_flops, compute_figures
+
+    pk = _peak_figures({"gflops": {"a": {"fp32": [100.0, 120.0], "bf16": [400.0, 380.0]},
+                                   "b": {"fp32": [90.0], "bf16": [500.0]}}})
+    assert pk["fp32_gflops"] == 120.0 and pk["fp32_peak_shape"] == "a"
+    assert pk["bf16_gflops"] == 500.0 and pk["bf16_peak_shape"] == "b" and pk["bf16_over_fp32"] == pytest.approx(500 / 120)
+    # measured before and after the other units: the peak is the best of both runs
+    both = compute_figures({"matmul_peak": {"gflops": {"a": {"fp32": [100.0], "bf16": [400.0]}}},
+                            "matmul_peak_end": {"gflops": {"a": {"fp32": [130.0], "bf16": [350.0]}}}})["matmul_peak"]
+    assert both["fp32_gflops"] == 130.0 and both["bf16_gflops"] == 400.0 and both["shapes"]["a"]["fp32"]["n"] == 2
+    # 6 x 1e8 params x 1000 tokens / 2 s = 300 GFLOP/s: 60% of a 500 GFLOP/s bf16 peak
+    t = _train_flops([1000], [2.0], 1e8, pk)
+    assert t["gflops"]["median"] == pytest.approx(300.0)
+    assert t["fraction_of_bf16_peak"]["median"] == pytest.approx(0.6)
+    assert t["fraction_of_fp32_peak"]["median"] == pytest.approx(2.5)
+    assert _train_flops([1000], [2.0], 1e8, None)["fraction_of_bf16_peak"]["n"] == 0  # no peak: n/a, not a guess
+    ours = {"seconds": {"fp32": [4.0, 5.0], "bf16": [2.0, 2.0]}, "tokens_per_epoch": 1000, "total_params": 1e8,
+            "trainable_params": 1e7}
+    d = _dpo_figures(ours, {"seconds": [10.0], "tokens_per_epoch": 1000, "total_params": 1e8}, pk)
+    assert d["bf16_speedup_vs_fp32"]["values"] == pytest.approx([2.0, 2.5])
+    assert d["ours_bf16_flops"]["fraction_of_bf16_peak"]["median"] == pytest.approx(0.6)
+    assert d["ours_bf16_flops_trainable"]["gflops"]["median"] == pytest.approx(30.0)
+    assert d["ours_bf16_speedup_vs_trl_defaults_of_medians"] == pytest.approx(5.0)
+    p = _ppo_figures({"precisions": ["fp32", "bf16"], "ppo_epochs": 2, "total_params": 1e8,
+                      "seconds": {"fp32": [3.0, 3.0], "bf16": [1.0, 1.0]}, "run_seconds": {"fp32": [6.0], "bf16": [2.0]},
+                      "run_tokens": {"fp32": [500], "bf16": [500]}}, pk)
+    assert p["bf16_speedup_vs_fp32"]["median"] == pytest.approx(3.0)
+    assert p["bf16_flops"]["gflops"]["median"] == pytest.approx(6 * 1e8 * 500 * 2 / 2.0 / 1e9)
+
+
+def test_bars_verdicts_on_hand_figures():
+    from bench.perf import TARGETS, bars, verdict
+    from bench.perf.timing import summarize
+
+    assert verdict(2.0, 2.0) == "met" and verdict(1.99, 2.0) == "missed"
+    assert verdict(math.nan, 2.0) == "not measured" and verdict(None, 2.0) == "not measured"
+    assert verdict(5.0, 2.0, applicable=False) == "n/a"
+    figures = {"score": {"speedup_vs_lm_eval_fp32": summarize([2.4, 2.6, 2.5])},
+               "generate": {"speedup_vs_batched_generate_fp32": summarize([3.9, 4.1, 3.95])},
+               "dpo": {"ours_bf16_flops": {"fraction_of_bf16_peak": summarize([0.41])}}}
+    cpu = {"native_bf16_flags": ["avx512_bf16"], "auto_resolves_to": "bf16", "cuda": False}
+    units = {"score": {"cpu": cpu}, "generate": {"cpu": cpu}}
+    got = {b["bar"]: b for b in bars(figures, units, TARGETS)}
+    assert [k for k in got] == ["scoring", "generation", "training_dpo", "training_ppo"]
+    assert got["scoring"]["verdict"] == "met" and got["scoring"]["median"] == pytest.approx(2.5)
+    assert got["generation"]["verdict"] == "missed"  # median 3.95 < 4, though one repeat reached 4.1
+    assert got["training_dpo"]["verdict"] == "met" and got["training_ppo"]["verdict"] == "not measured"
+    assert got["generation"]["key"] == "generate.speedup_vs_batched_generate_fp32"
+    # no native bf16: the training bar does not apply
+    units = {"score": {"cpu": {**cpu, "native_bf16_flags": []}}, "generate": {}}
+    got = {b["bar"]: b for b in bars(figures, units, TARGETS)}
+    assert got["training_dpo"]["verdict"] == "n/a"
+    assert got["scoring"]["verdict"] == "met"
 
 
 def test_isolated_unit_reports_its_own_peak_memory(tmp_path):
@@ -86,21 +179,34 @@ def test_perf_quick_writes_markdown_and_json(smoke_base, tmp_path):
     assert r.exit_code == 0, r.output
     md = (tmp_path / "perf-smoke.md").read_text()
     res = json.loads((tmp_path / "perf-smoke.json").read_text())
-    for section in ("## Machine", "## Stages", "## Scoring", "## Generation", "## Training", "## GPU"):
+    from bench.perf.report import SECTIONS
+
+    for section in SECTIONS:
         assert section in md
     assert "cpu_count" in res["provenance"]["hardware"] and res["provenance"]["packages"]["lm-eval"]
-    for key in ("score", "generate", "dpo_ours", "dpo_trl_defaults", "ppo"):
+    for key in ("matmul_peak", "score", "generate", "dpo_ours", "dpo_trl_defaults", "ppo"):
         assert key in res["units"] and "error" not in res["units"][key], (key, res["units"][key].get("error"))
         assert res["units"][key]["peak_rss_mb"] > 0
-    for key in ("score", "generate", "dpo", "ppo"):
-        assert key in res["figures"]
-    assert res["figures"]["score"]["speedup_vs_lm_eval"]["n"] == 1
+    fig = res["figures"]
+    for key in ("matmul_peak", "score", "generate", "dpo", "ppo"):
+        assert key in fig
+    assert fig["matmul_peak"]["fp32_gflops"] > 0 and fig["matmul_peak"]["bf16_gflops"] > 0
+    assert fig["score"]["speedup_vs_lm_eval_fp32"]["n"] == 1
+    assert fig["generate"]["speedup_vs_batched_generate_fp32"]["n"] == 1
+    for prec in ("fp32", "bf16"):
+        assert fig["dpo"][f"ours_{prec}_flops"]["fraction_of_bf16_peak"]["n"] == 1
+        assert fig["ppo"][f"{prec}_flops"]["fraction_of_fp32_peak"]["n"] == 1
     assert res["units"]["score"]["agreement"]["tokens_agree_1e-3"]
+    assert [b["bar"] for b in res["bars"]][:2] == ["scoring", "generation"]
+    assert all(b["verdict"] in ("met", "missed", "n/a") for b in res["bars"])
+    assert "| >= 4x |" in md and "| >= 40% |" in md
+    assert "ours: `generate_greedy`, fp32" in md and "ours: `generate_greedy`, bf16" in md
+    assert res["units"]["generate"]["identical_outputs"]["ours_fp32"] == res["units"]["generate"]["n_prompts"]
     import torch
 
     if not torch.cuda.is_available():
         assert res["gpu_skipped"] and "GPU units skipped: no CUDA device" in md
-    assert "Target: ours >= 2x" in md and "from the run records" in md
+    assert "(target >= 2x)" in md and "from the run records" in md
 
 
 def test_stage_times_do_not_mix_eval_records_into_training_stages(tmp_path, monkeypatch):

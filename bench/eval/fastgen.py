@@ -4,8 +4,10 @@ What: :func:`greedy_tokens` returns the new tokens ``(B, n_new)`` that
 ``model.generate(input_ids, attention_mask, max_new_tokens=..., do_sample=False, pad_token_id=...,
 eos_token_id=...)`` returns after a left-padded prompt batch: the same argmax tokens, the same
 ``pad_token_id`` after a row has emitted an end-of-sequence token, the same early exit when every
-row has (so ``n_new <= max_new_tokens``). Models it does not support go to ``model.generate``
-(:func:`unsupported_reason` says why), so a caller can always use it.
+row has (so ``n_new <= max_new_tokens``). ``bench.eval.generate.generate_greedy`` (the battery,
+steering selection, on-policy pairs, tracking) decodes with it; PPO's rollouts pass a ``choose``
+(a sampler) in its place of the argmax. Models it does not support go to ``model.generate``
+(:func:`unsupported_reason` says why; with a ``choose``, to a plain loop), so a caller can always use it.
 
 Why: refusal evaluation, steering selection and on-policy pairs spend most of their CPU time in
 greedy generation. Measured on a 2-core AVX-512/AMX CPU with SmolLM2-135M-Instruct, batch 32:
@@ -18,7 +20,7 @@ so the concatenation (~17 ms, the cache is fp32 there: RoPE's fp32 cos/sin promo
 the small ops become half of the step. Prefill (one pass over B x L prompt tokens) is all matrix
 products: ~1.9 s fp32 / ~0.9 s bf16 for 32 x 64 tokens, a quarter of the total at 48 new tokens.
 So the decode loop is not mostly overhead in fp32; what can be removed without changing one
-computed number is the concatenation and ``generate``'s bookkeeping (``bench.perf.fastgen_bench``
+computed number is the concatenation and ``generate``'s bookkeeping (``bench.perf.generation``
 measures what that gives).
 
 How, exact part (the default, ``exact=True``): the calls into the model are the ones ``generate``
@@ -67,13 +69,17 @@ this project's sizes on 2 cores, and fused kernels change fp32 numbers); transfo
 prefill: more work, and not bit-identical: its logits differ from ``generate``'s by ~3e-6 on the
 test model).
 
-Fallback to ``model.generate`` (reason from :func:`unsupported_reason`): a model that is not a
-Llama-family decoder-only causal LM (``config.model_type == "llama"``, a ``forward`` taking
-``position_ids``, ``past_key_values`` and ``logits_to_keep``); a peft wrapper other than LoRA;
-cache layers other than full attention (sliding window, hybrid); a model spread over devices
-(``hf_device_map``); a generation config that ``generate`` would turn into logits processors or a
-different cache (repetition penalty, n-gram blocking, bad words, min length, suppressed or forced
-tokens, static cache, beams, ...).
+Fallback (reason from :func:`unsupported_reason`): a model that is not a Llama-family decoder-only
+causal LM (``config.model_type == "llama"``, a ``forward`` taking ``position_ids``,
+``past_key_values`` and ``logits_to_keep``); a peft wrapper other than LoRA; cache layers other than
+full attention (sliding window, hybrid); a model spread over devices (``hf_device_map``); a
+generation config that ``generate`` would turn into logits processors or a different cache
+(repetition penalty, n-gram blocking, bad words, min length, suppressed or forced tokens, static
+cache, beams, ...). Without ``choose`` such a model goes to ``model.generate`` (its tokens, its
+logits processors included). With ``choose`` it runs a plain loop (:func:`_generic_tokens`): the
+model's forward with a transformers ``DynamicCache`` built from its config, position ids from the
+mask, the same ``choose`` / end-token / padding rules, on the raw logits (no logits processors: the
+picker is the caller's), so ``choose`` is always honoured.
 """
 
 from __future__ import annotations
@@ -104,6 +110,7 @@ _NEUTRAL = (
     ("token_healing", (None, False)), ("cache_implementation", (None, "dynamic")),
     ("prefill_chunk_size", (None,)), ("penalty_alpha", (None,)), ("dola_layers", (None,)),
     ("epsilon_cutoff", (None, 0.0)), ("eta_cutoff", (None, 0.0)), ("low_memory", (None, False)),
+    ("renormalize_logits", (None, False)),
 )
 
 
@@ -257,6 +264,32 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, eos, pad_token_i
     return out[:, input_ids.shape[1]:]
 
 
+def _default_mask(input_ids: torch.Tensor, pad_token_id: int, eos: list[int]) -> torch.Tensor:
+    """The mask ``generate`` infers when given none: ``input_ids != pad`` when the pad token occurs in
+    the inputs and is not an end token; all ones otherwise."""
+    if pad_token_id not in eos and bool((input_ids == pad_token_id).any()):
+        return (input_ids != pad_token_id).long()
+    return torch.ones_like(input_ids)
+
+
+def _generic_call(model, reason: str):
+    """``model(**kw).logits`` with only the keyword arguments its ``forward`` takes, for the plain loop
+    (a model :func:`unsupported_reason` refuses, decoding with a ``choose``)."""
+    inner = _unwrap(model)
+    if getattr(getattr(inner, "config", None), "is_encoder_decoder", False):
+        raise ValueError(f"greedy_tokens(choose=...): cannot decode this model ({reason})")
+    params = inspect.signature(model.forward).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    missing = {"input_ids", "attention_mask", "past_key_values"} - set(params)
+    if missing and not takes_all:
+        raise ValueError(f"greedy_tokens(choose=...): forward takes no {sorted(missing)} ({reason})")
+
+    def call(**kw):
+        return model(**{k: v for k, v in kw.items() if takes_all or k in params}).logits
+
+    return call
+
+
 def _common_prefix(input_ids: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor) -> int:
     """Length of the longest token prefix shared by every row's unpadded tokens, at most min length - 1
     (each row keeps at least its last token for the suffix pass, which gives the first logits)."""
@@ -303,10 +336,12 @@ def greedy_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
     ``eos_token_ids``: an int or ints ending a row; None means the model's
     ``generation_config.eos_token_id`` (what ``generate`` uses), ``[]`` means none.
     ``pad_token_id``: the token of finished rows; None means the generation config's pad token,
-    else the first end token. ``n_new < max_new_tokens`` when every row ended early.
+    else the first end token. ``attention_mask`` None: the one ``generate`` infers.
+    ``n_new < max_new_tokens`` when every row ended early.
     ``exact=False`` adds the shared-prefix prefill and compaction (module docstring): faster,
     tokens equal to ``generate``'s except at a rare near-tie.
-    Works under an outer ``torch.autocast``; unsupported models go to ``model.generate``.
+    Works under an outer ``torch.autocast``; unsupported models go to ``model.generate``, or, with a
+    ``choose``, to a plain loop over the model's forward (module docstring).
 
     ``choose(logits, t, rows) -> tokens``: how the next token is picked, given the last position's
     logits (b, V) as the model returns them, the step ``t`` (the token's index in the response) and
@@ -326,38 +361,43 @@ def greedy_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
     B, L = input_ids.shape
     dev = input_ids.device
     if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
+        attention_mask = _default_mask(input_ids, pad_token_id, eos)
     if max_new_tokens <= 0:
         return input_ids.new_zeros((B, 0))
-    if unsupported_reason(model) is not None:
-        if choose is not None:
-            raise NotImplementedError(f"greedy_tokens(choose=...): {unsupported_reason(model)}")
+    reason = unsupported_reason(model)
+    if reason is not None and choose is None:
         return _generate(model, input_ids, attention_mask, max_new_tokens, eos, pad_token_id)
 
-    free = not exact and not _has_model_hooks(model)
+    config = getattr(_unwrap(model), "config", None)
+    if reason is None:  # the lean loop: generate's calls, a preallocated cache
+        call = lambda **kw: model(**kw).logits  # noqa: E731
+        cast = getattr(config, "_attn_implementation", None) in CAST_BY_AUTOCAST
+        cache = DynamicCache(config=config)
+        cache.layers = [_PreallocatedLayer(L + max_new_tokens, cast) for _ in cache.layers]
+    else:  # a plain loop, so that choose is honoured
+        call = _generic_call(model, reason)
+        cache = DynamicCache(config=config) if config is not None else DynamicCache()
+    free = reason is None and not exact and not _has_model_hooks(model)
     am = attention_mask
     pos = am.long().cumsum(-1) - 1
-    pos = pos.masked_fill(am == 0, 0)
+    pos = pos.masked_fill(am == 0, 0)  # as generate's _prepare_position_ids_for_generation
     no_pad = bool((am == 1).all())  # generate drops an all-ones mask
-    config = _unwrap(model).config
-    cast = getattr(config, "_attn_implementation", None) in CAST_BY_AUTOCAST
-    cache = DynamicCache(config=config)
-    cache.layers = [_PreallocatedLayer(L + max_new_tokens, cast) for _ in cache.layers]
     mask = am.new_ones((B, L + max_new_tokens))
     mask[:, :L] = am
     eos_t = torch.tensor(eos, dtype=torch.long, device=dev)
 
     prefix = 0
-    lengths = am.long().sum(-1)
-    starts = L - lengths
-    left_padded = bool((am.long().cumsum(-1) == (torch.arange(L, device=dev) - starts[:, None] + 1).clamp(min=0)).all())
-    if free and B > 1 and left_padded:
-        prefix = _common_prefix(input_ids, starts, lengths)
+    if free and B > 1:
+        lengths = am.long().sum(-1)
+        starts = L - lengths
+        left_padded = bool((am.long().cumsum(-1) == (torch.arange(L, device=dev) - starts[:, None] + 1).clamp(min=0)).all())
+        if left_padded:
+            prefix = _common_prefix(input_ids, starts, lengths)
     if prefix >= MIN_SHARED_PREFIX:
         logits = _prefill_shared(model, cache, input_ids, None if no_pad else am, pos, starts, lengths, prefix)
     else:
-        logits = model(input_ids=input_ids, attention_mask=None if no_pad else am, position_ids=pos,
-                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        logits = call(input_ids=input_ids, attention_mask=None if no_pad else am, position_ids=pos,
+                      past_key_values=cache, use_cache=True, logits_to_keep=1)
 
     out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=dev)
     rows = torch.arange(B, device=dev)  # the original row of each row still in the batch
@@ -365,12 +405,12 @@ def greedy_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
     last = pos[:, -1:]
     for t in range(max_new_tokens):
         nxt = pick(logits[:, -1]) if choose is None else choose(logits[:, -1], t, rows)
-        nxt = torch.where(live, nxt, pad_token_id)
+        nxt = torch.where(live, nxt.to(device=dev, dtype=torch.long), pad_token_id)
         out[rows, t] = nxt
         if len(eos):
             live = live & ~torch.isin(nxt, eos_t)
         n_live = int(live.sum())
-        if n_live == 0:
+        if n_live == 0:  # generate stops when every row has ended
             return out[:, :t + 1]
         if t == max_new_tokens - 1:
             break
@@ -379,6 +419,6 @@ def greedy_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
             cache.batch_select_indices(keep)
             rows, nxt, live, mask, last = rows[keep], nxt[keep], live[keep], mask[keep], last[keep]
         last = last + 1
-        logits = model(input_ids=nxt[:, None], attention_mask=None if no_pad else mask[:, :L + t + 1],
-                       position_ids=last, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        logits = call(input_ids=nxt[:, None], attention_mask=None if no_pad else mask[:, :L + t + 1],
+                      position_ids=last, past_key_values=cache, use_cache=True, logits_to_keep=1)
     return out

@@ -6,7 +6,9 @@ import math
 
 from bench.perf.timing import fmt
 
-SECTIONS = ("## Machine", "## Stages", "## Scoring", "## Generation", "## Training", "## GPU")
+SECTIONS = ("## Machine", "## Bars", "## Stages", "## Matmul peak", "## Scoring", "## Generation", "## Training",
+            "## GPU")
+GEN_BASELINE = "batched_generate_fp32"
 
 
 def _mb(u: dict | None) -> str:
@@ -24,6 +26,37 @@ def _err(u: dict | None) -> str | None:
 
 def _x(v: float) -> str:
     return "n/a" if v is None or not math.isfinite(v) else f"{v:.2f}x"
+
+
+def _pct(summary: dict | None) -> str:
+    """A fraction summary as percentages: ``median% [min-max%] (n=)``."""
+    if not summary or not summary.get("n"):
+        return "n/a"
+    scaled = {k: (v * 100 if isinstance(v, float) else v) for k, v in summary.items() if k != "values"}
+    return fmt(scaled, 3, "%").replace(" %", "%")
+
+
+def _verdict(v: str) -> str:
+    return {"met": "**met**", "missed": "**missed**"}.get(v, v)
+
+
+def _bars_section(r: dict) -> list[str]:
+    rows = r.get("bars") or []
+    out = ["## Bars", "",
+           "Issue 23's targets for `make bench`. Every measured figure is a ratio taken within this one run (each unit "
+           "against the baseline a user would write, run back to back with it; training FLOP/s against the matmul "
+           "peak this run measured on the same machine), so the verdicts do not depend on how fast the machine is. "
+           "Verdict on the median of the per-repeat ratios; the key is the figure's path in the JSON's `figures`.", "",
+           "| bar | measured: median [min-max] (n) | target | verdict | key |", "|---|---|---|---|---|"]
+    for b in rows:
+        pct = b["bar"].startswith("training")
+        meas = _pct(b.get("summary")) if pct else fmt(b.get("summary"), 3, "x")
+        tgt = f">= {b['target'] * 100:.0f}%" if pct else f">= {b['target']:g}x"
+        why = f" ({b['why_na']})" if b.get("why_na") else ""
+        out.append(f"| {b['what']} | {meas} | {tgt} | {_verdict(b['verdict'])}{why} | `{b['key']}` |")
+    if not rows:
+        out.append("| (no bars: units not run) | | | | |")
+    return out + [""]
 
 
 def render(r: dict) -> str:
@@ -59,6 +92,8 @@ def render(r: dict) -> str:
     if r.get("only") == "gpu":  # a GPU node's report: the CPU sections live in perf.md
         return "\n".join(out + _gpu_section(r)) + "\n"
 
+    out += _bars_section(r)
+
     # ------------------------------------------------------------------ stages
     st = r["stages"]
     mem_unit = {"eval": ("score", "generate"), "dpo": ("dpo_ours",), "ppo": ("ppo",)}
@@ -81,6 +116,31 @@ def render(r: dict) -> str:
             + (f"; **incomplete**: no records for {', '.join(st['missing'])}" if st["missing"] else "")
             + (". " + ("Within" if st["total_s"] <= target else "**Over**") + " the target." if not st["missing"] else "."), ""]
 
+    # ------------------------------------------------------------------ matmul peak
+    out += ["## Matmul peak", ""]
+    u = units.get("matmul_peak")
+    if _err(u):
+        out += [f"Not measured: {_err(u)}", ""]
+    else:
+        f = fig["matmul_peak"]
+        cpu = u.get("cpu") or {}
+        twice = not _err(units.get("matmul_peak_end")) and "matmul_peak_end" in units
+        out += [f"`torch.matmul` (M x K times K x N, 2MKN FLOP per product, preallocated output) on {u['threads']} "
+                f"thread(s), each timing looping the product for >= {u['min_s']:g} s after one warm-up; each repeat runs "
+                "every shape in both dtypes back to back"
+                + (", once before the other units and once after them (n counts both)" if twice else "")
+                + ". GFLOP/s per shape:", "",
+                "| M x K x N | fp32 GFLOP/s | bf16 GFLOP/s | bf16 / fp32 (medians) |", "|---|---|---|---|"]
+        for shape, per in f["shapes"].items():
+            m32, m16 = per["fp32"]["median"], per["bf16"]["median"]
+            out.append(f"| {shape} | {fmt(per['fp32'])} | {fmt(per['bf16'])} | {_x(m16 / m32 if m32 else math.nan)} |")
+        out += ["", f"This run's peak (the best of any shape and repeat; a neighbour only slows a matmul down): "
+                f"**fp32 {f['fp32_gflops']:.0f} GFLOP/s** ({f['fp32_peak_shape']}), **bf16 {f['bf16_gflops']:.0f} "
+                f"GFLOP/s** ({f['bf16_peak_shape']}), bf16 / fp32 {_x(f['bf16_over_fp32'])}. Native bf16 flags: "
+                f"{', '.join(cpu.get('native_bf16_flags') or []) or 'none'}; `model.precision: auto` resolves to "
+                f"`{cpu.get('auto_resolves_to', 'n/a')}` here. These peaks are the denominators of the training "
+                "FLOP/s fractions below.", ""]
+
     # ------------------------------------------------------------------ scoring
     out += ["## Scoring", ""]
     u = units.get("score")
@@ -88,18 +148,26 @@ def render(r: dict) -> str:
         out += [f"Not measured: {_err(u)}", ""]
     else:
         f, a = fig["score"], u["agreement"]
-        sp = f["speedup_vs_lm_eval"]
-        met = sp["median"] >= r["targets"]["scoring_speedup"] if sp["n"] else False
         out += [f"{u['n_pairs']} preference pairs ({u['n_requests']} lm-eval requests, {u['tokens_per_pass']:,} tokens), "
-                f"score batch {u['batch_size']} sequences, {u['threads']} thread(s), model of {u['model_params'] / 1e6:.1f} M params.", "",
-                "| scorer | pairs/s | speed-up of ours |", "|---|---|---|",
-                f"| ours: `bench.eval.logprobs.score_pairs` | {fmt(f['ours_pairs_per_s'])} | |",
-                f"| lm-eval `HFLM.loglikelihood` (strings) | {fmt(f['lm_eval_pairs_per_s'])} | {fmt(sp, 3, 'x')} |",
-                f"| lm-eval `HFLM._loglikelihood_tokens` (our token ids) | {fmt(f['lm_eval_tokens_pairs_per_s'])} | "
-                f"{fmt(f['speedup_vs_lm_eval_tokens'], 3, 'x')} |", "",
-                f"Target: ours >= {r['targets']['scoring_speedup']:g}x lm-eval's loglikelihood throughput: "
-                + ("**met**." if met else f"**missed** (median {_x(sp['median'])})."), "",
-                f"Agreement (correctness of the comparison): on the same token ids, ours and lm-eval differ by at most "
+                f"score batch {u['batch_size']} sequences, {u['threads']} thread(s), model of {u['model_params'] / 1e6:.1f} M params. "
+                "bf16 = the model as the loaders make it for `model.precision: bf16` (`bench.precision.for_precision`: fp32 "
+                "weights, bf16 matmuls under autocast, fp32 LM head); "
+                "the baseline is lm-eval on the plainly loaded fp32 model (lm-eval turns autocast off itself).", "",
+                "| scorer | pairs/s | speed-up vs lm-eval fp32 |", "|---|---|---|",
+                f"| ours: `bench.eval.logprobs.score_pairs`, bf16 | {fmt(f['ours_bf16_pairs_per_s'])} | "
+                f"{fmt(f['ours_bf16_speedup_vs_lm_eval_fp32'], 3, 'x')} |",
+                f"| ours: `bench.eval.logprobs.score_pairs`, fp32 | {fmt(f['ours_fp32_pairs_per_s'])} | "
+                f"{fmt(f['ours_fp32_speedup_vs_lm_eval_fp32'], 3, 'x')} |",
+                f"| lm-eval `HFLM.loglikelihood` (strings), fp32: the baseline | {fmt(f['lm_eval_fp32_pairs_per_s'])} | |", "",
+                f"The bar's figure is ours at the precision `auto` resolves to here ({f['auto_precision']}): "
+                f"{fmt(f['speedup_vs_lm_eval_fp32'], 3, 'x')} (target >= {r['targets']['scoring_speedup']:g}x). "
+                f"bf16 / fp32 of ours: {fmt(f['bf16_speedup_vs_fp32'], 3, 'x')}.", "",
+                f"bf16 vs fp32 (ours, same pairs): per-sequence log-prob sums differ by at most "
+                f"{f['bf16_vs_fp32_max_abs_diff_sums']:.3f} nats (mean {f['bf16_vs_fp32_mean_abs_diff_sums']:.3f}); the "
+                f"chosen - rejected margin has the same sign on {f['bf16_vs_fp32_margin_sign_agreement'] * 100:.1f}% of "
+                f"{f['bf16_vs_fp32_n_margins']} pairs (margins differ by at most {f['bf16_vs_fp32_margins_max_abs_diff']:.3f} nats).", "",
+                f"Agreement with lm-eval (correctness of the comparison): on the same token ids (lm-eval's "
+                f"`_loglikelihood_tokens`, untimed), our fp32 sums and lm-eval's differ by at most "
                 f"{a['tokens_max_abs_diff']:.2e} nats per sequence (mean {a['tokens_mean_abs_diff']:.2e}; "
                 + ("within" if a["tokens_agree_1e-3"] else "**not within**") + " 1e-3). lm-eval's string path moves the "
                 f"context's trailing whitespace (the newline after the assistant header) into the continuation, so it "
@@ -114,38 +182,69 @@ def render(r: dict) -> str:
         out += [f"Not measured: {_err(u)}", ""]
     else:
         f = fig["generate"]
-        out += [f"Greedy decoding of {u['n_prompts']} refusal-battery prompts, at most {u['max_new_tokens']} new tokens; "
-                f"throughput counts the {u['new_tokens']} tokens the per-prompt loop generates (up to and including EOS), "
-                f"for both sides. Outputs identical on {u['identical_outputs']}/{u['n_prompts']} prompts "
-                "(batched padding can flip near-ties). Peak memory: " + _mb(u) + ".", "",
-                "| generator | new tokens/s | speed-up of ours |", "|---|---|---|",
-                f"| ours: `generate_greedy` (batch {u['batch_size']}, length-sorted, KV cache) | {fmt(f['ours_tokens_per_s'])} | "
-                f"{fmt(f['speedup'], 3, 'x')} |",
-                f"| per-prompt `model.generate` loop | {fmt(f['plain_tokens_per_s'])} | |", ""]
+        ident = u["identical_outputs"]
+        out += [f"Greedy decoding of {u['n_prompts']} refusal-battery prompts, at most {u['max_new_tokens']} new tokens, "
+                f"batch {u['batch_size']}. Baseline (what a user would write): plain batched `model.generate` in fp32 on "
+                "the plainly loaded model, on the very batches `generate_greedy` forms (length-sorted, left-padded). "
+                f"Every side's throughput counts the {u['new_tokens']:,} tokens the baseline generates (each row up to "
+                "and including its first EOS), so each speed-up is a ratio of times on the same work. "
+                "`generate_greedy` decodes with `bench.eval.fastgen` (exact mode: the forward calls `generate` makes, "
+                "without its per-step bookkeeping and cache concatenation), so in fp32 its outputs are the baseline's "
+                "and its gain is the decode loop's; in bf16 the precision adds to it. "
+                "Peak memory: " + _mb(u) + ".", "",
+                "| generator | new tokens/s | speed-up vs batched `generate` fp32 | outputs identical to the baseline |",
+                "|---|---|---|---|",
+                f"| plain batched `model.generate`, fp32: the baseline | {fmt(f[f'{GEN_BASELINE}_tokens_per_s'])} | | |"]
+        labels = {"ours_fp32": "ours: `generate_greedy`, fp32", "ours_bf16": "ours: `generate_greedy`, bf16"}
+        for side, label in labels.items():
+            if f"{side}_tokens_per_s" in f:
+                out.append(f"| {label} | {fmt(f[f'{side}_tokens_per_s'])} | "
+                           f"{fmt(f[f'{side}_speedup_vs_{GEN_BASELINE}'], 3, 'x')} | {ident.get(side, 0)}/{u['n_prompts']} |")
+        out.append("")
+        fallback = {k: v for k, v in ((u.get("decoder") or {}).get("fallback") or {}).items() if v}
+        if fallback:
+            out += ["`bench.eval.fastgen` handed these models to `model.generate`: "
+                    + "; ".join(f"{k}: {v}" for k, v in fallback.items()) + ".", ""]
 
     # ------------------------------------------------------------------ training
     out += ["## Training", ""]
+    pk = fig.get("matmul_peak") or {}
     uo, ut = units.get("dpo_ours"), units.get("dpo_trl_defaults")
     if uo is None:
         out += ["DPO: the profile has no `dpo` section.", ""]
     else:
         f = fig.get("dpo", {})
         out += ["DPO, one epoch over the same pairs (tokens = prompt + response of both sides of every pair, "
-                "counted once per epoch; time = `trainer.train()`, checkpoint saving off on both sides):", "",
-                "| recipe | tokens/s | settings | peak memory |", "|---|---|---|---|"]
-        for label, u, key in (("ours (`bench.train.dpo`)", uo, "ours_tokens_per_s"),
-                              ("TRL `DPOTrainer` defaults", ut, "trl_defaults_tokens_per_s")):
+                "counted once per epoch; time = `trainer.train()`, checkpoint saving off). Ours runs in fp32 and bf16 "
+                "back to back every repeat. Training FLOP/s = **6 x total params x tokens / time** (the "
+                "all-parameters-trainable count; ours trains the top blocks only but also runs the reference forward "
+                "pass inside `train()`, so it is an estimate, not a count); the JSON also holds 6 x trainable params.", "",
+                "| recipe | tokens/s | training GFLOP/s | of fp32 peak | of bf16 peak | settings | peak memory |",
+                "|---|---|---|---|---|---|---|"]
+        rows = [(f"ours (`bench.train.dpo`), {p}", uo, f"ours_{p}") for p in (uo.get("precisions") or [])]
+        rows.append(("TRL `DPOTrainer` defaults (its own precision)", ut, "trl_defaults"))
+        for label, u, key in rows:
             if _err(u):
-                out.append(f"| {label} | failed: {_err(u)} | | {_mb(u)} |")
+                out.append(f"| {label} | failed: {_err(u)} | | | | | {_mb(u)} |")
                 continue
-            settings = (f"bf16 {u['bf16']}, fp16 {u['fp16']}, grad. checkpointing {u['gradient_checkpointing']}, "
+            compute = ("compute fp32 (autocast off); " if key.endswith("fp32") else
+                       f"compute {key.split('_')[-1]} (`for_precision`: bf16 matmuls, fp32 heads); "
+                       if key.startswith("ours_") else "compute: TRL's own; ")
+            settings = (compute + f"TrainingArguments bf16 {u['bf16']}, fp16 {u['fp16']}, grad. checkpointing {u['gradient_checkpointing']}, "
                         f"batch {u['per_device_train_batch_size']}, precompute ref {u['precompute_ref_log_probs']}, "
                         f"trainable {u['trainable_params'] / 1e6:.2f} M of {u['total_params'] / 1e6:.1f} M, "
                         f"{u['n_pairs']} pairs, {u['steps']} steps")
-            out.append(f"| {label} | {fmt(f.get(key))} | {settings} | {_mb(u)} |")
-        if "speedup_of_medians" in f:
-            out += ["", f"Ours / TRL defaults (ratio of medians): {_x(f['speedup_of_medians'])}. \"Defaults\" = "
-                    "`DPOConfig(output_dir, use_cpu)` with TRL's own precision and gradient checkpointing, all "
+            fl = f.get(f"{key}_flops") or {}
+            out.append(f"| {label} | {fmt(f.get(f'{key}_tokens_per_s'))} | {fmt(fl.get('gflops'))} | "
+                       f"{_pct(fl.get('fraction_of_fp32_peak'))} | {_pct(fl.get('fraction_of_bf16_peak'))} | {settings} | {_mb(u)} |")
+        out.append("")
+        if "bf16_speedup_vs_fp32" in f:
+            out.append(f"Ours, bf16 / fp32 (per-repeat tokens/s): {fmt(f['bf16_speedup_vs_fp32'], 3, 'x')}.")
+        tr = [f"{p}: {_x(f[f'ours_{p}_speedup_vs_trl_defaults_of_medians'])}" for p in ("fp32", "bf16")
+              if f"ours_{p}_speedup_vs_trl_defaults_of_medians" in f]
+        if tr:
+            out += [f"Ours / TRL defaults (ratio of medians; TRL is a separate unit, not interleaved with ours): {', '.join(tr)}. "
+                    "\"Defaults\" = `DPOConfig(output_dir, use_cpu)` with TRL's own precision and gradient checkpointing, all "
                     "parameters trainable; bounded to 1 epoch (TRL's default is 3) with reporting and saving off."]
         out.append("")
     u = units.get("ppo")
@@ -155,13 +254,25 @@ def render(r: dict) -> str:
         out += [f"PPO: not measured: {_err(u)}", ""]
     else:
         f = fig["ppo"]
-        out += [f"PPO (`bench.train.ppo.train_variant`, variant `{u['variant']}`, {u['trainable']}): {u['steps']} step(s) of "
-                f"{u['rollout_prompts']} prompts x up to {u['max_new_tokens']} new tokens, {u['ppo_epochs']} PPO epoch(s); "
-                f"tokens = prompt + sampled response (non-padding) per step, time = the step's own timer (rollout, "
-                f"RM/CM scoring, experience, update). **{fmt(f['tokens_per_s'])} tokens/s**, "
-                f"{fmt(f['step_s'], 3, 's')} per step; peak memory {_mb(u)}"
+        out += [f"PPO (`bench.train.ppo.train_variant`, variant `{u['variant']}`, {u['trainable']}): per precision and "
+                f"repeat one run of {u['steps']} step(s) of {u['rollout_prompts']} prompts x up to {u['max_new_tokens']} "
+                f"new tokens, {u['ppo_epochs']} PPO epoch(s), fp32 and bf16 back to back; tokens = prompt + sampled "
+                "response (non-padding) per step, time = the steps' own timer (rollout, RM/CM scoring, experience, "
+                "update). Training FLOP/s = **6 x total policy params x tokens x PPO epochs / time** (the update passes "
+                "only: the rollout, reference and RM/CM forwards are not counted, and LoRA computes no base-weight "
+                f"gradients; an estimate). Peak memory {_mb(u)}"
                 + (" (a throw-away reward model was trained first: the profile had none)" if u.get("trained_throwaway_reward_model") else "")
-                + ".", ""]
+                + ".", "",
+                "| precision | tokens/s | per step | training GFLOP/s | of fp32 peak | of bf16 peak |", "|---|---|---|---|---|---|"]
+        for p in u["precisions"]:
+            fl = f[f"{p}_flops"]
+            out.append(f"| {p} | {fmt(f[f'{p}_tokens_per_s'])} | {fmt(f[f'{p}_step_s'], 3, 's')} | {fmt(fl['gflops'])} | "
+                       f"{_pct(fl['fraction_of_fp32_peak'])} | {_pct(fl['fraction_of_bf16_peak'])} |")
+        out.append("")
+        if "bf16_speedup_vs_fp32" in f:
+            out += [f"bf16 / fp32 (per-repeat tokens/s): {fmt(f['bf16_speedup_vs_fp32'], 3, 'x')}.", ""]
+    if not pk:
+        out += ["(No matmul peak was measured in this run: the fractions of peak are n/a.)", ""]
 
     return "\n".join(out + _gpu_section(r)) + "\n"
 

@@ -7,11 +7,21 @@ in a fresh Python process (``isolate=True``, what `bench perf` does) and reads t
 resident memory from ``os.wait4`` (``ru_maxrss``: the high-water mark of the whole process, so
 torch's allocator, the tokenizer and the Python heap all count; ``tracemalloc`` would see only the
 Python heap). ``isolate=False`` runs it in this process (``--quick``, tests): faster, and the
-reported peak is then this process's high-water mark so far, marked as not isolated.
+reported peak is then this process's high-water mark so far, marked as not isolated. The units'
+shared set-up (config, models, precision, interleaved timing) is :mod:`bench.perf.common`; the
+generation unit lives with the decoder's own benchmark in :mod:`bench.perf.generation`.
 
 Inside a unit, the compared implementations run back to back in every repeat (ours, then theirs,
 then the order swapped in the next repeat), after one untimed warm-up pass of each, on the same
 model, inputs and threads: a neighbour slowing the machine down slows both sides of a repeat.
+
+Precision axis: a side runs in ``fp32`` (autocast explicitly off, so an enclosing autocast cannot
+leak in) or ``bf16`` (a model made ready by ``bench.precision.for_precision``, as the loaders do:
+fp32 weights, bf16 matmuls, fp32 output heads; see ``common.compute``), whatever the profile's
+``model.precision`` says. The users' baselines (lm-eval, plain batched ``generate``) run in
+fp32 on a model loaded as a user would load it (no head swap). ``matmul_peak`` measures the
+machine's fp32 and bf16 matmul throughput in the same run, so training FLOP/s is a fraction of
+this machine's own limit.
 """
 
 from __future__ import annotations
@@ -27,6 +37,10 @@ import time
 import traceback
 from pathlib import Path
 from typing import Callable
+
+from bench.perf.common import (PRECISIONS, compute, cpu_bf16, heldout_pairs, interleaved, plain_and_bf16_models,
+                               timed, unit_cfg, with_precision)
+from bench.perf.generation import unit_generate
 
 # --------------------------------------------------------------------------- running a unit
 
@@ -85,69 +99,15 @@ def _child_main(argv: list[str]) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- shared set-up
-
-
-def _cfg(args: dict):
-    from bench.config import load_config
-
-    cfg = load_config(args["profile"], list(args.get("overrides") or []))
-    _threads(cfg)
-    return cfg
-
-
-def _threads(cfg) -> None:
-    import torch
-
-    if cfg.profile.cpu_threads:
-        torch.set_num_threads(cfg.profile.cpu_threads)
-
-
-def _base(cfg):
-    """The profile's base policy (built once for micro-llama profiles, as `make base` does)."""
-    from bench.models import load_pretrained, prepare_base
-
-    folder, _ = prepare_base(cfg, progress=lambda s: None)
-    model, tok = load_pretrained(folder, cfg.model)
-    return model.eval(), tok
-
-
-def _pairs(cfg, n: int) -> list[dict]:
-    """Held-out preference pairs (test split), as the battery forms them."""
-    from bench.data import dpo_pairs, load_role
-
-    prefs = load_role(cfg.data, "preferences", "test")
-    policy = cfg.dpo.pairs if cfg.dpo is not None else "safer_then_better"
-    pairs = dpo_pairs(prefs.rows, policy) if prefs.schema == "pku" else [dict(r) for r in prefs.rows]
-    return pairs[:n] if n else pairs
-
-
-def _timed(fn: Callable[[], object]) -> tuple[float, object]:
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
-
-
-def _interleaved(sides: dict[str, Callable[[], object]], repeats: int) -> tuple[dict[str, list[float]], dict]:
-    """One untimed warm-up call of each side, then ``repeats`` rounds; the order alternates per
-    round. Returns ({side: [seconds]}, {side: output of its last call})."""
-    last = {k: fn() for k, fn in sides.items()}
-    secs: dict[str, list[float]] = {k: [] for k in sides}
-    names = list(sides)
-    for r in range(repeats):
-        for k in (names if r % 2 == 0 else names[::-1]):
-            dt, last[k] = _timed(sides[k])
-            secs[k].append(dt)
-    return secs, last
-
-
 # --------------------------------------------------------------------------- scoring
 
 
 def unit_score(args: dict) -> dict:
-    """Pairs/s of ``bench.eval.logprobs.score_pairs`` vs lm-eval's ``HFLM.loglikelihood`` (two
-    requests per pair: context = chat-formatted prompt, continuation = response + EOS) and its
-    token-level core ``HFLM._loglikelihood_tokens`` fed our exact token ids; log-prob agreement."""
+    """Pairs/s of ``bench.eval.logprobs.score_pairs`` in fp32 and in bf16 vs lm-eval's
+    ``HFLM.loglikelihood`` in fp32 (the user's baseline; two requests per pair: context =
+    chat-formatted prompt, continuation = response + EOS). Correctness: lm-eval's token-level core
+    ``HFLM._loglikelihood_tokens`` fed our exact token ids (untimed) against our fp32 sums; our bf16
+    sums against our fp32 sums, and the sign of each pair's chosen - rejected margin."""
     import torch
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
@@ -155,9 +115,9 @@ def unit_score(args: dict) -> dict:
     from bench import chat
     from bench.eval.logprobs import encode_pair, score_pairs
 
-    cfg = _cfg(args)
-    model, tok = _base(cfg)
-    pairs = _pairs(cfg, int(args.get("n_pairs", 0)))
+    cfg = unit_cfg(args)
+    plain, ours16, tok = plain_and_bf16_models(cfg)
+    pairs = heldout_pairs(cfg, int(args.get("n_pairs", 0)))
     bs = int(args.get("batch_size") or cfg.eval.score_batch_size)
     max_length = int(args.get("max_length") or cfg.eval.max_length)
     sp = cfg.model.system_prompt
@@ -168,7 +128,7 @@ def unit_score(args: dict) -> dict:
     if not pairs:
         return {"error": "no preference pairs fit eval.max_length"}
 
-    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=bs, max_length=max_length, device=str(model.device))
+    lm = HFLM(pretrained=plain, tokenizer=tok, batch_size=bs, max_length=max_length, device=str(plain.device))
     str_reqs, tok_reqs = [], []
     for p, (c, r, plen) in zip(pairs, enc):
         ctx = chat.format_prompt(tok, p["prompt"], sp, p.get("history"))
@@ -177,17 +137,32 @@ def unit_score(args: dict) -> dict:
             str_reqs.append(Instance("loglikelihood", {}, (ctx, cont), len(str_reqs)))
             tok_reqs.append(((ctx, cont), ids[:plen], ids[plen:]))
 
+    def ours(model, precision):
+        def run():
+            with compute(precision):
+                return score_pairs(model, tok, pairs, sp, bs, max_length, desc=f"perf: ours {precision}")
+        return run
+
+    def lm_eval():
+        with compute("fp32"):
+            return lm.loglikelihood(str_reqs, disable_tqdm=True)
+
     with torch.no_grad():
-        secs, last = _interleaved({
-            "ours": lambda: score_pairs(model, tok, pairs, sp, bs, max_length, desc="perf: ours"),
-            "lm_eval": lambda: lm.loglikelihood(str_reqs, disable_tqdm=True),
-            "lm_eval_tokens": lambda: lm._loglikelihood_tokens(tok_reqs, disable_tqdm=True),
-        }, int(args.get("repeats", 3)))
-    ours = [x for i in range(len(pairs)) for x in (last["ours"].chosen[i], last["ours"].rejected[i])]
-    tok_path = [lp for lp, _ in last["lm_eval_tokens"]]
-    str_path = [lp for lp, _ in last["lm_eval"]]
-    d_tok = [abs(a - b) for a, b in zip(ours, tok_path)]
-    d_str = [b - a for a, b in zip(ours, str_path)]
+        secs, last = interleaved({"ours_fp32": ours(plain, "fp32"), "ours_bf16": ours(ours16, "bf16"),
+                                   "lm_eval_fp32": lm_eval}, int(args.get("repeats", 3)))
+        with compute("fp32"):
+            tok_path = [lp for lp, _ in lm._loglikelihood_tokens(tok_reqs, disable_tqdm=True)]
+
+    def flat(res):
+        return [x for i in range(len(pairs)) for x in (res.chosen[i], res.rejected[i])]
+
+    o32, o16 = flat(last["ours_fp32"]), flat(last["ours_bf16"])
+    str_path = [lp for lp, _ in last["lm_eval_fp32"]]
+    d_tok = [abs(a - b) for a, b in zip(o32, tok_path)]
+    d_str = [b - a for a, b in zip(o32, str_path)]
+    d_prec = [abs(a - b) for a, b in zip(o32, o16)]
+    m32 = [c - r for c, r in zip(last["ours_fp32"].chosen, last["ours_fp32"].rejected)]
+    m16 = [c - r for c, r in zip(last["ours_bf16"].chosen, last["ours_bf16"].rejected)]
     # What lm-eval's string path scores: it moves trailing whitespace of the context into the
     # continuation, so its continuation can hold more tokens than the response alone.
     extra_tokens = []
@@ -197,59 +172,20 @@ def unit_score(args: dict) -> dict:
     n_tokens = sum(len(c) + len(r) for c, r, _ in enc)
     return {
         "n_pairs": len(pairs), "n_requests": len(str_reqs), "tokens_per_pass": n_tokens, "batch_size": bs,
-        "seconds": secs, "threads": torch.get_num_threads(), "model_params": sum(p.numel() for p in model.parameters()),
+        "seconds": secs, "threads": torch.get_num_threads(), "model_params": sum(p.numel() for p in plain.parameters()),
+        "cpu": cpu_bf16(),
         "agreement": {
             "tokens_max_abs_diff": max(d_tok), "tokens_mean_abs_diff": sum(d_tok) / len(d_tok),
             "tokens_agree_1e-3": max(d_tok) <= 1e-3,
             "strings_mean_diff": sum(d_str) / len(d_str), "strings_max_abs_diff": max(abs(x) for x in d_str),
             "strings_extra_continuation_tokens": sorted(set(extra_tokens)),
         },
+        "bf16_vs_fp32": {
+            "max_abs_diff_sums": max(d_prec), "mean_abs_diff_sums": sum(d_prec) / len(d_prec),
+            "margin_sign_agreement": sum((a > 0) == (b > 0) for a, b in zip(m32, m16)) / len(m32),
+            "margins_max_abs_diff": max(abs(a - b) for a, b in zip(m32, m16)), "n_margins": len(m32),
+        },
     }
-
-
-# --------------------------------------------------------------------------- generation
-
-
-def unit_generate(args: dict) -> dict:
-    """New tokens/s of ``bench.eval.generate.generate_greedy`` (batched, length-sorted, KV cache)
-    vs a plain per-prompt ``model.generate`` loop, greedy, on the battery's refusal prompts."""
-    import torch
-
-    from bench import chat
-    from bench.eval.generate import GenerationSettings, generate_greedy
-    from bench.eval.inputs import REFUSAL_SETS, load_inputs
-
-    cfg = _cfg(args)
-    model, tok = _base(cfg)
-    sets, _ = load_inputs(cfg)
-    prompts = [r["prompt"] for k, *_ in REFUSAL_SETS for r in sets[k]]
-    n = int(args.get("n_prompts", 0))
-    prompts = prompts[:n] if n else prompts
-    sp = cfg.model.system_prompt
-    settings = GenerationSettings(max_new_tokens=int(args.get("max_new_tokens") or cfg.eval.max_new_tokens),
-                                  batch_size=int(args.get("batch_size") or cfg.eval.batch_size))
-
-    def plain() -> tuple[list[str], int]:
-        texts, n_new = [], 0
-        for p in prompts:
-            enc = tok(chat.format_prompt(tok, p, sp), return_tensors="pt", add_special_tokens=False)
-            out = model.generate(**enc, max_new_tokens=settings.max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
-            new = out[0, enc["input_ids"].shape[1]:]
-            n_new += int(new.numel())
-            texts.append(tok.decode(new, skip_special_tokens=True).strip())
-        return texts, n_new
-
-    with torch.no_grad():
-        secs, last = _interleaved({
-            "ours": lambda: generate_greedy(model, tok, prompts, sp, settings, desc="perf: generate"),
-            "plain_loop": plain,
-        }, int(args.get("repeats", 3)))
-    plain_texts, n_new = last["plain_loop"]
-    same = sum(a == b for a, b in zip(last["ours"], plain_texts))
-    return {"n_prompts": len(prompts), "new_tokens": n_new, "max_new_tokens": settings.max_new_tokens,
-            "batch_size": settings.batch_size, "seconds": secs, "threads": torch.get_num_threads(),
-            "identical_outputs": same}
 
 
 # --------------------------------------------------------------------------- DPO
@@ -257,9 +193,11 @@ def unit_generate(args: dict) -> dict:
 
 def unit_dpo(args: dict) -> dict:
     """Training tokens/s over one epoch of the same ``n_pairs`` pairs: ``side='ours'`` is the
-    recipe of ``bench.train.dpo`` (its DPOConfig, trainable set, reference precomputed);
-    ``side='trl_defaults'`` is ``DPOConfig(output_dir, use_cpu)`` as TRL ships it, on the base
-    model with every parameter trainable, bounded to one epoch and with saving off."""
+    recipe of ``bench.train.dpo`` (its DPOConfig, trainable set, reference precomputed), run in each
+    of ``precisions`` back to back every repeat (``seconds``: {precision: [s]});
+    ``side='trl_defaults'`` is ``DPOConfig(output_dir, use_cpu)`` as TRL ships it (its own
+    precision), on the base model with every parameter trainable, bounded to one epoch and with
+    saving off (``seconds``: [s])."""
     import dataclasses
 
     import torch
@@ -274,7 +212,7 @@ def unit_dpo(args: dict) -> dict:
     from bench.train.dpo import build_pairs, dpo_args
     from bench.train.hf_trainer import load_trainable_policy
 
-    cfg = _cfg(args)
+    cfg = unit_cfg(args)
     side = args["side"]
     section = cfg.require("dpo")
     section = dataclasses.replace(section, max_steps=-1, epochs=1.0, logging_steps=10**6, save_steps=10**6)
@@ -285,39 +223,48 @@ def unit_dpo(args: dict) -> dict:
         train = load(cfg.data.preferences, "train", cfg.data)
         n_pairs = int(args.get("n_pairs") or 8)
         cuda = torch.cuda.is_available()
-        secs, info = [], {}
+        precisions = list(args.get("precisions") or PRECISIONS) if side == "ours" else ["trl"]
+        secs: dict[str, list[float]] = {k: [] for k in precisions}
+        info: dict = {}
         for r in range(int(args.get("repeats", 1))):
-            model, tok, n_train, n_total = load_trainable_policy(cfg, section, policy_dir)
-            if side == "trl_defaults":
-                for p in model.parameters():
-                    p.requires_grad_(True)
-                n_train = n_total
-            pairs, _ = build_pairs(cfg, section, dpo_pairs(train.rows, section.pairs), tok,
-                                   f"{cfg.data.preferences}:train")
-            pairs = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs[:n_pairs]]
-            with tempfile.TemporaryDirectory(prefix="bench-perf-dpo-") as out:
-                if side == "ours":
-                    dargs = dpo_args(section, variant, Path(out), cfg.profile.seed)
-                else:
-                    dargs = DPOConfig(output_dir=out, use_cpu=not cuda)
-                    dargs.num_train_epochs = 1.0  # bounded run; TRL's default is 3 epochs
-                    dargs.report_to = []
-                dargs.save_strategy = SaveStrategy.NO
-                info = {"bf16": dargs.bf16, "fp16": dargs.fp16, "gradient_checkpointing": dargs.gradient_checkpointing,
-                        "per_device_train_batch_size": dargs.per_device_train_batch_size,
-                        "precompute_ref_log_probs": dargs.precompute_ref_log_probs, "trainable_params": n_train,
-                        "total_params": n_total, "n_pairs": len(pairs)}
-                trainer = DPOTrainer(model=model, args=dargs, train_dataset=Dataset.from_list(pairs), processing_class=tok)
-                dt, result = _timed(trainer.train)
-                secs.append(dt)
-                info["steps"] = int(result.global_step)
+            for prec in (precisions if r % 2 == 0 else precisions[::-1]):
+                pcfg = with_precision(cfg, prec) if side == "ours" else with_precision(cfg, "fp32")
+                model, tok, n_train, n_total = load_trainable_policy(pcfg, section, policy_dir)
+                if side == "trl_defaults":
+                    for p in model.parameters():
+                        p.requires_grad_(True)
+                    n_train = n_total
+                pairs, _ = build_pairs(pcfg, section, dpo_pairs(train.rows, section.pairs), tok,
+                                       f"{cfg.data.preferences}:train")
+                pairs = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs[:n_pairs]]
+                with tempfile.TemporaryDirectory(prefix="bench-perf-dpo-") as out:
+                    if side == "ours":
+                        dargs = dpo_args(section, variant, Path(out), cfg.profile.seed)
+                    else:
+                        dargs = DPOConfig(output_dir=out, use_cpu=not cuda)
+                        dargs.num_train_epochs = 1.0  # bounded run; TRL's default is 3 epochs
+                        dargs.report_to = []
+                    dargs.save_strategy = SaveStrategy.NO
+                    info = {"bf16": dargs.bf16, "fp16": dargs.fp16, "gradient_checkpointing": dargs.gradient_checkpointing,
+                            "per_device_train_batch_size": dargs.per_device_train_batch_size,
+                            "precompute_ref_log_probs": dargs.precompute_ref_log_probs, "trainable_params": n_train,
+                            "total_params": n_total, "n_pairs": len(pairs)}
+                    trainer = DPOTrainer(model=model, args=dargs, train_dataset=Dataset.from_list(pairs),
+                                         processing_class=tok)
+                    # ours: `prec` as the pipeline runs it; TRL: none of ours (its own bf16 autocast applies)
+                    with compute(prec if side == "ours" else "fp32"):
+                        dt, result = timed(trainer.train)
+                    secs[prec].append(dt)
+                    info["steps"] = int(result.global_step)
+                del trainer, model
         n_tokens = 0
         for p in pairs:
             n_p = len(tok(p["prompt"], add_special_tokens=False)["input_ids"])
             for k in ("chosen", "rejected"):
                 n_tokens += n_p + len(tok(chat.format_response(tok, p[k]), add_special_tokens=False)["input_ids"])
-    return {"side": side, "variant": name, "seconds": secs, "tokens_per_epoch": n_tokens,
-            "threads": torch.get_num_threads(), **info}
+    return {"side": side, "variant": name, "seconds": secs if side == "ours" else secs["trl"],
+            "precisions": precisions if side == "ours" else None, "tokens_per_epoch": n_tokens,
+            "threads": torch.get_num_threads(), "cpu": cpu_bf16(), **info}
 
 
 @contextlib.contextmanager
@@ -350,25 +297,32 @@ def _runs_view(cfg, args: dict, stages: tuple[str, ...] = ("sft", "reward", "cos
 
 def unit_ppo(args: dict) -> dict:
     """Seconds and tokens (prompt + sampled response, non-padding) of each step of our PPO
-    (``bench.train.ppo.train_variant``, the profile's first variant) over ``steps`` steps. The reward
-    (and cost) models are the profile's trained ones; ``train_reward=True`` trains a throw-away
-    reward model first when the profile has none (``--quick`` on a fresh smoke profile)."""
+    (``bench.train.ppo.train_variant``, the profile's first variant) over ``steps`` steps, in each
+    of ``precisions`` back to back every repeat (one whole run of ``steps`` steps per precision and
+    repeat, the order alternating). The reward (and cost) models are the profile's trained ones;
+    ``train_reward=True`` trains a throw-away reward model first when the profile has none
+    (``--quick`` on a fresh smoke profile)."""
     import dataclasses
 
     import torch
 
     from bench import chat
-    from bench.models import prepare_base
+    from bench.models import load_pretrained, policy_init_dir, prepare_base
     from bench.runs import find_record
     from bench.train import ppo, prompt_stream
 
-    cfg = _cfg(args)
+    cfg = unit_cfg(args)
     section = cfg.require("ppo")
     steps = int(args.get("steps") or 2)
     section = dataclasses.replace(section, max_steps=steps, save_steps=10**6, logging_steps=10**6, keep_checkpoints=0)
     cfg = dataclasses.replace(cfg, ppo=section)
     name, variant = next(iter(section.variants.items()))
+    precisions = list(args.get("precisions") or PRECISIONS)
     prepare_base(cfg, progress=lambda s: None)
+    seconds: dict[str, list[float]] = {k: [] for k in precisions}
+    tokens: dict[str, list[int]] = {k: [] for k in precisions}
+    run_seconds: dict[str, list[float]] = {k: [] for k in precisions}
+    run_tokens: dict[str, list[int]] = {k: [] for k in precisions}
     with _runs_view(cfg, args) as view:
         trained_reward = False
         if find_record(cfg.profile.name, "reward") is None:
@@ -382,26 +336,84 @@ def unit_ppo(args: dict) -> dict:
                 run_score_stage(cfg, "reward")
             trained_reward = True
         prompts, identity = prompt_stream.training_prompts(cfg)
-        with contextlib.redirect_stdout(sys.stderr):
-            ppo.train_variant(cfg, name, variant, prompts, identity, force=True)
-        rec = find_record(cfg.profile.name, name)
-    series = rec["extra"]["series"]
-    # Tokens of each step's rollout: the same prompts train_variant drew (fit, then prompt_indices).
-    from bench.models import load_pretrained, policy_init_dir
+        policy, tok = load_pretrained(policy_init_dir(cfg, section.policy_init), with_precision(cfg, "fp32").model)
+        total_params = sum(p.numel() for p in policy.parameters())
+        del policy
+        # Tokens of each step's rollout: the same prompts train_variant draws (fit, then prompt_indices).
+        fitted, _ = prompt_stream.fit_prompts(prompts, tok, cfg.model.system_prompt, section)
+        plen = [len(tok(chat.format_prompt(tok, p, cfg.model.system_prompt), add_special_tokens=False)["input_ids"])
+                for p in fitted]
+        trainable = None
+        for r in range(int(args.get("repeats", 1))):
+            for prec in (precisions if r % 2 == 0 else precisions[::-1]):
+                with contextlib.redirect_stdout(sys.stderr), compute(prec):
+                    ppo.train_variant(with_precision(cfg, prec), name, variant, prompts, identity, force=True)
+                rec = find_record(cfg.profile.name, name)
+                trainable = rec["extra"].get("trainable_params", trainable)
+                series = rec["extra"]["series"]
+                toks = []
+                for row in series:
+                    idx = prompt_stream.prompt_indices(len(fitted), section.rollout_prompts, row["step"] - 1,
+                                                       cfg.profile.seed, 0, 1)
+                    toks.append(sum(plen[i] for i in idx) + row["response_length"] * len(idx))
+                seconds[prec] += [row["seconds"] for row in series]
+                tokens[prec] += toks
+                run_seconds[prec].append(sum(row["seconds"] for row in series))
+                run_tokens[prec].append(sum(toks))
+    return {"variant": name, "steps": steps, "precisions": precisions, "seconds": seconds, "tokens_per_step": tokens,
+            "run_seconds": run_seconds, "run_tokens": run_tokens, "rollout_prompts": section.rollout_prompts,
+            "ppo_epochs": section.ppo_epochs, "max_new_tokens": section.max_new_tokens, "trainable": section.trainable,
+            "trainable_params": trainable, "total_params": total_params,
+            "trained_throwaway_reward_model": trained_reward, "threads": torch.get_num_threads(), "cpu": cpu_bf16()}
 
-    with _runs_view(cfg, args):
-        _, tok = load_pretrained(policy_init_dir(cfg, section.policy_init), cfg.model)
-    fitted, _ = prompt_stream.fit_prompts(prompts, tok, cfg.model.system_prompt, section)
-    plen = [len(tok(chat.format_prompt(tok, p, cfg.model.system_prompt), add_special_tokens=False)["input_ids"])
-            for p in fitted]
-    tokens = []
-    for row in series:
-        idx = prompt_stream.prompt_indices(len(fitted), section.rollout_prompts, row["step"] - 1, cfg.profile.seed, 0, 1)
-        tokens.append(sum(plen[i] for i in idx) + row["response_length"] * len(idx))
-    return {"variant": name, "steps": len(series), "seconds": [row["seconds"] for row in series],
-            "tokens_per_step": tokens, "rollout_prompts": section.rollout_prompts, "ppo_epochs": section.ppo_epochs,
-            "max_new_tokens": section.max_new_tokens, "trainable": section.trainable,
-            "trained_throwaway_reward_model": trained_reward, "threads": torch.get_num_threads()}
+
+# --------------------------------------------------------------------------- matmul peak
+
+
+# (M, K, N): SmolLM2-135M's MLP up-projection and its LM head on a 1024-token batch, the MLP at
+# decode shape (32 sequences, one token each), and the square 2048^3 every BLAS is tuned for.
+MATMUL_SHAPES = ((1024, 576, 1536), (1024, 576, 49152), (32, 576, 1536), (2048, 2048, 2048))
+
+
+def unit_matmul_peak(args: dict) -> dict:
+    """``torch.matmul`` GFLOP/s (2*M*K*N per product) in fp32 and bf16 on :data:`MATMUL_SHAPES`,
+    on the profile's threads; each repeat runs every shape in both dtypes back to back (order
+    alternating). A timing loops the product for at least ``min_s`` seconds after one warm-up."""
+    import torch
+
+    cfg = unit_cfg(args)
+    shapes = [tuple(int(x) for x in s) for s in (args.get("shapes") or MATMUL_SHAPES)]
+    min_s = float(args.get("min_s", 0.3))
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    gen = torch.Generator().manual_seed(0)
+    ops = {}
+    for m, k, n in shapes:
+        a32, b32 = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
+        for name, dt in dtypes.items():
+            a, b = a32.to(dt), b32.to(dt)
+            ops[(m, k, n), name] = (a, b, torch.empty(m, n, dtype=dt))
+
+    def gflops(key) -> float:
+        a, b, c = ops[key]
+        (m, k, n), _ = key
+        torch.matmul(a, b, out=c)  # warm-up (kernel selection, page faults of c)
+        reps, t0 = 0, time.perf_counter()
+        while True:
+            torch.matmul(a, b, out=c)
+            reps += 1
+            dt = time.perf_counter() - t0
+            if dt >= min_s and reps >= 2:
+                return 2.0 * m * k * n * reps / dt / 1e9
+
+    results: dict[str, dict[str, list[float]]] = {f"{m}x{k}x{n}": {d: [] for d in dtypes} for m, k, n in shapes}
+    names = list(dtypes)
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
+        for r in range(int(args.get("repeats", 3))):
+            for shape in shapes:
+                for d in (names if r % 2 == 0 else names[::-1]):
+                    results["x".join(map(str, shape))][d].append(gflops((shape, d)))
+    return {"gflops": results, "threads": torch.get_num_threads(), "min_s": min_s, "cpu": cpu_bf16(),
+            "mkldnn_bf16": bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: None)())}
 
 
 # --------------------------------------------------------------------------- memory probe (tests)
@@ -424,6 +436,7 @@ def _gpu_units() -> dict[str, Callable[[dict], dict]]:
 
 UNITS: dict[str, Callable[[dict], dict]] = {
     "score": unit_score, "generate": unit_generate, "dpo": unit_dpo, "ppo": unit_ppo, "alloc": unit_alloc,
+    "matmul_peak": unit_matmul_peak,
     "gpu_1b_train": lambda a: _gpu_units()["gpu_1b_train"](a),
     "gpu_1b_deepspeed": lambda a: _gpu_units()["gpu_1b_deepspeed"](a),
     "gpu_7b_lora_ppo": lambda a: _gpu_units()["gpu_7b_lora_ppo"](a),
