@@ -185,6 +185,20 @@ def test_steering_ablation_hooks_apply(model):
     assert not torch.equal(want, fastgen.greedy_tokens(model, ids, mask, 8, [], PAD))
 
 
+def _both_under(m, ids, mask, context):
+    """generate's and fastgen's tokens (8 new, no end token) and the logits of each forward, under ``context``."""
+    rec = _Logits(m)
+    try:
+        with context:
+            want = _generate(m, ids, mask, 8, eos=[])
+            ref = rec.take()
+            got = fastgen.greedy_tokens(m, ids, mask, 8, [], PAD)
+            mine = rec.take()
+    finally:
+        rec.close()
+    return want, ref, got, mine
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_exact_under_bf16_autocast(model, attn):
     """Under autocast the cache keeps keys in bf16 (attention casts them to bf16 anyway): the logits
@@ -192,15 +206,7 @@ def test_exact_under_bf16_autocast(model, attn):
     m = copy.deepcopy(model)
     m.config._attn_implementation = attn
     ids, mask = _batch([5, 9, 3], seed=11)
-    rec = _Logits(m)
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            want = _generate(m, ids, mask, 8, eos=[])
-            ref = rec.take()
-            got = fastgen.greedy_tokens(m, ids, mask, 8, [], PAD)
-            mine = rec.take()
-    finally:
-        rec.close()
+    want, ref, got, mine = _both_under(m, ids, mask, torch.autocast("cpu", dtype=torch.bfloat16))
     assert torch.equal(got, want)
     assert len(ref) == len(mine) == 8 and all(torch.equal(a, b) for a, b in zip(ref, mine))
     assert ref[0].dtype == torch.bfloat16  # autocast did run
@@ -213,15 +219,7 @@ def test_project_bf16_model_runs_the_lean_loop(model):
     m = for_precision(copy.deepcopy(model), "bf16")
     assert fastgen.unsupported_reason(m) is None  # the wrapped forward keeps its signature
     ids, mask = _batch([7, 4, 10], seed=18)
-    rec = _Logits(m)
-    try:
-        with generation_autocast(m):
-            want = _generate(m, ids, mask, 8, eos=[])
-            ref = rec.take()
-            got = fastgen.greedy_tokens(m, ids, mask, 8, [], PAD)
-            mine = rec.take()
-    finally:
-        rec.close()
+    want, ref, got, mine = _both_under(m, ids, mask, generation_autocast(m))
     assert torch.equal(got, want)
     assert all(torch.equal(a, b) for a, b in zip(ref, mine)) and len(ref) == len(mine) == 8
     with torch.no_grad():
