@@ -31,8 +31,8 @@ the run folder holds exactly one ``model/`` with weights and no temp folders. Ki
 after the first PPO checkpoint; the launcher ends rank 0, the run exits non-zero with no record and
 no model, and the same command then resumes from the checkpoint and finishes.
 
-    python -m pytest tests/test_multirank.py -q            # fast part (~3 min on 2 busy CPU cores)
-    python -m pytest tests/test_multirank.py -q -m slow    # dpo, ppo, kill/resume, ZeRO-2 launchers
+    python -m pytest tests/test_multirank.py -q            # fast part: sft, reward, cost, ppo, launchers (~4 min)
+    python -m pytest tests/test_multirank.py -q -m slow    # dpo, kill/resume, ZeRO-2 launchers
 """
 
 from __future__ import annotations
