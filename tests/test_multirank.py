@@ -259,11 +259,22 @@ def test_ppo_two_ranks_give_the_records_of_one(base):
     """PPO-Lagrangian (reward and cost models) at 2 ranks trains what one process trains: the same
     sampled responses (noise keyed by row), the same mini-batches and token-normalised losses, so
     every metric and every logged series value agrees to float tolerance; one writer."""
-    for nproc, profile in ((1, ONE), (2, TWO)):
+    compare_ppo(ONE, TWO)
+
+
+@pytest.mark.slow
+def test_ppo_two_ranks_under_zero2_offload_give_the_records_of_one(base):
+    """The same through a DeepSpeed engine (the V100 profiles' ZeRO-2 JSON with CPU optimiser
+    offload; fp32 here): 1 process against 2 torchrun ranks."""
+    compare_ppo("mrz1", "mrz2", f"ppo.deepspeed={DS_JSON}")
+
+
+def compare_ppo(one_profile: str, two_profile: str, *args: str) -> None:
+    for nproc, profile in ((1, one_profile), (2, two_profile)):
         for stage in ("reward", "cost"):  # skipped when the parametrized cases above already trained them
             run(stage, nproc, profile)
-        run("ppo", nproc, profile, "--variant", "ppo-lag")
-    one, two = record(ONE, "ppo-lag"), record(TWO, "ppo-lag")
+        run("ppo", nproc, profile, "--variant", "ppo-lag", *args)
+    one, two = record(one_profile, "ppo-lag"), record(two_profile, "ppo-lag")
     assert two["metrics"]["steps"]["value"] == one["metrics"]["steps"]["value"] == 2
     assert two["metrics"]["reward_end"]["n"] == 4  # smoke: rollout_prompts 4 = 2 per rank, all gathered
     assert one["metrics"].keys() == two["metrics"].keys()
@@ -279,7 +290,7 @@ def test_ppo_two_ranks_give_the_records_of_one(base):
                 assert r2[k] is None, k
                 continue
             assert math.isclose(r1[k], r2[k], rel_tol=1e-4, abs_tol=1e-5), f"step {r1['step']} {k}: {r1[k]} vs {r2[k]}"
-    assert_one_writer(TWO, "ppo-lag")
+    assert_one_writer(two_profile, "ppo-lag")
 
 
 def _rank_pids(launcher_pid: int) -> dict[int, int]:
