@@ -85,6 +85,19 @@ def main() -> None:
     """align-bench: train and score alignment methods; render leaderboards from run records."""
 
 
+def run() -> None:
+    """The process entry point (the ``bench`` script, ``python -m bench``): the CLI, then
+    ``bench.distributed.exit_process`` (a rank of a multi-rank stage leaves without C++ teardown)."""
+    from bench.distributed import exit_process
+
+    try:
+        main()
+    except SystemExit as e:
+        exit_process(e.code)
+        raise
+    exit_process(0)
+
+
 @main.group()
 def config() -> None:
     """Inspect profiles."""

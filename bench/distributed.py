@@ -254,12 +254,38 @@ def finish() -> None:
     Why: a process that exits with a gloo group still up tears its worker threads down in static
     destructors, racing the interpreter's exit; CI saw ``terminate called without an active
     exception`` (SIGABRT on rank 0) after the reward and cost stages had written their records."""
+    global _FINISHED_A_GROUP
     if not is_initialized():
         return
     import torch.distributed as dist
 
     dist.barrier()
     dist.destroy_process_group()
+    _FINISHED_A_GROUP = True
+
+
+_FINISHED_A_GROUP = False  # set by finish(); read by exit_process
+
+
+def exit_process(code) -> None:
+    """The end of a ``bench`` process (``bench.cli.run``): after a stage that closed a process group
+    (:func:`finish`), leave with ``os._exit`` once stdout, stderr and the log files are flushed, so
+    that no C++ static destructor runs. Why: closing the group was not enough; gloo / c10d worker
+    threads still raced the interpreter's teardown now and then (``terminate called without an
+    active exception``, SIGABRT, after the records were written: CI on 2-rank reward and cost, and
+    the deepspeed launcher's sft here). Every file the stage wrote is closed by then (atomic writes),
+    and every rank has passed the barrier. Otherwise (one process, or no stage): a normal exit."""
+    if not _FINISHED_A_GROUP:
+        return
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
 
 
 def broadcast_from_main(value):

@@ -323,3 +323,19 @@ def test_deepspeed_stage_without_launcher_trains(smoke_base):
     assert [h["step"] for h in rec["extra"]["series"]] == [1, 2], log
     assert not [k for k in rec["extra"] if k.startswith("fp16")]  # DeepSpeed's fp16 "auto" is off on CPU
     assert (Path(rec["artifacts"]["model_dir"]) / "model.safetensors").exists()
+
+
+def test_exit_process_leaves_hard_only_after_a_closed_group():
+    """Without a closed group exit_process is a no-op; after finish() closed one it flushes what was
+    printed and leaves with the given code at once (no C++ teardown: bench.cli.run)."""
+    script = ("import bench.distributed as bd, sys\n"
+              "bd.exit_process(0)\n"  # no group was closed: returns
+              "print('still here')\n"
+              "bd._FINISHED_A_GROUP = True\n"
+              "print('flushed', end='')\n"
+              "bd.exit_process(int(sys.argv[1]))\n"
+              "print('never')\n")
+    for code in (0, 3):
+        r = subprocess.run([sys.executable, "-c", script, str(code)], cwd=REPO, capture_output=True, text=True,
+                           timeout=60, env=clean_env())
+        assert r.returncode == code and r.stdout == "still here\nflushed", (r.returncode, r.stdout, r.stderr)
