@@ -226,7 +226,7 @@ def test_rule_reward_scores_behaviour_against_prompt_labels(smoke_cfg, smoke_bas
     series = read_record(runs / "ppo-rule" / "record.json")["extra"]["series"]
     assert len(seen) == len(series) == 2
     for step, (texts, row) in enumerate(zip(seen, series)):
-        batch = [PROMPTS[i] for i in prompt_stream.prompt_indices(len(PROMPTS), 4, step, smoke_cfg.profile.seed, 0, 1)]
+        batch = [PROMPTS[i] for i in prompt_stream.prompt_indices(len(PROMPTS), 4, step, smoke_cfg.profile.seed)]
         fits = [d.is_refusal == (p in harmful) for d, p in zip(real_detect(texts), batch)]
         assert row["rule_agreement"] == pytest.approx(sum(fits) / len(fits))
 
@@ -262,7 +262,7 @@ def test_group_size_samples_each_prompt_as_a_group(smoke_cfg, smoke_base, runs, 
     series = read_record(runs / "ppo-group" / "record.json")["extra"]["series"]
     assert len(batches) == len(series) == 2
     for step, batch in enumerate(batches):
-        distinct = [PROMPTS[i] for i in prompt_stream.prompt_indices(len(PROMPTS), 2, step, smoke_cfg.profile.seed, 0, 1)]
+        distinct = [PROMPTS[i] for i in prompt_stream.prompt_indices(len(PROMPTS), 2, step, smoke_cfg.profile.seed)]
         assert batch == [p for p in distinct for _ in range(2)]
     for adv, row in zip(advantages, series):
         per_response = adv.sum(dim=1)  # no regulariser: each response's tokens share its group advantage
@@ -299,7 +299,7 @@ def test_reward_weight_zero_trains_on_behaviour_alone(smoke_cfg, smoke_base, run
     series = read_record(runs / "ppo-rule-only" / "record.json")["extra"]["series"]
     balanced = prompt_stream.balance_by_label(PROMPTS, LABELS)
     for step, (batch, adv, out, row) in enumerate(zip(batches, advantages, texts, series)):
-        distinct = [balanced[i] for i in prompt_stream.prompt_indices(len(balanced), 2, step, smoke_cfg.profile.seed, 0, 1)]
+        distinct = [balanced[i] for i in prompt_stream.prompt_indices(len(balanced), 2, step, smoke_cfg.profile.seed)]
         assert batch == [p for p in distinct for _ in range(2)]
         refused = [d.is_refusal for d in real_detect(out)]
         # Only the rule scores: a group is flat exactly when its two samples behaved alike (with the
@@ -534,11 +534,9 @@ def test_js_is_sampled_token_with_kl_coef_and_js_exact_is_full_vocabulary_with_j
 
 def test_prompt_stream_covers_each_prompt_once_per_epoch():
     n, per_step = 10, 4
-    first_epoch = [i for step in range(0, 3) for i in prompt_stream.prompt_indices(n, per_step, step, 0, 0, 1)][:n]
+    first_epoch = [i for step in range(0, 3) for i in prompt_stream.prompt_indices(n, per_step, step, 0)][:n]
     assert sorted(first_epoch) == list(range(n))
-    assert prompt_stream.prompt_indices(n, per_step, 5, 0, 0, 1) == prompt_stream.prompt_indices(n, per_step, 5, 0, 0, 1)
-    # two ranks draw disjoint prompts at a step
-    assert not set(prompt_stream.prompt_indices(n, 2, 0, 0, 0, 2)) & set(prompt_stream.prompt_indices(n, 2, 0, 0, 1, 2))
+    assert prompt_stream.prompt_indices(n, per_step, 5, 0) == prompt_stream.prompt_indices(n, per_step, 5, 0)
 
 
 def test_training_prompts_come_from_the_preference_train_split(smoke_cfg):
@@ -638,10 +636,10 @@ def test_ppo_batches_are_global_at_any_world_size():
 
     assert planned_steps(two, 40, 2) == planned_steps(section, 40, 1)  # same number of steps
     prompts = [f"p{i}" for i in range(10)]
-    for step in range(4):  # the step's prompts: rank 0's then rank 1's = the one-rank batch
-        one = prompt_stream.rollout_batch(prompts, 8, 1, step, 0, 0, 1)
-        both = [p for r in (0, 1) for p in prompt_stream.rollout_batch(prompts, 4, 1, step, 0, r, 2)]
-        assert both == one
+    for step in range(4):  # each rank's contiguous share: together, in rank order, the step's batch
+        one = prompt_stream.rollout_batch(prompts, 8, 1, step, 0)
+        shares = [ppo.own_rows(len(one), r, 2) for r in (0, 1)]
+        assert [p for sl in shares for p in one[sl]] == one and all(len(one[sl]) == two.rollout_prompts for sl in shares)
     with pytest.raises(ConfigError, match="ppo.rollout_prompts=8"):
         ppo_backends.per_rank_section(section, 3)
     with pytest.raises(ConfigError, match="ppo.mini_batch_size=4"):

@@ -354,7 +354,7 @@ def unit_ppo(args: dict) -> dict:
                 toks = []
                 for row in series:
                     idx = prompt_stream.prompt_indices(len(fitted), section.rollout_prompts, row["step"] - 1,
-                                                       cfg.profile.seed, 0, 1)
+                                                       cfg.profile.seed)
                     toks.append(sum(plen[i] for i in idx) + row["response_length"] * len(idx))
                 seconds[prec] += [row["seconds"] for row in series]
                 tokens[prec] += toks

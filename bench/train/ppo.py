@@ -299,7 +299,7 @@ def train_step(setup: Setup, state: TrainState, step: int, run) -> None:
     seed_step(setup.seed, step)
     backend.set_lr_factor(lr_factor(section, step, setup.total_steps))
     everyone = rollout_batch(setup.prompts, section.rollout_prompts * setup.world, variant.group_size, step,
-                             setup.seed, 0, 1)  # the step's global batch, in prompt-stream order
+                             setup.seed)  # the step's global batch, in prompt-stream order
     rows = own_rows(len(everyone), setup.rank, setup.world)
     batch = everyone[rows]
 

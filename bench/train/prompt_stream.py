@@ -102,10 +102,11 @@ def balance_by_label(prompts: list[str], labels: dict[str, str]) -> list[str]:
 # =============================================================================== the stream
 
 
-def prompt_indices(n: int, per_step: int, step: int, seed: int, rank: int, world: int) -> list[int]:
-    """Indices of this rank's prompts at ``step``: a stream of per-epoch permutations (seeded by the
-    epoch), so each prompt is used once per epoch and the choice depends on the step alone."""
-    start = (step * world + rank) * per_step
+def prompt_indices(n: int, per_step: int, step: int, seed: int) -> list[int]:
+    """Indices of the step's prompts (all ranks'): a stream of per-epoch permutations (seeded by the
+    epoch), so each prompt is used once per epoch and the choice depends on the step alone. Which
+    rows a rank takes is ``bench.train.ppo.own_rows``'s."""
+    start = step * per_step
     out, perms = [], {}
     for k in range(start, start + per_step):
         epoch = k // n
@@ -115,11 +116,10 @@ def prompt_indices(n: int, per_step: int, step: int, seed: int, rank: int, world
     return out
 
 
-def rollout_batch(prompts: list[str], rollout_prompts: int, group_size: int, step: int, seed: int, rank: int,
-                  world: int) -> list[str]:
-    """This rank's rollout prompts at ``step``: ``rollout_prompts / group_size`` distinct prompts of
-    the stream, each repeated ``group_size`` times in a row (one group)."""
-    return [prompts[i] for i in prompt_indices(len(prompts), rollout_prompts // group_size, step, seed, rank, world)
+def rollout_batch(prompts: list[str], rollout_prompts: int, group_size: int, step: int, seed: int) -> list[str]:
+    """The step's global rollout prompts: ``rollout_prompts / group_size`` distinct prompts of the
+    stream, each repeated ``group_size`` times in a row (one group)."""
+    return [prompts[i] for i in prompt_indices(len(prompts), rollout_prompts // group_size, step, seed)
             for _ in range(group_size)]
 
 
