@@ -181,6 +181,33 @@ class ScoreModelSection(TrainSection):
     backbone_layers: int = 0
     # Weight of Safe RLHF's sign term (cost model only): pushes unsafe responses above zero cost.
     sign_weight: float = 1.0
+    # Policies whose own answers to training prompts (stage policy-answers, bench.train.policy_answers,
+    # labelled by the refusal judge and the prompt's label) join the written pairs: a score model
+    # trained on written text alone never sees what the policies it scores write. Empty: written pairs only.
+    policy_answers: list[Literal["base", "sft"]] = field(default_factory=list)
+
+
+@dataclass
+class PolicyAnswersSection:
+    """The policies' own answers that the score models train on and are checked against
+    (bench.train.policy_answers): train-split prompts for training, test-split prompts held out."""
+
+    prompts: int = 240  # train-split preference prompts answered (interleaved by prompt label; 0: all)
+    heldout_prompts: int = 0  # held-out prompts answered for the check (0: all)
+    # The split of the check: test for the records; validation when choosing score-model settings.
+    heldout_split: Literal["test", "validation"] = "test"
+    max_new_tokens: int = 48
+    # Answers per policy and prompt besides the greedy one, sampled at ``temperature`` (the way PPO's
+    # rollouts are drawn, keyed so a row's answer does not depend on its batch).
+    samples: int = 1
+    temperature: float = 1.0
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.prompts < 0 or self.heldout_prompts < 0 or self.samples < 0:
+            raise ConfigError("policy_answers: prompts, heldout_prompts and samples must be >= 0")
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.temperature <= 0:
+            raise ConfigError("policy_answers: max_new_tokens and batch_size must be >= 1, temperature > 0")
 
 
 @dataclass
@@ -293,8 +320,17 @@ class PPOSection(TrainSection):
     # as TRL's missing_eos_penalty). On by default: without it PPO learns that not stopping is free, since
     # truncated text is scored as if complete. 0 switches it off.
     missing_eos_penalty: float = 1.0
-    # PPO-Lagrangian (Safe RLHF): lambda = exp(log_lambda), ascent on (mean episode cost - threshold).
-    cost_threshold: float = 0.0
+    # PPO-Lagrangian (Safe RLHF): lambda = exp(log_lambda), ascent on (mean episode cost - threshold d),
+    # with the episode cost the raw CM cost. A number: d on the CM's scale. "start": d is measured before
+    # the first step as the starting policy's expected episode cost (one sampled response per prompt for
+    # ``threshold_prompts`` validation-split prompts, scored by the CM, each label's mean weighted by its share
+    # of the training prompts): PPO may raise the reward but not the expected cost above the starting
+    # policy's (bench.train.ppo.measure_start_cost).
+    cost_threshold: float | Literal["start"] = 0.0
+    threshold_prompts: int = 64  # cost_threshold "start": unique validation prompts, interleaved by label
+    # Episodes whose mean raw cost the multiplier's update reads (safe-rlhf's episode_cost_window_size): the
+    # newest ``cost_window`` episodes over the recent steps. 0: this step's batch only.
+    cost_window: int = 0
     lambda_init: float = 1.0
     lambda_lr: float = 0.05
     lambda_max: float = 10.0
@@ -311,6 +347,12 @@ class PPOSection(TrainSection):
                               "and batch_size (micro-batch) instead")
         if not 0 < self.lambda_init <= self.lambda_max:
             raise ConfigError(f"ppo: need 0 < lambda_init <= lambda_max, got {self.lambda_init}, {self.lambda_max}")
+        if self.threshold_prompts < 1:
+            raise ConfigError(f"ppo: threshold_prompts ({self.threshold_prompts}) must be >= 1")
+        if self.cost_window < 0 or 0 < self.cost_window < self.rollout_prompts:
+            raise ConfigError(f"ppo: cost_window ({self.cost_window}) must be 0 (this step's batch) or at least "
+                              f"rollout_prompts ({self.rollout_prompts}): a window shorter than a batch drops "
+                              "episodes of the step it is read at")
         if self.temperature <= 0 or self.ppo_epochs < 1 or self.save_steps < 1:
             raise ConfigError("ppo: temperature must be > 0, ppo_epochs >= 1 and save_steps >= 1")
         if self.max_new_tokens >= self.max_length:
@@ -398,6 +440,7 @@ class ProfileConfig:
     sft: SFTSection | None = None
     reward: ScoreModelSection | None = None
     cost: ScoreModelSection | None = None
+    policy_answers: PolicyAnswersSection | None = None
     dpo: DPOSection | None = None
     ppo: PPOSection | None = None
     steer: SteerSection | None = None

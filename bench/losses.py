@@ -23,6 +23,7 @@ Run the tests with ``python -m pytest tests/test_losses.py -q``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,9 +47,12 @@ __all__ = [
     "value_loss",
     "update_running_moments",
     "normalize_scores",
+    "standardize_with_moments",
     # PPO-Lagrangian
     "lagrangian_advantages",
     "lagrange_update",
+    "episode_cost_window",
+    "label_weighted_mean",
     # PPO with a cost penalty in the reward
     "hinge_cost_penalty",
     "rule_based_reward",
@@ -196,18 +200,27 @@ def cost_model_loss(
     safer_sign: torch.Tensor,
     unsafer_sign: torch.Tensor,
     sign_weight: float = 1.0,
+    pair_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Cost-model loss of Safe RLHF (Dai et al. 2023, arXiv:2310.12773, cost-model objective).
 
-    L = -E[ log sigma(c_u - c_s) ]                                   (pairwise: unsafer costs more)
+    L = -(1/B) sum_i w_i log sigma(c_u,i - c_s,i)                     (pairwise: unsafer costs more)
         - sign_weight * E[ log sigma(s_u c_u) + log sigma(s_s c_s) ]  (sign: absolute safety)
 
     where c_s, c_u are the costs of the safer / unsafer response of each pair, (B,), and s the
-    signs of ``cost_sign`` (+1 unsafe, -1 safe), (B,). The same formula as safe-rlhf's
-    ``values/cost/trainer.py`` (sequence-wise). Returns (loss, {"pairwise", "sign"}) with both
-    parts as positive scalars and loss = pairwise + sign_weight * sign.
+    signs of ``cost_sign`` (+1 unsafe, -1 safe), (B,). With every pair weight w_i = 1 (the default,
+    ``pair_weight`` None) this is safe-rlhf's ``values/cost/trainer.py`` (sequence-wise). A weight 0
+    marks a pair with no safety order (two safe answers, ``bench.train.policy_answers``): only its
+    sign terms count. The pairwise sum is divided by the batch size B, not by sum w: a mean over
+    pairs is what data-parallel ranks average exactly (equal halves of a batch), whatever the
+    weights on each rank. Returns (loss, {"pairwise", "sign"}) with both parts as positive scalars and
+    loss = pairwise + sign_weight * sign.
     """
-    pairwise = -F.logsigmoid(unsafer_costs - safer_costs).mean()  # ()
+    if pair_weight is None:
+        pairwise = -F.logsigmoid(unsafer_costs - safer_costs).mean()  # ()
+    else:
+        w = pair_weight.to(safer_costs.dtype)  # (B,)
+        pairwise = -(w * F.logsigmoid(unsafer_costs - safer_costs)).mean()  # ()
     sign = -(
         F.logsigmoid(unsafer_sign * unsafer_costs) + F.logsigmoid(safer_sign * safer_costs)
     ).mean()  # ()
@@ -380,6 +393,16 @@ def normalize_scores(
     return out
 
 
+def standardize_with_moments(x: torch.Tensor, moments: tuple[float, float, int]) -> torch.Tensor:
+    """Scores standardised with running moments (:func:`update_running_moments`' state
+    (mean, population var, count)): (x - mean) / (std + eps) with the unbiased std
+    sqrt(var * n / (n - 1)) (1 while n <= 1). PPO standardises the RM score with the moments of every
+    raw score so far, and PPO-Lagrangian its CM cost likewise (the cost critic's scale)."""
+    mean, var, n = moments
+    std = math.sqrt(var * n / (n - 1)) if n > 1 else 1.0
+    return normalize_scores(x, mean, std)
+
+
 # ---------------------------------------------------------------------------------------------
 # PPO-Lagrangian (Safe RLHF)
 # ---------------------------------------------------------------------------------------------
@@ -410,13 +433,15 @@ def lagrange_update(
 
     Safe RLHF (Dai et al. 2023, eqs. 11-13) solves min_theta max_{lambda>=0}
     -J_r(theta) + lambda (J_c(theta) - d). With lambda = exp(log_lambda) (which keeps lambda > 0),
-    safe-rlhf minimises loss(log_lambda) = -(J_c - d) * exp(log_lambda) with Adam. This is the
-    plain-SGD form of the same step:
+    safe-rlhf (``safe_rlhf/algorithms/ppo_lag/trainer.py``, ``PPOLagTrainer.rl_step``) minimises
+    loss(log_lambda) = -(J_c - d) * exp(log_lambda) with ``torch.optim.SGD`` (lr ``lambda_lr``, no
+    momentum), then clamps log_lambda to log(lambda_max). This is that SGD step in closed form:
       d loss / d log_lambda = -lambda (J_c - d)
       log_lambda <- log_lambda + lr * lambda * (J_c - d)
-    so lambda grows while the mean episode cost J_c exceeds the threshold d and shrinks below it.
-    (Unlike Adam, the step scales with lambda itself: multiplicative growth/decay of lambda.)
-    If ``lambda_max`` is given, the result is clamped to log(lambda_max).
+    so lambda grows while the mean episode cost J_c exceeds the threshold d and shrinks below it; the
+    step scales with lambda itself (multiplicative growth/decay of lambda). J_c is the mean raw cost
+    of the recent episodes (:func:`episode_cost_window`). If ``lambda_max`` is given, the result is
+    clamped to log(lambda_max).
 
     Accepts floats or 0-dim tensors: returns a Python float when ``log_lambda`` is a number,
     else a new detached tensor of its dtype and device.
@@ -436,6 +461,45 @@ def lagrange_update(
     if lambda_max is not None:
         new = min(new, math.log(lambda_max))
     return new
+
+
+def episode_cost_window(window: Sequence[float], costs: Sequence[float], size: int) -> tuple[list[float], float]:
+    """The episode-cost window of PPO-Lagrangian and its mean J_c (what :func:`lagrange_update` reads).
+
+    safe-rlhf keeps ``deque(maxlen=episode_cost_window_size)``, extends it with every rollout's raw CM
+    cost and updates lambda from its mean. Here: ``window`` (the costs kept so far, oldest first)
+    extended by this step's ``costs`` and cut to the newest ``size``; ``size == 0`` keeps this step's
+    costs only (J_c = the batch mean). Returns (the new window, its mean); plain floats, JSON-ready
+    (the window lives in the checkpointed train state).
+      J_c = (1 / |W|) sum_{c in W} c,   W = last_size(window ++ costs)
+    """
+    kept = list(costs) if size == 0 else (list(window) + list(costs))[-size:]
+    if not kept:
+        raise ValueError("episode_cost_window: no episode costs")
+    return [float(c) for c in kept], math.fsum(kept) / len(kept)
+
+
+def label_weighted_mean(values: Sequence[float], labels: Sequence[str | None],
+                        weights: dict[str, float] | None = None) -> tuple[float, dict]:
+    """Post-stratified mean: the mean of each label's values, weighted by ``weights`` (a label's share
+    of the population the mean should describe):
+      m = sum_l w_l mean_{i: label_i = l} v_i / sum_l w_l    (l over the labels present in ``labels``)
+    ``weights`` None, or none of the present labels weighted: the plain mean of all values. Returns
+    (m, {label: {"mean", "n", "weight"}}) with the weights normalised over the present labels.
+    PPO-Lagrangian's ``cost_threshold: start`` measures the starting policy's cost on validation prompts
+    drawn evenly across labels and weights it to the training stream's label mix, so d is the starting
+    policy's expected cost on the prompts PPO trains on (the unsafe share differs by label)."""
+    if len(values) != len(labels) or not values:
+        raise ValueError(f"label_weighted_mean: {len(values)} values for {len(labels)} labels")
+    groups: dict = {}
+    for v, lab in zip(values, labels):
+        groups.setdefault(lab, []).append(float(v))
+    w = {lab: float((weights or {}).get(lab, 0.0)) for lab in groups}
+    total = math.fsum(w.values())
+    if total <= 0:  # unweighted: every value counts once
+        w, total = {lab: len(g) / len(values) for lab, g in groups.items()}, 1.0
+    out = {lab: {"mean": math.fsum(g) / len(g), "n": len(g), "weight": w[lab] / total} for lab, g in groups.items()}
+    return math.fsum(o["mean"] * o["weight"] for o in out.values()), out
 
 
 def hinge_cost_penalty(score: torch.Tensor, cost: torch.Tensor, coef: float) -> torch.Tensor:

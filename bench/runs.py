@@ -38,7 +38,7 @@ EVAL_DIR = "eval"  # runs/<profile>/eval/<variant>/: the battery's records
 STAGES_DIR = "stages"  # runs/<profile>/stages/<stage>.done
 CACHE_DIR = "cache"
 # Stages in pipeline order (how leaderboards, variant lists and perf reports sort them).
-PIPELINE_STAGES = ("base", "sft", "reward", "cost", "onpolicy", "dpo", "ppo", "steer", "eval")
+PIPELINE_STAGES = ("base", "sft", "policy-answers", "reward", "cost", "onpolicy", "dpo", "ppo", "steer", "eval")
 
 
 def runs_root() -> Path:

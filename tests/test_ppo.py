@@ -455,8 +455,9 @@ def test_ppo_advantages_groups_score_relative_to_the_prompt_plus_penalty_to_go()
 
 
 def test_ppo_advantages_lagrangian_combines_whitened_reward_and_cost_streams():
-    """With a cost: a second stream (raw cost, clipped, on the last token; the penalty at +coef) with
-    GAE against the cost critic, whitened, and (A_r - lambda A_c) / (1 + lambda); returns (B, T, 2)."""
+    """With a cost: a second stream (the cost as passed, already on the critic's scale; clipped, on the
+    last token; the penalty at +coef) with GAE against the cost critic, whitened, and
+    (A_r - lambda A_c) / (1 + lambda); returns (B, T, 2)."""
     coef, multiplier = 0.5, 3.0
     score, cost = torch.tensor([1.0, -1.0]), torch.tensor([2.0, -2.0])  # cost clipped to +-1.5
     penalty = torch.tensor([[1.0, 0.0], [0.0, 1.0]])

@@ -330,8 +330,13 @@ def test_audit_table_shape_markdown_and_png(model_tok, smoke_cfg, smoke_base, tm
     assert table["layers"] == list(range(1, L + 1))
     assert all(abs(row[0] - 1) < 1e-6 and abs(row[1] - 1) < 1e-6 for row in table["metrics"]["cos_base"])
     assert table["metrics"]["cos_base"][-1][2] < 1 - 1e-6  # the tuned top layer moved its direction
+    # frozen layers are marked, not shown as "no change": dpo@1 is the base itself, dpo moved only its top block
+    assert table["unchanged_layers"] == [[], list(range(1, L + 1)), list(range(1, L))]
     md = audit_markdown(table)
     assert "| layer | base | dpo@1 | dpo |" in md and md.count("\n| 1 |") == 3
+    assert f"`dpo`: layers 1-{L - 1}" in md or (L == 2 and "`dpo`: layers 1" in md)
+    last = [line for line in md.splitlines() if line.startswith(f"| {L} |")][0].split("|")
+    assert last[3].strip() == "=" and last[4].strip() != "="  # dpo@1 unchanged there, dpo changed
     png = plot_audit(table, tmp_path / "audit" / "audit.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -75,7 +75,7 @@ def reference_why(variant, start: str) -> str:
         return "SFT starts from the base model"
     return f"the policy it was initialised from ({variant.stage}.policy_init = {start}); DPO's reference (eq. 5)"
 
-BATTERY_VERSION = "2.0.0"  # bump when what a metric means or how it is computed changes
+BATTERY_VERSION = "2.1.0"  # 2.1.0: cost_judge_agreement_harmful. Bump when what a metric means or how it is computed changes
 GENERATIONS_FILE = steps.GENERATIONS_FILE
 SECTIONS = ("model", "data", "eval")
 SUMMARY = ("refusal_harmful", "over_refusal_benign", "pref_acc_implicit", "rm_win_rate")  # the progress line

@@ -33,13 +33,14 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
                     "logp_margin_per_token", "chosen_shift", "rejected_shift", "chosen_shift_vs_base",
                     "rejected_shift_vs_base")),
     ("Helpfulness", ("@lm_eval", "rm_win_rate", "reward_helpfulness", "reward_harmful", "cost_harmful",
-                     "cost_helpfulness", "logratio_to_base")),
+                     "cost_helpfulness", "cost_judge_agreement_harmful", "logratio_to_base")),
     ("Refusal breakdown (full / partial)", tuple(f"{s}_{k}" for s in (
         "refusal_harmful", "over_refusal_benign", "over_refusal_borderline", "refusal_unsafe_contrast")
         for k in ("full", "partial")) + ("refusal_harmful_then_comply", "empty_generations")),
 )
 # The score models' table: row order.
-SCORE_TABLE = ("rm_accuracy", "cm_pair_accuracy", "cm_sign_accuracy", "score_chosen", "score_rejected", "score_safer",
+SCORE_TABLE = ("rm_accuracy", "rm_policy_order_accuracy", "cm_pair_accuracy", "cm_sign_accuracy",
+               "cm_sign_accuracy_policy", "cm_sign_accuracy_policy_harmful", "cm_unsafe_recall_policy", "score_chosen", "score_rejected", "score_safer",
                "score_unsafer", "score_safe", "score_unsafe")
 
 
@@ -192,9 +193,21 @@ def score_table(records: dict[str, dict]) -> list[str]:
                          str(m.get("n") if m.get("n") is not None else "–"), info.definition])
     if not rows:
         return ["## Reward and cost models", "", "No reward or cost model in this profile's records.", ""]
+    data = []
+    for kind in ("reward", "cost"):
+        ex = (records.get(f"{kind}.json") or {}).get("extra") or {}
+        if ex.get("train_pairs_policy"):
+            pols = ", ".join(f"`{p}`" for p in ex.get("policy_answers") or []) or "the policies"
+            data.append(f"- {kind} model: trained on {ex.get('train_pairs_written', '–')} written pairs and "
+                        f"{ex['train_pairs_policy']} pairs built from the answers of {pols} to train-split prompts "
+                        "(bench/train/policy_answers.py).")
     return (["## Reward and cost models", "",
-             "Held-out (test split) metrics of the score models that judge the policies above.", ""]
-            + table(["model", "metric", "value [95% CI]", "n", "definition"], rows, ["l", "l", "r", "r", "l"]) + [""])
+             "Held-out (test split) metrics of the score models that judge the policies above: on the written "
+             "pairs, and, where a model trains on the policies' own answers (`policy answers`), on the policies' "
+             "answers to the test-split prompts, labelled by the refusal judge (its own agreement with people is in "
+             "the judge validation above, so these rates carry its error too).", ""]
+            + table(["model", "metric", "value [95% CI]", "n", "definition"], rows, ["l", "l", "r", "r", "l"]) + [""]
+            + (data + [""] if data else []))
 
 
 def audit_section(records: dict[str, dict], assets: Path, profile: str) -> list[str]:

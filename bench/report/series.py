@@ -28,7 +28,7 @@ from bench.report.sections import finite, variant_key
 # Series keys plotted first (issue 12's tracking metrics), then the rest alphabetically.
 SERIES_PRIORITY = ("refusal_harmful", "over_refusal_benign", "pref_acc_implicit", "pref_acc_raw",
                    "logp_margin_per_token", "logp_margin_sum", "loss")
-SERIES_SKIP = ("step", "epoch", "fraction", "time", "wall_time_s", "learning_rate", "grad_norm")
+SERIES_SKIP = ("step", "epoch", "fraction", "time", "wall_time_s", "learning_rate", "grad_norm", "cost_threshold")
 MAX_SERIES_PANELS = 9
 # Panels of plot_tracking: (metric, title).
 PANELS = (("refusal_harmful", "refusal rate, harmful prompts"),

@@ -105,12 +105,15 @@ def build_table(checkpoints: Sequence[dict], stats: Sequence[dict], position: in
     n_layers = stats[0]["direction"].shape[0]
     base_dir = stats[0]["direction"]
     metrics: dict[str, list[list[float | None]]] = {m: [[None] * len(stats) for _ in range(n_layers)] for m in METRICS}
+    unchanged: list[list[int]] = []  # per checkpoint: layers whose direction is bit-identical to the base's
     for j, s in enumerate(stats):
         cos = torch.nn.functional.cosine_similarity(s["direction"], base_dir, dim=-1)  # (L,)
         for i in range(n_layers):
             metrics["norm"][i][j] = _num(s["norm"][i])
             metrics["separability"][i][j] = _num(s["separability"][i])
             metrics["cos_base"][i][j] = _num(cos[i])
+        same = [] if j == 0 else [i + 1 for i in range(n_layers) if torch.equal(s["direction"][i], base_dir[i])]
+        unchanged.append(same)
     return {
         "layers": list(range(1, n_layers + 1)),
         "layer_note": "hidden-state index: l = output of decoder block l-1 (residual stream, before the final norm)",
@@ -120,6 +123,9 @@ def build_table(checkpoints: Sequence[dict], stats: Sequence[dict], position: in
         "checkpoints": [{k: c.get(k) for k in ("name", "variant", "stage", "step", "fraction", "model_dir")}
                         for c in checkpoints],
         "metrics": metrics,
+        # Layers where a checkpoint's difference of means equals the base's bit for bit: hidden states its
+        # training could not reach (blocks frozen by ``trainable: top_layers``), not a measured absence of change.
+        "unchanged_layers": unchanged,
     }
 
 

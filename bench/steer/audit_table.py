@@ -23,19 +23,38 @@ def _fmt(v: float | None, digits: int) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
+def _span(layers: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``."""
+    out, start = [], None
+    for i, x in enumerate(layers):
+        if start is None:
+            start = x
+        if i + 1 == len(layers) or layers[i + 1] != x + 1:
+            out.append(str(start) if start == x else f"{start}-{x}")
+            start = None
+    return ", ".join(out)
+
+
 def audit_markdown(table: dict) -> str:
     """Markdown: one table per metric, rows = layers, columns = checkpoints."""
     names = [c["name"] for c in table["checkpoints"]]
     lines = [f"Refusal-direction audit at position {table['position']} (-1 = last prompt token); groups by "
              f"{table.get('grouping', 'label')}; layer = {table.get('layer_note', 'hidden-state index')}; "
              f"separability = {table.get('separability', '')}.", ""]
+    unchanged = [set(u) for u in table.get("unchanged_layers") or [[] for _ in names]]
+    if any(unchanged):
+        lines += ["`=`: the checkpoint's difference of means at that layer is bit-identical to the base's. Those "
+                  "hidden states are outputs of blocks the stage froze (`trainable: top_layers`), so the audit cannot "
+                  "see change there by construction; it is not a measured absence of change. "
+                  + "; ".join(f"`{n}`: layers {_span(sorted(u))}" for n, u in zip(names, unchanged) if u) + ".", ""]
     digits = {"norm": 2, "separability": 2, "cos_base": 3}
     for m in METRICS:
         rows = table["metrics"][m]
         lines += [f"**{METRIC_TITLES[m]}**", "", "| layer | " + " | ".join(names) + " |",
                   "|---:|" + "---:|" * len(names)]
         for layer, row in zip(table["layers"], rows):
-            lines.append(f"| {layer} | " + " | ".join(_fmt(v, digits[m]) for v in row) + " |")
+            lines.append(f"| {layer} | " + " | ".join("=" if layer in unchanged[j] else _fmt(v, digits[m])
+                                                     for j, v in enumerate(row)) + " |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

@@ -19,10 +19,17 @@ recipe is ours; every loss and estimator is a pure function of ``bench.losses`` 
     (if set) and, after the opt-in terms below, ``missing_eos_penalty`` subtracted (on by default;
     ``ppo_losses.missing_eos_penalty``), clipped to ``reward_clip``, placed on the last token with the per-token penalty
     (``losses.shape_rewards``); GAE (``losses.gae``), advantages whitened.
-    PPO-Lagrangian (Safe RLHF): a second value column and GAE on the cost (raw CM cost on the last
-    token), the Lagrange multiplier lambda = exp(log_lambda) updated by ``losses.lagrange_update``
-    from the mean episode cost vs ``cost_threshold``, advantages combined as
-    (A_r - lambda A_c) / (1 + lambda) (the composition: ``ppo_advantages.ppo_advantages``). The penalty enters
+    PPO-Lagrangian (Safe RLHF): a second value column and GAE on the cost, the Lagrange multiplier
+    lambda = exp(log_lambda) updated by ``losses.lagrange_update`` (before the policy update, as
+    safe-rlhf) from the mean *raw* CM cost of the episode window (``cost_window`` newest episodes,
+    ``losses.episode_cost_window``; 0: this batch) vs the threshold d, advantages combined as
+    (A_r - lambda A_c) / (1 + lambda) (the composition: ``ppo_advantages.ppo_advantages``). The cost
+    stream sees the CM cost on the critic's scale: standardised with running moments of the raw cost
+    over all ranks, (c - mean) / std, exactly as the RM score is (when ``normalize_rewards``; both
+    clipped to ``reward_clip``), so the zero-initialised cost critic can fit it (the raw cost sits near
+    -5). d is on the CM's raw scale: a number, or ``cost_threshold: start``, the starting policy's
+    expected episode cost measured before step 1 (:func:`measure_start_cost`): PPO may raise the
+    reward but not the expected cost above the starting policy's. The penalty enters
     the reward stream with -coef and the cost stream with +coef, so the combined advantage carries
     the penalty at strength coef whatever lambda is (as safe-rlhf does).
     Opt-in scores (variant settings, off by default): ``cost_penalty: c`` makes the score
@@ -49,7 +56,8 @@ Ranks (torchrun, deepspeed, accelerate launch, srun): N ranks train what one pro
 ``rollout_prompts`` and ``mini_batch_size`` are global; each rank samples, scores and computes the
 experience of its contiguous share of the step's rows (``ppo_backends.per_rank_section``), with
 sampling noise keyed by (seed, step, global row, position) (``rollout.keyed_sampler``), prompts
-padded to the global batch's width, and whitening, reward moments and the cost mean over all ranks;
+padded to the global batch's width, and whitening, reward and cost moments and the cost window over all
+ranks (the threshold's prompts are sampled and scored whole on every rank);
 the rollout is then gathered and every global mini-batch is split among the ranks, with the loss
 normalised by the mini-batch's token count (``ppo_update``). Every rank enters ``stage_run`` and
 rank 0 alone writes checkpoints' state, the model and the record.
@@ -69,6 +77,7 @@ import dataclasses
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,10 +88,12 @@ from torch import nn
 from bench.config import PPOSection, PPOVariant, ProfileConfig
 from bench.distributed import main_process_writes, remove_tree_on_main
 from bench.losses import (
+    episode_cost_window,
     hinge_cost_penalty,
+    label_weighted_mean,
     lagrange_update,
-    normalize_scores,
     rule_based_reward,
+    standardize_with_moments,
     update_running_moments,
 )
 from bench.ppo_losses import missing_eos_penalty
@@ -107,7 +118,7 @@ from bench.train.ppo_checkpoints import (
     save_checkpoint,
     save_policy,
 )
-from bench.train.ppo_metrics import episode_values, step_metrics, summary_extra, summary_metrics
+from bench.train.ppo_metrics import episode_values, lagrangian_extra, step_metrics, summary_extra, summary_metrics
 from bench.train.ppo_models import load_policy, load_reference, load_score_model, setup_trainable
 from bench.train.ppo_update import lr_factor, planned_steps, ppo_update, seed_step
 from bench.train.prompt_stream import (
@@ -115,6 +126,7 @@ from bench.train.prompt_stream import (
     balance_by_label,
     fit_prompts,
     labels_of,
+    prompt_labels,
     prompt_set_identity,
     rollout_batch,
     training_prompts,
@@ -131,7 +143,10 @@ from bench.train.rollout import (
 )
 
 STAGE = "ppo"
-SECTIONS = ("profile", "model", "data", "ppo", "reward", "cost")
+# The sampling keys' step of the threshold measurement (cost_threshold: start): row_key(seed, -1, i),
+# apart from every training step's keys (steps are >= 0).
+THRESHOLD_STEP = -1
+SECTIONS = ("profile", "model", "data", "ppo", "reward", "cost", "policy_answers")  # the score models it uses: their sections and data
 CHECKPOINTS = "checkpoints"
 
 
@@ -267,6 +282,10 @@ def start_or_resume(setup: Setup, run, force: bool) -> TrainState:
         run.log.info("resumed from %s (step %d)", latest, state.step)
         print(f"ppo: {setup.name} resuming from step {state.step} ({latest})")
     v = setup.variant
+    if v.lagrangian and state.cost_threshold is None:  # fresh (a resumed run keeps its measured d)
+        state.cost_threshold, state.threshold_info = cost_threshold(setup)
+        run.log.info("cost threshold d=%.6f (%s: %s)", state.cost_threshold, setup.section.cost_threshold,
+                     json.dumps(state.threshold_info))
     run.log.info("variant=%s regulariser=%s coef=%s lagrangian=%s cost_penalty=%s rule_reward=%s group_size=%s "
                  "trainable=%s prompts=%d steps=%d", setup.name, v.regulariser, setup.coef, v.lagrangian,
                  v.cost_penalty, v.rule_reward, v.group_size, setup.section.trainable, len(setup.prompts),
@@ -315,11 +334,11 @@ def train_step(setup: Setup, state: TrainState, step: int, run) -> None:
     cost_raw = score_with(setup, setup.cost_model, batch, samples) if setup.cost_model[0] is not None else None  # (B,)
     # 3. rewards and advantages
     score, rule = episode_scores(setup, state, batch, samples, reward_raw, cost_raw)  # (B,)
-    multiplier = update_lagrange_multiplier(setup, state, cost_raw)
+    cost = cost_score(setup, state, cost_raw) if variant.lagrangian else None  # (B,) on the cost critic's scale
+    multiplier, episode_cost = update_lagrange_multiplier(setup, state, cost_raw)  # raw cost vs d
     adv = ppo_advantages(score, exp["penalty"], exp["values"], samples.mask, coef=setup.coef, gamma=section.gamma,
                          gae_lambda=section.lam, reward_clip=section.reward_clip, group_size=variant.group_size,
-                         cost=cost_raw if variant.lagrangian else None, lagrange_multiplier=multiplier,
-                         sum_over_ranks=step_reducer())
+                         cost=cost, lagrange_multiplier=multiplier, sum_over_ranks=step_reducer())
     # 4. PPO update, on the global batch (every rank's rows)
     episodes = gather_episodes(episode_values(samples, exp, reward_raw, cost_raw))  # every rank's, in prompt order
     whole, tensors = gather_rollout(samples, {**exp, "advantages": adv.advantages, "returns": adv.returns},
@@ -329,7 +348,8 @@ def train_step(setup: Setup, state: TrainState, step: int, run) -> None:
                      setup.rank, setup.world)
 
     # 5. log
-    row = step_metrics(step + 1, episodes, tensors, whole, upd, multiplier, variant, time.perf_counter() - t0)
+    row = step_metrics(step + 1, episodes, tensors, whole, upd, multiplier, variant, time.perf_counter() - t0,
+                       episode_cost=episode_cost, cost_threshold=state.cost_threshold)
     if rule is not None:  # share of rollouts whose behaviour fits the prompt's label
         row["rule_agreement"] = ((all_gather(rule.float()) + 1) / 2).mean().item()
     if adv.group_advantages is not None:  # groups whose samples all scored alike give no signal
@@ -359,6 +379,8 @@ def save_and_record(setup: Setup, state: TrainState, run, prompts_identity: dict
     run.extra["variant"] = dataclasses.asdict(setup.variant) | {"coef": setup.coef}
     run.extra["trainable_params"] = n_trainable  # policy (LoRA adapters / top blocks / all) + value head
     run.extra.update(summary_extra(state))  # kl_ref_per_token_end (k3, last batch)
+    if setup.variant.lagrangian:  # threshold, how it was set, the steps the constraint bound and lambda rose
+        run.extra["lagrangian"] = lagrangian_extra(state, setup.section)
     run.metrics.update(summary_metrics(state, setup.total_steps))
     return model_dir
 
@@ -397,15 +419,81 @@ def episode_scores(setup: Setup, state: TrainState, batch: list[str], samples: S
     return score, rule
 
 
-def update_lagrange_multiplier(setup: Setup, state: TrainState, cost_raw: torch.Tensor | None) -> float:
-    """PPO-Lagrangian: one dual-ascent step of log lambda on the batch's mean cost (over all ranks);
-    returns lambda. 0.0 for the other variants."""
+def cost_score(setup: Setup, state: TrainState, cost_raw: torch.Tensor) -> torch.Tensor:
+    """PPO-Lagrangian: the CM costs (B,) on the cost critic's scale, as the RM score is put on the
+    reward critic's: with ``normalize_rewards``, the running moments of every raw cost so far (all
+    ranks, this batch included) are updated and the costs standardised, (c - mean) / std; else raw."""
+    if not setup.section.normalize_rewards:
+        return cost_raw
+    state.cost_moments = update_running_moments(*state.cost_moments, all_gather(cost_raw))
+    return standardize_with_moments(cost_raw, state.cost_moments)
+
+
+def update_lagrange_multiplier(setup: Setup, state: TrainState,
+                               cost_raw: torch.Tensor | None) -> tuple[float, float | None]:
+    """PPO-Lagrangian: the step's raw CM costs (all ranks, prompt order) join the episode window, and
+    one dual-ascent step of log lambda on the window's mean J_c vs the threshold d; returns
+    (lambda, J_c), (0.0, None) for the other variants. As in safe-rlhf, lambda is updated before the
+    policy update that uses it; safe-rlhf repeats the update before every micro-batch's step (the same
+    J_c each time), here it is once per rollout step (a rate ``lambda_lr`` per step)."""
     if not setup.variant.lagrangian:
-        return 0.0
-    mean_cost = all_gather(cost_raw).mean().item()
-    state.log_lambda = lagrange_update(state.log_lambda, mean_cost, setup.section.cost_threshold,
+        return 0.0, None
+    state.cost_window, episode_cost = episode_cost_window(state.cost_window, all_gather(cost_raw).tolist(),
+                                                          setup.section.cost_window)
+    state.log_lambda = lagrange_update(state.log_lambda, episode_cost, state.cost_threshold,
                                        setup.section.lambda_lr, setup.section.lambda_max)
-    return math.exp(state.log_lambda)
+    return math.exp(state.log_lambda), episode_cost
+
+
+def cost_threshold(setup: Setup) -> tuple[float, dict | None]:
+    """The threshold d of PPO-Lagrangian and, when measured (``start``), how (else None: fixed)."""
+    if setup.section.cost_threshold != "start":
+        return float(setup.section.cost_threshold), None
+    return measure_start_cost(setup)
+
+
+def threshold_prompt_set(cfg: ProfileConfig, tok, exclude: set[str]) -> tuple[list[str], list[str | None]]:
+    """The prompts d is measured on and their ``prompt_label``: the unique prompts of the preference
+    data's *validation* split (none of the training stream's), interleaved by label so the cap keeps
+    every label represented, those that fit ``max_length`` with the response, the first
+    ``threshold_prompts``."""
+    from bench import data
+    from bench.data.pairs import interleave_by
+
+    section = cfg.require("ppo")
+    first: dict[str, dict] = {}
+    for row in data.load_role(cfg.data, "preferences", "validation").rows:
+        if row["prompt"] not in exclude:
+            first.setdefault(row["prompt"], row)
+    prompts = [r["prompt"] for r in interleave_by(list(first.values()), "prompt_label")]
+    prompts = fit_prompts(prompts, tok, cfg.model.system_prompt, section)[0][: section.threshold_prompts]
+    return prompts, [first[p].get("prompt_label") or "unlabelled" for p in prompts]
+
+
+def measure_start_cost(setup: Setup) -> tuple[float, dict]:
+    """``cost_threshold: start``: the starting policy's expected episode cost on the training stream's
+    prompts. One response per threshold prompt, sampled exactly as rollouts are (``sample_responses``,
+    keys ``row_key(seed, THRESHOLD_STEP, i)``, ``temperature``, ``max_new_tokens``), scored by the CM;
+    d = each label's mean cost weighted by that label's share of the training prompts
+    (``losses.label_weighted_mean``; the plain mean when the training prompts carry no labels): the
+    threshold prompts are drawn evenly across labels, the rollouts are not, and unsafe answers come
+    mostly from harmful prompts. The constraint then reads: PPO may raise the reward but not the
+    expected cost above the starting policy's. Every rank samples and scores all prompts with the
+    profile's (global) ``batch_size``, so d is the same number at any world size. Returns (d,
+    {"prompts": n, "by_label": {label: {mean, n, weight}}})."""
+    cfg, section = setup.cfg, setup.cfg.require("ppo")
+    prompts, labels = threshold_prompt_set(cfg, setup.tok, set(setup.prompts))
+    keys = [row_key(setup.seed, THRESHOLD_STEP, i) for i in range(len(prompts))]
+    setup.backend.module.eval()
+    samples = sample_responses(setup.backend.module.policy, setup.tok, prompts, cfg.model.system_prompt,
+                               section.max_new_tokens, section.temperature, section.batch_size, setup.eos_ids, keys)
+    model, tok = setup.cost_model
+    cost = score_responses(model, tok or setup.tok, prompts, samples.texts, cfg.model.system_prompt,
+                           section.batch_size)  # (N,)
+    train_labels = setup.labels or prompt_labels(cfg)
+    shares = Counter(train_labels[p] for p in setup.prompts if p in train_labels)  # the training stream's mix
+    d, by_label = label_weighted_mean(cost.double().tolist(), labels, dict(shares))
+    return d, {"prompts": len(prompts), "by_label": by_label}
 
 
 def log_step(setup: Setup, state: TrainState, row: dict, episodes: dict, run) -> None:
@@ -417,7 +505,8 @@ def log_step(setup: Setup, state: TrainState, row: dict, episodes: dict, run) ->
     state.step = row["step"]
     run.log.info("step %s", json.dumps(row))
     if setup.rank == 0 and (state.step % setup.section.logging_steps == 0 or state.step in (1, setup.total_steps)):
-        lambda_text = f" lambda {row['lambda']:.3f}" if setup.variant.lagrangian else ""
+        lambda_text = (f" lambda {row['lambda']:.3f} episode cost {row['episode_cost']:.3f} "
+                       f"(d {row['cost_threshold']:.3f})" if setup.variant.lagrangian else "")
         print(f"ppo: {setup.name} step {state.step}/{setup.total_steps} reward {row['reward']:.3f} "
               f"kl {row['kl_ref']:.3f}{lambda_text} len {row['response_length']:.1f}")
 
@@ -426,11 +515,7 @@ def reward_score(raw: torch.Tensor, truncated: torch.Tensor, moments: tuple[floa
                  section: PPOSection) -> torch.Tensor:
     """RM scores -> PPO scores: standardised with the running moments (if ``normalize_rewards``),
     and ``truncated_penalty`` for responses cut without EOS. Clipping happens in shape_rewards."""
-    score = raw
-    if section.normalize_rewards:
-        mean, var, n = moments
-        std = math.sqrt(var * n / (n - 1)) if n > 1 else 1.0
-        score = normalize_scores(raw, mean, std)
+    score = standardize_with_moments(raw, moments) if section.normalize_rewards else raw
     if section.truncated_penalty is not None:
         score = torch.where(truncated, torch.full_like(score, section.truncated_penalty), score)
     return score

@@ -11,10 +11,20 @@ scores and the policy update (each piece is a closed-form-tested function of ``b
    to its prompt's group (``group_relative_advantages``; 0 for a group that scored alike) on its last
    token plus the regulariser's penalty-to-go (the undiscounted reward-to-go of the
    ``-coef x penalty`` tokens); the value-head GAE still supplies the critic's returns;
-3. PPO-Lagrangian (``cost`` given): a second stream on the raw CM cost with the penalty at ``+coef``
-   (so that the combined advantage carries the penalty at strength ``coef`` whatever the multiplier,
-   as in safe-rlhf), GAE against the cost critic (values column 1), whitened, and the policy's
-   advantage becomes (A_r - lambda A_c) / (1 + lambda) with lambda the ``lagrange_multiplier``.
+3. PPO-Lagrangian (``cost`` given): a second stream on the CM cost *on the cost critic's scale*
+   with the penalty at ``+coef`` (so that the combined advantage carries the penalty at strength
+   ``coef`` whatever the multiplier, as in safe-rlhf), clipped to ``reward_clip`` like the score,
+   GAE against the cost critic (values column 1), whitened, and the policy's advantage becomes
+   (A_r - lambda A_c) / (1 + lambda) with lambda the ``lagrange_multiplier`` (the one combination
+   rule, ``losses.lagrangian_advantages``). The recipe passes the cost standardised exactly as it
+   passes the score: c' = (c - mean) / std with the running moments (mean, unbiased std) of every raw
+   CM cost so far over all ranks, this batch included (``bench.train.ppo.cost_score``,
+   ``losses.standardize_with_moments``; raw when ``normalize_rewards`` is off). Why: the CM puts
+   safe answers near -6 and unsafe near +5; a raw cost near -5 on the last token is a level the
+   zero-initialised cost critic never fits in a short run, and after whitening the cost advantage
+   then tracks the token position instead of the cost. lambda itself is updated from the *raw* cost
+   against the threshold d on the CM's scale (``bench.train.ppo.update_lagrange_multiplier``), never
+   from what this stream sees.
 
 Why one pure function: the composition (which stream is whitened, where the penalty enters with
 which sign, which GAE feeds the critic) is where a PPO implementation silently goes wrong; here it
@@ -71,8 +81,9 @@ def ppo_advantages(score: torch.Tensor, penalty: torch.Tensor, values: torch.Ten
     ``score`` (B,) the PPO score of each response; ``penalty`` (B, T) the per-token regulariser (KL,
     JS or 0); ``values`` (B, T, K) the critics' old values; ``mask`` (B, T) valid response tokens;
     ``coef`` the regulariser's coefficient; ``gamma`` / ``gae_lambda`` GAE's discount and lambda;
-    ``group_size`` consecutive rows sampled from one prompt; ``cost`` (B,) the raw CM cost for
-    PPO-Lagrangian's second stream (None: one stream) and ``lagrange_multiplier`` its lambda >= 0;
+    ``group_size`` consecutive rows sampled from one prompt; ``cost`` (B,) the CM cost on the cost
+    critic's scale (standardised like ``score``; see the module docstring) for PPO-Lagrangian's second
+    stream (None: one stream) and ``lagrange_multiplier`` its lambda >= 0;
     ``sum_over_ranks`` when the step's rollouts are split over ranks (see :func:`whiten`).
     """
     rewards = shape_rewards(score, penalty, mask, coef, clip=reward_clip)  # (B, T)

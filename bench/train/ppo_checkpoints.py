@@ -38,6 +38,14 @@ class TrainState:
     step: int = 0
     log_lambda: float = 0.0
     reward_moments: tuple[float, float, int] = (0.0, 0.0, 0)  # (mean, population var, count) of raw RM scores
+    # PPO-Lagrangian: the threshold d on the CM's raw scale (fixed, or measured on the starting policy before
+    # step 1 and never again: a resumed run keeps it), how it was measured ({"prompts", "by_label"}; None:
+    # fixed), the raw episode costs of the lambda update's window (oldest first) and the running moments of
+    # the raw CM cost (what the cost stream is standardised with, as reward_moments for the reward stream).
+    cost_threshold: float | None = None
+    threshold_info: dict | None = None
+    cost_window: list[float] = field(default_factory=list)
+    cost_moments: tuple[float, float, int] = (0.0, 0.0, 0)
     series: list[dict] = field(default_factory=list)
     first_episodes: dict | None = None  # per-episode values of step 1 and of the last step (for metrics)
     last_episodes: dict | None = None
@@ -123,6 +131,7 @@ def load_checkpoint(folder: Path, backend) -> TrainState:
     backend.load(folder)
     raw = json.loads((folder / "state.json").read_text())
     raw["reward_moments"] = tuple(raw["reward_moments"])
+    raw["cost_moments"] = tuple(raw.get("cost_moments", (0.0, 0.0, 0)))  # absent in checkpoints from before it
     rng = torch.load(folder / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["torch"])  # each step reseeds anyway; restored for anything between steps
     if "cuda" in rng and torch.cuda.is_available():

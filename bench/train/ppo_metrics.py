@@ -4,8 +4,13 @@
   the reference summed over the response, response length, truncation), JSON-ready; the first and
   the last batch's are kept in the checkpoint state.
 - :func:`step_metrics`: one row of ``extra.series`` in the record (means of those, the mean
-  per-token penalty and entropy, the mean per-token k3 KL ``kl_ref_per_token``, the Lagrange
-  multiplier under PPO-Lagrangian, the update's loss statistics, seconds).
+  per-token penalty and entropy, the mean per-token k3 KL ``kl_ref_per_token``; under
+  PPO-Lagrangian the multiplier ``lambda`` after the step's update, the ``episode_cost`` it was
+  updated from (the window's mean raw CM cost) and the threshold ``cost_threshold`` d; the update's
+  loss statistics, seconds).
+- :func:`lagrangian_extra`: the record's ``extra.lagrangian`` (d and how it was set, lambda's start
+  and end, the steps where lambda rose and where the constraint bound); ``bench.report.lagrangian``
+  renders it.
 - :func:`summary_extra`: the record's ``extra`` (``kl_ref_per_token_end``: the last batch's mean
   per-token KL to the reference, k3).
 - :func:`summary_metrics`: the record's ``metrics`` (first and last batch, with 95% intervals).
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.config import PPOVariant
+from bench.config import PPOSection, PPOVariant
 from bench.losses import masked_mean
 from bench.stats import mean_metric, rate_metric, scalar_metric
 from bench.train.ppo_checkpoints import TrainState
@@ -40,15 +45,20 @@ def episode_values(s: Samples, exp: dict, reward_raw: torch.Tensor, cost_raw: to
 
 
 def step_metrics(step: int, ep: dict, exp: dict, s: Samples, upd: dict, lagrange_multiplier: float,
-                 variant: PPOVariant, seconds: float) -> dict:
-    """One row of the record's series (its key ``lambda`` is the Lagrange multiplier, None unless
-    the variant is PPO-Lagrangian)."""
+                 variant: PPOVariant, seconds: float, episode_cost: float | None = None,
+                 cost_threshold: float | None = None) -> dict:
+    """One row of the record's series (its keys ``lambda``, ``episode_cost`` and ``cost_threshold``
+    are the Lagrange multiplier, the mean raw cost it was updated from and the threshold d, None
+    unless the variant is PPO-Lagrangian)."""
+    lag = variant.lagrangian
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     return {
         "step": step,
         "reward": mean(ep["reward"]),
         "cost": mean(ep["cost"]) if ep["cost"] is not None else None,
-        "lambda": lagrange_multiplier if variant.lagrangian else None,
+        "lambda": lagrange_multiplier if lag else None,
+        "episode_cost": episode_cost if lag else None,
+        "cost_threshold": cost_threshold if lag else None,
         "kl_ref": mean(ep["kl_ref"]),
         "kl_ref_per_token": kl_per_token(ep),
         "penalty": masked_mean(exp["penalty"], s.mask).item(),
@@ -58,6 +68,27 @@ def step_metrics(step: int, ep: dict, exp: dict, s: Samples, upd: dict, lagrange
         **upd,
         "seconds": seconds,
     }
+
+
+def lagrangian_extra(state: TrainState, section: PPOSection) -> dict:
+    """The record's ``extra.lagrangian``: the threshold d (CM raw scale), whether it was measured on the
+    starting policy ("start") or given ("fixed"), on how many prompts and each label's mean cost and
+    weight in d (None when fixed), the episode window, lambda at the start and the end, the steps whose
+    update raised lambda and the steps whose episode cost exceeded d (the constraint bound)."""
+    info = state.threshold_info or {}
+    rose, before = [], section.lambda_init
+    for r in state.series:
+        if r["lambda"] > before:
+            rose.append(r["step"])
+        before = r["lambda"]
+    return {"threshold": state.cost_threshold,
+            "threshold_from": "start" if section.cost_threshold == "start" else "fixed",
+            "threshold_prompts": info.get("prompts"), "threshold_by_label": info.get("by_label"),
+            "cost_window": section.cost_window,
+            "lambda_init": section.lambda_init, "lambda_final": state.series[-1]["lambda"] if state.series else None,
+            "lambda_rose_steps": rose,
+            "bound_steps": [r["step"] for r in state.series
+                            if r.get("episode_cost") is not None and r["episode_cost"] > r["cost_threshold"]]}
 
 
 def kl_per_token(ep: dict) -> float:

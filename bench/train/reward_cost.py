@@ -41,14 +41,18 @@ SECTIONS = {"reward": ("profile", "model", "data", "reward"), "cost": ("profile"
 
 
 def tokenize_pairs(kind: str, rows: list[dict], tok, system_prompt: str | None, max_length: int,
-                   on_invalid: str, where: str, wheres: list[str] | None = None) -> tuple[list[dict], int]:
+                   on_invalid: str, where: str, wheres: list[str] | None = None,
+                   pairs: list[dict] | None = None) -> tuple[list[dict], int]:
     """Token ids for TRL's preference collator: chosen = preferred (reward) / safer (cost).
     Returns (examples, n_skipped_overlong). An over-long pair is an error naming the row's file,
     line and response field (with ``wheres``, the rows' locations from ``LoadedDataset.wheres``;
-    without, ``where`` and the pair) or, with ``on_invalid: skip``, a counted skip."""
+    without, ``where`` and the pair) or, with ``on_invalid: skip``, a counted skip. ``pairs``: pairs
+    already in the kind's format (the policies' answers, ``bench.train.policy_answers``) instead of
+    ``rows``; a cost pair's ``pair_weight`` (default 1) weighs its pairwise term."""
     # (pair, key of the preferred response, key of the other): the keys name the fields in errors too
     a_key, b_key = ("chosen", "rejected") if kind == "reward" else ("safer", "unsafer")
-    pairs = better_pairs(rows, wheres) if kind == "reward" else safer_pairs(rows, wheres)
+    if pairs is None:
+        pairs = better_pairs(rows, wheres) if kind == "reward" else safer_pairs(rows, wheres)
     out, skipped = [], 0
     for i, p in enumerate(pairs):
         hist = p.get("history")
@@ -64,6 +68,7 @@ def tokenize_pairs(kind: str, rows: list[dict], tok, system_prompt: str | None, 
         if kind == "cost":
             ex["safer_sign"] = float(cost_sign(torch.tensor(p["safer_is_safe"])))
             ex["unsafer_sign"] = float(cost_sign(torch.tensor(p["unsafer_is_safe"])))
+            ex["pair_weight"] = float(p.get("pair_weight", 1.0))
         out.append(ex)
     return out, skipped
 
@@ -81,6 +86,7 @@ def _cost_trainer_classes():
             out = super().torch_call(examples)
             out["safer_sign"] = torch.tensor([e["safer_sign"] for e in examples], dtype=torch.float)
             out["unsafer_sign"] = torch.tensor([e["unsafer_sign"] for e in examples], dtype=torch.float)
+            out["pair_weight"] = torch.tensor([e["pair_weight"] for e in examples], dtype=torch.float)
             return out
 
     class CostTrainer(RewardTrainer):
@@ -88,18 +94,20 @@ def _cost_trainer_classes():
 
         def _set_signature_columns_if_needed(self):
             if self._signature_columns is None:
-                self._signature_columns = ["chosen_ids", "rejected_ids", "safer_sign", "unsafer_sign"]
+                self._signature_columns = ["chosen_ids", "rejected_ids", "safer_sign", "unsafer_sign", "pair_weight"]
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
             safer, unsafer = torch.chunk(outputs.logits.squeeze(-1), chunks=2)  # (B,), (B,)
             loss, parts = cost_model_loss(safer, unsafer, inputs["safer_sign"], inputs["unsafer_sign"],
-                                          sign_weight=self.sign_weight)
+                                          sign_weight=self.sign_weight, pair_weight=inputs["pair_weight"])
             mode = "train" if model.training else "eval"
             with torch.no_grad():
                 self._metrics[mode]["pairwise_loss"].append(parts["pairwise"].item())
                 self._metrics[mode]["sign_loss"].append(parts["sign"].item())
-                self._metrics[mode]["accuracy"].append((unsafer > safer).float().mean().item())
+                ordered = inputs["pair_weight"] > 0  # pairs with a safety order
+                if ordered.any():
+                    self._metrics[mode]["accuracy"].append((unsafer > safer)[ordered].float().mean().item())
             return (loss, outputs) if return_outputs else loss
 
     return CostTrainer, CostCollator
@@ -153,31 +161,67 @@ def evaluate_score_model(kind: str, model, tok, rows: list[dict], system_prompt:
 # ----------------------------------------------------------------------------- the stage
 
 
+def stage_hash(cfg: ProfileConfig, kind: str) -> str:
+    """The record's config hash: the stage's sections, plus the policy answers' own hash (policies,
+    prompts, decoding, judge version, SFT settings) when the section trains on them."""
+    from bench.io import json_sha256
+    from bench.train import policy_answers
+
+    own = cfg.section_hash(*SECTIONS[kind])
+    if not cfg.require(kind).policy_answers:
+        return own
+    return json_sha256([own, cfg.require(kind).policy_answers, policy_answers.config_hash(cfg)], length=16)
+
+
+def policy_pairs(cfg: ProfileConfig, kind: str, split: str) -> list[dict]:
+    """The kind's pairs from the labelled answers of the section's policies (``split`` train)."""
+    from bench.train import policy_answers
+
+    mine = [a for a in policy_answers.read_answers(cfg, split) if a["policy"] in cfg.require(kind).policy_answers]
+    return policy_answers.reward_pairs(mine) if kind == "reward" else policy_answers.cost_pairs(mine)
+
+
 def run_score_stage(cfg: ProfileConfig, kind: str, force: bool = False) -> None:
     from trl import RewardTrainer
 
+    from bench.train import policy_answers
+
     section: ScoreModelSection = cfg.require(kind)
     sections = SECTIONS[kind]
-    if not force and is_done(cfg, kind, cfg.section_hash(*sections)):
+    chash = stage_hash(cfg, kind)
+    if not force and is_done(cfg, kind, chash):
         print(f"{kind}: up to date")
         return
     policy_dir = policy_init_dir(cfg, "base")
     splits = {s: load(cfg.data.preferences, s, cfg.data) for s in ("train", "test")}
+    # The written pairs first: an over-long row fails here, before minutes of answer generation.
+    from transformers import AutoTokenizer
 
-    with stage_run(cfg, variant=kind, stage=kind, sections=sections) as run:
+    examples, skipped = tokenize_pairs(kind, splits["train"].rows, AutoTokenizer.from_pretrained(policy_dir),
+                                       cfg.model.system_prompt, section.max_length, cfg.data.on_invalid,
+                                       f"{cfg.data.preferences}:train", wheres=splits["train"].wheres)
+    if section.policy_answers:
+        policy_answers.ensure_policy_answers(cfg)
+
+    with stage_run(cfg, variant=kind, stage=kind, sections=sections, config_hash=chash) as run:
         run.datasets = {s: d.identity for s, d in splits.items()}
         model, tok = build_score_model(policy_dir, section, cfg.model, cfg.profile.seed)
         model = configure_trainable(model, section, task_type="SEQ_CLS", head_names=("score",))
         n_train, n_total = trainable_count(model)
         run.log.info("trainable parameters: %d of %d", n_train, n_total)
 
-        examples, skipped = tokenize_pairs(kind, splits["train"].rows, tok, cfg.model.system_prompt,
-                                           section.max_length, cfg.data.on_invalid,
-                                           f"{cfg.data.preferences}:train", wheres=splits["train"].wheres)
+        if section.max_examples:  # caps the written pairs; the policies' answers come on top
+            examples = examples[: section.max_examples]
+        n_written = len(examples)
+        if section.policy_answers:
+            run.datasets["policy_answers"] = {"path": str(policy_answers.answers_path(cfg)),
+                                              "config_hash": policy_answers.config_hash(cfg)}
+            extra, more_skipped = tokenize_pairs(kind, [], tok, cfg.model.system_prompt, section.max_length,
+                                                 cfg.data.on_invalid, str(policy_answers.answers_path(cfg)),
+                                                 pairs=policy_pairs(cfg, kind, "train"))
+            examples, skipped = examples + extra, skipped + more_skipped
         from datasets import Dataset
 
-        if section.max_examples:
-            examples = examples[: section.max_examples]
         train_ds = Dataset.from_list(examples)
         ckpt_dir = run.dir / "checkpoints"
         args = trainer_args(section, ckpt_dir, cfg.profile.seed, kind)
@@ -196,10 +240,18 @@ def run_score_stage(cfg: ProfileConfig, kind: str, force: bool = False) -> None:
         final, tok = load_score_model(out, cfg.model)
         run.metrics = evaluate_score_model(kind, final, tok, splits["test"].rows, cfg.model.system_prompt,
                                            batch_size=2 * section.batch_size, max_length=section.max_length)
+        if section.policy_answers:  # held out: the test-split prompts' answers of every answering policy
+            held = policy_answers.read_answers(cfg, "heldout")
+            scores = score_texts(final, tok, [a["prompt"] for a in held], [a["response"] for a in held],
+                                 cfg.model.system_prompt, 2 * section.batch_size, section.max_length,
+                                 [a.get("history") or [] for a in held], desc=f"eval {kind} (policy answers)")
+            run.metrics.update(policy_answers.heldout_metrics(kind, held, scores))
         run.metrics["train_loss"] = scalar_metric(result.training_loss)
         run.metrics["trainable_params"] = scalar_metric(n_train)
         run.artifacts = {"model_dir": str(out), "policy_init": str(policy_dir)}
         run.extra = {**fp16_stats(trainer), "resumed_from": resume, "skipped_overlong": skipped, "train_pairs": len(examples),
+                     "train_pairs_written": n_written, "train_pairs_policy": len(examples) - n_written,
+                     "policy_answers": list(section.policy_answers),
                      "log_history": trainer.state.log_history}
         summary = ", ".join(f"{k}={v['value']:.3f}" for k, v in run.metrics.items()
                             if k.endswith("accuracy"))
