@@ -63,3 +63,17 @@ def json_sha256(obj: Any, length: int | None = None, ensure_ascii: bool = True) 
     blob = json.dumps(obj, sort_keys=True, ensure_ascii=ensure_ascii, default=str)
     digest = hashlib.sha256(blob.encode()).hexdigest()
     return digest[:length] if length else digest
+
+
+def read_jsonl(path: Path, missing: str) -> list[Any]:
+    """The rows of a JSONL file a stage wrote; ``missing`` is the error's advice when the file is absent.
+    A line that is not JSON is an error naming the file and line (delete the file to regenerate it)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: {missing}")
+    out = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            out.append(json.loads(line))
+        except ValueError as e:
+            raise ValueError(f"{path}:{i}: not valid JSON ({e}); delete the file to regenerate it") from e
+    return out

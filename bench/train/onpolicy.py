@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench.config import DPOSection, ProfileConfig
 from bench.distributed import main_process_writes
-from bench.io import atomic_write_text
+from bench.io import atomic_write_text, read_jsonl
 from bench.runs import is_done, run_dir, stage_run
 from bench.stats import rate_metric
 from bench.train.hf_trainer import hashed_sections, judged_hash
@@ -112,16 +112,7 @@ def read_pairs(cfg: ProfileConfig) -> list[dict]:
 
 
 def read_answers(cfg: ProfileConfig) -> list[dict]:
-    path = pairs_path(cfg)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: on-policy pairs missing; run `make dpo PROFILE={cfg.profile.name}`")
-    out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            out.append(json.loads(line))
-        except ValueError as e:
-            raise ValueError(f"{path}:{i}: not valid JSON ({e}); delete the file to regenerate it") from e
-    return out
+    return read_jsonl(pairs_path(cfg), f"on-policy pairs missing; run `make dpo PROFILE={cfg.profile.name}`")
 
 
 def ensure_onpolicy_pairs(cfg: ProfileConfig, force: bool = False) -> Path:

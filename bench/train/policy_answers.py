@@ -39,7 +39,7 @@ from pathlib import Path
 
 from bench.config import PolicyAnswersSection, ProfileConfig
 from bench.distributed import main_process_writes
-from bench.io import atomic_write_text
+from bench.io import atomic_write_text, read_jsonl
 from bench.runs import is_done, run_dir, stage_run
 from bench.stats import rate_metric
 
@@ -91,14 +91,9 @@ def unique_prompts(rows: list[dict], cap: int) -> list[dict]:
     """One preference row per distinct (history, prompt), interleaved by ``prompt_label`` so a cap
     keeps every label; ``cap`` 0 keeps all."""
     from bench.data.pairs import interleave_by
+    from bench.train.onpolicy import one_per_prompt
 
-    seen, out = set(), []
-    for r in rows:
-        key = (json.dumps(r.get("history") or []), r["prompt"])
-        if key not in seen:
-            seen.add(key)
-            out.append(r)
-    out = interleave_by(out, "prompt_label")
+    out = interleave_by(one_per_prompt(rows), "prompt_label")
     return out[:cap] if cap else out
 
 
@@ -209,18 +204,8 @@ def heldout_metrics(kind: str, answers: list[dict], scores: list[float]) -> dict
 
 def read_answers(cfg: ProfileConfig, split: str) -> list[dict]:
     """The labelled answers of ``split`` ("train" or "heldout"), each with its preference ``row``."""
-    path = answers_path(cfg)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: policy answers missing; run `make reward PROFILE={cfg.profile.name}`")
-    out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            r = json.loads(line)
-        except ValueError as e:
-            raise ValueError(f"{path}:{i}: not valid JSON ({e}); delete the file to regenerate it") from e
-        if r["split"] == split:
-            out.append(r)
-    return out
+    rows = read_jsonl(answers_path(cfg), f"policy answers missing; run `make reward PROFILE={cfg.profile.name}`")
+    return [r for r in rows if r["split"] == split]
 
 
 def _answer(model, tok, rows: list[dict], cfg: ProfileConfig, section: PolicyAnswersSection, policy_index: int,
