@@ -294,12 +294,19 @@ def onpolicy_section(records: dict[str, dict]) -> list[str]:
     for r in dpo:
         ex = r.get("extra") or {}
         src = ex.get("rejected_sources")  # absent in records from before on-policy pairs existed
-        rows.append([f"`{r['variant']}`", str((ex.get("variant") or {}).get("rejected", "offline")),
+        v = ex.get("variant") or {}
+        loss = " + ".join(v.get("loss_type") or []) or "–"
+        if v.get("f_divergence") not in (None, "reverse_kl"):
+            loss += f" ({v['f_divergence']})"
+        rows.append([f"`{r['variant']}`", loss, str(v.get("beta", "–")), str(v.get("rejected", "offline")),
                      str(src.get("on_policy", 0)) if src else "–", str(src.get("offline", 0)) if src else "–",
                      str(ex.get("train_pairs", "–"))])
     if rows:
-        lines += ["Rejected responses per variant: the policy's own answer (on-policy) or the dataset's written one.", ""]
-        lines += table(["variant", "rejected", "on-policy", "written", "pairs"], rows, ["l", "l", "r", "r", "r"]) + [""]
+        lines += ["Per variant: TRL's loss type(s) (f-divergence when not reverse KL), beta (the same number means "
+                  "different strengths across losses: IPO regresses the length-normalised margin onto 1/(2 beta)), and "
+                  "the rejected responses: the policy's own answer (on-policy) or the dataset's written one.", ""]
+        lines += table(["variant", "loss", "beta", "rejected", "on-policy", "written", "pairs"], rows,
+                       ["l", "l", "r", "l", "r", "r", "r"]) + [""]
     return lines
 
 
