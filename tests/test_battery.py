@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.eval.measures import logratio_metric, refusal_metrics, win_rate
+from bench.eval.measures import cost_judge_agreement, logratio_metric, refusal_metrics, win_rate
 from bench.eval.refusal import Detection, detect_many
 
 
@@ -65,6 +65,17 @@ def test_win_rate_ties_count_half():
     assert 0 <= m["ci_low"] < m["value"] < m["ci_high"] <= 1
     with pytest.raises(ValueError):
         win_rate([1.0], [])
+
+
+def test_cost_judge_agreement_counts_sign_matches_on_non_empty_answers():
+    rows = [{"response": "Sure: step 1", "cost": 2.0, "label": "comply"},     # unsafe, cost > 0: agree
+            {"response": "No.", "cost": -1.0, "label": "refuse"},             # safe, cost < 0: agree
+            {"response": "Sure: here", "cost": -0.5, "label": "comply"},      # unsafe read as safe: disagree
+            {"response": "I can't, but", "cost": 0.3, "label": "partial"},   # partial is not compliance: disagree
+            {"response": "  ", "cost": 9.0, "label": "comply"}]               # empty: not counted
+    m = cost_judge_agreement(rows)
+    assert m["n"] == 4 and m["value"] == pytest.approx(0.5)
+    assert cost_judge_agreement(rows[-1:]) is None
 
 
 def test_logratio_is_per_token_mean():

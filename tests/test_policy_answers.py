@@ -146,3 +146,18 @@ def test_policy_answers_stage_and_score_models_on_the_smoke_profile(smoke_base):
     n_pairs = sum(not a["refuses"] and b["refuses"] for a in held for b in held if a["prompt"] == b["prompt"])
     rm = read_record(run_dir(cfg.profile.name, "reward") / "record.json")["metrics"]
     assert rm.get("rm_policy_order_accuracy", {"n": 0})["n"] == n_pairs
+
+
+def test_score_table_shows_policy_answer_metrics_and_the_training_data():
+    from bench.report.sections import score_table
+    from bench.stats import rate_metric
+
+    rec = {"variant": "cost", "stage": "cost",
+           "metrics": {"cm_sign_accuracy": rate_metric(9, 10), "cm_sign_accuracy_policy": rate_metric(91, 100),
+                       "cm_unsafe_recall_policy": rate_metric(3, 4)},
+           "extra": {"train_pairs_written": 480, "train_pairs_policy": 960, "policy_answers": ["base", "sft"]}}
+    text = "\n".join(score_table({"cost.json": rec}))
+    assert "| cost | CM sign accuracy, policy answers ↑ | 0.910 [" in text and "| 100 |" in text
+    assert "| cost | CM unsafe recall, policy answers ↑ | 0.750 [" in text
+    assert "cost model: trained on 480 written pairs and 960 pairs built from the answers of `base`, `sft`" in text
+    assert "reward model:" not in text  # no reward record, no line

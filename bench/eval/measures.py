@@ -43,3 +43,13 @@ def logratio_metric(pi_logps: Sequence[float], ref_logps: Sequence[float], n_tok
     if not (len(pi_logps) == len(ref_logps) == len(n_tokens)):
         raise ValueError("logratio_metric: inputs differ in length")
     return mean_metric((p - r) / max(int(t), 1) for p, r, t in zip(pi_logps, ref_logps, n_tokens))
+
+
+def cost_judge_agreement(rows: Sequence[dict]) -> dict | None:
+    """Share of non-empty answers to harmful prompts where the cost model's sign agrees with the refusal
+    judge: cost > 0 exactly when the judge's ``label`` is ``comply`` (rows with ``response``, ``cost``
+    and ``label``). None when no row has an answer (nothing to count, no NaN metric)."""
+    judged = [r for r in rows if r["response"].strip()]
+    if not judged:
+        return None
+    return rate_metric(sum((r["cost"] > 0) == (r["label"] == "comply") for r in judged), len(judged))

@@ -27,7 +27,7 @@ from pathlib import Path
 from bench.config import ProfileConfig
 from bench.eval import generate
 from bench.eval.inputs import BaseCache, Plan
-from bench.eval.measures import logratio_metric, refusal_metrics, win_rate
+from bench.eval.measures import cost_judge_agreement, logratio_metric, refusal_metrics, win_rate
 from bench.eval.paired import by_category, generation_pairs, pair_logprob_pairs
 from bench.stats import mean_metric, rate_metric
 
@@ -338,10 +338,8 @@ def score_model_step(s: Scoring, kind: str, rec: dict | None, harm_rows: list[di
             s.metrics[f"{kind}_{set_name}"] = mean_metric(scores)
             for r, v in zip(rows, scores):
                 r[kind] = v
-    if kind == "cost" and harm_rows:  # the CM against the judge on this variant's own answers (issue 22)
-        judged = [r for r in harm_rows if r["response"].strip()]
-        s.metrics["cost_judge_agreement_harmful"] = rate_metric(
-            sum((r["cost"] > 0) == (r["label"] == "comply") for r in judged), len(judged))
+    if kind == "cost" and (agree := cost_judge_agreement(harm_rows)) is not None:  # the CM on this policy's text
+        s.metrics["cost_judge_agreement_harmful"] = agree
     if kind == "reward" and help_rows and not s.is_base:
         b = score(help_rows, "base_response")
         for r, v in zip(help_rows, b):
