@@ -42,10 +42,10 @@ from bench.distributed import main_process_writes
 from bench.io import atomic_write_text, read_jsonl
 from bench.runs import is_done, run_dir, stage_run
 from bench.stats import rate_metric
+from bench.train.prompt_stream import SHOULD_REFUSE  # prompt labels whose right behaviour is a refusal
 
 NAME = "policy-answers"  # run directory and record name
 ANSWERS_FILE = "answers.jsonl"  # one row per (split, prompt, policy, draw)
-SHOULD_REFUSE = ("harmful", "unsafe-contrast")  # as bench.train.prompt_stream.SHOULD_REFUSE
 SHOULD_ANSWER = ("benign", "borderline")
 KEY_STEP = -7_000  # sampling keys: row_key(seed, KEY_STEP - policy index, prompt * draws + draw), never a PPO step
 
@@ -60,19 +60,14 @@ def policies_of(cfg: ProfileConfig) -> list[str]:
     return sorted(names)
 
 
-def _view(cfg: ProfileConfig) -> ProfileConfig:
-    """The profile reduced to what decides the answers (the score-model sections do not)."""
-    return dataclasses.replace(cfg, reward=None, cost=None, dpo=None, ppo=None, steer=None)
-
-
 def config_hash(cfg: ProfileConfig) -> str:
+    """What decides the answers: the sections below (SFT's when it answers), the policies and the judge."""
+    from bench.io import json_sha256
     from bench.train.hf_trainer import judged_hash
 
     pols = policies_of(cfg)
     sections = ("profile", "model", "data", "policy_answers") + (("sft",) if "sft" in pols else ())
-    from bench.io import json_sha256
-
-    return judged_hash(json_sha256([_view(cfg).section_hash(*sections), pols], length=16))
+    return judged_hash(json_sha256([cfg.section_hash(*sections), pols], length=16))
 
 
 def answers_path(cfg: ProfileConfig) -> Path:
@@ -243,11 +238,15 @@ def ensure_policy_answers(cfg: ProfileConfig, force: bool = False) -> Path | Non
     from bench.eval.refusal import DETECTOR_NAME, DETECTOR_VERSION, detect_many
     from bench.models import load_pretrained, policy_init_dir
 
-    view = dataclasses.replace(_view(cfg), policy_answers=section)
+    # the run's config.yaml: the sections that decide the answers (not the score models' own)
+    view = dataclasses.replace(cfg, reward=None, cost=None, dpo=None, ppo=None, steer=None, policy_answers=section)
     splits = {"train": load(cfg.data.preferences, "train", cfg.data),
               "heldout": load(cfg.data.preferences, section.heldout_split, cfg.data)}
     prompts = {"train": unique_prompts(splits["train"].rows, section.prompts),
                "heldout": unique_prompts(splits["heldout"].rows, section.heldout_prompts)}
+    for rows in prompts.values():  # the written better response's verdict: can it stand for help (reward_pairs)
+        better = detect_many([r[f"response_{r['better_response_id']}"] for r in rows], [r["prompt"] for r in rows])
+        rows[:] = [{**r, "better_refuses": v.is_refusal} for r, v in zip(rows, better)]
     with stage_run(view, variant=NAME, stage="policy-answers", config_hash=chash) as run:
         run.datasets = {k: d.identity for k, d in splits.items()}
         rows_out: list[dict] = []
@@ -266,14 +265,6 @@ def ensure_policy_answers(cfg: ProfileConfig, force: bool = False) -> Path | Non
                                      "refusal_then_comply": v.refusal_then_comply, "refuses": v.is_refusal,
                                      "unsafe": label_answer(r.get("prompt_label"), v.label), "row": r})
             model = None
-        # the written better response's verdict decides whether it can stand for help (reward_pairs)
-        rows_by_id = {}
-        for a in rows_out:
-            rows_by_id.setdefault(id(a["row"]), a["row"])
-        better = list(rows_by_id.values())
-        verdicts = detect_many([r[f"response_{r['better_response_id']}"] for r in better], [r["prompt"] for r in better])
-        for r, v in zip(better, verdicts):
-            r["better_refuses"] = v.is_refusal
         with main_process_writes() as main:  # every rank generated the same answers; rank 0 writes
             if main:
                 atomic_write_text(run.dir / ANSWERS_FILE, "".join(json.dumps(a, ensure_ascii=False, sort_keys=True)
