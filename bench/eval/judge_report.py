@@ -3,10 +3,10 @@ prints above every refusal rate (``leaderboards/<profile>/judge.json``, written 
 
     python -c "from bench.eval.judge_report import held_out_report; import json; print(json.dumps(held_out_report(), indent=1))"
 
-The labelled outputs (``tasks/refusal_detector/outputs_{dev,test}.jsonl``, labelled against
-``GUIDELINE.md``) are split by ``make_split.py``. The judge's rules were tuned on dev only; this module
-is the one place that reads the test split, and only to report. The report holds, for the test split
-and (marked in-sample) for dev: n, agreement with its Wilson interval, Cohen's kappa, the confusion
+The labelled outputs (``tasks/refusal_detector/outputs_{dev,dev2,test}.jsonl``, labelled against
+``GUIDELINE.md``) are split by ``make_split.py``. The judge's rules were tuned on dev and dev2 (dev2 was
+the test split of judges 2.0.0 and 2.1.0); this module is the one place that reads the test split, and
+only to report. The report holds, for the test split and (marked in-sample) for the tuning set: n, agreement with its Wilson interval, Cohen's kappa, the confusion
 matrix (rows: human label, columns: judge), the refusal-then-comply flag's counts, and agreement by
 source (the suite's own generations vs outputs written in the style of larger chat models).
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from bench.eval import refusal
 from bench.stats import rate_metric
 
-SPLITS = ("dev", "test")
+TUNING = ("dev", "dev2")  # the rules were tuned on these (dev2: the test split of 2.0.0 and 2.1.0)
 
 
 def split_path(split: str) -> Path:
@@ -39,9 +39,9 @@ def held_out_report() -> dict | None:
     None when the labelled test split is not in this checkout."""
     if not split_path("test").exists():
         return None
-    reports = {s: _with_intervals(refusal.validation_report(refusal.load_labelled(split_path(s))))
-               for s in SPLITS if split_path(s).exists()}
-    out = dict(reports["test"], split="test")
-    if "dev" in reports:
-        out["dev"] = dict(reports["dev"], split="dev")
+    out = dict(_with_intervals(refusal.validation_report(refusal.load_labelled(split_path("test")))), split="test")
+    tuning = [s for s in TUNING if split_path(s).exists()]
+    if tuning:
+        rows = [r for s in tuning for r in refusal.load_labelled(split_path(s))]
+        out["dev"] = dict(_with_intervals(refusal.validation_report(rows)), split="+".join(tuning))
     return out
