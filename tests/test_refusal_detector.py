@@ -630,3 +630,28 @@ def test_dev_split_verdict_invariants(dev_rows):
     for r, d in zip(dev_rows, detect_many((r["completion"] for r in dev_rows), (r["prompt"] for r in dev_rows))):
         assert d.is_refusal == (d.label in ("refuse", "partial")), (r["id"], d)
         assert not d.refusal_then_comply or d.label == "comply", (r["id"], d)
+
+
+def test_held_out_report_pools_held_out_splits_and_tuning_splits(tmp_path, monkeypatch):
+    from bench.eval import judge_report
+
+    def row(i, label, judge_text):
+        return json.dumps({"id": f"x-{i}", "prompt": "p", "completion": judge_text, "set": "harmful",
+                           "source": "suite:t:v", "label": label, "refusal_then_comply": False, "note": ""})
+
+    refuse, comply = "I'm sorry, but I can't help with that.", "Sure! Paris is the capital of France."
+    files = {"test": [row(1, "refuse", refuse), row(2, "comply", comply)],
+             "test3": [row(3, "refuse", comply)],  # one disagreement
+             "dev": [row(4, "comply", comply)], "dev2": [row(5, "refuse", refuse)]}
+    for name, lines in files.items():
+        (tmp_path / f"outputs_{name}.jsonl").write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(judge_report, "split_path", lambda s: tmp_path / f"outputs_{s}.jsonl")
+    rep = judge_report.held_out_report()
+    assert rep["split"] == "test+test3" and rep["n"] == 3
+    assert rep["agreement"]["value"] == pytest.approx(2 / 3)
+    assert {s: p["n"] for s, p in rep["parts"].items()} == {"test": 2, "test3": 1}
+    assert rep["parts"]["test3"]["agreement"]["value"] == 0.0
+    assert rep["dev"]["split"] == "dev+dev2" and rep["dev"]["n"] == 2 and rep["dev"]["agreement"]["value"] == 1.0
+    (tmp_path / "outputs_test.jsonl").unlink()
+    (tmp_path / "outputs_test3.jsonl").unlink()
+    assert judge_report.held_out_report() is None

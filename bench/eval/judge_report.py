@@ -19,6 +19,7 @@ from bench.eval import refusal
 from bench.stats import rate_metric
 
 TUNING = ("dev", "dev2")  # the rules were tuned on these (dev2: the test split of 2.0.0 and 2.1.0)
+HELD_OUT = ("test", "test3")  # labelled after 2.1.0 by labellers who did not see the judge; never tuned on
 
 
 def split_path(split: str) -> Path:
@@ -35,11 +36,15 @@ def _with_intervals(rep: dict) -> dict:
 
 
 def held_out_report() -> dict | None:
-    """``{"judge", "split": "test", "n", "agreement", "kappa", "confusion", "flag", "by_source", "dev": {...}}``;
-    None when the labelled test split is not in this checkout."""
-    if not split_path("test").exists():
+    """``{"judge", "split": "test+test3", "n", "agreement", "kappa", "confusion", "flag", "by_source",
+    "parts": {split: {"n", "agreement"}}, "dev": {...}}``; None when no held-out split is in this checkout."""
+    held = [s for s in HELD_OUT if split_path(s).exists()]
+    if not held:
         return None
-    out = dict(_with_intervals(refusal.validation_report(refusal.load_labelled(split_path("test")))), split="test")
+    parts = {s: refusal.load_labelled(split_path(s)) for s in held}
+    out = dict(_with_intervals(refusal.validation_report([r for s in held for r in parts[s]])), split="+".join(held))
+    out["parts"] = {s: {k: v for k, v in _with_intervals(refusal.validation_report(rows)).items()
+                        if k in ("n", "agreement", "kappa", "flag")} for s, rows in parts.items()}
     tuning = [s for s in TUNING if split_path(s).exists()]
     if tuning:
         rows = [r for s in tuning for r in refusal.load_labelled(split_path(s))]

@@ -94,8 +94,11 @@ def judge_section(judge: dict | None, evals: list[dict], profile: str) -> list[s
     lines += [f"{name} against human labels (tasks/refusal_detector/GUIDELINE.md) on the `{judge.get('split', '?')}` "
               f"split (n {judge.get('n', '–')}), outputs the judge was not written or tuned on; 95% Wilson intervals. "
               "Read the refusal differences below against this agreement.", ""]
-    splits = [("test", judge)] + ([("dev (tuning set, in-sample)", judge["dev"])]
-                                  if isinstance(judge.get("dev"), dict) else [])
+    parts = judge.get("parts") if isinstance(judge.get("parts"), dict) else {}
+    splits = ([(judge.get("split", "test"), judge)]
+              + ([(f"  of which {s}", d) for s, d in parts.items() if isinstance(d, dict)] if len(parts) > 1 else [])
+              + ([(f"{judge['dev'].get('split', 'dev')} (tuning set, in-sample)", judge["dev"])]
+                 if isinstance(judge.get("dev"), dict) else []))
     rows = [[s, str(d.get("n", "–")), _rate(d.get("agreement")), _num(d.get("kappa"))] + _flag_cells(d.get("flag"))
             for s, d in splits]
     lines += table(["split", "n", "agreement [95% CI]", "Cohen's kappa", "flag: true", "tp", "fp", "fn",
@@ -105,7 +108,7 @@ def judge_section(judge: dict | None, evals: list[dict], profile: str) -> list[s
     conf = judge.get("confusion") or {}
     labels, matrix = conf.get("labels") or [], conf.get("matrix") or []
     if labels and len(matrix) == len(labels):
-        lines += ["Confusion on the test split (rows: human label, columns: judge):", ""]
+        lines += [f"Confusion on the held-out `{judge.get('split', 'test')}` (rows: human label, columns: judge):", ""]
         rows = [[lab] + [str(v) for v in row] + [str(sum(v for v in row if isinstance(v, int)))]
                 for lab, row in zip(labels, matrix)]
         lines += table(["human \\ judge", *labels, "total"], rows) + [""]

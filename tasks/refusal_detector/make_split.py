@@ -50,12 +50,13 @@ def main(paths: list[str]) -> None:
     names = ("outputs_dev.jsonl", "outputs_test.jsonl")
     # Rows already split keep their part (a later batch never moves a row between dev and test);
     # only the new rows are split, by the same rule, among themselves. outputs_dev2.jsonl (a former
-    # test split, now tuned on) is never written, but its ids are taken.
+    # test split, now tuned on) and outputs_test3.jsonl (a held-out batch kept whole) are never
+    # written, but their ids are taken.
     old = [[json.loads(x) for x in (HERE / n).read_text().splitlines() if x.strip()] if (HERE / n).exists() else []
            for n in names]
-    retired = HERE / "outputs_dev2.jsonl"
     known = {r["id"] for part in old for r in part}
-    known |= {json.loads(x)["id"] for x in retired.read_text().splitlines() if x.strip()} if retired.exists() else set()
+    for kept in (HERE / "outputs_dev2.jsonl", HERE / "outputs_test3.jsonl"):
+        known |= {json.loads(x)["id"] for x in kept.read_text().splitlines() if x.strip()} if kept.exists() else set()
     new = [r for r in rows if r["id"] not in known]
     for name, before, part in zip(names, old, split(new)):
         merged = sorted(before + part, key=lambda r: r["id"])
