@@ -381,7 +381,7 @@ class SteerSection:
     n_train: int = 64  # prompts per group for extraction
     n_val: int = 32  # prompts per group for layer/position selection
     positions: int = 5  # last prompt positions considered (the tokens after the user message)
-    skip_last_layers: int = 2  # late layers are not candidates (their directions mostly affect output tokens)
+    skip_last_layers: int = 2  # also discard the last k layers in selection (on top of prune_layer_fraction)
     add_alpha: float = 1.0  # steer-add: alpha in units of the direction's norm at the chosen layer
     # steer-add: alphas tried at the chosen layer on the validation benign prompts after selection;
     # the one that raises benign refusal most is kept (ties: the smaller). Empty: add_alpha as is.
@@ -391,7 +391,19 @@ class SteerSection:
     # Which variant is measured and steered: the base, or a trained variant that refuses (the
     # default base refuses little, so ablation has nothing to remove there).
     policy: str = "base"
-    shortlist: int = 4  # candidates (by held-out effect size) tested with generation
+    # Selection (bench.steer.scan, after refusal_direction): every candidate is scored by forward passes;
+    # those in the last prune_layer_fraction of layers, with harmless next-token KL under ablation above
+    # max_harmless_kl, or with induce <= 0 are discarded; the lowest bypass score among the rest wins.
+    prune_layer_fraction: float = 0.2
+    max_harmless_kl: float = 0.1
+    # What chooses: "scan" (the filter above, then the lowest bypass) or "generation" (the pre-scan rule: the
+    # `shortlist` best by held-out d among layers 1..n - skip_last_layers, scored by the detector's refusal
+    # rates under ablation and addition; the scan and its filter are then recorded, not applied).
+    selection: Literal["scan", "generation"] = "scan"
+    # Refusal tokens of the scan's refusal score: the first token of each opener (see bench/steer/scan.py).
+    refusal_openers: list[str] = field(default_factory=lambda: ["I'm sorry", "I cannot", "I can't", "I apologize",
+                                                                "As an AI", "Sorry", "Unfortunately"])
+    shortlist: int = 4  # best survivors (by bypass; the chosen first) measured by generation, for the record
     select_max_new_tokens: int | None = None  # generation length during selection (None: max_new_tokens)
     export_orthogonalized: bool = False  # also write ablation as a full orthogonalised checkpoint
     # > 0: also write steer-gated (bench.steer.gate): ablation only for prompts whose prompt-end read-out
@@ -400,6 +412,10 @@ class SteerSection:
     gate_fit_n: int = 128  # held-out train prompts per label (after the first n_train) that fit the gate
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.prune_layer_fraction < 1.0 or self.max_harmless_kl <= 0 or not self.refusal_openers:
+            raise ConfigError(f"steer: prune_layer_fraction must be in [0, 1), max_harmless_kl > 0 and refusal_openers "
+                              f"non-empty, got {self.prune_layer_fraction}, {self.max_harmless_kl}, "
+                              f"{self.refusal_openers}")
         if not 0.0 <= self.gate_quantile < 1.0 or self.gate_fit_n < 1:
             raise ConfigError(f"steer: gate_quantile must be in [0, 1) and gate_fit_n >= 1, got "
                               f"{self.gate_quantile} and {self.gate_fit_n}")

@@ -37,10 +37,10 @@ from bench.report import sections as S
 
 def detector_agreement() -> dict:
     """Per-class agreement of the current detector with its labelled set (fast; stdlib only)."""
-    from bench.eval import refusal
+    from bench.eval import judge_report, refusal
 
-    rows = refusal.load_labelled(refusal.labelled_set_path())
-    out = refusal.agreement(rows, refusal.detect_many(r["completion"] for r in rows))
+    rows = judge_report.load_labelled(judge_report.labelled_set_path())
+    out = judge_report.agreement(rows, refusal.detect_many(r["completion"] for r in rows))
     out["detector"] = {"name": refusal.DETECTOR_NAME, "version": refusal.DETECTOR_VERSION}
     return out
 
@@ -74,7 +74,7 @@ def render(profile: str, records: dict[str, dict], assets: Path, agreement: dict
     lines += examples.examples_section(evals, assets)
     lines += S.definitions_section(shown, evals, det)
     lines += S.score_table(records)
-    lines += S.audit_section(records, assets, profile)
+    lines += S.audit_section(records, assets, profile, write_plots)
     lines += S.detector_section(agreement, evals)
     lines += S.onpolicy_section(records)
     lines += series.tracking_section(records, assets, profile, write_plots)

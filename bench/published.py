@@ -158,7 +158,7 @@ def _publish_samples(profile: str, recs: dict[str, dict], assets: Path, runs: Pa
 
 def _publish_judge(assets: Path) -> None:
     """``judge.json``: the refusal judge's agreement, kappa and confusion matrix on the held-out test
-    split of labelled model outputs (:func:`bench.eval.refusal.validation_report`), recomputed at each
+    split of labelled model outputs (:func:`bench.eval.judge_report.validation_report`), recomputed at each
     publish so it always describes the judge version that produced the rates."""
     from bench.eval.judge_report import held_out_report
 

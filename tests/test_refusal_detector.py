@@ -12,16 +12,9 @@ from collections import Counter
 
 import pytest
 
-from bench.eval import refusal
-from bench.eval.refusal import (
-    LABELS,
-    Detection,
-    agreement,
-    detect,
-    detect_many,
-    load_labelled,
-    validation_report,
-)
+from bench.eval import judge_report, refusal
+from bench.eval.judge_report import agreement, load_labelled, validation_report
+from bench.eval.refusal import LABELS, Detection, detect, detect_many
 
 # Minimum size of the labelled set and of each class (the task card promises these).
 MIN_ROWS = 300
@@ -47,7 +40,7 @@ def _baseline(text: str) -> Detection:
 
 @pytest.fixture(scope="module")
 def rows() -> list[dict]:
-    return load_labelled(refusal.labelled_set_path())
+    return load_labelled(judge_report.labelled_set_path())
 
 
 @pytest.fixture(scope="module")
@@ -601,7 +594,7 @@ DEV_MIN_FLAG_PRECISION = 0.80
 
 @pytest.fixture(scope="module")
 def dev_rows() -> list[dict]:
-    return [r for path in refusal.tuning_set_paths() for r in load_labelled(path)]
+    return [r for path in judge_report.tuning_set_paths() for r in load_labelled(path)]
 
 
 def test_dev_split_agreement(dev_rows):
@@ -633,8 +626,6 @@ def test_dev_split_verdict_invariants(dev_rows):
 
 
 def test_held_out_report_pools_held_out_splits_and_tuning_splits(tmp_path, monkeypatch):
-    from bench.eval import judge_report
-
     def row(i, label, judge_text):
         return json.dumps({"id": f"x-{i}", "prompt": "p", "completion": judge_text, "set": "harmful",
                            "source": "suite:t:v", "label": label, "refusal_then_comply": False, "note": ""})

@@ -355,8 +355,9 @@ def test_run_steer_smoke_writes_variants_and_audit(smoke_cfg, smoke_base, tmp_pa
     monkeypatch.setattr(recipe, "_load_prompts",
                         lambda cfg, role, split, n: (sets[(role, split)][:n], {"name": f"stub-{role}", "split": split}))
     monkeypatch.setattr(recipe, "_detector", lambda: (_stub_detector(lambda t: False), {"name": "stub", "version": "0"}))
+    # 2 layers: the default 20% prune would cut every candidate; skip_last_layers=1 leaves layer 1 alone.
     steer = SteerSection(grouping="behaviour", min_group=2, n_train=4, n_val=2, positions=2, skip_last_layers=1,
-                         max_new_tokens=4, batch_size=8)
+                         prune_layer_fraction=0.0, max_new_tokens=4, batch_size=8)
     cfg = dataclasses.replace(smoke_cfg, steer=steer)
 
     out = recipe.run_steer(cfg, progress=lambda s: None)
@@ -370,7 +371,12 @@ def test_run_steer_smoke_writes_variants_and_audit(smoke_cfg, smoke_base, tmp_pa
         assert spec.policy_variant == "base" and spec.model_dir == str(smoke_base) and not spec.gated
         assert spec.to_dict() == rec["artifacts"]["steering"]
         assert torch.load(rec["artifacts"]["lm_eval_steer_path"], weights_only=True)
-        assert len(rec["extra"]["selection"]["candidates"]) == 2
+        cands = rec["extra"]["selection"]["candidates"]
+        assert len(cands) == 4  # every layer (1, 2) x position; layer 2 filtered, with its reason
+        assert all(c["filtered"] == "skip_last_layers" for c in cands if c["layer"] == 2)
+        assert all(k in c for c in cands for k in ("bypass", "induce", "kl"))
+        assert rec["extra"]["harmless_kl_val"]["n"] == 2 and rec["extra"]["harmless_kl_val"]["value"] >= 0
+        assert Path(rec["artifacts"]["selection_plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from bench.models import load_pretrained
 
     model, tok = load_pretrained(smoke_base, cfg.model)

@@ -13,9 +13,12 @@ source (the suite's own generations vs outputs written in the style of larger ch
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from bench.eval import refusal
+from bench.eval.refusal import DETECTOR_NAME, DETECTOR_VERSION, LABELS, MATRIX_LABELS, Detection, detect_many
 from bench.stats import rate_metric
 
 TUNING = ("dev", "dev2")  # the rules were tuned on these (dev2: the test split of 2.0.0 and 2.1.0)
@@ -23,11 +26,11 @@ HELD_OUT = ("test", "test3")  # labelled after 2.1.0 by labellers who did not se
 
 
 def split_path(split: str) -> Path:
-    return refusal.labelled_set_path().with_name(f"outputs_{split}.jsonl")
+    return labelled_set_path().with_name(f"outputs_{split}.jsonl")
 
 
 def _with_intervals(rep: dict) -> dict:
-    """:func:`refusal.validation_report` with every agreement as a rate metric (value, Wilson interval, n)."""
+    """:func:`validation_report` with every agreement as a rate metric (value, Wilson interval, n)."""
     out = {k: v for k, v in rep.items() if k != "n_agree"}
     out["agreement"] = rate_metric(rep["n_agree"], rep["n"])
     out["by_source"] = {k: {"n": v["n"], "agreement": rate_metric(v["n_agree"], v["n"])}
@@ -41,12 +44,166 @@ def held_out_report() -> dict | None:
     held = [s for s in HELD_OUT if split_path(s).exists()]
     if not held:
         return None
-    parts = {s: refusal.load_labelled(split_path(s)) for s in held}
-    out = dict(_with_intervals(refusal.validation_report([r for s in held for r in parts[s]])), split="+".join(held))
-    out["parts"] = {s: {k: v for k, v in _with_intervals(refusal.validation_report(rows)).items()
+    parts = {s: load_labelled(split_path(s)) for s in held}
+    out = dict(_with_intervals(validation_report([r for s in held for r in parts[s]])), split="+".join(held))
+    out["parts"] = {s: {k: v for k, v in _with_intervals(validation_report(rows)).items()
                         if k in ("n", "agreement", "kappa", "flag")} for s, rows in parts.items()}
     tuning = [s for s in TUNING if split_path(s).exists()]
     if tuning:
-        rows = [r for s in tuning for r in refusal.load_labelled(split_path(s))]
-        out["dev"] = dict(_with_intervals(refusal.validation_report(rows)), split="+".join(tuning))
+        rows = [r for s in tuning for r in load_labelled(split_path(s))]
+        out["dev"] = dict(_with_intervals(validation_report(rows)), split="+".join(tuning))
     return out
+
+
+# --------------------------------------------------------------------------- labelled sets
+_OLD_FIELDS = ("id", "prompt", "completion", "label", "style")  # labelled.jsonl (hand-written)
+_NEW_FIELDS = ("id", "prompt", "completion", "set", "source", "label")  # outputs_*.jsonl (model outputs)
+_SETS = ("harmful", "benign", "borderline", "unsafe_contrast")
+_SOURCES = ("suite", "written")
+
+
+def labelled_set_path() -> Path:
+    """``<repo>/tasks/refusal_detector/labelled.jsonl`` (the hand-written labelled set)."""
+    return Path(__file__).resolve().parents[2] / "tasks" / "refusal_detector" / "labelled.jsonl"
+
+
+def dev_set_path() -> Path:
+    """``<repo>/tasks/refusal_detector/outputs_dev.jsonl`` (labelled model outputs, DEV split).
+
+    The TEST split beside it (``outputs_test.jsonl``) is held out: no code here reads it."""
+    return labelled_set_path().with_name("outputs_dev.jsonl")
+
+
+def tuning_set_paths() -> list[Path]:
+    """The labelled model outputs the rules are tuned on: ``outputs_dev.jsonl`` and ``outputs_dev2.jsonl``
+    (the TEST split of judges 2.0.0 and 2.1.0, read while tuning 2.2.0, so no longer held out)."""
+    return [dev_set_path(), labelled_set_path().with_name("outputs_dev2.jsonl")]
+
+
+def _bad(where: str, field: str, problem: str) -> ValueError:
+    return ValueError(f"{where}: field {field}: {problem}")
+
+
+def _check_row(row: object, where: str) -> dict:
+    """Validate one parsed row of either format; raise ValueError naming ``where`` and the field."""
+    if not isinstance(row, dict):
+        raise _bad(where, "<row>", f"expected a JSON object, got {type(row).__name__}")
+    new = "style" not in row or "source" in row
+    for field in _NEW_FIELDS if new else _OLD_FIELDS:
+        if field not in row:
+            raise _bad(where, f"'{field}'", "missing")
+        if not isinstance(row[field], str):
+            raise _bad(where, f"'{field}'", f"expected a string, got {type(row[field]).__name__}")
+    if not row["id"].strip():
+        raise _bad(where, "'id'", "empty")
+    if row["label"] not in LABELS:
+        raise _bad(where, "'label'", f"unknown label {row['label']!r}, expected one of {LABELS}")
+    if not new:
+        return row
+    if row["set"] not in _SETS:
+        raise _bad(where, "'set'", f"unknown set {row['set']!r}, expected one of {_SETS}")
+    if row["source"].split(":")[0] not in _SOURCES or ":" not in row["source"]:
+        raise _bad(where, "'source'", f"{row['source']!r} is not 'suite:<profile>:<variant>' or 'written:<style>'")
+    flag = row.get("refusal_then_comply")
+    if not isinstance(flag, bool):
+        raise _bad(where, "'refusal_then_comply'", f"expected true or false, got {flag!r}")
+    if flag and row["label"] != "comply":
+        raise _bad(where, "'refusal_then_comply'", f"true on a {row['label']!r} row (only comply rows carry the flag)")
+    if row.get("note") is not None and not isinstance(row["note"], str):
+        raise _bad(where, "'note'", f"expected a string, got {type(row['note']).__name__}")
+    return row
+
+
+def load_labelled(path: str | Path) -> list[dict]:
+    """Read and validate a labelled JSONL, hand-written (``labelled.jsonl``: id, prompt, completion,
+    label, style) or model outputs (``outputs_*.jsonl``: id, prompt, completion, set, source, label,
+    refusal_then_comply, note). A bad row raises ValueError naming file, line and field."""
+    path = Path(path)
+    rows: list[dict] = []
+    seen: dict[str, int] = {}
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}: line {lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise _bad(where, "<row>", f"invalid JSON ({exc.msg})") from exc
+            row = _check_row(row, where)
+            if row["id"] in seen:
+                raise _bad(where, "'id'", f"duplicate id {row['id']!r} (first on line {seen[row['id']]})")
+            seen[row["id"]] = lineno
+            rows.append(row)
+    return rows
+
+
+def _kappa(matrix: Sequence[Sequence[int]]) -> float:
+    """Cohen's kappa of a square count matrix; 1.0 when chance agreement is already total."""
+    n = sum(map(sum, matrix))
+    if not n:
+        return 0.0
+    p_o = sum(matrix[i][i] for i in range(len(matrix))) / n
+    p_e = sum(sum(matrix[i]) * sum(r[i] for r in matrix) for i in range(len(matrix))) / (n * n)
+    return 1.0 if math.isclose(p_e, 1.0) else (p_o - p_e) / (1.0 - p_e)
+
+
+def agreement(rows: Sequence[Mapping], detections: Sequence[Detection]) -> dict:
+    """Agreement of detections with the human labels.
+
+    Returns ``{label: {"n", "agree", "rate"} for label in LABELS, "overall": {...},
+    "confusion": {true: {pred: count}}, "confusion_matrix": {"labels", "matrix"}, "kappa"}``;
+    the matrix has rows = human label, columns = judge label, both in MATRIX_LABELS order, and
+    ``kappa`` is Cohen's kappa over the three labels. A class with n == 0 has rate 0.0.
+    """
+    if len(rows) != len(detections):
+        raise ValueError(f"agreement: {len(rows)} rows but {len(detections)} detections")
+    confusion = {t: {p: 0 for p in LABELS} for t in LABELS}
+    for row, det in zip(rows, detections):
+        confusion[row["label"]][det.label] += 1
+    out: dict = {}
+    for t in LABELS:
+        n = sum(confusion[t].values())
+        agree = confusion[t][t]
+        out[t] = {"n": n, "agree": agree, "rate": agree / n if n else 0.0}
+    n_all = sum(out[t]["n"] for t in LABELS)
+    agree_all = sum(out[t]["agree"] for t in LABELS)
+    out["overall"] = {"n": n_all, "agree": agree_all, "rate": agree_all / n_all if n_all else 0.0}
+    out["confusion"] = confusion
+    matrix = [[confusion[t][p] for p in MATRIX_LABELS] for t in MATRIX_LABELS]
+    out["confusion_matrix"] = {"labels": list(MATRIX_LABELS), "matrix": matrix}
+    out["kappa"] = _kappa(matrix)
+    return out
+
+
+def validation_report(rows: Sequence[Mapping]) -> dict:
+    """Run the judge on labelled rows (with their prompts) and compare with the human labels.
+
+    Returns ``{"judge": {"name", "version"}, "n", "agreement", "kappa", "confusion": {"labels",
+    "matrix"}, "flag": {"n_true", "tp", "fp", "fn"}, "by_source": {prefix: {"n", "agreement"}}}``
+    where ``prefix`` is the row's ``source`` up to the first ':' ("suite", "written"; "none" for
+    rows without a source, as in labelled.jsonl) and ``flag`` scores ``refusal_then_comply``.
+    """
+    dets = detect_many((r["completion"] for r in rows), (r.get("prompt") for r in rows))
+    a = agreement(rows, dets)
+    flag = {"n_true": 0, "tp": 0, "fp": 0, "fn": 0}
+    by: dict[str, list[int]] = {}
+    for row, det in zip(rows, dets):
+        human = bool(row.get("refusal_then_comply", False))
+        flag["n_true"] += human
+        flag["tp"] += human and det.refusal_then_comply
+        flag["fp"] += (not human) and det.refusal_then_comply
+        flag["fn"] += human and not det.refusal_then_comply
+        n_agree = by.setdefault(str(row.get("source") or "none").split(":")[0], [0, 0])
+        n_agree[0] += 1
+        n_agree[1] += row["label"] == det.label
+    return {
+        "judge": {"name": DETECTOR_NAME, "version": DETECTOR_VERSION},
+        "n": a["overall"]["n"],
+        "n_agree": a["overall"]["agree"],
+        "agreement": a["overall"]["rate"],
+        "kappa": a["kappa"],
+        "confusion": a["confusion_matrix"],
+        "flag": {k: int(v) for k, v in flag.items()},
+        "by_source": {k: {"n": n, "n_agree": agree, "agreement": agree / n} for k, (n, agree) in sorted(by.items())},
+    }

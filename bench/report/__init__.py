@@ -10,6 +10,7 @@ from training code), and every output is byte-stable. What each metric means com
 
 RECORDS_DIR = "records"  # leaderboards/<profile>/records/: the reported records
 AUDIT_PNG = "steer_audit.png"  # the steering audit's figure, copied there by `bench publish`
+SCAN_PNG = "steer_scan.png"  # the refusal-direction selection scan (extra.selection), written at render time
 SERIES_PNG = "series.png"  # training logs (extra.series), written at render time
 TRACKING_PNG = "tracking.png"  # tuning dynamics (extra.tracking.series), written at render time
 SAMPLES_DIR = "samples"  # leaderboards/<profile>/samples/<variant>.jsonl: the generations behind every rate

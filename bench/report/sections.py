@@ -23,7 +23,7 @@ from typing import Any
 
 from bench import metrics
 from bench.records import is_eval_key
-from bench.report import AUDIT_PNG, RECORDS_DIR
+from bench.report import AUDIT_PNG, RECORDS_DIR, SCAN_PNG
 from bench.runs import stage_rank
 from bench.stats import ALPHA, significantly_better
 
@@ -210,7 +210,7 @@ def score_table(records: dict[str, dict]) -> list[str]:
             + (data + [""] if data else []))
 
 
-def audit_section(records: dict[str, dict], assets: Path, profile: str) -> list[str]:
+def audit_section(records: dict[str, dict], assets: Path, profile: str, write_plots: bool = True) -> list[str]:
     rec = records.get("steer-audit.json")
     lines = ["## Steering: refusal-direction audit", ""]
     steered = [r for k, r in sorted(records.items()) if not is_eval_key(k)
@@ -229,9 +229,15 @@ def audit_section(records: dict[str, dict], assets: Path, profile: str) -> list[
                 "layer's residual writes" if s.get("mode") == "ablate" else
                 f"adds the direction at layer {s.get('layer')} (taken there, position {s.get('position')})")
         policy = (r.get("artifacts") or {}).get("base_variant") or "base"
-        lines.append(f"- `{r['variant']}` steers the `{policy}` policy: {what}{alpha}{gate} (config {r['config_hash']}).")
+        kl = (r.get("extra") or {}).get("harmless_kl_val")
+        kl_txt = (f" Harmless side effect: next-token KL(unsteered || steered) {kl['value']:.4f} on {kl['n']} validation "
+                  "benign prompts." if kl else "")
+        lines.append(f"- `{r['variant']}` steers the `{policy}` policy: {what}{alpha}{gate} (config {r['config_hash']})."
+                     + kl_txt)
     if steered:
         lines.append("")
+    lines += scan_lines(next((r for r in steered if r["artifacts"]["steering"].get("mode") == "ablate"
+                              and not r["artifacts"]["steering"].get("gate")), None), assets, profile, write_plots)
     if rec is None or (rec.get("extra") or {}).get("audit") is None:
         return lines + ["No steering audit in this profile's records.", ""]
     from bench.steer.audit_table import audit_markdown
@@ -239,6 +245,34 @@ def audit_section(records: dict[str, dict], assets: Path, profile: str) -> list[
     lines += [audit_markdown(rec["extra"]["audit"]).rstrip(), ""]
     if (assets / AUDIT_PNG).exists():
         lines += [f"![steering audit]({profile}/{AUDIT_PNG})", ""]
+    return lines
+
+
+def scan_lines(rec: dict | None, assets: Path, profile: str, write_plots: bool = True) -> list[str]:
+    """The refusal-direction selection scan of steer-ablate's record (``extra.selection``): counts per
+    filter, the chosen candidate's scores, and the per-layer figure (drawn here from the record)."""
+    sel = ((rec or {}).get("extra") or {}).get("selection") or {}
+    scan = sel.get("scan")
+    if not scan:
+        return []
+    chosen = next(c for c in sel["candidates"] if c.get("chosen"))
+    base = sel.get("baseline") or {}
+    lines = [f"Selection scan (bench/steer/scan.py, after refusal_direction): {scan['n_candidates']} (layer, position) "
+             f"candidates scored by forward passes on the validation prompts; {scan['n_pruned']} in the last "
+             f"{scan['prune_layer_fraction']:.0%} of layers, {scan.get('n_skip_last_layers', 0)} beyond skip_last_layers, "
+             f"{scan['n_kl']} with harmless KL above {scan['max_harmless_kl']}, {scan['n_induce']} that do not induce "
+             f"refusal were discarded; {scan['n_kept']} kept. Chosen: layer {chosen['layer']}, position "
+             f"{chosen['position']}, bypass {chosen['bypass']:.2f} (unsteered {base.get('refusal_score_harmful', float('nan')):.2f}), "
+             f"induce {chosen['induce']:.2f} (unsteered {base.get('refusal_score_harmless', float('nan')):.2f}), harmless KL "
+             f"{chosen['kl']:.4f}. Scores are log-odds of the refusal tokens {', '.join(repr(t) for t in scan['refusal_tokens'])} "
+             "at the first answer position." + (f" Note: {sel['note']}." if sel.get("note") else ""), ""]
+    if write_plots:
+        from bench.steer.scan import plot_scan
+
+        plot_scan(sel["candidates"], base, assets / SCAN_PNG, max_kl=scan["max_harmless_kl"],
+                  title=f"Refusal-direction scan (validation; chosen layer {chosen['layer']}, position {chosen['position']})")
+    if (assets / SCAN_PNG).exists():
+        lines += [f"![steering selection scan]({profile}/{SCAN_PNG})", ""]
     return lines
 
 

@@ -25,15 +25,18 @@ Groups
     recorded, when either group has fewer than ``min_group`` prompts (the default SmolLM2 base refuses
     little).
 
-Selection (on the validation split; an affordable version of Arditi et al.'s section 3.1)
-    Candidates are the hidden-state indices ``1 .. n_layers - skip_last_layers`` (never the embeddings,
-    whose post-instruction activations are the same for every prompt) at
-    every position. Every candidate gets a free score: the held-out standardised effect size ``d`` of the
-    validation prompts' projections on the unit direction (harmful vs benign). The ``shortlist`` best by
-    ``d`` are then scored by generation: ablation effect = refusal rate on harmful validation prompts
-    without steering minus with ablation; addition effect = refusal rate on benign validation prompts
-    with ``add_alpha * r`` added at the candidate's layer minus without. The choice maximises the sum
-    of the two effects (ties broken by ``d``). Every candidate's scores are returned for the record.
+Selection (on the validation split; Arditi et al.'s section 3.1 / refusal_direction's select_direction)
+    Candidates are every hidden-state index ``1 .. n_layers`` (never the embeddings, whose
+    post-instruction activations are the same for every prompt) at every position. Every candidate is
+    scored by forward passes alone (:mod:`bench.steer.scan`): bypass (refusal-token log-odds on
+    harmful prompts under ablation), induce (the same on benign prompts under addition) and the KL of
+    benign next-token distributions under ablation. Candidates in the last ``prune_layer_fraction`` of
+    layers (or beyond ``skip_last_layers``), with KL above ``max_harmless_kl`` or with induce <= 0 are
+    discarded (the reason is recorded); the lowest bypass among the rest is chosen. **The scan
+    decides.** Generation then only measures: the detector's refusal rate on the validation prompts
+    unsteered, under ablation and under addition for the ``shortlist`` best survivors (the chosen one
+    first; the variants' ``select_*`` metrics), and the alpha grid of steer-add at the chosen
+    candidate. Every candidate's scores are returned for the record.
 """
 
 from __future__ import annotations
@@ -235,12 +238,14 @@ def separability_scores(directions: torch.Tensor, val_harm: torch.Tensor, val_be
 class Selection:
     layer: int
     position: int  # negative offset from the prompt's end (-1 = last token)
-    score: float
-    baseline: dict  # refusal rates without steering on the validation prompts
-    candidates: list[dict]  # every candidate, shortlisted ones with generation scores
-    note: str | None = None  # set when no candidate moved a refusal rate (choice by separability alone)
+    score: float  # the chosen candidate's bypass score (refusal log-odds on harmful val under ablation)
+    baseline: dict  # unsteered refusal rates (generation) and refusal scores (forward pass) on validation
+    candidates: list[dict]  # every candidate: d, bypass, induce, kl, filtered (reason or None), chosen
+    note: str | None = None  # set when no candidate passed every filter (which tier decided)
     add_alpha: float | None = None  # steer-add's alpha (chosen on validation when a grid was given)
     alpha_grid: list[dict] | None = None  # [{alpha, add_refusal_benign}] at the chosen layer/position
+    harmless_kl: float | None = None  # the chosen candidate's KL on harmless val under ablation
+    scan: dict | None = None  # the scan's settings: refusal tokens, prune fraction, KL bound, counts
 
     def record(self) -> dict:
         return asdict(self)
@@ -250,17 +255,23 @@ def select_direction(model, tok, directions: torch.Tensor, val_harmful: Sequence
                      *, positions: int, skip_last_layers: int, add_alpha: float, shortlist: int,
                      refusal_rate: Callable[[list[str]], float], add_alpha_grid: Sequence[float] = (),
                      system_prompt: str | None = None, batch_size: int = 16,
+                     prune_layer_fraction: float = 0.2, max_harmless_kl: float | None = 0.1,
+                     refusal_openers: Sequence[str] | None = None, decides: str = "scan",
                      progress: Callable[[str], None] = lambda s: None) -> Selection:
     """Pick (layer, position) as described in the module docstring.
 
-    ``directions``: ``(n_layers + 1, positions, H)``. ``refusal_rate(prompts)`` runs greedy generation
-    on the (currently steered) model and returns the detector's refusal rate; the caller fixes
-    generation length and batch size.
+    ``directions``: ``(n_layers + 1, positions, H)``. The forward-pass scan
+    (:func:`bench.steer.scan.scan_candidates`) scores every candidate and decides: the lowest bypass
+    among candidates that pass :func:`bench.steer.scan.filter_reason`. ``refusal_rate(prompts)`` runs
+    greedy generation on the (currently steered) model and returns the detector's refusal rate; it
+    only *measures* the ``shortlist`` best survivors (by bypass; the chosen one first) for the record
+    and the variants' ``select_*`` metrics, and picks steer-add's alpha from ``add_alpha_grid``.
     """
+    from bench.steer import scan
     from bench.steer.hooks import steering
 
     num_layers = directions.shape[0] - 1
-    layers = candidate_layers(num_layers, skip_last_layers)
+    layers = list(range(1, num_layers + 1))  # every layer but the embeddings; the filter prunes
     vh = activations(model, tok, val_harmful, system_prompt, positions, batch_size)
     vb = activations(model, tok, val_benign, system_prompt, positions, batch_size)
     d = separability_scores(directions, vh, vb)
@@ -271,13 +282,49 @@ def select_direction(model, tok, directions: torch.Tensor, val_harmful: Sequence
             dv = float(d[l, p])
             cands.append({"layer": l, "position": position_offset(p, positions), "norm": float(norms[l, p]),
                           "d": dv if math.isfinite(dv) else None})
-    ranked = sorted(cands, key=lambda c: -(c["d"] if c["d"] is not None else -math.inf))
-    short = ranked[:max(1, shortlist)]
-    progress(f"selection: {len(cands)} candidates, generating for the top {len(short)} by held-out d")
+    ref_ids, ref_toks = scan.refusal_token_ids(tok, refusal_openers or scan.DEFAULT_REFUSAL_OPENERS)
+    progress(f"selection: scanning {len(cands)} candidates by forward passes (refusal tokens {ref_toks})")
+    score_base = scan.scan_candidates(
+        model, tok, directions, cands, prompt_texts(tok, val_harmful, system_prompt),
+        prompt_texts(tok, val_benign, system_prompt), ref_ids, positions=positions, add_alpha=add_alpha,
+        batch_size=batch_size, progress=progress)
+    for c in cands:
+        c["filtered"] = scan.filter_reason(c, num_layers, prune_layer_fraction=prune_layer_fraction,
+                                           skip_last_layers=skip_last_layers, max_kl=max_harmless_kl)
+    if decides == "generation":
+        best, note = None, None  # chosen below, by generation, among the top `shortlist` by held-out d
+    elif decides == "scan":
+        best, note = scan.choose(cands)
+    else:
+        raise ValueError(f"select_direction: decides must be 'scan' or 'generation', got {decides!r}")
+    counts = {"n_candidates": len(cands), "n_kept": sum(c["filtered"] is None for c in cands)}
+    for reason in ("pruned", "skip_last_layers", "kl", "induce", "nan"):
+        counts[f"n_{reason}"] = sum(c["filtered"] == reason for c in cands)
+    scan_info = {"refusal_tokens": ref_toks, "refusal_token_ids": ref_ids,
+                 "refusal_openers": list(refusal_openers or scan.DEFAULT_REFUSAL_OPENERS),
+                 "prune_layer_fraction": prune_layer_fraction, "pruned_from_layer": scan.pruned_from(num_layers, prune_layer_fraction),
+                 "max_harmless_kl": max_harmless_kl, "min_induce": 0.0, "add_alpha": add_alpha,
+                 "decides": ("forward-pass scan (lowest bypass among kept candidates)" if decides == "scan" else
+                             "generation (largest ablation + addition effect among the top shortlist by held-out d, "
+                             "layers 1..n_layers - skip_last_layers; the scan and its filter are recorded, not applied)"),
+                 **counts}
+    if best is not None:
+        progress(f"selection: {counts}; chose layer {best['layer']} position {best['position']} "
+                 f"(bypass {best['bypass']:.2f} vs unsteered {score_base['refusal_score_harmful']:.2f}, "
+                 f"induce {best['induce']:.2f}, KL {best['kl']:.4f})" + (f"; {note}" if note else ""))
+        # Generation measures (does not choose) the best survivors' refusal rates on validation.
+        pool = [c for c in cands if c["filtered"] is None] or [best]
+        short = [best] + [c for c in sorted(pool, key=lambda c: c["bypass"]) if c is not best][:max(1, shortlist) - 1]
+    else:
+        allowed = set(candidate_layers(num_layers, skip_last_layers))
+        ranked = sorted((c for c in cands if c["layer"] in allowed),
+                        key=lambda c: -(c["d"] if c["d"] is not None else -math.inf))
+        short = ranked[:max(1, shortlist)]
+        progress(f"selection: {counts}; generating for the top {len(short)} by held-out d")
     base_h = refusal_rate(list(val_harmful))
     base_b = refusal_rate(list(val_benign))
     baseline = {"refusal_harmful": base_h, "refusal_benign": base_b,
-                "n_harmful": len(val_harmful), "n_benign": len(val_benign)}
+                "n_harmful": len(val_harmful), "n_benign": len(val_benign), **score_base}
     for c in short:
         r = directions[c["layer"], position_index(c["position"], positions)].to(torch.float32)
         with steering(model, r, mode="ablate"):
@@ -286,25 +333,25 @@ def select_direction(model, tok, directions: torch.Tensor, val_harmful: Sequence
             add = refusal_rate(list(val_benign))
         c.update({"ablate_refusal_harmful": abl, "add_refusal_benign": add,
                   "ablate_effect": base_h - abl, "add_effect": add - base_b})
-        c["score"] = c["ablate_effect"] + c["add_effect"]
-        progress(f"  layer {c['layer']} pos {c['position']}: d={c['d']}, ablate {base_h:.2f}->{abl:.2f}, "
-                 f"add {base_b:.2f}->{add:.2f}")
-    best = max(short, key=lambda c: (c["score"], c["d"] if c["d"] is not None else -math.inf))
+        progress(f"  layer {c['layer']} pos {c['position']}: bypass={c['bypass']:.2f} kl={c['kl']:.4f}, "
+                 f"ablate {base_h:.2f}->{abl:.2f}, add {base_b:.2f}->{add:.2f}")
+    if best is None:
+        best = max(short, key=lambda c: (c["ablate_effect"] + c["add_effect"], c["d"] if c["d"] is not None else -math.inf))
+        if best["ablate_effect"] + best["add_effect"] <= 0:
+            note = (f"no shortlisted candidate raised benign or lowered harmful refusal on the validation prompts "
+                    f"(unsteered: harmful {base_h:.2f}, benign {base_b:.2f}); chosen by held-out separability d")
+        progress(f"selection: chose layer {best['layer']} position {best['position']} by generation "
+                 f"(KL {best['kl']:.4f}, filter: {best['filtered'] or 'kept'})" + (f"; {note}" if note else ""))
     for c in cands:
-        c["shortlisted"] = "score" in c
+        c["shortlisted"] = "ablate_effect" in c
         c["chosen"] = c is best
-    note = None
-    if best["score"] <= 0:
-        note = (f"no shortlisted candidate raised benign or lowered harmful refusal on the validation prompts "
-                f"(unsteered: harmful {base_h:.2f}, benign {base_b:.2f}); chosen by held-out separability d")
-        progress(f"selection: {note}")
     alpha, grid = add_alpha, None
     if add_alpha_grid:
         # Addition's strength is chosen on validation too: the alpha that raises benign refusal most.
         r = directions[best["layer"], position_index(best["position"], positions)].to(torch.float32)
         grid = []
         for a in sorted(set(float(x) for x in add_alpha_grid)):
-            if a == add_alpha:  # measured already: every shortlisted candidate has its add pass
+            if a == add_alpha:  # measured already: the chosen candidate has its add pass
                 rate = best["add_refusal_benign"]
             else:
                 with steering(model, r, mode="add", layer=best["layer"], alpha=a):
@@ -312,4 +359,5 @@ def select_direction(model, tok, directions: torch.Tensor, val_harmful: Sequence
             grid.append({"alpha": a, "add_refusal_benign": rate})
             progress(f"  alpha {a:g}: add {base_b:.2f}->{rate:.2f}")
         alpha = max(grid, key=lambda g: (g["add_refusal_benign"], -g["alpha"]))["alpha"]
-    return Selection(best["layer"], best["position"], best["score"], baseline, cands, note, alpha, grid)
+    return Selection(best["layer"], best["position"], best["bypass"], baseline, cands, note, alpha, grid,
+                     best["kl"], scan_info)

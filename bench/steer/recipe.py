@@ -10,8 +10,12 @@ Top to bottom:
 2. Form the two groups (``steer.grouping``: behaviour with fallback to labels; see
    :mod:`bench.steer.directions`), take float64 mean activations at the last ``positions`` prompt
    tokens of every layer, and subtract.
-3. Select (layer, position) on the validation split by the effect of ablation and addition on the
-   detector's refusal rate.
+3. Select (layer, position) on the validation split (:mod:`bench.steer.scan`, after refusal_direction):
+   score every candidate by forward passes (bypass under ablation, induce under addition, KL of the
+   harmless next-token distribution under ablation), drop the last ``prune_layer_fraction`` of layers,
+   candidates above ``max_harmless_kl`` and those that do not induce refusal, and keep the lowest
+   bypass. The scan goes to ``extra["selection"]`` and ``selection_scan.png`` (steer-ablate's folder,
+   ``artifacts["selection_plot"]``); every variant's own harmless KL to ``extra["harmless_kl_val"]``.
 4. Write two evaluable variants, ``steer-ablate`` and ``steer-add`` (and, with ``steer.gate_quantile``,
    ``steer-gated``: the ablation applied only where a prompt-end read-out says the prompt is not
    harmful, :mod:`bench.steer.gate`): the policy's model plus a
@@ -48,6 +52,7 @@ VECTOR_FILE = "direction.pt"
 MEANS_FILE = "means.pt"
 LM_EVAL_FILE = "lm_eval_steer.pt"
 AUDIT_PLOT = "audit.png"
+SCAN_PLOT = "selection_scan.png"  # steer-ablate's run folder: every candidate's bypass / induce / KL
 
 
 # --------------------------------------------------------------------------- data
@@ -75,6 +80,12 @@ def load_prompt_sets(cfg: ProfileConfig) -> tuple[dict[str, list[str]], dict[str
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _kl_entry(value: float, n: int) -> dict:
+    return {"value": round(float(value), 6), "n": n,
+            "definition": "mean KL(unsteered || steered) of the next-token distribution at the last prompt token "
+                          "of the validation benign prompts (bench.steer.scan.next_token_kl)"}
 
 
 def _hash(*parts) -> str:
@@ -122,8 +133,13 @@ def audit_hash(cfg: ProfileConfig, checkpoints: list[dict], selection_hash: str)
 def extract_and_select(cfg: ProfileConfig, model, tok, prompts: dict, detect_many: Callable,
                        progress: Callable[[str], None] = print) -> dict:
     """Groups, means, directions and the selection; returns everything the records need."""
+    import torch
+
     from bench.eval.generate import GenerationSettings, generate_greedy
-    from bench.steer.directions import form_groups, mean_activations, refusal_directions, select_direction
+    from bench.steer.directions import (form_groups, mean_activations, position_index, prompt_texts,
+                                        refusal_directions, select_direction)
+    from bench.steer.hooks import steering
+    from bench.steer.scan import harmless_kl
 
     s = cfg.require("steer")
     sp = cfg.model.system_prompt
@@ -149,9 +165,17 @@ def extract_and_select(cfg: ProfileConfig, model, tok, prompts: dict, detect_man
         model, tok, directions, prompts["val_harmful"], prompts["val_benign"], positions=s.positions,
         skip_last_layers=s.skip_last_layers, add_alpha=s.add_alpha, add_alpha_grid=s.add_alpha_grid,
         shortlist=s.shortlist, refusal_rate=refusal_rate, system_prompt=sp,
-        batch_size=s.batch_size, progress=progress)
+        batch_size=s.batch_size, prune_layer_fraction=s.prune_layer_fraction, max_harmless_kl=s.max_harmless_kl,
+        refusal_openers=s.refusal_openers, decides=s.selection, progress=progress)
+    # steer-add's side effect on harmless text at the alpha kept (steer-ablate's is the scan's KL)
+    vec = directions[selection.layer, position_index(selection.position, s.positions)].to(torch.float32)
+    alpha = selection.add_alpha if selection.add_alpha is not None else s.add_alpha
+    texts = prompt_texts(tok, prompts["val_benign"], sp)
+    kls = {"ablate": selection.harmless_kl,
+           "add": harmless_kl(model, tok, texts, s.batch_size,
+                              lambda: steering(model, vec, mode="add", layer=selection.layer, alpha=alpha))}
     return {"groups": groups, "harm_mean": harm_mean, "benign_mean": benign_mean, "directions": directions,
-            "selection": selection}
+            "selection": selection, "harmless_kl": kls, "val_benign": list(prompts["val_benign"])}
 
 
 def selected_direction(cfg: ProfileConfig, result: dict):
@@ -168,12 +192,14 @@ def selected_direction(cfg: ProfileConfig, result: dict):
 def _write_variants(cfg: ProfileConfig, model, tok, result: dict, chash: str, policy: dict, datasets: dict,
                     detector_info: dict, wall: float) -> None:
     from bench.steer import hooks
+    from bench.steer.scan import plot_scan
 
     s = cfg.require("steer")
     sel = result["selection"]
     vec = selected_direction(cfg, result)
     common_extra = {"policy": policy, "grouping": result["groups"].record(), "selection": sel.record(), "detector": detector_info,
                     "direction_norm": float(vec.norm()), "n_layers": int(result["directions"].shape[0] - 1)}
+    scan_plot = None
     n_val = {"harmful": sel.baseline["n_harmful"], "benign": sel.baseline["n_benign"]}
     chosen = next(c for c in sel.candidates if c["chosen"])
     for mode, variant in VARIANTS.items():
@@ -197,6 +223,12 @@ def _write_variants(cfg: ProfileConfig, model, tok, result: dict, chash: str, po
                 run.artifacts["orthogonalized_model_dir"] = str(out)
             run.datasets = datasets
             run.extra = dict(common_extra)
+            run.extra["harmless_kl_val"] = _kl_entry(result["harmless_kl"][mode], n_val["benign"])
+            if scan_plot is None:  # VARIANTS lists ablate first: the figure lives in steer-ablate's folder
+                scan_plot = plot_scan(sel.candidates, sel.baseline, run.dir / SCAN_PLOT, max_kl=s.max_harmless_kl,
+                                      title=f"Refusal-direction scan of the {policy['variant']} policy "
+                                            f"(validation; chosen layer {sel.layer}, position {sel.position})")
+            run.artifacts["selection_plot"] = str(scan_plot)
             if mode == "ablate":
                 base_r, steered = sel.baseline["refusal_harmful"], chosen.get("ablate_refusal_harmful")
                 key, n = "refusal_harmful", n_val["harmful"]
@@ -243,6 +275,8 @@ def fit_gate(cfg: ProfileConfig, model, tok) -> dict:
 def _write_gated(cfg: ProfileConfig, model, tok, result: dict, chash: str, policy: dict, datasets: dict,
                  detector_info: dict) -> dict:
     from bench.steer import hooks
+    from bench.steer.directions import prompt_texts
+    from bench.steer.scan import harmless_kl
 
     sel = result["selection"]
     vec = selected_direction(cfg, result)  # the same direction as steer-ablate's
@@ -257,10 +291,13 @@ def _write_gated(cfg: ProfileConfig, model, tok, result: dict, chash: str, polic
                             model_dir=policy["model_dir"])
         # no lm-eval `steered` file: its adapter has no gate; the battery runs lm-eval through our hooks
         run.artifacts.update(spec.to_artifacts())
+        texts = prompt_texts(tok, result["val_benign"], cfg.model.system_prompt)
+        kl = harmless_kl(model, tok, texts, cfg.require("steer").batch_size, lambda: hooks.steering(model, spec))
         run.datasets = {**datasets, **g["datasets"]}
         run.extra = {"policy": policy, "selection": sel.record(), "detector": detector_info,
                      "gate": {"layer": g["layer"], "threshold": g["threshold"], "quantile": g["quantile"],
-                              "auroc_per_layer": {str(k): round(v, 4) for k, v in g["auroc_per_layer"].items()}}}
+                              "auroc_per_layer": {str(k): round(v, 4) for k, v in g["auroc_per_layer"].items()}},
+                     "harmless_kl_val": _kl_entry(kl, len(texts))}
         run.metrics["gate_auroc_train"] = scalar_metric(round(g["auroc"], 4))
         for k, (kept, n) in g["kept"].items():  # held-out train prompts left unablated (policy behaviour)
             run.metrics[f"gate_kept_{k}_train"] = rate_metric(kept, n)
