@@ -32,8 +32,12 @@ Selection (on the validation split; Arditi et al.'s section 3.1 / refusal_direct
     harmful prompts under ablation), induce (the same on benign prompts under addition) and the KL of
     benign next-token distributions under ablation. Candidates in the last ``prune_layer_fraction`` of
     layers (or beyond ``skip_last_layers``), with KL above ``max_harmless_kl`` or with induce <= 0 are
-    discarded (the reason is recorded); the lowest bypass among the rest is chosen. **The scan
-    decides.** Generation then only measures: the detector's refusal rate on the validation prompts
+    discarded (the reason is recorded); with ``steer.selection: scan`` the lowest bypass among the
+    rest is chosen. With ``steer.selection: generation`` the scan is recorded but the pre-scan rule
+    chooses: the ``shortlist`` best by held-out ``d`` (layers ``1 .. n_layers - skip_last_layers``)
+    are scored by the detector's refusal rate under ablation (harmful) and addition (benign), and the
+    largest summed effect wins (docs/experiments.md#steer-selection-scan says why the default profile
+    does this). With ``scan``, generation only measures: the detector's refusal rate on the validation prompts
     unsteered, under ablation and under addition for the ``shortlist`` best survivors (the chosen one
     first; the variants' ``select_*`` metrics), and the alpha grid of steer-add at the chosen
     candidate. Every candidate's scores are returned for the record.

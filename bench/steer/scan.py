@@ -1,8 +1,9 @@
 """Forward-pass scan of every refusal-direction candidate, as in Arditi et al. (2024) / refusal_direction.
 
 Part of ``make steer`` (``bench steer --profile P``): :func:`bench.steer.directions.select_direction`
-calls :func:`scan_candidates` on the validation prompts, filters with :func:`filter_reason` and picks
-the surviving candidate with the lowest bypass score. No generation: one forward pass per prompt
+calls :func:`scan_candidates` on the validation prompts, filters with :func:`filter_reason` and, with
+``steer.selection: scan``, picks the surviving candidate with the lowest bypass score (with
+``generation`` the scan is recorded and plotted but does not choose). No generation: one forward pass per prompt
 batch and intervention, reading only the next-token distribution at the last prompt token (the
 first generated position).
 
