@@ -172,13 +172,14 @@ def test_leaderboard_reports_the_scan_and_each_variant_harmless_kl(tmp_path):
     sel = {"layer": best["layer"], "position": -1, "note": note, "candidates": cands,
            "baseline": {"refusal_score_harmful": 0.5, "refusal_score_harmless": -2.0},
            "scan": {"n_candidates": 5, "n_kept": 1, "n_pruned": 1, "n_skip_last_layers": 0, "n_kl": 3, "n_induce": 0,
-                    "prune_layer_fraction": 0.2, "max_harmless_kl": 0.1, "refusal_tokens": ["I", "Sorry"]}}
+                    "prune_layer_fraction": 0.2, "max_harmless_kl": 0.1, "refusal_tokens": ["I", "Sorry"],
+                    "decides": "the scan"}}
     steering = {"mode": "ablate", "layer": best["layer"], "position": -1}
     rec = {"variant": "steer-ablate", "stage": "steer", "config_hash": "h", "artifacts": {"steering": steering},
            "extra": {"selection": sel, "harmless_kl_val": {"value": 0.05, "n": 16}}}
     lines = "\n".join(audit_section({"steer-ablate.json": rec}, tmp_path, "p"))
     assert best["layer"] == 2  # 1, 2 kept (KL 0.05, 0.10 <= bound), 3, 4 above it, 5 pruned; lowest bypass wins
-    assert "KL(unsteered || steered) 0.0500 on 16" in lines and "Chosen: layer 2" in lines
+    assert "KL(unsteered || steered) 0.0500 on 16" in lines and "Chosen by the scan: layer 2" in lines
     assert "steer_scan.png" in lines and (tmp_path / "steer_scan.png").exists()
 
 

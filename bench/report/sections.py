@@ -261,7 +261,7 @@ def scan_lines(rec: dict | None, assets: Path, profile: str, write_plots: bool =
              f"candidates scored by forward passes on the validation prompts; {scan['n_pruned']} in the last "
              f"{scan['prune_layer_fraction']:.0%} of layers, {scan.get('n_skip_last_layers', 0)} beyond skip_last_layers, "
              f"{scan['n_kl']} with harmless KL above {scan['max_harmless_kl']}, {scan['n_induce']} that do not induce "
-             f"refusal were discarded; {scan['n_kept']} kept. Chosen: layer {chosen['layer']}, position "
+             f"refusal were discarded; {scan['n_kept']} kept. Chosen by {scan.get('decides', 'the scan')}: layer {chosen['layer']}, position "
              f"{chosen['position']}, bypass {chosen['bypass']:.2f} (unsteered {base.get('refusal_score_harmful', float('nan')):.2f}), "
              f"induce {chosen['induce']:.2f} (unsteered {base.get('refusal_score_harmless', float('nan')):.2f}), harmless KL "
              f"{chosen['kl']:.4f}. Scores are log-odds of the refusal tokens {', '.join(repr(t) for t in scan['refusal_tokens'])} "
