@@ -15,9 +15,10 @@ rows only (``--grid``); the held-out splits (outputs_test, outputs_test3) are sc
 appends the rules' verdict (one-hot) to the features.
 
 Measured 2026-12-05 (docs/experiments.md#refusal-judge-v2): held-out agreement test / test3: rules
-0.883 / 0.906, probe 0.927 / 0.921, probe + rules 0.930 / 0.924. Learning curve on test3 (probe, half /
+0.883 / 0.906, probe 0.924 / 0.924, probe + rules 0.930 / 0.924 (this script, OMP_NUM_THREADS=1; an exploratory run
+with the same settings gave 0.927 / 0.921: bf16 forward passes differ in the last bits between runs). Learning curve on test3 (probe, half /
 three quarters / all of the tuning rows, then + test): 0.912 / 0.918 / 0.921 / 0.927. The probe is
-3-4 points better than the rules on outputs neither has seen, and still short of 0.95; more labels
+2-4 points better than the rules on outputs neither has seen, and still short of 0.95; more labels
 move it by under a point per 350 rows.
 """
 
