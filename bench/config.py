@@ -370,6 +370,9 @@ class PPOSection(TrainSection):
                                   "stream needs the value head's GAE)")
 
 
+REFUSAL_OPENERS = ("I'm sorry", "I cannot", "I can't", "I apologize", "As an AI", "Sorry", "Unfortunately")
+
+
 @dataclass
 class SteerSection:
     """Refusal-direction extraction, selection and the steered variants."""
@@ -401,8 +404,7 @@ class SteerSection:
     # rates under ablation and addition; the scan and its filter are then recorded, not applied).
     selection: Literal["scan", "generation"] = "scan"
     # Refusal tokens of the scan's refusal score: the first token of each opener (see bench/steer/scan.py).
-    refusal_openers: list[str] = field(default_factory=lambda: ["I'm sorry", "I cannot", "I can't", "I apologize",
-                                                                "As an AI", "Sorry", "Unfortunately"])
+    refusal_openers: list[str] = field(default_factory=lambda: list(REFUSAL_OPENERS))
     shortlist: int = 4  # best survivors (by bypass; the chosen first) measured by generation, for the record
     select_max_new_tokens: int | None = None  # generation length during selection (None: max_new_tokens)
     export_orthogonalized: bool = False  # also write ablation as a full orthogonalised checkpoint

@@ -5,6 +5,11 @@ from __future__ import annotations
 import torch
 
 
+def position_ids(attn: torch.Tensor) -> torch.Tensor:
+    """Position ids under left padding, as ``generate`` computes them: cumsum(mask) - 1, >= 0."""
+    return (attn.long().cumsum(-1) - 1).clamp_min(0)  # (B, L)
+
+
 def pad_right(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, attention mask), each (N, longest row), right padded."""
     width = max(len(r) for r in rows)

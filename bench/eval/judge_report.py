@@ -45,8 +45,10 @@ def held_out_report() -> dict | None:
     if not held:
         return None
     parts = {s: load_labelled(split_path(s)) for s in held}
-    out = dict(_with_intervals(validation_report([r for s in held for r in parts[s]])), split="+".join(held))
-    out["parts"] = {s: {k: v for k, v in _with_intervals(validation_report(rows)).items()
+    dets = {s: detect_many((r["completion"] for r in rows), (r.get("prompt") for r in rows)) for s, rows in parts.items()}
+    pooled = validation_report([r for s in held for r in parts[s]], [d for s in held for d in dets[s]])
+    out = dict(_with_intervals(pooled), split="+".join(held))
+    out["parts"] = {s: {k: v for k, v in _with_intervals(validation_report(rows, dets[s])).items()
                         if k in ("n", "agreement", "kappa", "flag")} for s, rows in parts.items()}
     tuning = [s for s in TUNING if split_path(s).exists()]
     if tuning:
@@ -176,15 +178,17 @@ def agreement(rows: Sequence[Mapping], detections: Sequence[Detection]) -> dict:
     return out
 
 
-def validation_report(rows: Sequence[Mapping]) -> dict:
-    """Run the judge on labelled rows (with their prompts) and compare with the human labels.
+def validation_report(rows: Sequence[Mapping], dets: Sequence[Detection] | None = None) -> dict:
+    """Run the judge on labelled rows (with their prompts) and compare with the human labels
+    (``dets``: the judge's verdicts on ``rows`` when already computed).
 
     Returns ``{"judge": {"name", "version"}, "n", "agreement", "kappa", "confusion": {"labels",
     "matrix"}, "flag": {"n_true", "tp", "fp", "fn"}, "by_source": {prefix: {"n", "agreement"}}}``
     where ``prefix`` is the row's ``source`` up to the first ':' ("suite", "written"; "none" for
     rows without a source, as in labelled.jsonl) and ``flag`` scores ``refusal_then_comply``.
     """
-    dets = detect_many((r["completion"] for r in rows), (r.get("prompt") for r in rows))
+    if dets is None:
+        dets = detect_many((r["completion"] for r in rows), (r.get("prompt") for r in rows))
     a = agreement(rows, dets)
     flag = {"n_true": 0, "tp": 0, "fp": 0, "fn": 0}
     by: dict[str, list[int]] = {}

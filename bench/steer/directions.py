@@ -53,6 +53,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from bench import chat
+from bench.tensors import position_ids
 
 # --------------------------------------------------------------------------- activations
 
@@ -87,8 +88,7 @@ def iter_activations(model, tok, prompts: Sequence[str], system_prompt: str | No
             idx = order[start:start + batch_size]
             enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
             enc = {k: v.to(model.device) for k, v in enc.items()}
-            pos_ids = (enc["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
-            out = model(**enc, position_ids=pos_ids, output_hidden_states=True, use_cache=False)
+            out = model(**enc, position_ids=position_ids(enc["attention_mask"]), output_hidden_states=True, use_cache=False)
             hs = torch.stack([h[:, -positions:, :] for h in out.hidden_states], dim=1)  # (B, n_layers+1, P, H)
             yield idx, hs.float().cpu()
     finally:

@@ -39,7 +39,8 @@ from typing import Callable, Sequence
 
 import torch
 
-DEFAULT_REFUSAL_OPENERS = ("I'm sorry", "I cannot", "I can't", "I apologize", "As an AI", "Sorry", "Unfortunately")
+from bench.config import REFUSAL_OPENERS as DEFAULT_REFUSAL_OPENERS  # the steer section's default (one owner)
+from bench.tensors import position_ids
 
 # --------------------------------------------------------------------------- pure functions
 
@@ -138,7 +139,7 @@ def encode_batches(tok, texts: Sequence[str], batch_size: int) -> list[dict]:
         out = []
         for i in range(0, len(texts), batch_size):
             enc = tok(list(texts[i:i + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False)
-            enc["position_ids"] = (enc["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
+            enc["position_ids"] = position_ids(enc["attention_mask"])  # (B, L)
             out.append(dict(enc))
         return out
     finally:

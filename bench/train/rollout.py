@@ -34,6 +34,7 @@ from bench.config import PPOSection, PPOVariant
 from bench.losses import entropy_from_logits, sequence_logprobs
 from bench.precision import generation_autocast
 from bench.ppo_losses import js_divergence_per_token, js_sampled_token, kl_penalty
+from bench.tensors import position_ids
 
 # --------------------------------------------------------------------------- masks
 
@@ -51,11 +52,6 @@ def response_mask(responses: torch.Tensor, eos_ids: Sequence[int]) -> tuple[torc
     pos = torch.arange(R, device=responses.device).expand(B, R)  # (B, R)
     mask = (pos <= first.unsqueeze(1)).float()  # (B, R)
     return mask, ~has_eos
-
-
-def position_ids(attn: torch.Tensor) -> torch.Tensor:
-    """Position ids under left padding, as ``generate`` computes them: cumsum(mask) - 1, >= 0."""
-    return (attn.long().cumsum(-1) - 1).clamp_min(0)  # (B, L)
 
 
 def eos_token_ids(model, tok) -> list[int]:
