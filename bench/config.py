@@ -405,6 +405,12 @@ class SteerSection:
     selection: Literal["scan", "generation"] = "scan"
     # Refusal tokens of the scan's refusal score: the first token of each opener (see bench/steer/scan.py).
     refusal_openers: list[str] = field(default_factory=lambda: list(REFUSAL_OPENERS))
+    # Answer tokens the scan reads: 1 = refusal_direction's first-token refusal score and next-token KL;
+    # k > 1 = the log-odds of the policy's own refusal openers (first k tokens of its unsteered greedy
+    # refusals on the harmful validation prompts, at most scan_max_openers) and the mean per-token KL over
+    # the first k tokens of its own answers to the harmless ones (bench.steer.scan.OpenerReadout).
+    scan_tokens: int = 1
+    scan_max_openers: int = 4
     shortlist: int = 4  # best survivors (by bypass; the chosen first) measured by generation, for the record
     select_max_new_tokens: int | None = None  # generation length during selection (None: max_new_tokens)
     export_orthogonalized: bool = False  # also write ablation as a full orthogonalised checkpoint
@@ -418,6 +424,9 @@ class SteerSection:
             raise ConfigError(f"steer: prune_layer_fraction must be in [0, 1), max_harmless_kl > 0 and refusal_openers "
                               f"non-empty, got {self.prune_layer_fraction}, {self.max_harmless_kl}, "
                               f"{self.refusal_openers}")
+        if self.scan_tokens < 1 or self.scan_max_openers < 1:
+            raise ConfigError(f"steer: scan_tokens and scan_max_openers must be >= 1, got {self.scan_tokens} and "
+                              f"{self.scan_max_openers}")
         if not 0.0 <= self.gate_quantile < 1.0 or self.gate_fit_n < 1:
             raise ConfigError(f"steer: gate_quantile must be in [0, 1) and gate_fit_n >= 1, got "
                               f"{self.gate_quantile} and {self.gate_fit_n}")

@@ -72,6 +72,11 @@ class Variant:
         return self.name
 
     @property
+    def gated(self) -> bool:
+        """A steered variant whose ablation is gated per prompt (``steer-gated``, :mod:`bench.steer.gate`)."""
+        return self.kind == "steered" and self.steering.gated
+
+    @property
     def needs_whole_sequences(self) -> bool:
         """Must see each prompt and its response in one forward pass (no prefix KV cache): a gated
         steered variant reads the prompt to decide its steering (:mod:`bench.steer.gate`)."""
@@ -144,6 +149,14 @@ def _record_of(profile: str, name: str) -> dict | None:
         return None
 
 
+def located_steering(v: Variant, cfg: ProfileConfig) -> SteeringSpec | None:
+    """A steered variant's spec with its vector files found (the recorded paths, or the same names in its
+    run dir when runs moved); None for a policy."""
+    if v.kind != "steered":
+        return None
+    return v.steering.located(run_dir(v.record.get("profile") or cfg.profile.name, v.name))
+
+
 @contextlib.contextmanager
 def load_policy(v: Variant, cfg: ProfileConfig, model=None, tok=None) -> Iterator[tuple]:
     """``(model, tok)`` of a variant, steered when it is a steered variant (hooks removed on exit).
@@ -159,6 +172,5 @@ def load_policy(v: Variant, cfg: ProfileConfig, model=None, tok=None) -> Iterato
     if v.kind == "policy":
         yield model, tok
         return
-    spec = v.steering.located(run_dir(v.record.get("profile") or cfg.profile.name, v.name))
-    with steering(model, spec):
+    with steering(model, located_steering(v, cfg)):
         yield model, tok

@@ -422,9 +422,9 @@ def test_add_alpha_chosen_on_validation_from_the_grid(model_tok):
     n_layers = model.config.num_hidden_layers
     directions = torch.randn(n_layers + 1, 1, model.config.hidden_size, dtype=torch.float64,
                              generator=torch.Generator().manual_seed(0))
-    # Call order: baseline harmful, baseline benign, (ablate, add at alpha 1) per shortlisted
-    # candidate, then the grid's other alphas in ascending order (0.5, 2, 4).
-    rates = iter([0.8, 0.1, 0.6, 0.3, 0.2, 0.5, 0.5])
+    # Call order: baseline harmful, baseline benign, (ablate harmful, ablate benign, add at alpha 1) per
+    # shortlisted candidate, then the grid's other alphas in ascending order (0.5, 2, 4).
+    rates = iter([0.8, 0.1, 0.6, 0.1, 0.3, 0.2, 0.5, 0.5])
     calls = []
     unsteered = _n_hooks(model)  # the model may carry hooks of its own (transformers' output capture)
 
@@ -437,7 +437,7 @@ def test_add_alpha_chosen_on_validation_from_the_grid(model_tok):
     assert [g["alpha"] for g in sel.alpha_grid] == [0.5, 1.0, 2.0, 4.0]
     assert [g["add_refusal_benign"] for g in sel.alpha_grid] == [0.2, 0.3, 0.5, 0.5]
     assert sel.add_alpha == 2.0  # 2 and 4 tie at 0.5: the smaller wins
-    assert len(calls) == 7  # alpha 1's rate came from the candidate's own add pass
+    assert len(calls) == 8  # alpha 1's rate came from the candidate's own add pass
     assert calls[:2] == [unsteered] * 2 and all(c > unsteered for c in calls[2:])  # baselines unsteered
     assert _n_hooks(model) == unsteered
     no_grid = select_direction(model, tok, directions, HARMFUL, BENIGN, positions=1, skip_last_layers=0, add_alpha=1.0,

@@ -110,7 +110,8 @@ def test_config_bounds():
 
     s = SteerSection()
     assert (s.prune_layer_fraction, s.max_harmless_kl) == (0.2, 0.1)
-    for bad in ({"prune_layer_fraction": 1.0}, {"max_harmless_kl": 0.0}, {"refusal_openers": []}):
+    for bad in ({"prune_layer_fraction": 1.0}, {"max_harmless_kl": 0.0}, {"refusal_openers": []},
+                {"scan_tokens": 0}, {"scan_max_openers": 0}):
         with pytest.raises(ConfigError):
             SteerSection(**bad)
 
@@ -143,16 +144,17 @@ def test_scan_scores_every_candidate_and_matches_direct_kl(model_tok):
     ids, toks = scan.refusal_token_ids(tok, ["I'm sorry", "Sorry"])
     assert ids and len(ids) == len(toks)
     th, tb = prompt_texts(tok, HARMFUL, None), prompt_texts(tok, BENIGN, None)
-    base = scan.scan_candidates(model, tok, directions, cands, th, tb, ids, positions=positions, add_alpha=1.0,
-                                batch_size=2)
+    base = scan.scan_candidates(model, tok, directions, cands, scan.FirstTokenReadout(tok, th, tb, ids, 2),
+                                positions=positions, add_alpha=1.0)
     assert set(base) == {"refusal_score_harmful", "refusal_score_harmless"}
     for c in cands:
         assert all(math.isfinite(c[k]) for k in ("bypass", "induce", "kl")) and c["kl"] >= 0
     c = cands[-1]
     r = directions[c["layer"], 1].to(torch.float32)
-    direct = scan.harmless_kl(model, tok, tb, 3, lambda: steering(model, r, mode="ablate"))
+    three = scan.FirstTokenReadout(tok, th, tb, ids, 3)
+    direct = scan.harmless_kl(model, three, lambda: steering(model, r, mode="ablate"))
     assert direct == pytest.approx(c["kl"], rel=1e-4, abs=1e-7)  # batching does not change it
-    assert scan.harmless_kl(model, tok, tb, 3, lambda: steering(model, r, mode="add", layer=1, alpha=0.0)) == \
+    assert scan.harmless_kl(model, three, lambda: steering(model, r, mode="add", layer=1, alpha=0.0)) == \
         pytest.approx(0.0, abs=1e-9)
     # padding: the last-token logits of a prompt alone equal those inside a left-padded batch
     alone = scan.last_logits(model, scan.encode_batches(tok, tb[:1], 1))
@@ -192,8 +194,9 @@ def test_generation_decides_when_configured_and_the_scan_is_still_recorded(model
     n_layers = model.config.num_hidden_layers
     directions = torch.randn(n_layers + 1, 1, model.config.hidden_size, dtype=torch.float64,
                              generator=torch.Generator().manual_seed(1))
-    # baseline harmful, baseline benign, then (ablate, add) for the 2 shortlisted: the second wins
-    rates = iter([0.8, 0.1, 0.7, 0.1, 0.2, 0.6])
+    # baseline harmful, baseline benign, then (ablate harmful, ablate benign, add) for the 2 shortlisted:
+    # the second wins
+    rates = iter([0.8, 0.1, 0.7, 0.1, 0.1, 0.2, 0.1, 0.6])
     sel = select_direction(model, tok, directions, HARMFUL, BENIGN, positions=1, skip_last_layers=0, add_alpha=1.0,
                            shortlist=2, refusal_rate=lambda p: next(rates), decides="generation",
                            max_harmless_kl=1e-12)  # every candidate is over this KL bound
@@ -209,3 +212,123 @@ def test_generation_decides_when_configured_and_the_scan_is_still_recorded(model
     with pytest.raises(ValueError, match="decides"):
         select_direction(model, tok, directions, HARMFUL, BENIGN, positions=1, skip_last_layers=0, add_alpha=1.0,
                          shortlist=1, refusal_rate=lambda p: 0.0, decides="vote")
+
+
+# --------------------------------------------------------------------------- several answer tokens
+
+
+def test_prefix_free_keeps_the_shortest_of_nested_openers():
+    assert scan.prefix_free([[1, 2, 3], [1, 2], [4], [1, 2], [], [4, 5], [1, 3]]) == [[1, 2], [4], [1, 3]]
+
+
+def test_openers_score_is_the_union_log_odds_and_one_token_openers_give_refusal_score():
+    logits = torch.randn(5, 11, generator=torch.Generator().manual_seed(3))
+    lp = torch.log_softmax(logits.double(), -1)
+    ids = [2, 7, 9]
+    assert torch.allclose(scan.openers_score(lp[:, ids]), scan.refusal_score(logits, ids), atol=1e-9)
+    # two disjoint two-token openers with probabilities 0.3 and 0.2: P_R = 0.5, log-odds 0
+    two = torch.log(torch.tensor([[0.3, 0.2]], dtype=torch.float64))
+    assert scan.openers_score(two).item() == pytest.approx(0.0, abs=1e-7)
+
+
+class _Tok:
+    """Whitespace 'tokenizer' for own_openers: one id per word."""
+
+    vocab: dict = {}
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [self.vocab.setdefault(w, len(self.vocab)) for w in text.split()]}
+
+
+def test_own_openers_counts_only_refusals_and_takes_the_most_frequent():
+    tok = _Tok()
+    answers = ["I understand why you ask", "I understand why you might", "I'd be happy to help",
+               "I'm not going to help", "I'm not going to", "I understand why not"]
+    refused = [True, True, False, True, True, True]
+    ops = scan.own_openers(tok, answers, refused, tokens=3, max_openers=2)
+    words = {v: k for k, v in tok.vocab.items()}
+    assert [" ".join(words[i] for i in o) for o in ops] == ["I understand why", "I'm not going"]
+    assert all("happy" not in " ".join(words[i] for i in o) for o in scan.own_openers(tok, answers, refused, 5, 9))
+    with pytest.raises(ValueError):
+        scan.own_openers(tok, answers, refused, tokens=0, max_openers=1)
+
+
+def test_continuation_logprobs_are_teacher_forced_and_padding_free(model_tok):
+    """Each row's log-probs equal those of the row run alone (no padding), token by token."""
+    from bench.steer.directions import prompt_texts
+
+    model, tok = model_tok
+    texts = prompt_texts(tok, BENIGN, None)
+    conts = [[5, 6, 7], [8], [9, 10]]
+    rows = scan.continuation_logprobs(model, scan.encode_continuations(tok, texts, conts, 3))
+    assert [r.shape[0] for r in rows] == [3, 1, 2]
+    for t, c, r in zip(texts, conts, rows):
+        ids = torch.tensor([tok(t, add_special_tokens=False)["input_ids"] + c])
+        with torch.no_grad():
+            alone = torch.log_softmax(model(input_ids=ids).logits[0, -len(c) - 1:-1].float(), -1)
+        assert torch.allclose(r, alone, atol=2e-4)
+    lp = scan.sequence_logprob(rows, conts)
+    assert lp[0].item() == pytest.approx(sum(rows[0][j, c].item() for j, c in enumerate(conts[0])), abs=1e-5)
+
+
+def test_opener_readout_with_one_token_openers_equals_the_first_token_readout(model_tok):
+    from bench.steer.directions import prompt_texts
+    from bench.steer.hooks import steering
+
+    model, tok = model_tok
+    th, tb = prompt_texts(tok, HARMFUL, None), prompt_texts(tok, BENIGN, None)
+    ids, _ = scan.refusal_token_ids(tok, ["I'm sorry", "Sorry", "As an AI"])
+    first = scan.FirstTokenReadout(tok, th, tb, ids, 2)
+    own = scan.OpenerReadout(tok, th, tb, [[i] for i in ids], [[ids[0]]] * len(tb), 2)
+    for which in ("harmful", "harmless"):
+        assert torch.allclose(own.refusal(model, which), first.refusal(model, which), atol=1e-4)
+    r = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(5))
+    ctx = lambda: steering(model, r, mode="ablate")  # noqa: E731
+    assert scan.harmless_kl(model, own, ctx) == pytest.approx(scan.harmless_kl(model, first, ctx), rel=1e-3, abs=1e-6)
+    # over more answer tokens the KL reads later positions too: it differs from the first token's
+    longer = scan.OpenerReadout(tok, th, tb, [[i] for i in ids], [[ids[0], 11, 12, 13]] * len(tb), 2)
+    assert scan.harmless_kl(model, longer, ctx) != pytest.approx(scan.harmless_kl(model, first, ctx), rel=1e-3)
+
+
+def test_build_readout_uses_own_answers_and_falls_back_without_refusals(model_tok):
+    from bench.steer.directions import prompt_texts
+
+    model, tok = model_tok
+    th, tb = prompt_texts(tok, HARMFUL, None), prompt_texts(tok, BENIGN, None)
+    seen = []
+
+    def own(prompts, refuse=True):
+        seen.append(list(prompts))
+        return ["I understand, but I can't help with that." if p in HARMFUL else "Sure, here it is." for p in prompts], \
+            [refuse and p in HARMFUL for p in prompts]
+
+    ro, note = scan.build_readout(tok, HARMFUL, BENIGN, th, tb, tokens=4, batch_size=2, own_answers=own)
+    assert note is None and ro.kind == "openers" and seen == [HARMFUL, BENIGN]
+    assert ro.openers == [tok("I understand, but I can't help with that.", add_special_tokens=False)["input_ids"][:4]]
+    assert all(1 <= len(a) <= 4 for a in ro.answers)
+    ro, note = scan.build_readout(tok, HARMFUL, BENIGN, th, tb, tokens=4, batch_size=2,
+                                  own_answers=lambda p: own(p, refuse=False))
+    assert ro.kind == "first_token" and "refused none" in note
+    assert scan.build_readout(tok, HARMFUL, BENIGN, th, tb, tokens=1, batch_size=2)[0].kind == "first_token"
+    with pytest.raises(ValueError, match="own answers"):
+        scan.build_readout(tok, HARMFUL, BENIGN, th, tb, tokens=3, batch_size=2)
+
+
+def test_opener_logprobs_through_a_shared_prompt_cache_equal_whole_rows(model_tok):
+    """The cached path (one prompt pass, the cache repeated per opener) gives each prompt + opener row's
+    teacher-forced log-probability, openers of different lengths included, with and without a hook."""
+    from bench.steer.directions import prompt_texts
+    from bench.steer.hooks import steering
+
+    model, tok = model_tok
+    texts = prompt_texts(tok, HARMFUL + BENIGN, None)
+    openers = [[5, 6, 7], [8], [9, 10]]
+    r = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(2))
+    for ctx in (lambda: torch.no_grad(), lambda: steering(model, r, mode="ablate")):
+        with ctx():
+            cached = scan.opener_logprobs(model, scan.encode_batches(tok, texts, 4), openers)  # (6, 3)
+            rows = [t for t in texts for _ in openers]
+            conts = [o for _ in texts for o in openers]
+            whole = scan.sequence_logprob(scan.continuation_logprobs(model, scan.encode_continuations(tok, rows, conts, 5)),
+                                          conts).view(len(texts), len(openers))
+        assert cached.shape == (6, 3) and torch.allclose(cached, whole, atol=5e-4)

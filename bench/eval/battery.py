@@ -107,7 +107,7 @@ def eval_inputs(cfg: ProfileConfig, variant, base_rec: dict | None, rm_rec: dict
     """Everything the eval record's config hash covers (also stored in the record): the variant's
     starting point's *eval* record too, since the paired tests and "vs start" columns read its outputs."""
     from bench.eval import refusal
-    from bench.eval.helpfulness import task_fingerprint
+    from bench.eval.helpfulness import LM_EVAL_GATE, task_fingerprint
 
     return {
         "battery_version": BATTERY_VERSION,
@@ -125,6 +125,8 @@ def eval_inputs(cfg: ProfileConfig, variant, base_rec: dict | None, rm_rec: dict
         # the same greedy outputs, so the variants that start there need not be re-scored
         "start": _eval_fingerprint(_maybe_record(cfg.profile.name, start, EVAL_STAGE)) if start else None,
         "lm_eval_tasks": task_fingerprint(list(cfg.eval.lm_eval_tasks)) if cfg.eval.lm_eval_tasks else {},
+        # a gated variant's lm-eval decides its gate per document (issue 22): only its hash moves
+        **({"lm_eval_gate": LM_EVAL_GATE} if cfg.eval.lm_eval_tasks and getattr(variant, "gated", False) else {}),
     }
 
 

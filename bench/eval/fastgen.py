@@ -328,6 +328,16 @@ def _prefill_shared(model, cache, input_ids, mask_arg, pos, starts, lengths, pre
 
 
 @torch.no_grad()
+def prefill_inputs(attention_mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The ``attention_mask`` and ``position_ids`` (B, L) that the prefill of :func:`greedy_tokens` passes
+    the model for a left-padded batch: the mask, or None when it is all ones (``generate`` drops it),
+    and ``cumsum(mask) - 1`` with pads at 0 (as ``generate``'s ``_prepare_position_ids_for_generation``).
+    The gate's prompt read-out (:func:`bench.steer.hooks.gate_decisions`) passes the same."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    pos = pos.masked_fill(attention_mask == 0, 0)
+    return (None if bool((attention_mask == 1).all()) else attention_mask), pos
+
+
 def greedy_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int,
                   eos_token_ids=None, pad_token_id: int | None = None, *, exact: bool = True,
                   choose=None) -> torch.LongTensor:
@@ -379,9 +389,8 @@ def greedy_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
         cache = DynamicCache(config=config) if config is not None else DynamicCache()
     free = reason is None and not exact and not _has_model_hooks(model)
     am = attention_mask
-    pos = am.long().cumsum(-1) - 1
-    pos = pos.masked_fill(am == 0, 0)  # as generate's _prepare_position_ids_for_generation
-    no_pad = bool((am == 1).all())  # generate drops an all-ones mask
+    mask_arg, pos = prefill_inputs(am)
+    no_pad = mask_arg is None
     mask = am.new_ones((B, L + max_new_tokens))
     mask[:, :L] = am
     eos_t = torch.tensor(eos, dtype=torch.long, device=dev)

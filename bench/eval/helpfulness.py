@@ -16,7 +16,15 @@ folder is the ``include_path``: the battery works from any working directory.
 
 The model is handed to lm-eval as an instantiated ``HFLM`` built from the already loaded model and
 tokenizer (one load per variant; a steered variant is scored inside its steering context, which is
-what lm-eval's ``steered`` adapter would do). Task names that are not in ``tasks/helpfulness``
+what lm-eval's ``steered`` adapter would do). A *gated* steered variant (``steer-gated``) is not: its
+gate was fitted at the end of the chat template's assistant header, which lm-eval's untemplated
+requests do not have, so inside the gated hooks it would read each request's last token (for a
+multiple-choice request, the end of the choice). Its model is handed over unsteered, as
+:class:`bench.eval.lm_eval_gate.GatedHFLM`, which decides the gate once per document, on the
+document's context formatted as generation formats a prompt, and scores the document's requests
+under plain ablation or unsteered (``gate=`` of :func:`run_lm_eval`; per-task counts of ablated and
+kept documents in the record). The requests themselves stay untemplated for every variant
+(docs/experiments.md, ``lm-eval-chat-template``). Task names that are not in ``tasks/helpfulness``
 (standard tasks of paper-scale profiles) are looked up in lm-eval's own task index as well.
 
 Rates (``acc``, ``acc_norm``, ``exact_match``) are turned into the suite's metric format with a
@@ -38,6 +46,9 @@ from bench.stats import Z95, rate_metric
 TASKS_DIR = REPO_ROOT / "tasks" / "helpfulness"
 # lm-eval metrics that are a mean of 0/1 scores: reported as rates with a Wilson interval.
 RATE_METRICS = ("acc", "acc_norm", "exact_match", "f1_binary")
+# How a gated variant's lm-eval decides its gate (in its eval record's hash): per document, on the context
+# as the chat user message, at the assistant header's end (bench.eval.lm_eval_gate).
+LM_EVAL_GATE = "per-document chat read-out v1"
 
 
 def local_tasks(tasks_dir: Path = TASKS_DIR) -> dict[str, Path]:
@@ -143,8 +154,13 @@ def results_to_metrics(results: dict) -> dict[str, dict]:
 
 
 def run_lm_eval(model, tok, tasks: list[str], limit: int = 0, batch_size: int = 8, max_length: int | None = None,
-                seed: int = 0) -> tuple[dict[str, dict], dict]:
-    """Score a loaded causal LM on lm-eval ``tasks``. Returns (metrics, info for the record)."""
+                seed: int = 0, gate=None, system_prompt: str | None = None) -> tuple[dict[str, dict], dict]:
+    """Score a loaded causal LM on lm-eval ``tasks``. Returns (metrics, info for the record).
+
+    ``gate``: a gated :class:`~bench.steer.spec.SteeringSpec` (steer-gated's) to apply per document
+    (:class:`bench.eval.lm_eval_gate.GatedHFLM`; ``model`` must then be unsteered, and ``system_prompt``
+    is the one generation formats prompts with); ``info["gate"]`` then counts, per task, the documents
+    ablated and kept."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -155,8 +171,14 @@ def run_lm_eval(model, tok, tasks: list[str], limit: int = 0, batch_size: int = 
         local = materialise_tasks(Path(tmp), tasks)
         builtin = [t for t in tasks if t not in local]
         tm = TaskManager(include_path=tmp, include_defaults=bool(builtin))
-        lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, max_length=max_length,
-                  device=str(model.device))
+        kwargs = dict(pretrained=model, tokenizer=tok, batch_size=batch_size, max_length=max_length,
+                      device=str(model.device))
+        if gate is None:
+            lm = HFLM(**kwargs)
+        else:
+            from bench.eval.lm_eval_gate import GatedHFLM
+
+            lm = GatedHFLM(spec=gate, system_prompt=system_prompt, gate_batch_size=batch_size, **kwargs)
         res = simple_evaluate(model=lm, tasks=list(tasks), task_manager=tm, limit=limit or None,
                               log_samples=False, random_seed=seed, numpy_random_seed=seed,
                               torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0,
@@ -166,4 +188,6 @@ def run_lm_eval(model, tok, tasks: list[str], limit: int = 0, batch_size: int = 
     info = {"versions": {k: v for k, v in sorted((res.get("versions") or {}).items())},
             "n_samples": {k: v for k, v in sorted((res.get("n-samples") or {}).items())},
             "limit": limit or None, "tasks": task_fingerprint(list(tasks))}
+    if gate is not None:
+        info["gate"] = lm.gate_counts()
     return results_to_metrics(res), info

@@ -3,7 +3,8 @@ runs them in order (``make eval`` / ``bench eval --profile P [--variant V]``).
 
 1. :func:`variant_pass`: load the variant (steered inside :func:`bench.variants.load_policy`), greedy
    generations, pair log-probs, log-probs of its own helpfulness answers, and lm-eval
-   (:func:`lm_eval_helpfulness`), all under the same steering;
+   (:func:`lm_eval_helpfulness`), all under the same steering; a gated variant's lm-eval runs outside
+   its hooks, with the gate decided per document (:mod:`bench.eval.lm_eval_gate`);
 2. :func:`refusal_step`: detector verdicts and refusal metrics, one row per generation;
 3. :func:`base_reference`: the base's pair log-probs and helpfulness answers (cached per base, see
    :class:`bench.eval.inputs.BaseCache`) and the base's log-probs of the variant's answers;
@@ -120,7 +121,7 @@ def variant_pass(s: Scoring) -> tuple[VariantOutputs, tuple | None]:
     base itself (a steered view of the base: step 3 reuses it instead of loading the base again)."""
     from bench.eval.logprobs import PairLogprobs, score_pairs
     from bench.models import load_pretrained
-    from bench.variants import load_policy, policy_dir
+    from bench.variants import load_policy, located_steering, policy_dir
 
     v, p, ev, sp = s.variant, s.plan, s.cfg.eval, s.system_prompt
     t0 = time.perf_counter()
@@ -135,20 +136,24 @@ def variant_pass(s: Scoring) -> tuple[VariantOutputs, tuple | None]:
         pi_help, help_ntok = (response_logprobs(model, tok, p.help_prompts, help_out, sp, ev.score_batch_size,
                                                 ev.max_length) if p.help_prompts and not s.is_base else ([], []))
         s.timings["variant_generate_and_score_s"] = round(time.perf_counter() - t0, 2)
-        if ev.lm_eval_tasks:
+        if ev.lm_eval_tasks and not v.gated:
             lm_eval_helpfulness(s, model, tok)
+    if ev.lm_eval_tasks and v.gated:  # on the unsteered model: the gate decided per document, not per request
+        lm_eval_helpfulness(s, model, tok, gate=located_steering(v, s.cfg))
     reusable = v.kind == "steered" and vdir.resolve() == s.base_dir.resolve()
     return VariantOutputs(outs, pairs, pi_help, help_ntok), ((model, tok) if reusable else None)
 
 
-def lm_eval_helpfulness(s: Scoring, model, tok) -> None:
-    """lm-eval's ``eval.lm_eval_tasks`` on the (steered) model: ``lm_eval/<task>/<metric>`` metrics."""
+def lm_eval_helpfulness(s: Scoring, model, tok, gate=None) -> None:
+    """lm-eval's ``eval.lm_eval_tasks`` on the (steered) model: ``lm_eval/<task>/<metric>`` metrics. With a
+    gated ``gate`` spec, ``model`` is unsteered and the gate is applied per document, read on the context as
+    generation formats it (the profile's system prompt included; :func:`bench.eval.helpfulness.run_lm_eval`)."""
     from bench.eval.helpfulness import run_lm_eval
 
     ev = s.cfg.eval
     t1 = time.perf_counter()
     lm_metrics, lm_info = run_lm_eval(model, tok, list(ev.lm_eval_tasks), ev.lm_eval_limit, ev.batch_size,
-                                      seed=s.cfg.profile.seed)
+                                      seed=s.cfg.profile.seed, gate=gate, system_prompt=s.system_prompt)
     s.metrics.update(lm_metrics)
     s.extra["lm_eval"] = lm_info
     s.timings["lm_eval_s"] = round(time.perf_counter() - t1, 2)

@@ -230,7 +230,9 @@ def audit_section(records: dict[str, dict], assets: Path, profile: str, write_pl
                 f"adds the direction at layer {s.get('layer')} (taken there, position {s.get('position')})")
         policy = (r.get("artifacts") or {}).get("base_variant") or "base"
         kl = (r.get("extra") or {}).get("harmless_kl_val")
-        kl_txt = (f" Harmless side effect: next-token KL(unsteered || steered) {kl['value']:.4f} on {kl['n']} validation "
+        kl_what = ("next-token KL(unsteered || steered)" if not kl or kl.get("readout", "first_token") == "first_token"
+                   else "per-token KL(unsteered || steered) over the first answer tokens")
+        kl_txt = (f" Harmless side effect: {kl_what} {kl['value']:.4f} on {kl['n']} validation "
                   "benign prompts." if kl else "")
         lines.append(f"- `{r['variant']}` steers the `{policy}` policy: {what}{alpha}{gate} (config {r['config_hash']})."
                      + kl_txt)
@@ -264,8 +266,7 @@ def scan_lines(rec: dict | None, assets: Path, profile: str, write_plots: bool =
              f"refusal were discarded; {scan['n_kept']} kept. Chosen by {scan.get('decides', 'the scan')}: layer {chosen['layer']}, position "
              f"{chosen['position']}, bypass {chosen['bypass']:.2f} (unsteered {base.get('refusal_score_harmful', float('nan')):.2f}), "
              f"induce {chosen['induce']:.2f} (unsteered {base.get('refusal_score_harmless', float('nan')):.2f}), harmless KL "
-             f"{chosen['kl']:.4f}. Scores are log-odds of the refusal tokens {', '.join(repr(t) for t in scan['refusal_tokens'])} "
-             "at the first answer position." + (f" Note: {sel['note']}." if sel.get("note") else ""), ""]
+             f"{chosen['kl']:.4f}. " + _readout_text(scan) + (f" Note: {sel['note']}." if sel.get("note") else ""), ""]
     if write_plots:
         from bench.steer.scan import plot_scan
 
@@ -274,6 +275,17 @@ def scan_lines(rec: dict | None, assets: Path, profile: str, write_plots: bool =
     if (assets / SCAN_PNG).exists():
         lines += [f"![steering selection scan]({profile}/{SCAN_PNG})", ""]
     return lines
+
+
+def _readout_text(scan: dict) -> str:
+    """What the scan's scores are (``steer.scan_tokens``; bench.steer.scan's read-outs)."""
+    if scan.get("readout", "first_token") == "first_token":
+        return (f"Scores are log-odds of the refusal tokens {', '.join(repr(t) for t in scan['refusal_tokens'])} "
+                "at the first answer position.")
+    return (f"Scores are log-odds that the answer starts with one of the policy's own refusal openers "
+            f"({', '.join(repr(o) for o in scan['openers'])}; the first tokens of its unsteered greedy refusals on "
+            f"the harmful validation prompts, teacher-forced); the KL is the mean per-token KL over the first "
+            f"{scan['kl_answer_tokens']} tokens of its own answers to the benign validation prompts.")
 
 
 def detector_section(agreement: dict, evals: list[dict]) -> list[str]:

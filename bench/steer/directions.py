@@ -260,7 +260,7 @@ def select_direction(model, tok, directions: torch.Tensor, val_harmful: Sequence
                      refusal_rate: Callable[[list[str]], float], add_alpha_grid: Sequence[float] = (),
                      system_prompt: str | None = None, batch_size: int = 16,
                      prune_layer_fraction: float = 0.2, max_harmless_kl: float | None = 0.1,
-                     refusal_openers: Sequence[str] | None = None, decides: str = "scan",
+                     refusal_openers: Sequence[str] | None = None, decides: str = "scan", readout=None,
                      progress: Callable[[str], None] = lambda s: None) -> Selection:
     """Pick (layer, position) as described in the module docstring.
 
@@ -270,6 +270,8 @@ def select_direction(model, tok, directions: torch.Tensor, val_harmful: Sequence
     greedy generation on the (currently steered) model and returns the detector's refusal rate; it
     only *measures* the ``shortlist`` best survivors (by bypass; the chosen one first) for the record
     and the variants' ``select_*`` metrics, and picks steer-add's alpha from ``add_alpha_grid``.
+    ``readout``: what the scan reads (:func:`bench.steer.scan.build_readout`); None: the reference's
+    first-token read-out on ``refusal_openers``.
     """
     from bench.steer import scan
     from bench.steer.hooks import steering
@@ -286,12 +288,14 @@ def select_direction(model, tok, directions: torch.Tensor, val_harmful: Sequence
             dv = float(d[l, p])
             cands.append({"layer": l, "position": position_offset(p, positions), "norm": float(norms[l, p]),
                           "d": dv if math.isfinite(dv) else None})
-    ref_ids, ref_toks = scan.refusal_token_ids(tok, refusal_openers or scan.DEFAULT_REFUSAL_OPENERS)
-    progress(f"selection: scanning {len(cands)} candidates by forward passes (refusal tokens {ref_toks})")
-    score_base = scan.scan_candidates(
-        model, tok, directions, cands, prompt_texts(tok, val_harmful, system_prompt),
-        prompt_texts(tok, val_benign, system_prompt), ref_ids, positions=positions, add_alpha=add_alpha,
-        batch_size=batch_size, progress=progress)
+    openers = list(refusal_openers or scan.DEFAULT_REFUSAL_OPENERS)
+    ref_ids, ref_toks = scan.refusal_token_ids(tok, openers)
+    if readout is None:
+        readout = scan.FirstTokenReadout(tok, prompt_texts(tok, val_harmful, system_prompt),
+                                         prompt_texts(tok, val_benign, system_prompt), ref_ids, batch_size)
+    progress(f"selection: scanning {len(cands)} candidates by forward passes ({readout.info()})")
+    score_base = scan.scan_candidates(model, tok, directions, cands, readout, positions=positions,
+                                      add_alpha=add_alpha, progress=progress)
     for c in cands:
         c["filtered"] = scan.filter_reason(c, num_layers, prune_layer_fraction=prune_layer_fraction,
                                            skip_last_layers=skip_last_layers, max_kl=max_harmless_kl)
@@ -304,8 +308,8 @@ def select_direction(model, tok, directions: torch.Tensor, val_harmful: Sequence
     counts = {"n_candidates": len(cands), "n_kept": sum(c["filtered"] is None for c in cands)}
     for reason in ("pruned", "skip_last_layers", "kl", "induce", "nan"):
         counts[f"n_{reason}"] = sum(c["filtered"] == reason for c in cands)
-    scan_info = {"refusal_tokens": ref_toks, "refusal_token_ids": ref_ids,
-                 "refusal_openers": list(refusal_openers or scan.DEFAULT_REFUSAL_OPENERS),
+    scan_info = {**readout.info(), "refusal_tokens": ref_toks, "refusal_token_ids": ref_ids,
+                 "refusal_openers": openers,
                  "prune_layer_fraction": prune_layer_fraction, "pruned_from_layer": scan.pruned_from(num_layers, prune_layer_fraction),
                  "max_harmless_kl": max_harmless_kl, "min_induce": 0.0, "add_alpha": add_alpha,
                  "decides": ("forward-pass scan (lowest bypass among kept candidates)" if decides == "scan" else
@@ -317,7 +321,7 @@ def select_direction(model, tok, directions: torch.Tensor, val_harmful: Sequence
                  f"(bypass {best['bypass']:.2f} vs unsteered {score_base['refusal_score_harmful']:.2f}, "
                  f"induce {best['induce']:.2f}, KL {best['kl']:.4f})" + (f"; {note}" if note else ""))
         # Generation measures (does not choose) the best survivors' refusal rates on validation.
-        pool = [c for c in cands if c["filtered"] is None] or [best]
+        pool = scan.choice_pool(cands)[0]  # the tier the choice was made in
         short = [best] + [c for c in sorted(pool, key=lambda c: c["bypass"]) if c is not best][:max(1, shortlist) - 1]
     else:
         allowed = set(candidate_layers(num_layers, skip_last_layers))
@@ -333,12 +337,13 @@ def select_direction(model, tok, directions: torch.Tensor, val_harmful: Sequence
         r = directions[c["layer"], position_index(c["position"], positions)].to(torch.float32)
         with steering(model, r, mode="ablate"):
             abl = refusal_rate(list(val_harmful))
+            abl_b = refusal_rate(list(val_benign))  # the side effect: ablation should not add benign refusals
         with steering(model, r, mode="add", layer=c["layer"], alpha=add_alpha):
             add = refusal_rate(list(val_benign))
-        c.update({"ablate_refusal_harmful": abl, "add_refusal_benign": add,
+        c.update({"ablate_refusal_harmful": abl, "ablate_refusal_benign": abl_b, "add_refusal_benign": add,
                   "ablate_effect": base_h - abl, "add_effect": add - base_b})
         progress(f"  layer {c['layer']} pos {c['position']}: bypass={c['bypass']:.2f} kl={c['kl']:.4f}, "
-                 f"ablate {base_h:.2f}->{abl:.2f}, add {base_b:.2f}->{add:.2f}")
+                 f"ablate harmful {base_h:.2f}->{abl:.2f}, benign {base_b:.2f}->{abl_b:.2f}; add {base_b:.2f}->{add:.2f}")
     if best is None:
         best = max(short, key=lambda c: (c["ablate_effect"] + c["add_effect"], c["d"] if c["d"] is not None else -math.inf))
         if best["ablate_effect"] + best["add_effect"] <= 0:

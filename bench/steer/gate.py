@@ -19,7 +19,12 @@ The gate, top to bottom:
 4. at run time (:func:`bench.steer.hooks.steering` with a ``gate`` in the spec): one unsteered pass
    reads each sequence's projection at its prompt end (the last occurrence of the assistant header;
    the last attended token if there is none), and the ablation hooks act only on the rows below the
-   threshold, for the prefill and every decoding step that follows.
+   threshold, for the prefill and every decoding step that follows;
+5. where the input has no chat template (lm-eval's requests), the hooks would read the last token
+   instead, which is not where the gate was fitted. There the decision is taken beforehand, per
+   document: :func:`bench.steer.hooks.gate_decisions` formats each prompt as generation does and reads
+   it with the same code as the hooks (:func:`bench.steer.hooks.gate_ablates`), and
+   :mod:`bench.eval.lm_eval_gate` scores each document's requests under plain ablation or unsteered.
 
 Everything is chosen on train prompts; validation and test prompts are never used by the gate.
 """

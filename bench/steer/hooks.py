@@ -18,6 +18,9 @@ Two modes:
   embeddings' output, ``i >= 1`` the output of decoder layer ``i - 1``. ``r`` is the raw difference of
   means, so ``alpha = 1`` adds the direction at its natural norm.
 
+A gated spec's decision can also be read without steering: :func:`gate_decisions` says which chat
+prompts the gate ablates, with the read-out the gated hooks use (:func:`gate_ablates`).
+
 Hooks are registered with ``prepend=True`` so that they run before transformers' own output-capturing
 hooks (``output_hidden_states`` then shows the steered stream), and they are removed on exit even
 when the block raises.
@@ -197,14 +200,11 @@ def steering(model: nn.Module, direction_or_spec: Any, mode: str = "ablate", lay
 
 def _gate_pre_hook(model: nn.Module, gate: GateSpec, state: dict):
     """Before each forward of the whole model: on a multi-token input (a prompt, or a scored sequence),
-    one unsteered pass reads each row's projection on the gate direction at its prompt end
-    (``bench.steer.gate``) and sets ``state["mask"]`` to the rows below the threshold; a decoding step
-    (one token after a filled KV cache) keeps the mask of its prefill. Any other continuation of a cache
-    is an error: the cached tokens were computed before the gate was known."""
-    from bench.steer.gate import prompt_end_positions
-
-    g_unit = unit_vector(_tensor(gate.vector, gate.vector_path))
-    layer, threshold, header = int(gate.layer), float(gate.threshold), list(gate.header)
+    :func:`gate_ablates` reads each row's prompt end in one unsteered pass and sets ``state["mask"]`` to
+    the rows to ablate; a decoding step (one token after a filled KV cache) keeps the mask of its
+    prefill. Any other continuation of a cache is an error: the cached tokens were computed before the
+    gate was known."""
+    g_unit = gate_unit(gate)
 
     def pre_hook(module, args, kwargs):
         if state["reading"]:
@@ -212,35 +212,102 @@ def _gate_pre_hook(model: nn.Module, gate: GateSpec, state: dict):
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
             raise ValueError("gated steering needs input_ids (it reads the prompt's tokens)")
-        attn = kwargs.get("attention_mask")
         past = kwargs.get("past_key_values")
         if past is not None and past.get_seq_length() > 0:  # continues cached tokens: a decoding step
             if ids.shape[1] != 1 or state["mask"] is None or state["mask"].shape[0] != ids.shape[0]:
                 raise ValueError("gated steering reads each sequence's prompt in one forward pass: it cannot "
                                  f"continue a KV cache with {ids.shape[1]} tokens (score without prefix caching)")
             return None
-        # The read-out is the residual stream at hidden-state index ``layer`` *before* the final norm,
-        # at the positions this call uses: what bench.steer.directions.activations measured when the
-        # gate was fitted (transformers' last hidden state is normed, so it is captured by a hook).
-        stack = backbone(model)
-        point = stack.embed_tokens if layer == 0 else stack.layers[layer - 1]
-        seen: list[torch.Tensor] = []
-        grab = point.register_forward_hook(lambda m, a, out: seen.append(_first(out)))
-        state["reading"] = True
+        state["reading"] = True  # the ablation hooks let the read-out's pass through unsteered
         try:
-            with torch.no_grad():
-                stack(input_ids=ids, attention_mask=attn, position_ids=kwargs.get("position_ids"), use_cache=False)
+            state["mask"] = gate_ablates(model, gate, ids, kwargs.get("attention_mask"), kwargs.get("position_ids"),
+                                         unit=g_unit)  # (B,) bool: the rows to ablate
         finally:
             state["reading"] = False
-            grab.remove()
-        hs = seen[0]  # (B, T, H)
-        pos = prompt_end_positions(ids, attn if attn is None or attn.dim() == 2 else None, header)  # (B,)
-        read = hs[torch.arange(ids.shape[0], device=hs.device), pos]  # (B, H)
-        proj = read.float() @ g_unit.to(read.device)  # (B,)
-        state["mask"] = proj < threshold  # (B,) bool: the rows to ablate
         return None
 
     return pre_hook
+
+
+# --------------------------------------------------------------------------- the gate's read-out
+
+
+def gate_unit(gate: GateSpec) -> torch.Tensor:
+    """The gate's unit direction (H,)."""
+    return unit_vector(_tensor(gate.vector, gate.vector_path))
+
+
+def gate_projections(model: nn.Module, gate: GateSpec, input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                     unit: torch.Tensor | None = None) -> torch.Tensor:
+    """Per row (B,), the projection on the gate direction of the residual stream at hidden-state index
+    ``gate.layer`` *before* the final norm (what ``bench.steer.directions.activations`` measured when
+    the gate was fitted; transformers' last hidden state is normed, so it is captured by a hook), at the
+    row's prompt end (:func:`bench.steer.gate.prompt_end_positions` with ``gate.header``).
+
+    One forward pass of the decoder stack with the given mask and positions. The stream must be the
+    unsteered one: call it on a model without steering hooks (the gated hooks step aside while
+    their pre-hook reads)."""
+    from bench.steer.gate import prompt_end_positions
+
+    unit = gate_unit(gate) if unit is None else unit
+    stack = backbone(model)
+    point = stack.embed_tokens if gate.layer == 0 else stack.layers[gate.layer - 1]
+    seen: list[torch.Tensor] = []
+    grab = point.register_forward_hook(lambda m, a, out: seen.append(_first(out)))
+    try:
+        with torch.no_grad():
+            stack(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    finally:
+        grab.remove()
+    hs = seen[0]  # (B, T, H)
+    attn = attention_mask if attention_mask is None or attention_mask.dim() == 2 else None
+    pos = prompt_end_positions(input_ids, attn, gate.header)  # (B,)
+    read = hs[torch.arange(input_ids.shape[0], device=hs.device), pos]  # (B, H)
+    return read.float() @ unit.to(read.device)  # (B,)
+
+
+def gate_ablates(model: nn.Module, gate: GateSpec, input_ids: torch.Tensor,
+                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                 unit: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) bool, the gate's decision: the rows whose prompt-end projection (:func:`gate_projections`)
+    is below the threshold, i.e. the rows steer-gated ablates."""
+    return gate_projections(model, gate, input_ids, attention_mask, position_ids, unit) < float(gate.threshold)
+
+
+@torch.no_grad()
+def gate_decisions(model: nn.Module, tok, gate: GateSpec | SteeringSpec, prompts: list[str],
+                   system_prompt: str | None = None, batch_size: int = 16) -> torch.Tensor:
+    """(N,) bool on the CPU: which user ``prompts`` the gate ablates, read where generation reads them.
+
+    Each prompt is formatted as the battery's generation formats it (:func:`bench.chat.format_prompt`
+    with the profile's ``system_prompt``, the assistant header last), batched and left-padded as
+    :func:`bench.eval.generate.generate_greedy` does, and given the mask and positions of its prefill
+    (:func:`bench.eval.fastgen.prefill_inputs`), under the same autocast: for the same prompts and batch
+    size, the pre-hook of :func:`steering` decides the same, bit for bit. Call it on the unsteered
+    model (outside any steering context). lm-eval's gated path (:mod:`bench.eval.lm_eval_gate`) uses
+    it to decide each document once, on its context."""
+    import contextlib
+
+    from bench import chat
+    from bench.eval.fastgen import prefill_inputs
+    from bench.eval.generate import left_padded_batches
+    from bench.precision import generation_autocast
+
+    gate = gate.gate if isinstance(gate, SteeringSpec) else gate
+    if gate is None:
+        raise ValueError("gate_decisions: the steering spec has no gate")
+    unit = gate_unit(gate)
+    texts = [chat.format_prompt(tok, p, system_prompt) for p in prompts]
+    out = torch.zeros(len(texts), dtype=torch.bool)
+    dev = next(model.parameters()).device
+    with contextlib.closing(left_padded_batches(tok, texts, batch_size)) as batches:
+        for idx, enc in batches:
+            ids = enc["input_ids"].to(dev)  # (B, L) left padded
+            mask, pos = prefill_inputs(enc["attention_mask"].to(dev))
+            with generation_autocast(model):
+                out[idx] = gate_ablates(model, gate, ids, mask, pos, unit).cpu()
+    return out
 
 
 # --------------------------------------------------------------------------- weight orthogonalisation

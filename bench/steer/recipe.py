@@ -82,10 +82,15 @@ def load_prompt_sets(cfg: ProfileConfig) -> tuple[dict[str, list[str]], dict[str
 # --------------------------------------------------------------------------- helpers
 
 
-def _kl_entry(value: float, n: int) -> dict:
-    return {"value": round(float(value), 6), "n": n,
-            "definition": "mean KL(unsteered || steered) of the next-token distribution at the last prompt token "
-                          "of the validation benign prompts (bench.steer.scan.next_token_kl)"}
+def _kl_entry(value: float, n: int, readout) -> dict:
+    if readout.kind == "first_token":
+        what = "the next-token distribution at the last prompt token"
+    else:
+        what = (f"the next-token distributions over the first {readout.info()['kl_answer_tokens']} tokens of the "
+                f"policy's own unsteered answers (teacher-forced; per token, then per prompt)")
+    return {"value": round(float(value), 6), "n": n, "readout": readout.kind,
+            "definition": f"mean KL(unsteered || steered) of {what} of the validation benign prompts "
+                          f"(bench.steer.scan.harmless_kl)"}
 
 
 def _hash(*parts) -> str:
@@ -139,7 +144,7 @@ def extract_and_select(cfg: ProfileConfig, model, tok, prompts: dict, detect_man
     from bench.steer.directions import (form_groups, mean_activations, position_index, prompt_texts,
                                         refusal_directions, select_direction)
     from bench.steer.hooks import steering
-    from bench.steer.scan import harmless_kl
+    from bench.steer.scan import build_readout, harmless_kl
 
     s = cfg.require("steer")
     sp = cfg.model.system_prompt
@@ -150,9 +155,13 @@ def extract_and_select(cfg: ProfileConfig, model, tok, prompts: dict, detect_man
     def answer(ps: list[str]) -> list[str]:
         return generate_greedy(model, tok, ps, sp, gen_groups, desc="steer groups")
 
-    def refusal_rate(ps: list[str]) -> float:
+    def own_answers(ps: list[str]) -> tuple[list[str], list[bool]]:
         gens = generate_greedy(model, tok, ps, sp, gen_select, desc="steer select")
-        return sum(bool(d.is_refusal) for d in detect_many(gens, ps)) / max(len(gens), 1)
+        return gens, [bool(d.is_refusal) for d in detect_many(gens, ps)]
+
+    def refusal_rate(ps: list[str]) -> float:
+        refused = own_answers(ps)[1]
+        return sum(refused) / max(len(refused), 1)
 
     groups = form_groups(prompts["train_harmful"], prompts["train_benign"], s.grouping, s.min_group, answer, detect_many)
     if groups.fallback_reason:
@@ -161,21 +170,27 @@ def extract_and_select(cfg: ProfileConfig, model, tok, prompts: dict, detect_man
     harm_mean = mean_activations(model, tok, groups.refuse, sp, s.positions, s.batch_size)
     benign_mean = mean_activations(model, tok, groups.comply, sp, s.positions, s.batch_size)
     directions = refusal_directions(harm_mean, benign_mean)  # (n_layers+1, P, H) float64
+    readout, note = build_readout(tok, prompts["val_harmful"], prompts["val_benign"],
+                                  prompt_texts(tok, prompts["val_harmful"], sp), prompt_texts(tok, prompts["val_benign"], sp),
+                                  tokens=s.scan_tokens, batch_size=s.batch_size, refusal_openers=s.refusal_openers,
+                                  max_openers=s.scan_max_openers, own_answers=own_answers)
+    if note:
+        progress(f"steer: {note}")
     selection = select_direction(
         model, tok, directions, prompts["val_harmful"], prompts["val_benign"], positions=s.positions,
         skip_last_layers=s.skip_last_layers, add_alpha=s.add_alpha, add_alpha_grid=s.add_alpha_grid,
         shortlist=s.shortlist, refusal_rate=refusal_rate, system_prompt=sp,
         batch_size=s.batch_size, prune_layer_fraction=s.prune_layer_fraction, max_harmless_kl=s.max_harmless_kl,
-        refusal_openers=s.refusal_openers, decides=s.selection, progress=progress)
+        refusal_openers=s.refusal_openers, decides=s.selection, readout=readout, progress=progress)
+    if note:
+        selection.scan["readout_note"] = note
     # steer-add's side effect on harmless text at the alpha kept (steer-ablate's is the scan's KL)
     vec = directions[selection.layer, position_index(selection.position, s.positions)].to(torch.float32)
     alpha = selection.add_alpha if selection.add_alpha is not None else s.add_alpha
-    texts = prompt_texts(tok, prompts["val_benign"], sp)
     kls = {"ablate": selection.harmless_kl,
-           "add": harmless_kl(model, tok, texts, s.batch_size,
-                              lambda: steering(model, vec, mode="add", layer=selection.layer, alpha=alpha))}
+           "add": harmless_kl(model, readout, lambda: steering(model, vec, mode="add", layer=selection.layer, alpha=alpha))}
     return {"groups": groups, "harm_mean": harm_mean, "benign_mean": benign_mean, "directions": directions,
-            "selection": selection, "harmless_kl": kls, "val_benign": list(prompts["val_benign"])}
+            "selection": selection, "harmless_kl": kls, "val_benign": list(prompts["val_benign"]), "readout": readout}
 
 
 def selected_direction(cfg: ProfileConfig, result: dict):
@@ -223,7 +238,7 @@ def _write_variants(cfg: ProfileConfig, model, tok, result: dict, chash: str, po
                 run.artifacts["orthogonalized_model_dir"] = str(out)
             run.datasets = datasets
             run.extra = dict(common_extra)
-            run.extra["harmless_kl_val"] = _kl_entry(result["harmless_kl"][mode], n_val["benign"])
+            run.extra["harmless_kl_val"] = _kl_entry(result["harmless_kl"][mode], n_val["benign"], result["readout"])
             if scan_plot is None:  # VARIANTS lists ablate first: the figure lives in steer-ablate's folder
                 scan_plot = plot_scan(sel.candidates, sel.baseline, run.dir / SCAN_PLOT, max_kl=s.max_harmless_kl,
                                       title=f"Refusal-direction scan of the {policy['variant']} policy "
@@ -275,7 +290,6 @@ def fit_gate(cfg: ProfileConfig, model, tok) -> dict:
 def _write_gated(cfg: ProfileConfig, model, tok, result: dict, chash: str, policy: dict, datasets: dict,
                  detector_info: dict) -> dict:
     from bench.steer import hooks
-    from bench.steer.directions import prompt_texts
     from bench.steer.scan import harmless_kl
 
     sel = result["selection"]
@@ -291,13 +305,12 @@ def _write_gated(cfg: ProfileConfig, model, tok, result: dict, chash: str, polic
                             model_dir=policy["model_dir"])
         # no lm-eval `steered` file: its adapter has no gate; the battery runs lm-eval through our hooks
         run.artifacts.update(spec.to_artifacts())
-        texts = prompt_texts(tok, result["val_benign"], cfg.model.system_prompt)
-        kl = harmless_kl(model, tok, texts, cfg.require("steer").batch_size, lambda: hooks.steering(model, spec))
+        kl = harmless_kl(model, result["readout"], lambda: hooks.steering(model, spec))
         run.datasets = {**datasets, **g["datasets"]}
         run.extra = {"policy": policy, "selection": sel.record(), "detector": detector_info,
                      "gate": {"layer": g["layer"], "threshold": g["threshold"], "quantile": g["quantile"],
                               "auroc_per_layer": {str(k): round(v, 4) for k, v in g["auroc_per_layer"].items()}},
-                     "harmless_kl_val": _kl_entry(kl, len(texts))}
+                     "harmless_kl_val": _kl_entry(kl, len(result["val_benign"]), result["readout"])}
         run.metrics["gate_auroc_train"] = scalar_metric(round(g["auroc"], 4))
         for k, (kept, n) in g["kept"].items():  # held-out train prompts left unablated (policy behaviour)
             run.metrics[f"gate_kept_{k}_train"] = rate_metric(kept, n)

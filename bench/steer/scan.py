@@ -3,9 +3,10 @@
 Part of ``make steer`` (``bench steer --profile P``): :func:`bench.steer.directions.select_direction`
 calls :func:`scan_candidates` on the validation prompts, filters with :func:`filter_reason` and, with
 ``steer.selection: scan``, picks the surviving candidate with the lowest bypass score (with
-``generation`` the scan is recorded and plotted but does not choose). No generation: one forward pass per prompt
-batch and intervention, reading only the next-token distribution at the last prompt token (the
-first generated position).
+``generation`` the scan is recorded and plotted but does not choose). No generation inside the scan:
+one forward pass per prompt batch and intervention, reading the next-token distribution at the first
+answer position, or (``steer.scan_tokens`` > 1) at the first few positions of teacher-forced answers
+(the policy's own, generated once, unsteered, before the scan).
 
 Scores per candidate ``(layer, position)`` with direction ``r`` (the raw difference of means):
 
@@ -23,6 +24,16 @@ Refusal tokens
     tokenizer splits it at the start of the assistant turn; for SmolLM2 that is ``I``, ``As``,
     ``Sorry`` and ``Unfortunately``. ``I`` also opens compliant answers (``I'd be happy to``), so the
     unsteered scores are recorded next to the steered ones: the scan reads differences, not levels.
+
+Several answer tokens (``steer.scan_tokens`` > 1; :class:`OpenerReadout`)
+    When the policy's refusals and compliances share their first token (the default SFT policy: "I
+    understand why you might ask, but I can't ..." vs "I'd be happy to ..."), the first-token score
+    cannot see refusal and the next-token KL cannot see a compliant opener turning into a refusal
+    ("Happy to help. I can't do that"). The scan then reads ``k`` answer tokens: refusal is the
+    log-odds that the answer starts with one of the policy's own refusal openers (the first ``k``
+    tokens of its unsteered greedy refusals on the harmful validation prompts, teacher-forced), and
+    the KL is the mean per-token KL over the first ``k`` tokens of its own unsteered answers to the
+    harmless validation prompts. ``k = 1`` with the openers' first tokens is the reference's score.
 
 Filter (refusal_direction's ``filter_fn``; :func:`filter_reason`)
     a candidate is discarded when a score is not finite, when its layer is in the last
@@ -96,10 +107,10 @@ def filter_reason(cand: dict, num_layers: int, *, prune_layer_fraction: float = 
     return None
 
 
-def choose(cands: list[dict]) -> tuple[dict, str | None]:
-    """The candidate with the lowest bypass among those with ``filtered is None``; when none survives,
-    the lowest bypass among the least-filtered tier (not pruned and within the KL bound, then not
-    pruned, then any finite), with a note saying so."""
+def choice_pool(cands: list[dict]) -> tuple[list[dict], str | None]:
+    """The candidates the choice is made among: those with ``filtered is None``; when none survives, the
+    least-filtered tier (not pruned and within the KL bound, then not pruned, then any finite), with a
+    note saying so."""
     finite = [c for c in cands if c.get("filtered") != "nan"]
     if not finite:
         raise ValueError("every candidate has a non-finite score")
@@ -112,8 +123,14 @@ def choose(cands: list[dict]) -> tuple[dict, str | None]:
     for note, ok in tiers:
         pool = [c for c in finite if ok(c)]
         if pool:
-            return min(pool, key=lambda c: (c["bypass"], c["layer"], c["position"])), (note or None)
+            return pool, (note or None)
     raise AssertionError("unreachable")
+
+
+def choose(cands: list[dict]) -> tuple[dict, str | None]:
+    """The candidate with the lowest bypass in :func:`choice_pool` (ties: lower layer, then position)."""
+    pool, note = choice_pool(cands)
+    return min(pool, key=lambda c: (c["bypass"], c["layer"], c["position"])), note
 
 
 # --------------------------------------------------------------------------- model side
@@ -157,32 +174,237 @@ def last_logits(model, batches: list[dict]) -> torch.Tensor:
     return torch.cat(rows)
 
 
-def scan_candidates(model, tok, directions: torch.Tensor, cands: list[dict], texts_harmful: Sequence[str],
-                    texts_harmless: Sequence[str], refusal_ids: Sequence[int], *, positions: int, add_alpha: float,
-                    batch_size: int, progress: Callable[[str], None] = lambda s: None) -> dict:
+# --------------------------------------------------------------------------- several answer tokens
+
+
+def prefix_free(seqs: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Distinct non-empty sequences, in order, dropping any that extends another one in the set: the
+    events "the answer starts with s" are then disjoint, so their probabilities add up to at most 1."""
+    uniq: list[tuple[int, ...]] = []
+    for s in seqs:
+        t = tuple(int(x) for x in s)
+        if t and t not in uniq:
+            uniq.append(t)
+    return [list(t) for t in uniq if not any(o != t and t[:len(o)] == o for o in uniq)]
+
+
+def own_openers(tok, answers: Sequence[str], refused: Sequence[bool], tokens: int, max_openers: int) -> list[list[int]]:
+    """The policy's own refusal openers: the first ``tokens`` tokens of each answer the judge calls a
+    refusal (tokenized as the answer starts the assistant turn), the ``max_openers`` most frequent
+    (ties: first seen), made :func:`prefix_free`."""
+    if tokens < 1 or max_openers < 1:
+        raise ValueError(f"own_openers: tokens and max_openers must be >= 1, got {tokens}, {max_openers}")
+    counts: dict[tuple[int, ...], int] = {}
+    for a, r in zip(answers, refused, strict=True):
+        ids = tuple(tok(a, add_special_tokens=False)["input_ids"][:tokens]) if r else ()
+        if ids:
+            counts[ids] = counts.get(ids, 0) + 1
+    top = sorted(counts, key=lambda k: -counts[k])[:max_openers]  # sorted is stable: ties keep first-seen order
+    return prefix_free(top)
+
+
+def openers_score(logps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Log-odds that the answer starts with one of ``R`` prefix-free openers, from ``logps`` ``(B, R)`` =
+    ``log P(opener_r | prompt)`` (teacher-forced sums over the opener's tokens): ``P_R = sum_r exp(logps_r)``
+    and ``score = log(P_R + eps) - log(1 - P_R + eps)``, float64 ``(B,)``. With one-token openers this is
+    :func:`refusal_score`."""
+    pr = torch.exp(logps.to(torch.float64)).sum(dim=-1).clamp(max=1.0)
+    return torch.log(pr + eps) - torch.log(1.0 - pr + eps)
+
+
+def encode_continuations(tok, texts: Sequence[str], conts: Sequence[Sequence[int]], batch_size: int) -> list[dict]:
+    """Left-padded batches of ``prompt + continuation`` token rows (formatted prompts, continuation token
+    ids, each non-empty), with ``position_ids`` from the mask and ``cont_len`` ``(B,)``."""
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    out = []
+    for i in range(0, len(texts), batch_size):
+        rows, lens = [], []
+        for t, c in zip(texts[i:i + batch_size], conts[i:i + batch_size], strict=True):
+            if not len(c):
+                raise ValueError("encode_continuations: an empty continuation")
+            rows.append(tok(t, add_special_tokens=False)["input_ids"] + [int(x) for x in c])
+            lens.append(len(c))
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, r in enumerate(rows):
+            ids[j, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            attn[j, width - len(r):] = 1
+        out.append({"input_ids": ids, "attention_mask": attn, "position_ids": position_ids(attn),
+                    "cont_len": torch.tensor(lens, dtype=torch.long)})
+    return out
+
+
+@torch.no_grad()
+def continuation_logprobs(model, batches: list[dict]) -> list[torch.Tensor]:
+    """Per row, the log-softmax next-token distributions that predict its continuation tokens,
+    ``(m_i, V)`` float32 (row ``i``'s ``m_i`` continuation tokens; position ``j`` is conditioned on
+    the prompt and continuation tokens ``< j``, i.e. teacher forcing)."""
+    rows: list[torch.Tensor] = []
+    for enc in batches:
+        lens = enc["cont_len"]
+        m = int(lens.max())
+        inp = {k: v.to(model.device) for k, v in enc.items() if k != "cont_len"}
+        logits = model(**inp, use_cache=False, logits_to_keep=m + 1).logits[:, :-1, :]  # (B, m, V)
+        lp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        rows += [lp[j, m - int(lens[j]):] for j in range(lp.shape[0])]
+    return rows
+
+
+@torch.no_grad()
+def opener_logprobs(model, batches: list[dict], openers: Sequence[Sequence[int]]) -> torch.Tensor:
+    """``log P(opener_r | prompt)`` for every prompt of ``batches`` (:func:`encode_batches`) and opener,
+    ``(N, R)`` float64, teacher-forced: one pass over the prompts fills a KV cache, which is repeated
+    for the ``R`` openers and continued by all of them in one pass (the openers right-padded; a padded
+    tail cannot affect earlier positions). Equal to scoring each ``prompt + opener`` row alone."""
+    R, m = len(openers), max(len(o) for o in openers)
+    cont = torch.zeros((R, m), dtype=torch.long)
+    cmask = torch.zeros((R, m), dtype=torch.long)
+    for r, o in enumerate(openers):
+        cont[r, :len(o)] = torch.as_tensor(list(o), dtype=torch.long)
+        cmask[r, :len(o)] = 1
+    lens = cmask.sum(dim=1)  # (R,)
+    out = []
+    for enc in batches:
+        enc = {k: v.to(model.device) for k, v in enc.items()}
+        B = enc["input_ids"].shape[0]
+        first = model(**enc, use_cache=True, logits_to_keep=1)
+        lp0 = torch.log_softmax(first.logits[:, -1, :].float(), dim=-1).cpu()  # (B, V): each opener's first token
+        total = lp0[:, cont[:, 0]].to(torch.float64)  # (B, R)
+        if m > 1:
+            past = first.past_key_values
+            past.batch_repeat_interleave(R)  # row b * R + r
+            ids = cont.repeat(B, 1).to(model.device)  # (B*R, m)
+            attn = torch.cat([enc["attention_mask"].repeat_interleave(R, dim=0), cmask.repeat(B, 1).to(model.device)], dim=1)
+            pos = enc["position_ids"][:, -1:].repeat_interleave(R, dim=0) + 1 + torch.arange(m, device=model.device)
+            logits = model(input_ids=ids[:, :-1], attention_mask=attn[:, :-1], position_ids=pos[:, :-1],
+                           past_key_values=past, use_cache=True).logits  # (B*R, m-1, V): predicts tokens 1..m-1
+            lp = torch.log_softmax(logits.float(), dim=-1).cpu()
+            tok_lp = lp.gather(2, cont.repeat(B, 1)[:, 1:, None]).squeeze(2).to(torch.float64)  # (B*R, m-1)
+            keep = (torch.arange(1, m)[None, :] < lens.repeat(B)[:, None])  # the opener's own tokens
+            total = total + (tok_lp * keep).sum(dim=1).view(B, R)
+        out.append(total)
+    return torch.cat(out)
+
+
+def sequence_logprob(logprobs: Sequence[torch.Tensor], conts: Sequence[Sequence[int]]) -> torch.Tensor:
+    """``log P(continuation | prompt)`` per row: the sum of its tokens' log-probs, float64 ``(N,)``."""
+    return torch.stack([lp.to(torch.float64).gather(1, torch.as_tensor(list(c), dtype=torch.long)[:, None]).sum()
+                        for lp, c in zip(logprobs, conts, strict=True)])
+
+
+def mean_token_kl(p: Sequence[torch.Tensor], q: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per row, the mean over its positions of ``KL(P_j || Q_j)`` (log-prob rows ``(m_i, V)``), float64."""
+    return torch.stack([next_token_kl(a, b).mean() for a, b in zip(p, q, strict=True)])
+
+
+class FirstTokenReadout:
+    """refusal_direction's read-out: the refusal tokens' log-odds and the next-token distribution at
+    the first answer position (one forward pass per prompt batch, no answer tokens)."""
+
+    kind = "first_token"
+
+    def __init__(self, tok, texts_harmful: Sequence[str], texts_harmless: Sequence[str], refusal_ids: Sequence[int],
+                 batch_size: int):
+        self.ids = list(refusal_ids)
+        self.batches = {"harmful": encode_batches(tok, texts_harmful, batch_size),
+                        "harmless": encode_batches(tok, texts_harmless, batch_size)}
+
+    def refusal(self, model, which: str) -> torch.Tensor:
+        return refusal_score(last_logits(model, self.batches[which]), self.ids)
+
+    def harmless(self, model) -> list[torch.Tensor]:
+        return list(torch.log_softmax(last_logits(model, self.batches["harmless"]), dim=-1)[:, None, :])
+
+    def info(self) -> dict:
+        return {"readout": self.kind}
+
+
+class OpenerReadout:
+    """A read-out over several answer tokens, in the policy's own words (issue 22: this policy's refusals
+    and compliances share their first token, so a first-token score cannot tell them apart).
+
+    - refusal score of a prompt: :func:`openers_score` of the policy's own refusal openers
+      (:func:`own_openers`, from its unsteered greedy answers to the harmful validation prompts), each
+      teacher-forced after the prompt: the log-odds that the answer starts with one of them;
+    - harmless distributions: at each of the first ``tokens`` tokens of the policy's own unsteered
+      greedy answer to each harmless prompt (teacher-forced), so the KL is the mean per-token KL over
+      the start of the answer it would have given, not only its first token.
+    """
+
+    kind = "openers"
+
+    def __init__(self, tok, texts_harmful: Sequence[str], texts_harmless: Sequence[str], openers: Sequence[Sequence[int]],
+                 harmless_answers: Sequence[Sequence[int]], batch_size: int):
+        if not openers:
+            raise ValueError("OpenerReadout: no refusal openers")
+        self.openers = [list(o) for o in openers]
+        self.answers = [list(a) for a in harmless_answers]
+        self.batches = {"harmful": encode_batches(tok, texts_harmful, batch_size),
+                        "harmless": encode_batches(tok, texts_harmless, batch_size)}
+        self.kl_batches = encode_continuations(tok, list(texts_harmless), self.answers, batch_size)
+        self.tok = tok
+
+    def refusal(self, model, which: str) -> torch.Tensor:
+        return openers_score(opener_logprobs(model, self.batches[which], self.openers))
+
+    def harmless(self, model) -> list[torch.Tensor]:
+        return continuation_logprobs(model, self.kl_batches)
+
+    def info(self) -> dict:
+        return {"readout": self.kind, "openers": [self.tok.decode(o) for o in self.openers],
+                "kl_answer_tokens": max(len(a) for a in self.answers)}
+
+
+def build_readout(tok, val_harmful: Sequence[str], val_benign: Sequence[str], texts_harmful: Sequence[str],
+                  texts_harmless: Sequence[str], *, tokens: int, batch_size: int,
+                  refusal_openers: Sequence[str] = DEFAULT_REFUSAL_OPENERS, max_openers: int = 4,
+                  own_answers: Callable[[list[str]], tuple[list[str], list[bool]]] | None = None):
+    """The scan's read-out (``steer.scan_tokens``): ``tokens == 1`` is refusal_direction's
+    :class:`FirstTokenReadout` on the first tokens of ``refusal_openers``; ``tokens > 1`` an
+    :class:`OpenerReadout` over the first ``tokens`` tokens of the policy's own unsteered greedy answers
+    (``own_answers(prompts) -> (answers, judged refusal)``). Falls back to the first-token read-out, with
+    a note, when the policy refuses none of the harmful validation prompts. Returns ``(readout, note)``."""
+    ids, _ = refusal_token_ids(tok, refusal_openers)
+    if tokens < 1:
+        raise ValueError(f"scan tokens must be >= 1, got {tokens}")
+    if tokens == 1:
+        return FirstTokenReadout(tok, texts_harmful, texts_harmless, ids, batch_size), None
+    if own_answers is None:
+        raise ValueError("a read-out over several answer tokens needs the policy's own answers (own_answers)")
+    ans_h, ref_h = own_answers(list(val_harmful))
+    ans_b, _ = own_answers(list(val_benign))
+    openers = own_openers(tok, ans_h, ref_h, tokens, max_openers)
+    if not openers:
+        note = (f"the policy refused none of the {len(ans_h)} harmful validation prompts: no refusal openers of "
+                f"its own; the scan fell back to the first-token read-out")
+        return FirstTokenReadout(tok, texts_harmful, texts_harmless, ids, batch_size), note
+    end = tok.eos_token_id
+    answers = [tok(a, add_special_tokens=False)["input_ids"][:tokens] or [end] for a in ans_b]  # empty: it stopped
+    return OpenerReadout(tok, texts_harmful, texts_harmless, openers, answers, batch_size), None
+
+
+def scan_candidates(model, tok, directions: torch.Tensor, cands: list[dict], readout, *, positions: int,
+                    add_alpha: float, progress: Callable[[str], None] = lambda s: None) -> dict:
     """Fill ``bypass``, ``induce`` and ``kl`` into each of ``cands`` (``{"layer", "position"}``,
-    position a negative offset) and return the unsteered baselines. ``texts_*`` are formatted prompts."""
+    position a negative offset) and return the unsteered baselines. ``readout``: a
+    :class:`FirstTokenReadout` (the reference's) or an :class:`OpenerReadout` over the validation prompts."""
     from bench.steer.hooks import steering
 
     was_training = model.training
     model.eval()
     try:
-        bh = encode_batches(tok, texts_harmful, batch_size)
-        bb = encode_batches(tok, texts_harmless, batch_size)
-        base_h = last_logits(model, bh)
-        base_b = last_logits(model, bb)
-        baseline = {"refusal_score_harmful": float(refusal_score(base_h, refusal_ids).mean()),
-                    "refusal_score_harmless": float(refusal_score(base_b, refusal_ids).mean())}
+        base_d = readout.harmless(model)
+        baseline = {"refusal_score_harmful": float(readout.refusal(model, "harmful").mean()),
+                    "refusal_score_harmless": float(readout.refusal(model, "harmless").mean())}
         for i, c in enumerate(cands):
             r = directions[c["layer"], positions + c["position"]].to(torch.float32)  # offset -> index
             with steering(model, r, mode="ablate"):
-                abl_h = last_logits(model, bh)
-                abl_b = last_logits(model, bb)
+                c["bypass"] = float(readout.refusal(model, "harmful").mean())
+                abl_d = readout.harmless(model)
             with steering(model, r, mode="add", layer=c["layer"], alpha=add_alpha):
-                add_b = last_logits(model, bb)
-            c["bypass"] = float(refusal_score(abl_h, refusal_ids).mean())
-            c["induce"] = float(refusal_score(add_b, refusal_ids).mean())
-            c["kl"] = float(next_token_kl(base_b, abl_b).mean())
+                c["induce"] = float(readout.refusal(model, "harmless").mean())
+            c["kl"] = float(mean_token_kl(base_d, abl_d).mean())
             if (i + 1) % 10 == 0 or i + 1 == len(cands):
                 progress(f"  scan {i + 1}/{len(cands)}")
     finally:
@@ -191,14 +413,13 @@ def scan_candidates(model, tok, directions: torch.Tensor, cands: list[dict], tex
 
 
 @torch.no_grad()
-def harmless_kl(model, tok, texts_harmless: Sequence[str], batch_size: int, steer_ctx: Callable) -> float:
-    """Mean :func:`next_token_kl` on harmless prompts between the unsteered model and the model inside
-    ``steer_ctx()`` (a context manager factory, e.g. ``lambda: steering(model, spec)``)."""
-    batches = encode_batches(tok, texts_harmless, batch_size)
-    base = last_logits(model, batches)
+def harmless_kl(model, readout, steer_ctx: Callable) -> float:
+    """Mean KL on the read-out's harmless rows (per token, then per prompt) between the unsteered model
+    and the model inside ``steer_ctx()`` (a context manager factory, e.g. ``lambda: steering(model, spec)``)."""
+    base = readout.harmless(model)
     with steer_ctx():
-        steered = last_logits(model, batches)
-    return float(next_token_kl(base, steered).mean())
+        steered = readout.harmless(model)
+    return float(mean_token_kl(base, steered).mean())
 
 
 # --------------------------------------------------------------------------- plot
