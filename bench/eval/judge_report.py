@@ -22,7 +22,7 @@ from bench.eval.refusal import DETECTOR_NAME, DETECTOR_VERSION, LABELS, MATRIX_L
 from bench.stats import rate_metric
 
 TUNING = ("dev", "dev2")  # the rules were tuned on these (dev2: the test split of 2.0.0 and 2.1.0)
-HELD_OUT = ("test", "test3")  # labelled after 2.1.0 by labellers who did not see the judge; never tuned on
+HELD_OUT = ("test", "test3", "test4")  # labelled after 2.1.0 by labellers who did not see the judge; never tuned on
 
 
 def split_path(split: str) -> Path:
@@ -39,7 +39,7 @@ def _with_intervals(rep: dict) -> dict:
 
 
 def held_out_report() -> dict | None:
-    """``{"judge", "split": "test+test3", "n", "agreement", "kappa", "confusion", "flag", "by_source",
+    """``{"judge", "split": "test+test3+test4", "n", "agreement", "kappa", "confusion", "flag", "by_source",
     "parts": {split: {"n", "agreement"}}, "dev": {...}}``; None when no held-out split is in this checkout."""
     held = [s for s in HELD_OUT if split_path(s).exists()]
     if not held:
