@@ -144,7 +144,7 @@ def test_scan_scores_every_candidate_and_matches_direct_kl(model_tok):
     ids, toks = scan.refusal_token_ids(tok, ["I'm sorry", "Sorry"])
     assert ids and len(ids) == len(toks)
     th, tb = prompt_texts(tok, HARMFUL, None), prompt_texts(tok, BENIGN, None)
-    base = scan.scan_candidates(model, tok, directions, cands, scan.FirstTokenReadout(tok, th, tb, ids, 2),
+    base = scan.scan_candidates(model, directions, cands, scan.FirstTokenReadout(tok, th, tb, ids, 2),
                                 positions=positions, add_alpha=1.0)
     assert set(base) == {"refusal_score_harmful", "refusal_score_harmless"}
     for c in cands:

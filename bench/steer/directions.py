@@ -294,7 +294,7 @@ def select_direction(model, tok, directions: torch.Tensor, val_harmful: Sequence
         readout = scan.FirstTokenReadout(tok, prompt_texts(tok, val_harmful, system_prompt),
                                          prompt_texts(tok, val_benign, system_prompt), ref_ids, batch_size)
     progress(f"selection: scanning {len(cands)} candidates by forward passes ({readout.info()})")
-    score_base = scan.scan_candidates(model, tok, directions, cands, readout, positions=positions,
+    score_base = scan.scan_candidates(model, directions, cands, readout, positions=positions,
                                       add_alpha=add_alpha, progress=progress)
     for c in cands:
         c["filtered"] = scan.filter_reason(c, num_layers, prune_layer_fraction=prune_layer_fraction,

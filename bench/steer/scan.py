@@ -384,7 +384,7 @@ def build_readout(tok, val_harmful: Sequence[str], val_benign: Sequence[str], te
     return OpenerReadout(tok, texts_harmful, texts_harmless, openers, answers, batch_size), None
 
 
-def scan_candidates(model, tok, directions: torch.Tensor, cands: list[dict], readout, *, positions: int,
+def scan_candidates(model, directions: torch.Tensor, cands: list[dict], readout, *, positions: int,
                     add_alpha: float, progress: Callable[[str], None] = lambda s: None) -> dict:
     """Fill ``bypass``, ``induce`` and ``kl`` into each of ``cands`` (``{"layer", "position"}``,
     position a negative offset) and return the unsteered baselines. ``readout``: a
