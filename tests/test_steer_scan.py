@@ -306,6 +306,7 @@ def test_build_readout_uses_own_answers_and_falls_back_without_refusals(model_to
     assert note is None and ro.kind == "openers" and seen == [HARMFUL, BENIGN]
     assert ro.openers == [tok("I understand, but I can't help with that.", add_special_tokens=False)["input_ids"][:4]]
     assert all(1 <= len(a) <= 4 for a in ro.answers)
+    assert ro.unsteered_refusal == {"refusal_harmful": 1.0, "refusal_benign": 0.0}  # from the answers it read
     ro, note = scan.build_readout(tok, HARMFUL, BENIGN, th, tb, tokens=4, batch_size=2,
                                   own_answers=lambda p: own(p, refuse=False))
     assert ro.kind == "first_token" and "refused none" in note
@@ -332,3 +333,27 @@ def test_opener_logprobs_through_a_shared_prompt_cache_equal_whole_rows(model_to
             whole = scan.sequence_logprob(scan.continuation_logprobs(model, scan.encode_continuations(tok, rows, conts, 5)),
                                           conts).view(len(texts), len(openers))
         assert cached.shape == (6, 3) and torch.allclose(cached, whole, atol=5e-4)
+
+
+def test_selection_takes_its_baseline_from_the_read_out_when_it_generated_the_answers(model_tok):
+    """A read-out built from the policy's own answers carries their refusal rates: selection does not
+    generate the unsteered validation answers a second time (only the steered passes call refusal_rate)."""
+    from bench.steer.directions import prompt_texts, select_direction
+
+    model, tok = model_tok
+    n_layers = model.config.num_hidden_layers
+    directions = torch.randn(n_layers + 1, 1, model.config.hidden_size, dtype=torch.float64,
+                             generator=torch.Generator().manual_seed(4))
+    ids, _ = scan.refusal_token_ids(tok)
+    ro = scan.FirstTokenReadout(tok, prompt_texts(tok, HARMFUL, None), prompt_texts(tok, BENIGN, None), ids, 2)
+    ro.unsteered_refusal = {"refusal_harmful": 0.9, "refusal_benign": 0.2}
+    calls = []
+
+    def rate(prompts):
+        calls.append(list(prompts))
+        return 0.5
+
+    sel = select_direction(model, tok, directions, HARMFUL, BENIGN, positions=1, skip_last_layers=0, add_alpha=1.0,
+                           shortlist=1, refusal_rate=rate, readout=ro)
+    assert (sel.baseline["refusal_harmful"], sel.baseline["refusal_benign"]) == (0.9, 0.2)
+    assert calls == [HARMFUL, BENIGN, BENIGN]  # ablated harmful, ablated benign, added benign: no unsteered pass

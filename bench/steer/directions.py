@@ -329,8 +329,9 @@ def select_direction(model, tok, directions: torch.Tensor, val_harmful: Sequence
                         key=lambda c: -(c["d"] if c["d"] is not None else -math.inf))
         short = ranked[:max(1, shortlist)]
         progress(f"selection: {counts}; generating for the top {len(short)} by held-out d")
-    base_h = refusal_rate(list(val_harmful))
-    base_b = refusal_rate(list(val_benign))
+    known = getattr(readout, "unsteered_refusal", None)  # the read-out generated these already
+    base_h = known["refusal_harmful"] if known else refusal_rate(list(val_harmful))
+    base_b = known["refusal_benign"] if known else refusal_rate(list(val_benign))
     baseline = {"refusal_harmful": base_h, "refusal_benign": base_b,
                 "n_harmful": len(val_harmful), "n_benign": len(val_benign), **score_base}
     for c in short:

@@ -303,6 +303,7 @@ class FirstTokenReadout:
     the first answer position (one forward pass per prompt batch, no answer tokens)."""
 
     kind = "first_token"
+    unsteered_refusal: dict | None = None  # set by build_readout when it generated the policy's answers
 
     def __init__(self, tok, texts_harmful: Sequence[str], texts_harmless: Sequence[str], refusal_ids: Sequence[int],
                  batch_size: int):
@@ -333,6 +334,7 @@ class OpenerReadout:
     """
 
     kind = "openers"
+    unsteered_refusal: dict | None = None  # set by build_readout: the refusal rates of the answers it used
 
     def __init__(self, tok, texts_harmful: Sequence[str], texts_harmless: Sequence[str], openers: Sequence[Sequence[int]],
                  harmless_answers: Sequence[Sequence[int]], batch_size: int):
@@ -364,7 +366,9 @@ def build_readout(tok, val_harmful: Sequence[str], val_benign: Sequence[str], te
     :class:`FirstTokenReadout` on the first tokens of ``refusal_openers``; ``tokens > 1`` an
     :class:`OpenerReadout` over the first ``tokens`` tokens of the policy's own unsteered greedy answers
     (``own_answers(prompts) -> (answers, judged refusal)``). Falls back to the first-token read-out, with
-    a note, when the policy refuses none of the harmful validation prompts. Returns ``(readout, note)``."""
+    a note, when the policy refuses none of the harmful validation prompts. Returns ``(readout, note)``; with
+    ``tokens > 1`` the readout's ``unsteered_refusal`` holds the judged refusal rates of those answers
+    (``own_answers`` must generate as selection's ``refusal_rate`` does: it is selection's baseline)."""
     ids, _ = refusal_token_ids(tok, refusal_openers)
     if tokens < 1:
         raise ValueError(f"scan tokens must be >= 1, got {tokens}")
@@ -373,15 +377,20 @@ def build_readout(tok, val_harmful: Sequence[str], val_benign: Sequence[str], te
     if own_answers is None:
         raise ValueError("a read-out over several answer tokens needs the policy's own answers (own_answers)")
     ans_h, ref_h = own_answers(list(val_harmful))
-    ans_b, _ = own_answers(list(val_benign))
+    ans_b, ref_b = own_answers(list(val_benign))
+    # the unsteered refusal rates these answers give: selection's baseline need not generate them again
+    rates = {"refusal_harmful": sum(ref_h) / max(len(ref_h), 1), "refusal_benign": sum(ref_b) / max(len(ref_b), 1)}
     openers = own_openers(tok, ans_h, ref_h, tokens, max_openers)
     if not openers:
         note = (f"the policy refused none of the {len(ans_h)} harmful validation prompts: no refusal openers of "
                 f"its own; the scan fell back to the first-token read-out")
-        return FirstTokenReadout(tok, texts_harmful, texts_harmless, ids, batch_size), note
-    end = tok.eos_token_id
-    answers = [tok(a, add_special_tokens=False)["input_ids"][:tokens] or [end] for a in ans_b]  # empty: it stopped
-    return OpenerReadout(tok, texts_harmful, texts_harmless, openers, answers, batch_size), None
+        readout = FirstTokenReadout(tok, texts_harmful, texts_harmless, ids, batch_size)
+    else:
+        end = tok.eos_token_id
+        answers = [tok(a, add_special_tokens=False)["input_ids"][:tokens] or [end] for a in ans_b]  # empty: it stopped
+        readout, note = OpenerReadout(tok, texts_harmful, texts_harmless, openers, answers, batch_size), None
+    readout.unsteered_refusal = rates
+    return readout, note
 
 
 def scan_candidates(model, directions: torch.Tensor, cands: list[dict], readout, *, positions: int,
