@@ -239,9 +239,31 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def barrier() -> None:
-    """Wait until every rank reaches this line; a no-op when no process group is up (one process)."""
+def join_launcher_group() -> bool:
+    """Join the launcher's process group now when this process is one of several ranks and no group is
+    up yet (a stage that coordinates its ranks before its trainer joins them, e.g. the reward stage's
+    policy answers). Without it :func:`barrier` would be a no-op there while :func:`rank` already says
+    "not rank 0": rank 1 would read an artefact rank 0 had not written yet (seen in CI's 2-rank reward
+    test). gloo on CPU, NCCL on the rank's GPU; accelerate, DeepSpeed and the PPO backend reuse a group
+    that is up. Returns whether a group is up afterwards."""
     if is_initialized():
+        return True
+    if _launcher_rank_world(os.environ)[1] <= 1:
+        return False
+    import torch
+    import torch.distributed as dist
+
+    env = ensure_process_group_env(set_single_process=False)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(env.local_rank)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def barrier() -> None:
+    """Wait until every rank reaches this line; a no-op in a single process. Under a launcher of several
+    ranks it joins the group first (:func:`join_launcher_group`)."""
+    if join_launcher_group():
         import torch.distributed as dist
 
         dist.barrier()
@@ -292,7 +314,7 @@ def broadcast_from_main(value):
     """Rank 0's ``value`` (any picklable object) on every rank; ``value`` itself without a process
     group. A collective: every rank calls it. For decisions that must be the same on every rank
     (whether a cache is hit, which checkpoint to resume)."""
-    if not is_initialized():
+    if not join_launcher_group():
         return value
     import torch.distributed as dist
 
