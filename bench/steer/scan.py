@@ -287,12 +287,6 @@ def opener_logprobs(model, batches: list[dict], openers: Sequence[Sequence[int]]
     return torch.cat(out)
 
 
-def sequence_logprob(logprobs: Sequence[torch.Tensor], conts: Sequence[Sequence[int]]) -> torch.Tensor:
-    """``log P(continuation | prompt)`` per row: the sum of its tokens' log-probs, float64 ``(N,)``."""
-    return torch.stack([lp.to(torch.float64).gather(1, torch.as_tensor(list(c), dtype=torch.long)[:, None]).sum()
-                        for lp, c in zip(logprobs, conts, strict=True)])
-
-
 def mean_token_kl(p: Sequence[torch.Tensor], q: Sequence[torch.Tensor]) -> torch.Tensor:
     """Per row, the mean over its positions of ``KL(P_j || Q_j)`` (log-prob rows ``(m_i, V)``), float64."""
     return torch.stack([next_token_kl(a, b).mean() for a, b in zip(p, q, strict=True)])
