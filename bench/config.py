@@ -126,6 +126,9 @@ class DataSection:
     local_files: dict[str, str] = field(default_factory=dict)
 
 
+Tuning = Literal["full", "lora", "top_layers"]  # which parameters a stage trains (TrainSection.trainable)
+
+
 @dataclass
 class LoraSection:
     """peft LoRA settings (used when ``trainable: lora``)."""
@@ -149,7 +152,7 @@ class TrainSection:
     max_examples: int = 0  # use the first N training examples (the data files are shuffled); 0: all
     # Which parameters train: all, LoRA adapters, or only the top `top_layers` blocks (+ final norm
     # and head). The CPU default trains few parameters so a stage takes minutes.
-    trainable: Literal["full", "lora", "top_layers"] = "top_layers"
+    trainable: Tuning = "top_layers"
     top_layers: int = 4
     lora: LoraSection = field(default_factory=LoraSection)
     fp16: bool = False
@@ -224,7 +227,28 @@ class SFTSection(TrainSection):
 
 
 @dataclass
-class DPOVariant:
+class TuningOverride:
+    """What a DPO or PPO variant may train differently from its section (None: the section's value), so
+    one profile holds the same method tuned fully, with LoRA and on the top blocks, on the same data and
+    steps (the full-vs-LoRA comparison of the LoRA-PPO paper). :func:`variant_section` applies it."""
+
+    trainable: Tuning | None = None
+    learning_rate: float | None = None  # LoRA usually needs a larger step than full tuning
+
+    def __post_init__(self) -> None:
+        if self.learning_rate is not None and self.learning_rate <= 0:
+            raise ConfigError(f"variant learning_rate must be > 0, got {self.learning_rate}")
+
+
+def variant_section(section: "TrainSection", variant: TuningOverride):
+    """``section`` as ``variant`` trains it: its ``trainable`` and ``learning_rate`` where it sets them.
+    Every DPO and PPO recipe reads its training settings through this, once per variant."""
+    changes = {k: getattr(variant, k) for k in ("trainable", "learning_rate") if getattr(variant, k) is not None}
+    return dataclasses.replace(section, **changes) if changes else section
+
+
+@dataclass
+class DPOVariant(TuningOverride):
     """One DPO-family variant, mapped onto TRL's DPOConfig (loss_type list, f-divergence)."""
 
     loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])  # TRL names: sigmoid, ipo, sft, ...
@@ -263,7 +287,7 @@ class DPOSection(TrainSection):
 
 
 @dataclass
-class PPOVariant:
+class PPOVariant(TuningOverride):
     """One PPO-family variant: the per-token regulariser and whether the Lagrangian cost term is on."""
 
     # kl: kl_penalty(kl_estimator); js: Sun et al. 2023's clamped sampled-token JS term (ppo_losses.js_sampled_token,

@@ -31,7 +31,7 @@ from typing import Callable
 
 from bench.io import atomic_write_text
 from bench.published import leaderboard_paths, load_reported, publish_records
-from bench.report import RECORDS_DIR, examples, lagrangian, safety, series
+from bench.report import RECORDS_DIR, examples, lagrangian, safety, series, training
 from bench.report import sections as S
 
 
@@ -80,6 +80,7 @@ def render(profile: str, records: dict[str, dict], assets: Path, agreement: dict
     lines += series.tracking_section(records, assets, profile, write_plots)
     lines += series.series_section(records, assets, profile, write_plots)
     lines += lagrangian.lagrangian_section(records)
+    lines += training.training_section(records)
     lines += S.stage_times(records)
     lines += S.provenance_section(records, profile)
     return "\n".join(lines).rstrip() + "\n"

@@ -288,6 +288,20 @@ def trainable_count(model) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters() if p.requires_grad), total
 
 
+def tuning_summary(section, n_trainable: int, n_total: int) -> dict:
+    """What :func:`configure_trainable` trained, for a run record's ``extra.tuning``: the kind, its
+    settings (LoRA rank/alpha/targets, or the number of top blocks), the learning rate, and the
+    trainable and total parameter counts (a PEFT model's total includes its adapters)."""
+    out = {"trainable": section.trainable, "learning_rate": section.learning_rate,
+           "trainable_params": int(n_trainable), "total_params": int(n_total)}
+    if section.trainable == "lora":
+        out["lora"] = {"r": section.lora.r, "alpha": section.lora.alpha,
+                       "target_modules": list(section.lora.target_modules)}
+    elif section.trainable == "top_layers":
+        out["top_layers"] = section.top_layers
+    return out
+
+
 def policy_init_dir(cfg: ProfileConfig, init: str = "base") -> Path:
     """Folder of the policy a stage starts from: the verified base, or the SFT stage's output."""
     if init == "base":

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from bench import peak_memory
 from bench.config import REPO_ROOT, ProfileConfig, dump_yaml
 from bench.io import atomic_write_json, atomic_write_text
 from bench.provenance import provenance
@@ -178,6 +179,7 @@ class StageRun:
     extra: dict[str, Any] = field(default_factory=dict)
     # Exact commit sha of every hub model/dataset the profile uses (even when it pins a branch).
     hub_revisions: dict[str, str | None] = field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)  # set by stage_run on success (bench.peak_memory)
 
     def to_record(self, wall_time_s: float) -> dict:
         return {
@@ -191,6 +193,7 @@ class StageRun:
             "provenance": {**provenance(self.hub_revisions), "precision": self.cfg.model.precision},
             "datasets": self.datasets,
             "wall_time_s": round(wall_time_s, 3),
+            "resources": self.resources,  # peak memory while the stage ran (bench.peak_memory)
             "metrics": self.metrics,
             "artifacts": self.artifacts,
             "extra": self.extra,
@@ -249,7 +252,8 @@ def stage_run(cfg: ProfileConfig, variant: str, stage: str, sections: tuple[str,
     log.info("start stage=%s variant=%s profile=%s config_hash=%s", stage, variant, cfg.profile.name, config_hash)
     t0 = time.perf_counter()
     try:
-        yield run
+        with peak_memory.measure() as memory:  # rank 0's process on a multi-rank stage
+            yield run
     except BaseException as e:
         log.error("stage failed: %s: %s", type(e).__name__, e)
         raise
@@ -257,6 +261,7 @@ def stage_run(cfg: ProfileConfig, variant: str, stage: str, sections: tuple[str,
         for h in list(log.handlers):
             h.flush()
     wall = time.perf_counter() - t0
+    run.resources = memory
     with main_process_writes() as main:
         if main:
             atomic_write_text(d / "config.yaml", dump_yaml(cfg))

@@ -182,6 +182,39 @@ def test_lora_variant_is_merged_into_a_plain_checkpoint(smoke_base):
     assert any(not torch.equal(before[n], after[n]) for n in before if "q_proj" in n)
 
 
+@pytest.mark.parametrize("trainable", ["lora", "full"])
+def test_variant_overrides_the_sections_tuning(trainable, smoke_base, monkeypatch):
+    """``dpo.variants.<name>.trainable`` / ``learning_rate`` (config.variant_section) beat the section's
+    ``top_layers``: the bottom block trains (LoRA on every block, or every weight), the trainer gets the
+    variant's learning rate, and the record names both (extra.tuning)."""
+    from transformers import TrainerCallback
+
+    import bench.train.dpo as dpo_mod
+
+    seen = {}
+
+    class SeeArgs(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen["lr"] = args.learning_rate
+
+    monkeypatch.setattr(dpo_mod, "extra_callbacks", lambda: [SeeArgs()])
+    name = f"dpo-{trainable}"
+    cfg = load_config("smoke", [f"profile.name=smoke-dpo-{trainable}", "dpo.lora.r=4",
+                                f"dpo.variants.{name}.loss_type=[sigmoid]", f"dpo.variants.{name}.trainable={trainable}",
+                                f"dpo.variants.{name}.learning_rate=0.003"])
+    assert cfg.dpo.trainable == "top_layers"
+    dpo_mod.train_variant(cfg, name, cfg.dpo.variants[name], force=True)
+    rec = read_record(run_dir(f"smoke-dpo-{trainable}", name) / "record.json")
+    tuning = rec["extra"]["tuning"]
+    assert seen["lr"] == 0.003 and tuning["learning_rate"] == 0.003 and tuning["trainable"] == trainable
+    assert (tuning["trainable_params"] < tuning["total_params"] / 10) == (trainable == "lora")
+    assert tuning.get("lora", {}).get("r") == (4 if trainable == "lora" else None)
+    after, before = _params(rec["artifacts"]["model_dir"]), _params(smoke_base)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert any(".layers.0.self_attn.q_proj" in n for n in changed)
+    assert any(".layers.0.mlp." in n for n in changed) == (trainable == "full")
+
+
 def test_overlong_pairs_error_names_dataset(smoke_base):
     from bench.data.schema import DataError
     from bench.train.dpo import run_dpo

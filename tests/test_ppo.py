@@ -171,6 +171,24 @@ def test_smoke_variant_trains_and_records(name, variant, trainable, smoke_cfg, s
     ppo.run_ppo(cfg)
 
 
+def test_variant_tunes_fully_under_a_lora_section(smoke_cfg, smoke_base, runs, monkeypatch):
+    """A variant's own ``trainable`` / ``learning_rate`` (config.variant_section) override the section's: under a
+    LoRA section a ``trainable: full`` variant trains every weight (the MLPs LoRA on q/v never touches), against
+    a frozen reference copy, at its own learning rate, and its record says so (extra.tuning)."""
+    variant = PPOVariant(regulariser="kl", kl_estimator="k1", trainable="full", learning_rate=2e-3)
+    cfg = make_cfg(smoke_cfg, {"ppo-kl-full": variant}, mini_batch_size=4)
+    monkeypatch.setattr(ppo, "training_prompts", lambda cfg: (PROMPTS, {"name": "test-prompts", "n": len(PROMPTS)}))
+    ppo.run_ppo(cfg)
+    rec = read_record(runs / "ppo-kl-full" / "record.json")
+    tuning = rec["extra"]["tuning"]
+    assert tuning["trainable"] == "full" and tuning["learning_rate"] == 2e-3 and "lora" not in tuning
+    assert tuning["trainable_params"] == tuning["total_params"]  # every weight + the value head
+    assert rec["resources"]["peak_rss_mib"] >= rec["resources"]["start_rss_mib"] > 0
+    before, after = weights(smoke_base), weights(runs / "ppo-kl-full" / "model")
+    assert not torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
+    assert all(r["penalty"] != 0.0 for r in rec["extra"]["series"][1:])  # a reference it moved away from
+
+
 @pytest.mark.parametrize("threshold, direction", [(-1e3, 1), (1e3, -1)])
 def test_lagrangian_lambda_moves_toward_constraint(threshold, direction, smoke_cfg, smoke_base, runs):
     """Mean cost far above the threshold: lambda grows; far below: it shrinks (and stays > 0)."""

@@ -29,11 +29,11 @@ from __future__ import annotations
 from collections import Counter
 
 from bench import chat
-from bench.config import DPOSection, DPOVariant, ProfileConfig
+from bench.config import DPOSection, DPOVariant, ProfileConfig, variant_section
 from bench.data import load
 from bench.data.pairs import dpo_pairs, overlong_error
 from bench.distributed import remove_tree_on_main
-from bench.models import policy_init_dir
+from bench.models import policy_init_dir, tuning_summary
 from bench.runs import cache_dir, is_done, stage_run
 from bench.stats import scalar_metric
 from bench.train.hf_trainer import (
@@ -96,7 +96,7 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
     from datasets import Dataset
     from trl import DPOTrainer
 
-    section: DPOSection = cfg.require("dpo")
+    section: DPOSection = variant_section(cfg.require("dpo"), variant)  # its own trainable / learning rate, if set
     cfg = cfg.only_variant("dpo", name)  # the record hashes this variant's settings only
     sections = hashed_sections(SECTIONS, section.policy_init)
     chash = judged_hash(cfg.section_hash(*sections))  # on-policy pairs and the tracking pass use the judge
@@ -156,6 +156,7 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
                                  "f_divergence": variant.f_divergence,
                                  "beta": variant.beta if variant.beta is not None else section.beta,
                                  "rejected": rejected},
+                     "tuning": tuning_summary(section, n_train, n_total),
                      "pairs_policy": section.pairs, "rejected_sources": sources,
                      "train_pairs": len(pairs), "skipped_overlong": skipped,
                      "resumed_from": resume,

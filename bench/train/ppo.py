@@ -85,7 +85,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.config import PPOSection, PPOVariant, ProfileConfig
+from bench.config import PPOSection, PPOVariant, ProfileConfig, variant_section
 from bench.distributed import main_process_writes, remove_tree_on_main
 from bench.losses import (
     episode_cost_window,
@@ -96,6 +96,7 @@ from bench.losses import (
     standardize_with_moments,
     update_running_moments,
 )
+from bench.models import tuning_summary
 from bench.ppo_losses import missing_eos_penalty
 from bench.precision import keep_heads_fp32
 from bench.runs import is_done, stage_run
@@ -242,7 +243,8 @@ def set_up(cfg: ProfileConfig, name: str, variant: PPOVariant, prompts: list[str
     """Models, backend and prompts. The order is the order the seeded RNG is consumed in (LoRA and
     value-head initialisation), so it is part of the run's result."""
     rank, world = dist_info(cfg.require("ppo"))
-    section = per_rank_section(cfg.require("ppo"), world, variant.group_size)  # global batches, shared by the ranks
+    # the variant's own trainable / learning rate where it sets them; global batches, shared by the ranks
+    section = per_rank_section(variant_section(cfg.require("ppo"), variant), world, variant.group_size)
     torch.manual_seed(cfg.profile.seed)
     policy, tok = load_policy(cfg, section)
     policy = setup_trainable(policy, section)
@@ -368,16 +370,18 @@ def own_rows(n: int, rank: int, world: int) -> slice:
 def save_and_record(setup: Setup, state: TrainState, run, prompts_identity: dict | None) -> Path:
     """The trained policy as a plain HF folder, and the record's artifacts, datasets, extra and metrics."""
     model_dir = run.dir / "model"
-    n_trainable = sum(p.numel() for p in setup.backend.module.parameters() if p.requires_grad)  # before merging LoRA
+    module = setup.backend.module
+    n_trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)  # before merging LoRA
     with main_process_writes() as main:  # every rank holds the whole policy; rank 0 writes, the others wait
         if main:
-            save_policy(setup.backend.module.policy, setup.tok, model_dir, setup.section, setup.cfg.model.dtype)
+            save_policy(module.policy, setup.tok, model_dir, setup.section, setup.cfg.model.dtype)
     run.artifacts["model_dir"] = str(model_dir)
     run.datasets["ppo_prompts"] = prompts_identity or prompt_set_identity(setup.prompts)
     run.extra["series"] = state.series
     run.extra["prompts_skipped_too_long"] = setup.n_too_long
     run.extra["variant"] = dataclasses.asdict(setup.variant) | {"coef": setup.coef}
     run.extra["trainable_params"] = n_trainable  # policy (LoRA adapters / top blocks / all) + value head
+    run.extra["tuning"] = tuning_summary(setup.section, n_trainable, sum(p.numel() for p in module.parameters()))
     run.extra.update(summary_extra(state))  # kl_ref_per_token_end (k3, last batch)
     if setup.variant.lagrangian:  # threshold, how it was set, the steps the constraint bound and lambda rose
         run.extra["lagrangian"] = lagrangian_extra(state, setup.section)

@@ -20,7 +20,7 @@ from bench.config import ProfileConfig, SFTSection
 from bench.data import load
 from bench.data.pairs import dpo_pairs, interleave_by, overlong_error
 from bench.distributed import remove_tree_on_main
-from bench.models import policy_init_dir
+from bench.models import policy_init_dir, tuning_summary
 from bench.runs import is_done, stage_run
 from bench.stats import scalar_metric
 from bench.train.hf_trainer import (
@@ -99,7 +99,7 @@ def run_sft(cfg: ProfileConfig, force: bool = False) -> None:
         history = [h for h in trainer.state.log_history if "loss" in h]
         run.metrics = {"train_loss": scalar_metric(result.training_loss), "trainable_params": scalar_metric(n_train)}
         run.artifacts = {"model_dir": str(out), "policy_init": str(policy_dir)}
-        run.extra = {**fp16_stats(trainer), "demonstrations": len(demos), "skipped_overlong": skipped, "resumed_from": resume,
+        run.extra = {**fp16_stats(trainer), "tuning": tuning_summary(section, n_train, n_total), "demonstrations": len(demos), "skipped_overlong": skipped, "resumed_from": resume,
                      "series": [{k: h[k] for k in ("step", "loss", "mean_token_accuracy") if k in h} for h in history]}
         print(f"sft: {len(demos)} demonstrations, train loss {result.training_loss:.4f}")
     remove_tree_on_main(ckpt_dir)  # rank 0, after every rank is done with it
