@@ -60,3 +60,20 @@ def test_table_shows_tuning_params_memory_and_kl_per_training_record():
 def test_no_training_records_no_section():
     assert training_section({"eval/base.json": _rec("base", "eval")}) == []
     assert tuning_text(None) == "–" and tuning_text({"trainable": "top_layers", "top_layers": 6}).startswith("top 6")
+
+
+def test_stage_times_count_a_stages_shared_work_once_per_config():
+    from bench.report.sections import stage_times
+
+    def steer(variant, chash, extraction, wall):
+        return {"variant": variant, "stage": "steer", "config_hash": chash, "wall_time_s": wall,
+                "metrics": {"extraction_wall_time_s": {"value": extraction}} if extraction else {}}
+
+    records = {"steer-ablate.json": steer("steer-ablate", "h1", 700.0, 1.0),
+               "steer-add.json": steer("steer-add", "h1", 700.0, 2.0),  # same extraction, written into both records
+               "steer-gated.json": steer("steer-gated", "h1", None, 4.0),
+               "sft.json": {"variant": "sft", "stage": "sft", "wall_time_s": 100.0, "metrics": {}}}
+    rows = {line.split(" | ")[0].strip("| "): line for line in stage_times(records) if line.startswith("| ")}
+    assert rows["steer"] == "| steer | 3 | 700 | 707 |"
+    assert rows["sft"] == "| sft | 1 | – | 100 |"
+    assert "**807**" in rows["**total**"]

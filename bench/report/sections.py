@@ -356,22 +356,37 @@ def onpolicy_section(records: dict[str, dict]) -> list[str]:
     return lines
 
 
+# Work a stage does once before it opens its records, recorded as a metric of each record it then writes
+# (the steering recipe's extraction and selection): counted once per (stage, config hash) in stage_times.
+SHARED_WALL_METRICS = ("extraction_wall_time_s",)
+
+
 def stage_times(records: dict[str, dict]) -> list[str]:
-    """Wall time summed per stage (issue 8 asks for it): the records' own ``wall_time_s``."""
+    """Wall time summed per stage (issue 8 asks for it): the records' own ``wall_time_s``, plus the shared
+    work a stage records in :data:`SHARED_WALL_METRICS`, once per config hash."""
     per: dict[str, list[float]] = {}
+    shared: dict[str, dict[tuple, float]] = {}
     for r in records.values():
         if finite(r.get("wall_time_s")):
             per.setdefault(r["stage"], []).append(float(r["wall_time_s"]))
+        for key in SHARED_WALL_METRICS:
+            v = ((r.get("metrics") or {}).get(key) or {}).get("value")
+            if finite(v):
+                shared.setdefault(r["stage"], {})[(key, r.get("config_hash"))] = float(v)
     if not per:
         return []
     order = sorted(per, key=lambda st: (stage_rank(st), st))
-    rows = [[st, str(len(per[st])), f"{sum(per[st]):.0f}"] for st in order]
-    total = sum(sum(v) for v in per.values())
-    rows.append(["**total**", str(sum(len(v) for v in per.values())), f"**{total:.0f}** ({total / 60:.1f} min)"])
+    before = {st: sum(shared.get(st, {}).values()) for st in order}
+    rows = [[st, str(len(per[st])), f"{before[st]:.0f}" if before[st] else "–", f"{sum(per[st]) + before[st]:.0f}"]
+            for st in order]
+    total = sum(sum(v) for v in per.values()) + sum(before.values())
+    rows.append(["**total**", str(sum(len(v) for v in per.values())), f"{sum(before.values()):.0f}",
+                 f"**{total:.0f}** ({total / 60:.1f} min)"])
     return (["## Wall time per stage", "",
-             "Sum of the records' own wall times (seconds; set-up and Make's overhead not included). The machine "
-             "and threads are in the hardware list below.", ""]
-            + table(["stage", "records", "wall s"], rows, ["l", "r", "r"]) + [""])
+             "Sum of the records' own wall times plus the work a stage does once before writing its records "
+             "(steering: direction extraction and selection, `extraction_wall_time_s`); seconds, set-up and "
+             "Make's overhead not included. The machine and threads are in the hardware list below.", ""]
+            + table(["stage", "records", "of which before the records", "wall s"], rows, ["l", "r", "r", "r"]) + [""])
 
 
 def provenance_section(records: dict[str, dict], profile: str) -> list[str]:
