@@ -31,7 +31,7 @@ from typing import Callable
 
 from bench.io import atomic_write_text
 from bench.published import leaderboard_paths, load_reported, publish_records
-from bench.report import RECORDS_DIR, examples, lagrangian, safety, series, training
+from bench.report import RECORDS_DIR, contrasts, examples, lagrangian, safety, series, training
 from bench.report import sections as S
 
 
@@ -70,6 +70,7 @@ def render(profile: str, records: dict[str, dict], assets: Path, agreement: dict
     if notes:
         lines += ["Notes from the battery:", ""] + [f"- {n}" for n in notes] + [""]
     lines += safety.tradeoff_section(evals, assets, profile, write_plots)
+    lines += contrasts.contrasts_section(records, assets)
     lines += safety.category_section(evals)
     lines += examples.examples_section(evals, assets)
     lines += S.definitions_section(shown, evals, det)

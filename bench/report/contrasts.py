@@ -1,0 +1,116 @@
+"""The leaderboard's "One-factor contrasts": pairs of rows that differ in one setting, tested against each other.
+
+    bench leaderboard --profile default    # bench.leaderboard calls contrasts_section on the records
+
+The main tables test every row against its own starting point; a reader comparing two rows (ppo-kl
+against ppo-nokl: does the KL term matter? dpo against dpo-lora: does LoRA match?) needs the two rows
+tested against each other, on the same prompts. A pair is shown when both are trained variants of the
+same stage and their settings differ in exactly one factor (:data:`FACTORS`): the loss, beta, the
+rejected responses, the regulariser, the Lagrangian, ..., or the tuning (full / LoRA / top blocks with its
+learning rate, from ``extra.tuning``). Settings come from each training record's ``extra.variant`` and
+``extra.tuning``; the verdicts from the committed samples (``leaderboards/<profile>/samples/<variant>.jsonl``,
+the judge's ``is_refusal`` per prompt). Each rate gets the difference with Newcombe's paired interval and
+the exact McNemar p (:func:`bench.stats.paired_rate`); "not distinguishable" where p >= 0.05. p is per
+comparison, uncorrected for the number of pairs shown. Tested in ``tests/test_contrasts.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import combinations
+from pathlib import Path
+
+from bench.records import is_eval_key
+from bench.report import SAMPLES_DIR
+from bench.report.sections import table, variant_key
+from bench.stats import ALPHA, paired_rate
+
+SETS = (("refusal_harmful", "harmful refusal"), ("over_refusal_benign", "benign over-refusal"),
+        ("over_refusal_borderline", "borderline over-refusal"))
+# Setting keys that change together by construction make one factor (a loss and its weights; a regulariser
+# and the coefficient it takes); any other key of extra.variant is a factor of its own.
+FACTORS = {"loss_type": "loss", "loss_weights": "loss", "regulariser": "regulariser", "coef": "regulariser"}
+TUNING_KEYS = ("trainable", "learning_rate", "top_layers", "lora")
+IGNORED = ("trainable", "learning_rate")  # a variant's own override: its effect is in extra.tuning
+
+
+def settings(rec: dict) -> dict[str, tuple] | None:
+    """``{factor: value}`` of a training record, or None when it carries no settings."""
+    extra = rec.get("extra") or {}
+    variant, tuning = extra.get("variant"), extra.get("tuning")
+    if not isinstance(variant, dict) or not isinstance(tuning, dict):
+        return None
+    out: dict[str, list] = {}
+    for key in sorted(variant):
+        if key not in IGNORED:
+            out.setdefault(FACTORS.get(key, key.replace("_", " ")), []).append((key, variant[key]))
+    out["tuning"] = [(k, tuning.get(k)) for k in TUNING_KEYS]
+    return {f: tuple(v) for f, v in out.items()}
+
+
+def _show(value: tuple) -> str:
+    parts = []
+    for key, v in value:
+        if v is None or v == [] or v is False and key != "lagrangian":
+            continue
+        if isinstance(v, dict):
+            v = ", ".join(f"{k} {x}" for k, x in v.items() if k != "target_modules")
+        elif isinstance(v, list):
+            v = "+".join(map(str, v))
+        parts.append(f"{key} {v}" if key not in ("trainable",) else str(v))
+    return ", ".join(parts) or "–"
+
+
+def pairs(records: dict[str, dict]) -> list[tuple[str, str, str, str, str]]:
+    """``(a, b, factor, a's value, b's value)`` for same-stage trained variants differing in one factor."""
+    recs = sorted(((r["variant"], r) for k, r in records.items() if not is_eval_key(k)),
+                  key=lambda vr: variant_key(vr[0], vr[1]["stage"]))
+    found = [(v, r["stage"], settings(r)) for v, r in recs]
+    out = []
+    for (a, sa, fa), (b, sb, fb) in combinations([x for x in found if x[2] is not None], 2):
+        if sa != sb or set(fa) != set(fb):
+            continue
+        differ = [f for f in fa if fa[f] != fb[f]]
+        if len(differ) == 1:
+            f = differ[0]
+            out.append((a, b, f, _show(fa[f]), _show(fb[f])))
+    return out
+
+
+def _verdicts(assets: Path, variant: str) -> dict[tuple, bool] | None:
+    path = assets / SAMPLES_DIR / f"{variant}.jsonl"
+    if not path.exists():
+        return None
+    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {(r["set"], r.get("id"), r["prompt"]): bool(r["is_refusal"]) for r in rows if "is_refusal" in r}
+
+
+def _cell(a: dict, b: dict, set_name: str) -> str:
+    keys = sorted(k for k in a if k[0] == set_name and k in b)
+    if not keys:
+        return "–"
+    e = paired_rate([a[k] for k in keys], [b[k] for k in keys])
+    ra, rb = sum(a[k] for k in keys) / len(keys), sum(b[k] for k in keys) / len(keys)
+    verdict = "not distinguishable" if e["p"] >= ALPHA else ("higher" if e["delta"] > 0 else "lower")
+    p = "p < 0.001" if e["p"] < 0.001 else f"p {e['p']:.3f}"
+    return (f"{ra:.3f} vs {rb:.3f}: {e['delta']:+.3f} [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}], {p}, "
+            f"b/c {e['discordant'][0]}/{e['discordant'][1]}, **{verdict}**")
+
+
+def contrasts_section(records: dict[str, dict], assets: Path) -> list[str]:
+    rows = []
+    for a, b, factor, va, vb in pairs(records):
+        sa, sb = _verdicts(assets, a), _verdicts(assets, b)
+        if sa is None or sb is None:
+            continue
+        rows.append([f"`{a}` vs `{b}`", f"{factor}: {va} / {vb}"] + [_cell(sa, sb, s) for s, _ in SETS])
+    if not rows:
+        return []
+    return (["## One-factor contrasts", "",
+             "Pairs of trained variants of one stage whose settings differ in exactly one factor, tested against "
+             "each other on the same prompts (the main tables test each row against its starting point only). "
+             "Each cell: first row's rate vs second's, the difference (first minus second) with Newcombe's paired "
+             "95% interval, the exact McNemar p, the discordant prompts (refused by the first only / the second "
+             "only), and whether the first is higher, lower or not distinguishable at p < 0.05 (per comparison, "
+             "not corrected for the number of pairs).", ""]
+            + table(["pair", "differs in"] + [label for _, label in SETS], rows, ["l", "l", "l", "l", "l"]) + [""])
