@@ -36,9 +36,9 @@ def test_pairs_are_same_stage_variants_differing_in_exactly_one_factor():
     # regulariser + tuning differ: not a one-factor contrast; a record without tuning is never paired
     assert ("ppo-kl-full", "ppo-nokl") not in found and not any("ppo-old" in k for k in found)
     factor, va, vb = found[("ppo-kl", "ppo-kl-full")]
-    assert factor == "tuning" and va.startswith("lora, learning_rate 0.0005, lora r 8") and vb == "full, learning_rate 2e-05"
-    assert found[("ppo-kl", "ppo-nokl")][0] == "regulariser"
-    assert found[("ppo-kl", "ppo-lag")][1:] == ("lagrangian False", "lagrangian True")
+    assert (factor, va, vb) == ("tuning", "LoRA r 8, lr 0.0005", "full, lr 2e-05")
+    assert found[("ppo-kl", "ppo-nokl")] == ("regulariser", "kl (coef 0.05)", "none (coef 0.0)")
+    assert found[("ppo-kl", "ppo-lag")] == ("lagrangian", "False", "True")
 
 
 def _samples(assets, variant, refusals):

@@ -35,6 +35,7 @@ TRL_LOSS = {
     "dpo-offline": (["sigmoid"], "reverse_kl"),
     "dpo-onpolicy": (["sigmoid"], "reverse_kl"),
     "dpo-lora": (["sigmoid"], "reverse_kl"),
+    "dpo-full": (["sigmoid"], "reverse_kl"),
 }
 PROFILES = ("default", "smoke", "llama2-7b-v100", "tinyllama-1.1b-v100")
 

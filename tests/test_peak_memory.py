@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-import numpy as np
+import mmap
+
 import pytest
 
 from bench import peak_memory
 
 
-def _touch(mib: int) -> np.ndarray:
-    a = np.empty(mib * 2**20, dtype=np.uint8)
-    a[::4096] = 1  # resident: one write per page
-    return a
+def _touch(mib: int) -> mmap.mmap:
+    """``mib`` MiB of fresh resident pages: an anonymous mapping (never memory a malloc arena kept from
+    earlier tests, which would not raise RSS), one write per page; unmapped when closed or collected."""
+    m = mmap.mmap(-1, mib * 2**20)
+    for off in range(0, mib * 2**20, mmap.PAGESIZE):
+        m[off] = 1
+    return m
 
 
 def test_peak_is_from_the_stage_start_and_nested_stages_keep_the_outer_peak():
-    big = _touch(300)  # before: a later stage's peak must not include it once it is freed
-    del big
+    _touch(300).close()  # before: a later stage's peak must not include it once it is freed
     with peak_memory.measure() as outer:
-        held = _touch(200)
-        del held
+        _touch(200).close()
         with peak_memory.measure() as inner:  # resets the high-water mark: the outer's 200 MiB must survive
-            small = _touch(40)
-            del small
+            _touch(40).close()
     assert outer["peak_rss_mib"] - outer["start_rss_mib"] >= 190
     assert 35 <= inner["peak_rss_mib"] - inner["start_rss_mib"] < 190
     assert outer["peak_rss_mib"] >= inner["peak_rss_mib"]
@@ -42,8 +43,7 @@ def test_stage_record_carries_resources(smoke_cfg, tmp_path, monkeypatch):
 
     monkeypatch.setenv("BENCH_RUNS", str(tmp_path / "runs"))
     with stage_run(smoke_cfg, variant="probe", stage="sft") as run:
-        held = _touch(64)
-    del held
+        _touch(64).close()
     rec = read_record(run.dir / "record.json")
     res = rec["resources"]
     assert res["peak_rss_mib"] - res["start_rss_mib"] >= 60

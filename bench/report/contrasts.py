@@ -48,17 +48,23 @@ def settings(rec: dict) -> dict[str, tuple] | None:
     return {f: tuple(v) for f, v in out.items()}
 
 
-def _show(value: tuple) -> str:
-    parts = []
-    for key, v in value:
-        if v is None or v == [] or v is False and key != "lagrangian":
-            continue
-        if isinstance(v, dict):
-            v = ", ".join(f"{k} {x}" for k, x in v.items() if k != "target_modules")
-        elif isinstance(v, list):
-            v = "+".join(map(str, v))
-        parts.append(f"{key} {v}" if key not in ("trainable",) else str(v))
-    return ", ".join(parts) or "–"
+def _show(factor: str, value: tuple) -> str:
+    """A factor's value in a few words: ``top 6 blocks, lr 5e-05``, ``js, coef 0.05``, ``reverse_kl``."""
+    d = dict(value)
+    if factor == "tuning":
+        kind = {"top_layers": f"top {d.get('top_layers')} blocks", "full": "full"}.get(
+            d.get("trainable"), f"LoRA r {(d.get('lora') or {}).get('r')}" if d.get("trainable") == "lora" else str(d.get("trainable")))
+        return f"{kind}, lr {d.get('learning_rate'):g}" if d.get("learning_rate") is not None else kind
+
+    def text(v) -> str:
+        return "+".join(map(str, v)) if isinstance(v, list) else str(v)
+
+    if len(d) == 1:
+        return text(next(iter(d.values())))
+    main = {"loss": "loss_type"}.get(factor, factor.replace(" ", "_"))
+    head = text(d[main]) if main in d else ""
+    rest = ", ".join(f"{k} {text(v)}" for k, v in d.items() if k != main and v is not None)
+    return f"{head} ({rest})" if head and rest else head or rest
 
 
 def pairs(records: dict[str, dict]) -> list[tuple[str, str, str, str, str]]:
@@ -73,7 +79,7 @@ def pairs(records: dict[str, dict]) -> list[tuple[str, str, str, str, str]]:
         differ = [f for f in fa if fa[f] != fb[f]]
         if len(differ) == 1:
             f = differ[0]
-            out.append((a, b, f, _show(fa[f]), _show(fb[f])))
+            out.append((a, b, f, _show(f, fa[f]), _show(f, fb[f])))
     return out
 
 
@@ -112,5 +118,6 @@ def contrasts_section(records: dict[str, dict], assets: Path) -> list[str]:
              "Each cell: first row's rate vs second's, the difference (first minus second) with Newcombe's paired "
              "95% interval, the exact McNemar p, the discordant prompts (refused by the first only / the second "
              "only), and whether the first is higher, lower or not distinguishable at p < 0.05 (per comparison, "
-             "not corrected for the number of pairs).", ""]
+             f"not corrected: {len(rows)} pairs x {len(SETS)} rates = {len(rows) * len(SETS)} tests, so about "
+             f"{len(rows) * len(SETS) * ALPHA:.0f} would fall below 0.05 by chance where nothing differs).", ""]
             + table(["pair", "differs in"] + [label for _, label in SETS], rows, ["l", "l", "l", "l", "l"]) + [""])
