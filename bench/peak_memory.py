@@ -9,10 +9,11 @@
 - **GPU**: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (tensors only, not
   the caching allocator's reserve), where CUDA is initialised.
 
-Stages nest (DPO's on-policy pairs are their own stage inside it): resetting the high-water mark for
-the inner one would lose the outer one's peak so far, so every open measurement folds the mark in
-before each reset (:class:`PeakMemory` keeps the stack). Where ``/proc`` is missing (macOS) or cannot
-be reset, the host fields are None and ``how`` says why; nothing fails.
+Stages nest (DPO's on-policy pairs are their own stage inside it): resetting the high-water marks for
+the inner one would lose the outer one's peaks so far, so both marks are folded into every open
+measurement (the module's stack ``_open``) before each reset and at each exit. Where ``/proc`` is missing
+(macOS) or cannot be reset, the host fields are None and ``how`` says why; nothing fails. On a multi-rank
+stage the record holds rank 0's process (``runs.stage_run`` writes it there).
 """
 
 from __future__ import annotations
@@ -37,12 +38,16 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
-def _fold_host_peak() -> None:
-    """Fold the current high-water mark into every open measurement."""
+def _fold_peaks() -> None:
+    """Fold the current high-water marks (host, and CUDA where initialised) into every open measurement."""
     hwm = _status_kib("VmHWM")
-    if hwm is not None:
-        for m in _open:
+    cuda = _cuda()
+    peak = cuda.max_memory_allocated() if cuda is not None else None
+    for m in _open:
+        if hwm is not None:
             m["hwm_kib"] = max(m["hwm_kib"] or 0, hwm)
+        if peak is not None:
+            m["cuda_bytes"] = max(m["cuda_bytes"] or 0, peak)
 
 
 def _reset_host_peak() -> bool:
@@ -66,8 +71,8 @@ def measure() -> Iterator[dict]:
     """Yields a dict filled in on exit: ``peak_rss_mib``, ``start_rss_mib``, ``peak_cuda_mib`` (None
     off CUDA) and ``how``."""
     out: dict = {}
-    _fold_host_peak()
-    me = {"hwm_kib": None}
+    _fold_peaks()
+    me = {"hwm_kib": None, "cuda_bytes": None}
     _open.append(me)
     start = _status_kib("VmRSS")
     reset = _reset_host_peak()
@@ -77,7 +82,7 @@ def measure() -> Iterator[dict]:
     try:
         yield out
     finally:
-        _fold_host_peak()
+        _fold_peaks()
         _open.remove(me)
         if reset and me["hwm_kib"] is not None:
             out.update(peak_rss_mib=round(me["hwm_kib"] / 1024, 1), start_rss_mib=round((start or 0) / 1024, 1),
@@ -86,5 +91,5 @@ def measure() -> Iterator[dict]:
         else:
             out.update(peak_rss_mib=None, start_rss_mib=None,
                        how="host peak not measured: /proc/self/clear_refs cannot be written here")
-        cuda = _cuda()  # a stage may have initialised CUDA itself
-        out["peak_cuda_mib"] = round(cuda.max_memory_allocated() / 2**20, 1) if cuda is not None else None
+        # CUDA first initialised inside the stage: its peak since initialisation is the stage's own
+        out["peak_cuda_mib"] = round(me["cuda_bytes"] / 2**20, 1) if me["cuda_bytes"] is not None else None

@@ -30,6 +30,37 @@ def test_peak_is_from_the_stage_start_and_nested_stages_keep_the_outer_peak():
     assert outer["peak_cuda_mib"] is None and "VmHWM" in outer["how"]
 
 
+def test_nested_cuda_peak_survives_the_inner_reset(monkeypatch):
+    """The CUDA peak is folded in before an inner stage resets it, as the host mark is (a fake CUDA)."""
+
+    class FakeCuda:
+        def __init__(self):
+            self.current = self.peak = 0
+
+        def alloc(self, n):
+            self.current += n
+            self.peak = max(self.peak, self.current)
+
+        def free(self, n):
+            self.current -= n
+
+        def reset_peak_memory_stats(self):
+            self.peak = self.current
+
+        def max_memory_allocated(self):
+            return self.peak
+
+    cuda = FakeCuda()
+    monkeypatch.setattr(peak_memory, "_cuda", lambda: cuda)
+    with peak_memory.measure() as outer:
+        cuda.alloc(300 * 2**20)
+        cuda.free(300 * 2**20)
+        with peak_memory.measure() as inner:
+            cuda.alloc(10 * 2**20)
+            cuda.free(10 * 2**20)
+    assert (outer["peak_cuda_mib"], inner["peak_cuda_mib"]) == (300.0, 10.0)
+
+
 def test_no_reset_means_no_host_number(monkeypatch, tmp_path):
     monkeypatch.setattr(peak_memory, "CLEAR_REFS", tmp_path / "missing" / "clear_refs")
     with peak_memory.measure() as m:
