@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from bench.config import DPOSection, DPOVariant, LoraSection, PPOSection, variant_section
 from bench.models import tuning_summary
-from bench.config import DPOSection, LoraSection, PPOSection, variant_section, DPOVariant
 from bench.report.training import training_section, tuning_text
 
 
@@ -60,6 +60,8 @@ def test_table_shows_tuning_params_memory_and_kl_per_training_record():
 def test_no_training_records_no_section():
     assert training_section({"eval/base.json": _rec("base", "eval")}) == []
     assert tuning_text(None) == "–" and tuning_text({"trainable": "top_layers", "top_layers": 6}).startswith("top 6")
+    assert tuning_text({"trainable": "top_layers", "top_layers": 6, "learning_rate": 5e-5}, short=True) == "top 6 blocks, lr 5e-05"
+    assert tuning_text({"trainable": "full"}, short=True) == "full"  # no learning rate recorded: none shown
 
 
 def test_stage_times_count_a_stages_shared_work_once_per_config():

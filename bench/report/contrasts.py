@@ -16,17 +16,18 @@ comparison, uncorrected for the number of pairs shown. Tested in ``tests/test_co
 
 from __future__ import annotations
 
-import json
 from itertools import combinations
 from pathlib import Path
 
+from bench import metrics
 from bench.records import is_eval_key
-from bench.report import SAMPLES_DIR
+from bench.report.examples import SETS as EXAMPLE_SETS
+from bench.report.examples import load_samples
 from bench.report.sections import table, variant_key
+from bench.report.training import tuning_text
 from bench.stats import ALPHA, paired_rate
 
-SETS = (("refusal_harmful", "harmful refusal"), ("over_refusal_benign", "benign over-refusal"),
-        ("over_refusal_borderline", "borderline over-refusal"))
+SETS = tuple(name for name, _ in EXAMPLE_SETS)  # the refusal sets, as the examples section shows them
 # Setting keys that change together by construction make one factor (a loss and its weights; a regulariser
 # and the coefficient it takes); any other key of extra.variant is a factor of its own.
 FACTORS = {"loss_type": "loss", "loss_weights": "loss", "regulariser": "regulariser", "coef": "regulariser"}
@@ -49,12 +50,10 @@ def settings(rec: dict) -> dict[str, tuple] | None:
 
 
 def _show(factor: str, value: tuple) -> str:
-    """A factor's value in a few words: ``top 6 blocks, lr 5e-05``, ``js, coef 0.05``, ``reverse_kl``."""
+    """A factor's value in a few words: ``top 6 blocks, lr 5e-05``, ``js (coef 0.05)``, ``reverse_kl``."""
     d = dict(value)
     if factor == "tuning":
-        kind = {"top_layers": f"top {d.get('top_layers')} blocks", "full": "full"}.get(
-            d.get("trainable"), f"LoRA r {(d.get('lora') or {}).get('r')}" if d.get("trainable") == "lora" else str(d.get("trainable")))
-        return f"{kind}, lr {d.get('learning_rate'):g}" if d.get("learning_rate") is not None else kind
+        return tuning_text(d, short=True)
 
     def text(v) -> str:
         return "+".join(map(str, v)) if isinstance(v, list) else str(v)
@@ -83,11 +82,8 @@ def pairs(records: dict[str, dict]) -> list[tuple[str, str, str, str, str]]:
     return out
 
 
-def _verdicts(assets: Path, variant: str) -> dict[tuple, bool] | None:
-    path = assets / SAMPLES_DIR / f"{variant}.jsonl"
-    if not path.exists():
-        return None
-    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+def _verdicts(rows: list[dict]) -> dict[tuple, bool]:
+    """``{(set, id, prompt): refused}`` of a variant's committed samples (rows without a verdict left out)."""
     return {(r["set"], r.get("id"), r["prompt"]): bool(r["is_refusal"]) for r in rows if "is_refusal" in r}
 
 
@@ -104,12 +100,12 @@ def _cell(a: dict, b: dict, set_name: str) -> str:
 
 
 def contrasts_section(records: dict[str, dict], assets: Path) -> list[str]:
+    found = pairs(records)
+    verdicts = {v: _verdicts(rows) for v, rows in load_samples(assets, sorted({x for p in found for x in p[:2]})).items()}
     rows = []
-    for a, b, factor, va, vb in pairs(records):
-        sa, sb = _verdicts(assets, a), _verdicts(assets, b)
-        if sa is None or sb is None:
-            continue
-        rows.append([f"`{a}` vs `{b}`", f"{factor}: {va} / {vb}"] + [_cell(sa, sb, s) for s, _ in SETS])
+    for a, b, factor, va, vb in found:
+        if a in verdicts and b in verdicts:  # a variant without committed samples has no verdicts to test
+            rows.append([f"`{a}` vs `{b}`", f"{factor}: {va} / {vb}"] + [_cell(verdicts[a], verdicts[b], s) for s in SETS])
     if not rows:
         return []
     return (["## One-factor contrasts", "",
@@ -120,4 +116,4 @@ def contrasts_section(records: dict[str, dict], assets: Path) -> list[str]:
              "only), and whether the first is higher, lower or not distinguishable at p < 0.05 (per comparison, "
              f"not corrected: {len(rows)} pairs x {len(SETS)} rates = {len(rows) * len(SETS)} tests, so about "
              f"{len(rows) * len(SETS) * ALPHA:.0f} would fall below 0.05 by chance where nothing differs).", ""]
-            + table(["pair", "differs in"] + [label for _, label in SETS], rows, ["l", "l", "l", "l", "l"]) + [""])
+            + table(["pair", "differs in"] + [metrics.info(s).column for s in SETS], rows, ["l", "l", "l", "l", "l"]) + [""])

@@ -21,18 +21,22 @@ from bench.report.sections import finite, table, variant_key
 STAGES = ("sft", "dpo", "ppo")
 
 
-def tuning_text(t: dict | None) -> str:
-    """``full``, ``LoRA r 8, alpha 16 (q_proj, k_proj, v_proj, o_proj)`` or ``top 6 blocks``."""
+def tuning_text(t: dict | None, short: bool = False) -> str:
+    """An ``extra.tuning`` in words: ``full``, ``LoRA r 8, alpha 16 (q_proj, ...), every block`` or ``top 6 blocks +
+    final norm + head``; ``short``: ``full, lr 2e-05``, ``LoRA r 8, lr 0.0005``, ``top 6 blocks, lr 5e-05`` (the
+    contrasts table's form)."""
     if not t:
         return "–"
-    kind = t.get("trainable")
+    kind, lora = t.get("trainable"), t.get("lora") or {}
     if kind == "lora":
-        lora = t.get("lora") or {}
-        targets = ", ".join(lora.get("target_modules") or [])
-        return f"LoRA r {lora.get('r')}, alpha {lora.get('alpha')} ({targets}), every block"
-    if kind == "top_layers":
-        return f"top {t.get('top_layers')} blocks + final norm + head"
-    return "full" if kind == "full" else str(kind)
+        text = f"LoRA r {lora.get('r')}" if short else (
+            f"LoRA r {lora.get('r')}, alpha {lora.get('alpha')} ({', '.join(lora.get('target_modules') or [])}), every block")
+    elif kind == "top_layers":
+        text = f"top {t.get('top_layers')} blocks" + ("" if short else " + final norm + head")
+    else:
+        text = str(kind)
+    lr = t.get("learning_rate")
+    return f"{text}, lr {lr:g}" if short and finite(lr) else text
 
 
 def _params(t: dict | None, rec: dict) -> str:
