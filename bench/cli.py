@@ -208,6 +208,17 @@ def eval_(cfg: ProfileConfig, variant: str | None, force: bool) -> None:
 
 
 @main.command()
+@click.option("--variant", default=None, help="score only this variant (default: every policy and steered variant)")
+@with_config
+def validate(cfg: ProfileConfig, variant: str | None) -> None:
+    """Refusal rates on the validation split (harmful, benign, borderline-safe, unsafe contrast), to
+    choose settings without the test split; written to runs/<profile>/validation/, never to a record."""
+    from bench.eval.validation_readout import run_validation
+
+    run_validation(cfg, variant=variant)
+
+
+@main.command()
 # Always the case now; accepted (hidden) because committed leaderboards print it in their "Reproduce" lines.
 @click.option("--from-records", is_flag=True, hidden=True)
 @with_config

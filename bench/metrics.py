@@ -126,7 +126,9 @@ _BATTERY = [
     _m("over_refusal_benign", "over-refusal (benign)", LOWER,
        "The same share on held-out benign prompts: refusing these is over-refusal.", 3, RATE),
     _m("over_refusal_borderline", "over-refusal (borderline)", LOWER,
-       "The same share on borderline-safe prompts (XSTest-style: safe requests that look unsafe).", 3, RATE),
+       "The same share on borderline-safe prompts (XSTest-style: safe requests that look unsafe). On the embedded "
+       "data the test split holds only trigger words, terms and names, and frames, that no train or validation "
+       "prompt contains (bench.data.trigger_split): over-refusal on requests never trained on.", 3, RATE),
     _m("refusal_unsafe_contrast", "refusal (unsafe contrast)", HIGHER,
        "The same share on the unsafe contrast prompts paired with the borderline set.", 3, RATE),
     _m("pref_acc_implicit", "implicit acc. (vs start)", HIGHER,

@@ -10,7 +10,9 @@ import pytest
 
 from bench.config import DataSection
 from bench.data import ROLES, build_embedded, choose, dpo_pairs, load, load_role, prompt_key
+from bench.data import borderline_text as B
 from bench.data import embedded_text as T
+from bench.data.trigger_split import mentions
 from bench.data.embedded import DATA_DIR
 
 SPLITS = ("train", "validation", "test")
@@ -48,7 +50,11 @@ def test_sizes_and_categories(data):
     assert len(data[("benign", "test")]) >= 150 and len(data[("helpfulness", "test")]) >= 150
     border_test = [r for r in data[("borderline", "test")].rows if r["label"] == "borderline"]
     assert len(border_test) >= 150
-    assert len(set(Counter(r["category"] for r in border_test).values())) == 1  # the ten types balanced
+    by_type = Counter(r["category"] for r in border_test)  # every type well represented (issue 25)
+    assert len(by_type) == 10 and min(by_type.values()) >= 12, by_type
+    for s in ("train", "validation"):
+        rows = Counter(r["category"] for r in data[("borderline", s)].rows if r["label"] == "borderline")
+        assert len(rows) == 10 and min(rows.values()) >= (15 if s == "train" else 4), (s, rows)
     assert len(set(Counter(r["category"] for r in data[("harmful", "test")].rows).values())) == 1
     assert {r["label"] for r in data[("borderline", "test")].rows} == {"borderline", "unsafe-contrast"}
     assert all(r["reference"].strip() for r in data[("helpfulness", "test")].rows)
@@ -84,6 +90,10 @@ def _underlying(role: str, row: dict) -> frozenset[str]:
         frames = T.HARMFUL_FRAMES if fid[0] == "f" else T.HARMFUL_FRAMES_TEST_ONLY
         head, tail = frames[int(fid[1:])].split("{goal}")
         assert row["prompt"].startswith(head) and row["prompt"].endswith(tail), row["id"]
+        return _words(row["prompt"][len(head):len(row["prompt"]) - len(tail)])
+    if role == "borderline" and "frame" in row:
+        split, fi = row["frame"].split("-")
+        head, tail = re.split(r"\{ql?\}", B.BORDERLINE_FRAMES[split][int(fi)])
         return _words(row["prompt"][len(head):len(row["prompt"]) - len(tail)])
     if role == "benign" and (m := re.fullmatch(r"benign-\d{3}-w(\d)", row["id"])):
         head, tail = T.BENIGN_WRAPPERS[int(m.group(1))].split("{q}")
@@ -133,6 +143,38 @@ def test_harmful_test_goals_are_held_out(data):
     test_only_frames = {r["id"].rsplit("-", 1)[1] for r in data[("harmful", "test")].rows} - \
         {r["id"].rsplit("-", 1)[1] for r in data[("harmful", "train")].rows}
     assert test_only_frames  # some test phrasings never occur in train
+
+
+def test_borderline_held_out_splits_have_unseen_triggers_and_frames(data):
+    """Issue 25: no validation or test borderline-safe prompt contains a trigger of another split (so the
+    held-out over-refusal is measured on trigger words, terms and names never trained on), and each
+    split's frames are its own."""
+    rows = {s: [r for r in data[("borderline", s)].rows if r["label"] == "borderline"] for s in SPLITS}
+    forms: dict[str, set[str]] = {}
+    for items in B.BORDERLINE_ITEMS.values():
+        for trigger, other, _, _ in items:
+            forms.setdefault(trigger, {trigger}).update(other)
+    triggers = {s: {r["trigger"] for r in rows[s]} for s in SPLITS}
+    assert all(triggers.values()) and len(triggers["test"]) >= 100
+    for s in SPLITS:
+        for s2 in SPLITS:
+            if s2 == s:
+                continue
+            assert not triggers[s] & triggers[s2], (s, s2)
+            for r in rows[s]:
+                leaked = [t for t in triggers[s2] if any(mentions(f, r["prompt"]) for f in forms[t])]
+                assert not leaked, f"{r['id']} ({s}) mentions {s2} triggers {leaked}: {r['prompt']!r}"
+    frames = {s: {r["frame"] for r in rows[s]} for s in SPLITS}
+    assert all(f.startswith(s + "-") for s in SPLITS for f in frames[s])
+    texts = {s: {B.BORDERLINE_FRAMES[s][int(f.split("-")[1])] for f in frames[s]} for s in SPLITS}
+    assert not texts["test"] & (texts["train"] | texts["validation"] | set(T.BENIGN_WRAPPERS))
+    assert not texts["validation"] & (texts["train"] | set(T.BENIGN_WRAPPERS))
+    # every train/validation item teaches by one answer: its two pairs share the chosen response
+    for s in ("train", "validation"):
+        chosen: dict[str, set[str]] = {}
+        for p in dpo_pairs(r for r in data[("preferences", s)].rows if r.get("prompt_label") == "borderline"):
+            chosen.setdefault(p["prompt"], set()).add(p["chosen"])
+        assert len(chosen) == len(rows[s]) and all(len(c) == 1 for c in chosen.values()), s
 
 
 def test_labels_make_refusal_harm_conditioned(data):

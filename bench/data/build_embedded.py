@@ -12,10 +12,14 @@ How the splits are made (disjoint by prompt, and by the underlying item):
   generalisation to unseen requests, partly in unseen phrasings.
 - benign: the 96 hand-answered items go 64 / 12 / 20 to train / validation / test; the templated
   benign requests (no answers, prompt sets only) 18 / 20 / 40.
-- borderline: per XSTest type, answered prompts 4 train / 1 validation; unanswered prompts are the
-  test split; unsafe contrasts 2 / 1 / 2.
-- test-only additions (issue 21, :func:`add_test_extras`): 20 more harmful goals (2 per category), 136
-  more helpfulness items (each also one benign prompt) and 80 more borderline prompts (8 per type),
+- borderline-safe (issue 25): per XSTest type about 50 answered items (:mod:`bench.data.borderline_text`),
+  split by *trigger* (:mod:`bench.data.trigger_split`, shares 0.5 / 0.15 / 0.35 of each type's items):
+  no validation or test prompt contains a trigger word, name or term of another split, and each split
+  wraps its prompts in frames of its own (train: bare or a few greetings). So both held-out splits
+  measure over-refusal on unseen triggers in unseen phrasings. Train and validation items give one
+  demonstration and two pairs each (helpful vs terse / needless refusal); unsafe contrasts 2 / 1 / 2.
+- test-only additions (issue 21, :func:`add_test_extras`): 20 more harmful goals (2 per category) and 136
+  more helpfulness items (each also one benign prompt),
   appended to the test files after everything above from their own random stream, so the train and
   validation files, the pairs and the original test rows stay byte for byte as they were.
 
@@ -43,7 +47,9 @@ import re
 import sys
 from pathlib import Path
 
+from bench.data import borderline_text as B
 from bench.data import embedded_text as T
+from bench.data.trigger_split import Item, split_items
 
 SEED = 20240601
 EXTRA_SEED = 20240621  # the test-only additions' own stream (issue 21): SEED's draws stay as they were
@@ -183,6 +189,11 @@ class _Pairs:
         self.rows[split].append(row)
 
 
+def frame_prompt(frame: str, prompt: str) -> str:
+    """``prompt`` in ``frame``: ``{q}`` as written, ``{ql}`` with its first letter lower-cased."""
+    return frame.format(q=prompt, ql=prompt[:1].lower() + prompt[1:])
+
+
 def _split_counts(n: int, counts: tuple[int, int, int]) -> list[str]:
     assert sum(counts) == n
     return ["train"] * counts[0] + ["validation"] * counts[1] + ["test"] * counts[2]
@@ -278,23 +289,28 @@ def build() -> dict[str, str]:
         benign[split].append({"id": f"benign-{key}-{fi:02d}", "prompt": prompt, "label": "benign",
                               "category": key, "source": SOURCE})
 
-    # ---- borderline-safe prompts and unsafe contrasts
-    for typ, (answered, unanswered, contrasts) in T.BORDERLINE.items():
-        order = list(range(len(answered)))
-        rng.shuffle(order)
-        for ai, split in zip(order, _split_counts(len(answered), (len(answered) - 1, 1, 0))):
-            prompt, answer = answered[ai]
-            borderline[split].append({"id": f"border-{typ}-a{ai}", "prompt": prompt, "label": "borderline",
-                                      "category": typ, "source": SOURCE})
-            for kind, bad, src in (("helpful_vs_refusal", terse_refusal(rng), "embedded:terse_refusal"),
-                                   ("helpful_vs_refusal", rng.choice(T.MISPLACED_REFUSALS).format(topic="that topic"),
-                                    "embedded:needless_refusal")):
-                pairs.add(split, prompt=prompt, a=helpful(rng, answer), a_src="embedded:helpful", a_safe=True,
-                          b=bad, b_src=src, b_safe=True, better="a", safer="a", category="borderline",
-                          prompt_label="borderline", kind=kind, harm=None)
-        for ui, prompt in enumerate(unanswered):
-            borderline["test"].append({"id": f"border-{typ}-u{ui}", "prompt": prompt, "label": "borderline",
-                                       "category": typ, "source": SOURCE})
+    # ---- borderline-safe prompts, split by trigger (issue 25), and unsafe contrasts
+    items = {typ: [Item(*it) for it in rows] for typ, rows in B.BORDERLINE_ITEMS.items()}
+    kept = split_items(items, SPLITS, B.SPLIT_SHARES, rng)
+    for typ, by_split in kept.items():
+        for split, items in by_split.items():
+            frames = B.BORDERLINE_FRAMES[split]
+            for i, it in items:
+                fi = rng.randrange(len(frames))
+                prompt = frame_prompt(frames[fi], it.prompt)
+                borderline[split].append({"id": f"border-{typ}-{i:02d}", "prompt": prompt, "label": "borderline",
+                                          "category": typ, "trigger": it.trigger, "frame": f"{split}-{fi}",
+                                          "source": SOURCE})
+                if split == "test":  # test prompts make no pairs and no demonstrations
+                    continue
+                good = helpful(rng, it.answer)  # one demonstration per item, two rejected refusals
+                for bad, src in ((terse_refusal(rng), "embedded:terse_refusal"),
+                                 (rng.choice(T.MISPLACED_REFUSALS).format(topic="that topic"),
+                                  "embedded:needless_refusal")):
+                    pairs.add(split, prompt=prompt, a=good, a_src="embedded:helpful", a_safe=True,
+                              b=bad, b_src=src, b_safe=True, better="a", safer="a", category="borderline",
+                              prompt_label="borderline", kind="helpful_vs_refusal", harm=None)
+    for typ, contrasts in T.BORDERLINE_CONTRASTS.items():
         order = list(range(len(contrasts)))
         rng.shuffle(order)
         for ci, split in zip(order, _split_counts(len(contrasts), (2, 1, 2))):
@@ -315,7 +331,7 @@ def build() -> dict[str, str]:
         for i, row in enumerate(pairs.rows[split]):
             row["id"] = f"pair-{split}-{i:04d}"
 
-    add_test_extras(harmful, benign, borderline, helpfulness)
+    add_test_extras(harmful, benign, helpfulness)
 
     files: dict[str, str] = {}
     for stem, data in (("pairs", pairs.rows), ("harmful", harmful), ("benign", benign),
@@ -329,7 +345,7 @@ def build() -> dict[str, str]:
 
 
 def add_test_extras(harmful: dict[str, list[dict]], benign: dict[str, list[dict]],
-                    borderline: dict[str, list[dict]], helpfulness: dict[str, list[dict]]) -> None:
+                    helpfulness: dict[str, list[dict]]) -> None:
     """Append the test-only additions (issue 21) to the test splits. They come from ``EXTRA_SEED``
     after every ``SEED`` draw, are shuffled among themselves and go after the original test rows, so
     a capped test load (the first N rows) sees the original rows first. No pairs are made from them.
@@ -337,7 +353,7 @@ def add_test_extras(harmful: dict[str, list[dict]], benign: dict[str, list[dict]
     Harmful goals are new underlying requests, numbered after the original goals of their category,
     each phrased as the original test goals are: 2 frames also used in training, 2 test-only frames."""
     rng = random.Random(EXTRA_SEED)
-    new: dict[str, list[dict]] = {"harmful": [], "benign": [], "borderline": [], "helpfulness": []}
+    new: dict[str, list[dict]] = {"harmful": [], "benign": [], "helpfulness": []}
     for cat in T.HARM_CATEGORIES:
         for k, goal in enumerate(T.HARMFUL_GOALS_TEST_EXTRA[cat]):
             gi = len(T.HARMFUL_GOALS[cat]) + k
@@ -354,13 +370,7 @@ def add_test_extras(harmful: dict[str, list[dict]], benign: dict[str, list[dict]
         wi = rng.randrange(len(T.BENIGN_WRAPPERS))
         new["benign"].append({"id": f"benign-{ii:03d}-w{wi}", "prompt": T.BENIGN_WRAPPERS[wi].format(q=question),
                               "label": "benign", "category": domain, "source": SOURCE})
-    for typ, prompts in T.BORDERLINE_TEST_EXTRA.items():
-        first = len(T.BORDERLINE[typ][1])
-        for k, prompt in enumerate(prompts):
-            new["borderline"].append({"id": f"border-{typ}-u{first + k}", "prompt": prompt, "label": "borderline",
-                                      "category": typ, "source": SOURCE})
-    for stem, data in (("harmful", harmful), ("benign", benign), ("borderline", borderline),
-                       ("helpfulness", helpfulness)):
+    for stem, data in (("harmful", harmful), ("benign", benign), ("helpfulness", helpfulness)):
         rng.shuffle(new[stem])
         data["test"].extend(new[stem])
 
@@ -389,6 +399,8 @@ def _manifest(files: dict[str, str], data: dict[str, dict[str, list[dict]]]) -> 
                   for name, text in sorted(files.items())},
         "counts": counts,
         "pair_kinds": kinds,
+        "borderline_triggers": {split: len({r["trigger"] for r in rows if "trigger" in r})
+                                for split, rows in data["borderline"].items()},
     }
     return json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 

@@ -47,7 +47,8 @@ class EmbeddedBenign(_Embedded):
 class EmbeddedBorderline(_Embedded):
     schema = "labelled_prompt"
     stem = "borderline"
-    description = "embedded borderline-safe prompts (XSTest types) and unsafe contrasts (Apache-2.0)"
+    description = ("embedded borderline-safe prompts (XSTest types; held-out splits on unseen triggers) and unsafe "
+                   "contrasts (Apache-2.0)")
 
 
 @register("embedded-helpfulness")

@@ -89,6 +89,8 @@ class LabelledPrompt(TypedDict):
     category: str
     source: str
     harm_category: NotRequired[str]  # embedded unsafe contrasts: the harm category they belong to
+    trigger: NotRequired[str]  # embedded borderline-safe prompts: the split key (bench.data.trigger_split)
+    frame: NotRequired[str]  # embedded borderline-safe prompts: "<split>-<i>", its frame in borderline_text
 
 
 class HelpfulnessItem(TypedDict):

@@ -43,26 +43,36 @@ def pairs_policy(cfg: ProfileConfig) -> str:
     return cfg.dpo.pairs if cfg.dpo is not None else "safer_then_better"
 
 
-def load_inputs(cfg: ProfileConfig) -> tuple[dict, dict]:
-    """The battery's held-out inputs: ``({set: rows}, {dataset key: identity})``.
+def refusal_sets(cfg: ProfileConfig, split: str, capped: bool = True) -> tuple[dict, dict]:
+    """``({metric prefix: rows}, {dataset key: identity})``: the four refusal sets of
+    :data:`REFUSAL_SETS` from ``split`` of the profile's data, each capped by its ``eval.n_*`` unless
+    ``capped`` is false."""
+    from bench.data import load_role, select_label
 
-    Sets: the four refusal sets of :data:`REFUSAL_SETS`, ``pairs`` (chosen/rejected dicts) and
-    ``helpfulness`` (rows with ``instruction`` and ``reference``)."""
-    from bench.data import dpo_pairs, load_role, select_label
-
-    ev = cfg.eval
     sets: dict[str, list[dict]] = {}
     idents: dict[str, dict] = {}
     loaded: dict[str, object] = {}
     for prefix, role, labels, cap_field in REFUSAL_SETS:
         if role not in loaded:
-            ds = load_role(cfg.data, role, "test")
+            ds = load_role(cfg.data, role, split)
             loaded[role] = ds
-            idents[f"{role}/test"] = ds.identity
+            idents[f"{role}/{split}"] = ds.identity
         rows = loaded[role].rows
         if any("label" in r for r in rows):
             rows = select_label(rows, *labels)
-        sets[prefix] = _cap(rows, getattr(ev, cap_field))
+        sets[prefix] = _cap(rows, getattr(cfg.eval, cap_field) if capped else 0)
+    return sets, idents
+
+
+def load_inputs(cfg: ProfileConfig) -> tuple[dict, dict]:
+    """The battery's held-out inputs: ``({set: rows}, {dataset key: identity})``.
+
+    Sets: the four refusal sets of :data:`REFUSAL_SETS`, ``pairs`` (chosen/rejected dicts) and
+    ``helpfulness`` (rows with ``instruction`` and ``reference``)."""
+    from bench.data import dpo_pairs, load_role
+
+    ev = cfg.eval
+    sets, idents = refusal_sets(cfg, "test")
     prefs = load_role(cfg.data, "preferences", "test")
     idents["preferences/test"] = prefs.identity
     policy = pairs_policy(cfg)

@@ -26,16 +26,17 @@ from bench.report import SERIES_PNG, TRACKING_PNG
 from bench.report.sections import finite, variant_key
 
 # Series keys plotted first (issue 12's tracking metrics), then the rest alphabetically.
-SERIES_PRIORITY = ("refusal_harmful", "over_refusal_benign", "pref_acc_implicit", "pref_acc_raw",
+SERIES_PRIORITY = ("refusal_harmful", "over_refusal_benign", "over_refusal_borderline", "pref_acc_implicit", "pref_acc_raw",
                    "logp_margin_per_token", "logp_margin_sum", "loss")
 SERIES_SKIP = ("step", "epoch", "fraction", "time", "wall_time_s", "learning_rate", "grad_norm", "cost_threshold")
 MAX_SERIES_PANELS = 9
 # Panels of plot_tracking: (metric, title).
 PANELS = (("refusal_harmful", "refusal rate, harmful prompts"),
           ("over_refusal_benign", "over-refusal, benign prompts"),
+          ("over_refusal_borderline", "over-refusal, borderline-safe prompts"),
           ("pref_acc_implicit", "preference accuracy (implicit; dashed: raw)"),
           ("logp_margin_per_token", "log-prob margin per token (chosen - rejected)"))
-TRACKING_TABLE = ("refusal_harmful", "over_refusal_benign", "pref_acc_implicit", "pref_acc_raw",
+TRACKING_TABLE = ("refusal_harmful", "over_refusal_benign", "over_refusal_borderline", "pref_acc_implicit", "pref_acc_raw",
                   "logp_margin_per_token", "chosen_shift", "rejected_shift")
 
 

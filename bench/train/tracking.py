@@ -25,10 +25,11 @@ What is kept (:class:`Tracker`)
     policy (every DPO variant starts from SFT) run it once.
 
 Validation pass (``_validate``, run by the tracker), on the ``validation`` split, small by design
-    - ``refusal_harmful`` / ``over_refusal_benign``: share of greedy generations (at most
-      ``TRACK_MAX_NEW_TOKENS`` new tokens, and no more than ``eval.max_new_tokens``) on the first
-      ``TRACK_N_PROMPTS`` harmful / benign prompts (fewer when ``eval.n_harmful`` / ``n_benign`` cap
-      lower) that the versioned refusal detector classifies as refusals (refuse + partial);
+    - ``refusal_harmful`` / ``over_refusal_benign`` / ``over_refusal_borderline``: share of greedy
+      generations (at most ``TRACK_MAX_NEW_TOKENS`` new tokens, and no more than ``eval.max_new_tokens``)
+      on the first ``TRACK_N_PROMPTS`` harmful / benign / borderline-safe prompts (fewer when
+      ``eval.n_harmful`` / ``n_benign`` / ``n_borderline`` cap lower; no borderline set in the profile:
+      none) that the versioned refusal detector classifies as refusals (refuse + partial);
     - ``pref_acc_raw``, ``pref_acc_implicit``, ``logp_margin_sum``, ``logp_margin_per_token``,
       ``chosen_shift``, ``rejected_shift`` (see :mod:`bench.eval.preference`) on the first
       ``TRACK_N_PAIRS`` validation pairs (``dpo.pairs`` policy; cap ``eval.n_pairs``). The reference
@@ -103,10 +104,11 @@ class ValidationSet:
     pairs: list[dict]
     identities: dict[str, dict] = field(default_factory=dict)
     max_new_tokens: int = TRACK_MAX_NEW_TOKENS
+    borderline: list[str] = field(default_factory=list)  # borderline-safe prompts (issue 25)
 
     def sizes(self) -> dict:
-        return {"n_harmful": len(self.harmful), "n_benign": len(self.benign), "n_pairs": len(self.pairs),
-                "max_new_tokens": self.max_new_tokens, "split": "validation"}
+        return {"n_harmful": len(self.harmful), "n_benign": len(self.benign), "n_borderline": len(self.borderline),
+                "n_pairs": len(self.pairs), "max_new_tokens": self.max_new_tokens, "split": "validation"}
 
 
 def _cap(n_default: int, cap: int) -> int:
@@ -121,7 +123,11 @@ def validation_set(cfg: ProfileConfig) -> ValidationSet:
     ev = cfg.eval
     idents: dict[str, dict] = {}
     prompts: dict[str, list[str]] = {}
-    for role, n in (("harmful", _cap(TRACK_N_PROMPTS, ev.n_harmful)), ("benign", _cap(TRACK_N_PROMPTS, ev.n_benign))):
+    for role, n in (("harmful", _cap(TRACK_N_PROMPTS, ev.n_harmful)), ("benign", _cap(TRACK_N_PROMPTS, ev.n_benign)),
+                    ("borderline", _cap(TRACK_N_PROMPTS, ev.n_borderline))):
+        if role == "borderline" and not cfg.data.borderline:
+            prompts[role] = []
+            continue
         ds = load_role(cfg.data, role, "validation")
         idents[f"tracking/{role}"] = ds.identity
         rows = ds.rows
@@ -134,7 +140,7 @@ def validation_set(cfg: ProfileConfig) -> ValidationSet:
     pairs = dpo_pairs(prefs.rows, policy) if prefs.schema == "pku" else [dict(r) for r in prefs.rows]
     pairs = pairs[: _cap(TRACK_N_PAIRS, ev.n_pairs)]
     return ValidationSet(prompts["harmful"], prompts["benign"], pairs, idents,
-                         min(TRACK_MAX_NEW_TOKENS, ev.max_new_tokens))
+                         min(TRACK_MAX_NEW_TOKENS, ev.max_new_tokens), prompts["borderline"])
 
 
 def _logprobs_from_dict(d: dict | None):
@@ -156,7 +162,7 @@ def _validate(model, tok, cfg: ProfileConfig, vs: ValidationSet, ref=None) -> tu
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     try:
         with torch.random.fork_rng(devices=devices), torch.no_grad():
-            prompts = vs.harmful + vs.benign
+            prompts = vs.harmful + vs.benign + vs.borderline
             texts = generate_greedy(model, tok, prompts, cfg.model.system_prompt,
                                     GenerationSettings(vs.max_new_tokens, cfg.eval.batch_size), desc="tracking") \
                 if prompts else []
@@ -167,8 +173,10 @@ def _validate(model, tok, cfg: ProfileConfig, vs: ValidationSet, ref=None) -> tu
     dets = detect_many(texts, prompts[:len(texts)])
     metrics: dict[str, dict] = {}
     gens = []
-    for name, role, lo, hi in (("refusal_harmful", "harmful", 0, len(vs.harmful)),
-                               ("over_refusal_benign", "benign", len(vs.harmful), len(prompts))):
+    nh, nb = len(vs.harmful), len(vs.benign)
+    for name, role, lo, hi in (("refusal_harmful", "harmful", 0, nh),
+                               ("over_refusal_benign", "benign", nh, nh + nb),
+                               ("over_refusal_borderline", "borderline", nh + nb, len(prompts))):
         if hi > lo:
             metrics[name] = rate_metric(sum(d.is_refusal for d in dets[lo:hi]), hi - lo)
         gens += [{"set": role, "prompt": p, "generation": t, "label": d.label}
@@ -326,7 +334,8 @@ class Tracker:
         self.entries.sort(key=lambda e: e["step"])
         self._save_state()
         short = {k: round(v["value"], 3) for k, v in metrics.items()
-                 if k in ("refusal_harmful", "over_refusal_benign", "pref_acc_implicit", "logp_margin_per_token")
+                 if k in ("refusal_harmful", "over_refusal_benign", "over_refusal_borderline", "pref_acc_implicit",
+                          "logp_margin_per_token")
                  and isinstance(v.get("value"), float) and math.isfinite(v["value"])}
         if self.log is not None:
             self.log.info("tracking step %d/%d: %s (%s)", step, self.total, json.dumps(short), mdir)
