@@ -38,6 +38,7 @@ EVAL_STAGE = "eval"
 EVAL_DIR = "eval"  # runs/<profile>/eval/<variant>/: the battery's records
 STAGES_DIR = "stages"  # runs/<profile>/stages/<stage>.done
 CACHE_DIR = "cache"
+VALIDATION_DIR = "validation"  # runs/<profile>/validation/: `bench validate`'s read-outs (never records)
 # Stages in pipeline order (how leaderboards, variant lists and perf reports sort them).
 PIPELINE_STAGES = ("base", "sft", "policy-answers", "reward", "cost", "onpolicy", "dpo", "ppo", "steer", "eval")
 
@@ -68,6 +69,11 @@ def cache_dir(profile: str, name: str) -> Path:
     return profile_root(profile) / CACHE_DIR / name
 
 
+def validation_dir(profile: str) -> Path:
+    """``runs/<profile>/validation/``: the validation read-outs of ``bench validate`` (never a record)."""
+    return profile_root(profile) / VALIDATION_DIR
+
+
 def stage_marker(profile: str, stage: str) -> Path:
     """``runs/<profile>/stages/<stage>.done``: the Make file target of a finished stage."""
     return profile_root(profile) / STAGES_DIR / f"{stage}.done"
@@ -76,7 +82,7 @@ def stage_marker(profile: str, stage: str) -> Path:
 def record_paths(profile: str, root: Path | None = None) -> list[Path]:
     """Every ``record.json`` of a profile: stage records first, then the battery's (sorted)."""
     root = Path(root) if root is not None else profile_root(profile)
-    stage = [p for p in sorted(root.glob(f"*/{RECORD_NAME}")) if p.parent.name not in (EVAL_DIR, STAGES_DIR, CACHE_DIR)]
+    stage = [p for p in sorted(root.glob(f"*/{RECORD_NAME}")) if p.parent.name not in (EVAL_DIR, STAGES_DIR, CACHE_DIR, VALIDATION_DIR)]
     return stage + sorted(root.glob(f"{EVAL_DIR}/*/{RECORD_NAME}"))
 
 

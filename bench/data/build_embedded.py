@@ -293,9 +293,9 @@ def build() -> dict[str, str]:
     items = {typ: [Item(*it) for it in rows] for typ, rows in B.BORDERLINE_ITEMS.items()}
     kept = split_items(items, SPLITS, B.SPLIT_SHARES, rng)
     for typ, by_split in kept.items():
-        for split, items in by_split.items():
+        for split, in_split in by_split.items():
             frames = B.BORDERLINE_FRAMES[split]
-            for i, it in items:
+            for i, it in in_split:
                 fi = rng.randrange(len(frames))
                 prompt = frame_prompt(frames[fi], it.prompt)
                 borderline[split].append({"id": f"border-{typ}-{i:02d}", "prompt": prompt, "label": "borderline",

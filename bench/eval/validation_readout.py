@@ -25,14 +25,13 @@ from pathlib import Path
 
 from bench.config import ProfileConfig
 from bench.io import atomic_write_json, atomic_write_text
-from bench.runs import profile_root
+from bench.runs import validation_dir
 
 SPLIT = "validation"
-DIR = "validation"  # runs/<profile>/<this>/
 
 
 def out_dir(cfg: ProfileConfig) -> Path:
-    return profile_root(cfg.profile.name) / DIR
+    return validation_dir(cfg.profile.name)
 
 
 def score(cfg: ProfileConfig, model, tok, sets: dict[str, list[dict]]) -> tuple[dict, dict, list[dict]]:
