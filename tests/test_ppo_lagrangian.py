@@ -183,8 +183,11 @@ def test_threshold_from_start_is_the_starting_policys_mean_cost_on_validation_pr
     monkeypatch.setattr(ppo, "prompt_labels", lambda cfg: {"t1": "harmful", "t2": "harmful", "t3": "harmful",
                                                           "t4": "benign"})
     d, info = ppo.cost_threshold(setup)
-    mean_of = lambda lab: sum(c for p, c in zip(expected, costs) if labelled[p]["prompt_label"] == lab) / \
-        sum(labelled[p]["prompt_label"] == lab for p in expected)  # noqa: E731
+    # the training stream changed, so rows[0]'s prompt is back in the threshold set: read what was sampled
+    label_of = {r["prompt"]: r["prompt_label"] for r in rows}
+    second = calls["prompts"]
+    mean_of = lambda lab: sum(c for p, c in zip(second, costs) if label_of[p] == lab) / \
+        sum(label_of[p] == lab for p in second)  # noqa: E731
     assert d == pytest.approx(0.75 * mean_of("harmful") + 0.25 * mean_of("benign"))
     assert info["by_label"]["harmful"]["weight"] == 0.75 and info["by_label"]["harmful"]["mean"] == mean_of("harmful")
     setup.section = dataclasses.replace(cfg.ppo, cost_threshold=-2.5)
