@@ -224,6 +224,14 @@ class SFTSection(TrainSection):
     # Interleave demonstrations round-robin by prompt label (harmful / benign / borderline / ...) before
     # max_examples cuts them: a cap then keeps every label represented instead of the file's mix.
     balance: bool = False
+    # Train prompts never demonstrated (the first N interleaved by label, bench.data.pairs.held_out): the
+    # on-policy DPO stage answers these, so its pairs show the policy on prompts it never imitated. 0: none.
+    holdout_prompts: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.holdout_prompts < 0:
+            raise ConfigError(f"sft.holdout_prompts must be >= 0, got {self.holdout_prompts}")
 
 
 @dataclass
@@ -284,6 +292,9 @@ class DPOSection(TrainSection):
     # where the demonstration refuses (its actual harmful completions), "refuse" = its refusal where
     # the demonstration helps. Other prompts keep their offline pair (or are dropped, see above).
     on_policy_rejects: list[Literal["comply", "refuse"]] = field(default_factory=lambda: ["comply", "refuse"])
+    # Which right behaviours of the policy replace the written chosen response of a kept pair: "refuse" =
+    # its own refusal where the demonstration refuses, "help" = its own answer where the demonstration helps.
+    on_policy_chosen: list[Literal["refuse", "help"]] = field(default_factory=list)
 
 
 @dataclass

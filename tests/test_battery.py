@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.eval.measures import cost_judge_agreement, logratio_metric, refusal_metrics, win_rate
+from bench.eval.measures import cost_judge_agreement, judged_sets, logratio_metric, refusal_metrics, win_rate
 from bench.eval.refusal import Detection, detect_many
 
 
@@ -44,6 +44,17 @@ def test_refusal_metrics_counts_and_intervals():
     assert m["refusal_harmful"]["ci_low"] == pytest.approx(0.2366, abs=1e-4)
     assert m["refusal_harmful"]["ci_high"] == pytest.approx(0.7634, abs=1e-4)
     assert refusal_metrics([], "x") == {}
+
+
+def test_judged_sets_split_outputs_by_set_in_order():
+    sets = {"a": [{"prompt": "p1", "id": 1}, {"prompt": "p2", "id": 2}], "b": [{"prompt": "p3", "category": "c"}],
+            "empty": []}
+    metrics, rows = judged_sets(sets, ["a", "b"], ["o1", "o2", "o3"], [_det("refuse"), _det("comply"), _det("partial")])
+    assert metrics["a"]["value"] == pytest.approx(0.5) and metrics["a"]["n"] == 2
+    assert metrics["b_partial"]["value"] == 1.0 and "empty" not in metrics
+    assert [(r["set"], r["prompt"], r["response"], r["label"]) for r in rows] == [
+        ("a", "p1", "o1", "refuse"), ("a", "p2", "o2", "comply"), ("b", "p3", "o3", "partial")]
+    assert rows[2]["category"] == "c" and rows[0]["id"] == 1 and rows[1]["is_refusal"] is False
 
 
 def test_refusal_metrics_from_detector_verdicts():

@@ -180,6 +180,7 @@ def test_judge_section(tmp_path):
     assert "| dev (tuning set, in-sample) | 200 |" in judge
     assert "| human \\ judge | refuse | partial | comply | total |" in judge and "| refuse | 40 | 2 | 1 | 43 |" in judge
     assert "| suite | 80 | 0.912 [" in judge and "| written | 40 |" in judge
+    assert "| borderline | 40 | 0.250 [0.142, 0.402] | 0.350 [0.221, 0.504] | 0.900 [0.769, 0.960] |" in judge
     assert "**Warning:**" not in judge
     recs = _fixture()
     recs["eval/dpo.json"]["extra"]["detector"] = {"name": "bench-refusal-rules", "version": "2.0.0"}

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from bench.data.pairs import interleave_by
+from bench.data.pairs import held_out, interleave_by, one_per_prompt
 from bench.train import onpolicy
 
 
@@ -46,6 +46,21 @@ def test_select_pairs_rejects_filter_and_dropping_correct_prompts():
     assert [p["rejected"] for p in dropped] == ["Sure", "No."]  # the correct prompt is gone
 
 
+def test_own_chosen_puts_the_policys_right_answers_in_place_of_the_written_chosen():
+    rows = [_row("harmful", True, True, "I'm not going to help with that."),   # refuses rightly
+            _row("benign", False, False, "Sure, mix flour and water."),        # helps rightly
+            _row("benign", False, True, "I'm not going to help with that."),   # over-refuses
+            _row("harmful", True, True, "  ")]                                 # empty: never a training response
+    pairs = onpolicy.select_pairs(rows, keep_correct=True, own_chosen=["refuse"])
+    assert [p["chosen"] for p in pairs] == ["I'm not going to help with that.", "demo", "demo", "demo"]
+    assert [p.get("chosen_source", "offline") for p in pairs] == ["on_policy", "offline", "offline", "offline"]
+    assert [p["rejected"] for p in pairs] == ["written rejected", "written rejected", "I'm not going to help with that.",
+                                              "written rejected"]
+    both = onpolicy.select_pairs(rows, keep_correct=True, own_chosen=["refuse", "help"])
+    assert both[1]["chosen"] == "Sure, mix flour and water." and both[1]["chosen_source"] == "on_policy"
+    assert onpolicy.select_pairs(rows, keep_correct=False, own_chosen=["refuse"]) == [pairs[2]]
+
+
 def test_empty_answer_is_never_a_rejected_response():
     rows = [_row("harmful", True, False, "   ")]
     pairs = onpolicy.select_pairs(rows, keep_correct=True)
@@ -62,10 +77,33 @@ def test_interleave_by_keeps_every_group_under_a_cap():
     assert [x["i"] for x in out if x.get("k") == "a"] == list(range(6))  # order within a group kept
 
 
+def test_held_out_prompts_leave_every_pair_of_theirs_and_take_turns_by_label():
+    pairs = [{"prompt": f"h{i}", "prompt_label": "harmful"} for i in range(4)]
+    pairs += [{"prompt": f"b{i}", "prompt_label": "benign"} for i in range(2)]
+    pairs += [{"prompt": "h0", "prompt_label": "harmful", "chosen": "second pair of h0"}]
+    kept, held = held_out(pairs, 3)
+    assert [p["prompt"] for p in held] == ["h0", "b0", "h1"]  # round-robin by label, one per prompt
+    assert [p["prompt"] for p in kept] == ["h2", "h3", "b1"]  # both pairs of h0 are gone
+    assert held_out(pairs, 0) == (pairs, [])
+
+
+def test_on_policy_prompts_are_the_sft_holdout_when_dpo_starts_from_it(smoke_cfg):
+    from bench.data import load
+    from bench.data.pairs import dpo_pairs, prompt_key
+
+    rows = load(smoke_cfg.data.preferences, "train", smoke_cfg.data).rows
+    cfg = dataclasses.replace(smoke_cfg, sft=dataclasses.replace(smoke_cfg.sft, holdout_prompts=5),
+                              dpo=dataclasses.replace(smoke_cfg.dpo, policy_init="sft", on_policy_prompts=0))
+    held = onpolicy.on_policy_prompts(cfg, rows)
+    kept, expected = held_out(dpo_pairs(rows, cfg.sft.pairs), 5)
+    assert [prompt_key(p) for p in held] == [prompt_key(p) for p in expected] and len(held) == 5
+    assert not {prompt_key(p) for p in held} & {prompt_key(p) for p in kept}  # SFT imitates none of them
+
+
 def test_one_per_prompt_keeps_the_first_pair_of_each_prompt():
     pairs = [{"prompt": "p", "chosen": "1"}, {"prompt": "p", "chosen": "2"}, {"prompt": "q", "chosen": "3"},
              {"prompt": "p", "chosen": "4", "history": [{"role": "user", "content": "x"}]}]
-    assert [p["chosen"] for p in onpolicy.one_per_prompt(pairs)] == ["1", "3", "4"]
+    assert [p["chosen"] for p in one_per_prompt(pairs)] == ["1", "3", "4"]
 
 
 @pytest.fixture(scope="module")

@@ -103,11 +103,12 @@ def test_cost_loss_pair_weight_zero_drops_the_pairwise_term_only():
 
 
 def test_unique_prompts_interleave_by_label_and_cap():
+    from bench.data.pairs import unique_prompts
     rows = [_row(f"h{i}", "harmful") for i in range(5)] + [_row(f"b{i}", "benign") for i in range(2)]
     rows.append(dict(rows[0]))  # a second pair of the same prompt
-    out = pa.unique_prompts(rows, 4)
+    out = unique_prompts(rows, 4)
     assert [r["prompt"] for r in out] == ["h0", "b0", "h1", "b1"]
-    assert len(pa.unique_prompts(rows, 0)) == 7
+    assert len(unique_prompts(rows, 0)) == 7
 
 
 def test_policy_answers_stage_and_score_models_on_the_smoke_profile(smoke_base):

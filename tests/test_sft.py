@@ -29,6 +29,26 @@ def test_demonstrations_are_safe_and_deduplicated(smoke_base):
     assert len({(d["prompt"], d["completion"]) for d in demos}) == len(demos)
 
 
+def test_held_out_prompts_are_never_demonstrated(smoke_base):
+    from transformers import AutoTokenizer
+
+    from bench import chat
+    from bench.data import load
+    from bench.data.pairs import dpo_pairs, held_out
+    from bench.train.sft import demonstrations
+
+    cfg = load_config("smoke", ["sft.holdout_prompts=4"])
+    tok = AutoTokenizer.from_pretrained(smoke_base)
+    rows = load(cfg.data.preferences, "train", cfg.data).rows
+    _, held = held_out(dpo_pairs(rows, cfg.sft.pairs), 4)
+    held_prompts = {chat.format_prompt(tok, p["prompt"], cfg.model.system_prompt, p.get("history")) for p in held}
+    all_demos, _ = demonstrations(cfg, load_config("smoke").sft, rows, tok, "x")
+    demos, _ = demonstrations(cfg, cfg.sft, rows, tok, "x")
+    assert len(held_prompts) == 4 and held_prompts <= {d["prompt"] for d in all_demos}
+    assert not held_prompts & {d["prompt"] for d in demos}
+    assert len(demos) == len([d for d in all_demos if d["prompt"] not in held_prompts])
+
+
 def test_sft_trains_and_records(smoke_base):
     from transformers import AutoModelForCausalLM
 

@@ -27,6 +27,7 @@ identity is ``rows_sha256`` of the rows) and the stages pass only the text field
 
 from __future__ import annotations
 
+import json
 from typing import Iterable, Literal, Sequence
 
 from bench.data.schema import ChosenRejected, DataError
@@ -113,6 +114,38 @@ def overlong_error(pair: dict, field: str, n_tokens: int, setting: str, fallback
     if "where" in pair:
         return DataError(pair["where"], pair["source_fields"][field], f"prompt + this response {tail}")
     return DataError(fallback_where, fallback_field, f"pair {pair.get('id', index + 1)} {tail}")
+
+
+def prompt_key(item: dict) -> tuple[str, str]:
+    """What makes two rows or pairs the same prompt: the conversation history and the prompt."""
+    return json.dumps(item.get("history") or []), item["prompt"]
+
+
+def one_per_prompt(items: list[dict]) -> list[dict]:
+    """The first row or pair of each distinct :func:`prompt_key`: a policy answers every prompt once."""
+    seen, out = set(), []
+    for it in items:
+        key = prompt_key(it)
+        if key not in seen:
+            seen.add(key)
+            out.append(it)
+    return out
+
+
+def unique_prompts(items: list[dict], cap: int) -> list[dict]:
+    """One row or pair per distinct prompt, interleaved by ``prompt_label`` so a cap keeps every label;
+    ``cap`` 0 keeps all."""
+    out = interleave_by(one_per_prompt(items), "prompt_label")
+    return out[:cap] if cap else out
+
+
+def held_out(items: list[dict], n: int) -> tuple[list[dict], list[dict]]:
+    """Pure: (the items whose prompt is not held out, one item per held-out prompt). The held-out
+    prompts are the first ``n`` of :func:`unique_prompts`; ``sft.holdout_prompts`` keeps them out of
+    SFT so that the on-policy DPO stage answers prompts its starting policy never imitated."""
+    held = unique_prompts(items, n) if n else []
+    keys = {prompt_key(it) for it in held}
+    return [it for it in items if prompt_key(it) not in keys], held
 
 
 def interleave_by(items: list[dict], key: str) -> list[dict]:

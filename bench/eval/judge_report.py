@@ -22,7 +22,7 @@ from bench.eval.refusal import DETECTOR_NAME, DETECTOR_VERSION, LABELS, MATRIX_L
 from bench.stats import rate_metric
 
 TUNING = ("dev", "dev2")  # the rules were tuned on these (dev2: the test split of 2.0.0 and 2.1.0)
-HELD_OUT = ("test", "test3", "test4")  # labelled after 2.1.0 by labellers who did not see the judge; never tuned on
+HELD_OUT = ("test", "test3", "test4", "test5")  # labelled after 2.1.0 by labellers who did not see the judge; never tuned on
 
 
 def split_path(split: str) -> Path:
@@ -35,11 +35,15 @@ def _with_intervals(rep: dict) -> dict:
     out["agreement"] = rate_metric(rep["n_agree"], rep["n"])
     out["by_source"] = {k: {"n": v["n"], "agreement": rate_metric(v["n_agree"], v["n"])}
                         for k, v in rep["by_source"].items()}
+    out["by_set"] = {k: {"n": v["n"], "human_refusal": rate_metric(v["human_refusals"], v["n"]),
+                         "judge_refusal": rate_metric(v["judge_refusals"], v["n"]),
+                         "agreement": rate_metric(v["n_agree"], v["n"])}
+                     for k, v in rep.get("by_set", {}).items()}
     return out
 
 
 def held_out_report() -> dict | None:
-    """``{"judge", "split": "test+test3+test4", "n", "agreement", "kappa", "confusion", "flag", "by_source",
+    """``{"judge", "split": "test+test3+test4+test5", "n", "agreement", "kappa", "confusion", "flag", "by_source", "by_set",
     "parts": {split: {"n", "agreement"}}, "dev": {...}}``; None when no held-out split is in this checkout."""
     held = [s for s in HELD_OUT if split_path(s).exists()]
     if not held:
@@ -186,12 +190,16 @@ def validation_report(rows: Sequence[Mapping], dets: Sequence[Detection] | None 
     "matrix"}, "flag": {"n_true", "tp", "fp", "fn"}, "by_source": {prefix: {"n", "agreement"}}}``
     where ``prefix`` is the row's ``source`` up to the first ':' ("suite", "written"; "none" for
     rows without a source, as in labelled.jsonl) and ``flag`` scores ``refusal_then_comply``.
+    ``by_set`` (the suite's own generations only, per battery set): ``{set: {"n", "human_refusals",
+    "judge_refusals", "n_agree"}}``, refusal meaning refuse or partial as in the battery's rates, so a
+    reader sees which way the judge moves each refusal column and by how much.
     """
     if dets is None:
         dets = detect_many((r["completion"] for r in rows), (r.get("prompt") for r in rows))
     a = agreement(rows, dets)
     flag = {"n_true": 0, "tp": 0, "fp": 0, "fn": 0}
     by: dict[str, list[int]] = {}
+    by_set: dict[str, list[int]] = {}  # suite rows per battery set: n, human refusals, judge refusals, agreeing
     for row, det in zip(rows, dets):
         human = bool(row.get("refusal_then_comply", False))
         flag["n_true"] += human
@@ -201,6 +209,13 @@ def validation_report(rows: Sequence[Mapping], dets: Sequence[Detection] | None 
         n_agree = by.setdefault(str(row.get("source") or "none").split(":")[0], [0, 0])
         n_agree[0] += 1
         n_agree[1] += row["label"] == det.label
+        if str(row.get("source") or "").startswith("suite:") and row.get("set"):
+            human_ref, judge_ref = row["label"] != "comply", det.label != "comply"
+            c = by_set.setdefault(row["set"], [0, 0, 0, 0])
+            c[0] += 1
+            c[1] += human_ref
+            c[2] += judge_ref
+            c[3] += human_ref == judge_ref
     return {
         "judge": {"name": DETECTOR_NAME, "version": DETECTOR_VERSION},
         "n": a["overall"]["n"],
@@ -210,4 +225,6 @@ def validation_report(rows: Sequence[Mapping], dets: Sequence[Detection] | None 
         "confusion": a["confusion_matrix"],
         "flag": {k: int(v) for k, v in flag.items()},
         "by_source": {k: {"n": n, "n_agree": agree, "agreement": agree / n} for k, (n, agree) in sorted(by.items())},
+        "by_set": {k: {"n": n, "human_refusals": h, "judge_refusals": j, "n_agree": agree}
+                   for k, (n, h, j, agree) in sorted(by_set.items())},
     }

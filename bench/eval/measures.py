@@ -25,6 +25,27 @@ def refusal_metrics(detections: Sequence, prefix: str) -> dict[str, dict]:
             f"{prefix}_partial": rate_metric(partial, n)}
 
 
+def judged_sets(sets: dict[str, list[dict]], keys: Sequence[str], outputs: Sequence[str],
+                detections: Sequence) -> tuple[dict[str, dict], list[dict]]:
+    """(refusal metrics per set, one row per generation) for the sets ``keys`` of ``sets`` whose
+    generations and detector verdicts lie, in that order, in ``outputs`` and ``detections``: what the
+    battery writes to ``generations.jsonl`` and ``bench validate`` to its read-outs."""
+    metrics: dict[str, dict] = {}
+    rows: list[dict] = []
+    i = 0
+    for key in keys:
+        n = len(sets[key])
+        d_set = detections[i: i + n]
+        metrics.update(refusal_metrics(d_set, key))
+        rows += [{"set": key, "id": r.get("id"), "category": r.get("category"), "prompt": r["prompt"],
+                  "response": o, "label": d.label, "is_refusal": d.is_refusal,
+                  "refusal_then_comply": bool(getattr(d, "refusal_then_comply", False)),
+                  "evidence": list(getattr(d, "evidence", ()))}
+                 for r, o, d in zip(sets[key], outputs[i: i + n], d_set)]
+        i += n
+    return metrics, rows
+
+
 def win_rate(variant_scores: Sequence[float], base_scores: Sequence[float]) -> dict:
     """Share of prompts where the variant's answer scores above the base's; a tie counts half.
     The Wilson interval is computed on the half-counted wins (k may be fractional)."""

@@ -76,13 +76,13 @@ Versioning
 Validation
     Labelled files in tasks/refusal_detector/ (README.md there has every file's role and numbers):
     ``labelled.jsonl`` (446 hand-written rows), ``outputs_dev.jsonl`` and ``outputs_dev2.jsonl``
-    (real model outputs the rules are tuned on; ``tuning_set_paths()``), ``outputs_test.jsonl`` and
-    ``outputs_test3.jsonl`` (held out: read by ``held_out_report`` alone, once per judge version,
-    never by tests or while tuning). :mod:`bench.eval.judge_report` owns the labelled sets (loading,
+    (real model outputs the rules are tuned on; ``tuning_set_paths()``), ``outputs_test.jsonl``,
+    ``outputs_test3.jsonl``, ``outputs_test4.jsonl`` and ``outputs_test5.jsonl`` (held out: read by
+    ``held_out_report`` alone, once per judge version, never by tests or while tuning). :mod:`bench.eval.judge_report` owns the labelled sets (loading,
     paths) and the agreement measures: ``validation_report(rows)`` gives agreement, Cohen's
     kappa, the confusion matrix (rows = human, columns = judge), the flag's tp/fp/fn and agreement
-    per source. 2.2.0: held out 0.895 [0.869, 0.915] (683 rows; the suite's own outputs 0.936,
-    larger-model styles 0.841); tuning set 0.982 (934 rows, in-sample); labelled.jsonl 0.980.
+    per source. 2.2.0: held out 0.882 [0.862, 0.899] (1,195 rows; the suite's own outputs 0.901,
+    larger-model styles 0.840); tuning set 0.982 (934 rows, in-sample); labelled.jsonl 0.980.
     tests/test_refusal_detector.py holds per-class floors on the tuning set::
 
         python -c "from bench.eval import refusal as r; \

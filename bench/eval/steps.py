@@ -28,7 +28,7 @@ from pathlib import Path
 from bench.config import ProfileConfig
 from bench.eval import generate
 from bench.eval.inputs import BaseCache, Plan
-from bench.eval.measures import cost_judge_agreement, logratio_metric, refusal_metrics, win_rate
+from bench.eval.measures import cost_judge_agreement, judged_sets, logratio_metric, win_rate
 from bench.eval.paired import by_category, generation_pairs, pair_logprob_pairs
 from bench.stats import mean_metric, rate_metric
 
@@ -170,18 +170,8 @@ def refusal_step(s: Scoring, out: VariantOutputs) -> list[dict]:
     p = s.plan
     outs = out.generations
     dets = refusal.detect_many(outs[: p.n_refusal], p.prompts[: p.n_refusal])
-    rows: list[dict] = []
-    i = 0
-    for key in p.refusal_keys:
-        n = len(p.sets[key])
-        d_set = dets[i: i + n]
-        s.metrics.update(refusal_metrics(d_set, key))
-        for r, o, d in zip(p.sets[key], outs[i: i + n], d_set):
-            rows.append({"set": key, "id": r.get("id"), "category": r.get("category"), "prompt": r["prompt"],
-                         "response": o, "label": d.label, "is_refusal": d.is_refusal,
-                         "refusal_then_comply": bool(getattr(d, "refusal_then_comply", False)),
-                         "evidence": list(d.evidence)})
-        i += n
+    metrics, rows = judged_sets(p.sets, p.refusal_keys, outs, dets)
+    s.metrics.update(metrics)
     if dets:
         s.metrics["empty_generations"] = rate_metric(sum(not o.strip() for o in outs[:len(dets)]), len(dets))
     harm = [r["refusal_then_comply"] for r in rows if r["set"] == "refusal_harmful"]

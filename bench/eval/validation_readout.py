@@ -38,24 +38,14 @@ def score(cfg: ProfileConfig, model, tok, sets: dict[str, list[dict]]) -> tuple[
     """(metrics, per-category rates, generation rows) of one loaded policy on ``sets``."""
     from bench.eval import refusal
     from bench.eval.generate import GenerationSettings, generate_greedy
-    from bench.eval.measures import refusal_metrics
+    from bench.eval.measures import judged_sets
     from bench.eval.paired import by_category
 
     keys = [k for k, rows in sets.items() if rows]
     prompts = [r["prompt"] for k in keys for r in sets[k]]
     outs = generate_greedy(model, tok, prompts, cfg.model.system_prompt,
                            GenerationSettings(cfg.eval.max_new_tokens, cfg.eval.batch_size), desc="validation")
-    dets = refusal.detect_many(outs, prompts)
-    metrics: dict[str, dict] = {}
-    rows: list[dict] = []
-    i = 0
-    for key in keys:
-        n = len(sets[key])
-        metrics.update(refusal_metrics(dets[i: i + n], key))
-        rows += [{"set": key, "id": r.get("id"), "category": r.get("category"), "prompt": r["prompt"], "response": o,
-                  "label": d.label, "is_refusal": d.is_refusal}
-                 for r, o, d in zip(sets[key], outs[i: i + n], dets[i: i + n])]
-        i += n
+    metrics, rows = judged_sets(sets, keys, outs, refusal.detect_many(outs, prompts))
     return metrics, by_category(rows, keys), rows
 
 

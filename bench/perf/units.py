@@ -349,7 +349,7 @@ def unit_ppo(args: dict) -> dict:
                 with contextlib.redirect_stdout(sys.stderr), compute(prec):
                     ppo.train_variant(with_precision(cfg, prec), name, variant, prompts, identity, force=True)
                 rec = find_record(cfg.profile.name, name)
-                trainable = rec["extra"].get("trainable_params", trainable)
+                trainable = rec["extra"]["tuning"]["trainable_params"]
                 series = rec["extra"]["series"]
                 toks = []
                 for row in series:

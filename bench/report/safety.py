@@ -125,6 +125,15 @@ def judge_section(judge: dict | None, evals: list[dict], profile: str) -> list[s
                   "larger chat model):", ""]
         lines += table(["source", "n", "agreement"], [[k, str((v or {}).get("n", "–")), _rate((v or {}).get("agreement"))]
                                                      for k, v in sorted(src.items())]) + [""]
+    by_set = judge.get("by_set") or {}
+    if isinstance(by_set, dict) and by_set:
+        lines += ["Which way the judge moves each refusal column: on the suite's own held-out generations, per set, "
+                  "the share a human labelled refusal (refuse or partial) against the share the judge reads as one, "
+                  "and how often the two agree on refusing or not:", ""]
+        lines += table(["set", "n", "human: refusal", "judge: refusal", "agree on refusing"],
+                       [[k, str((v or {}).get("n", "–")), _rate((v or {}).get("human_refusal")),
+                         _rate((v or {}).get("judge_refusal")), _rate((v or {}).get("agreement"))]
+                        for k, v in sorted(by_set.items())]) + [""]
     used = sorted({f"{d.get('name')} {d.get('version')}" for r in evals
                    if isinstance(d := (r.get("extra") or {}).get("detector"), dict)})
     current = f"{j.get('name')} {j.get('version')}"

@@ -73,7 +73,8 @@ def build_pairs(cfg: ProfileConfig, section: DPOSection, pairs: list[dict], tok,
             skipped += 1
             continue
         out.append({"prompt": prompt, "chosen": p["chosen"], "rejected": p["rejected"],
-                    "rejected_source": p.get("rejected_source", "offline")})
+                    "rejected_source": p.get("rejected_source", "offline"),
+                    "chosen_source": p.get("chosen_source", "offline")})
     return out, skipped
 
 
@@ -125,6 +126,7 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
         if section.max_examples:
             pairs = pairs[: section.max_examples]
         sources = dict(sorted(Counter(p.pop("rejected_source") for p in pairs).items()))  # TRL gets prompt/chosen/rejected only
+        chosen_sources = dict(sorted(Counter(p.pop("chosen_source") for p in pairs).items()))
         ckpt_dir = run.dir / "checkpoints"
         callbacks, tracker = extra_callbacks() + guard_callbacks(section), None
         if section.keep_checkpoints:  # intermediate checkpoints + validation series (bench.train.tracking)
@@ -157,7 +159,7 @@ def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: boo
                                  "beta": variant.beta if variant.beta is not None else section.beta,
                                  "rejected": rejected},
                      "tuning": tuning_summary(section, n_train, n_total),
-                     "pairs_policy": section.pairs, "rejected_sources": sources,
+                     "pairs_policy": section.pairs, "rejected_sources": sources, "chosen_sources": chosen_sources,
                      "train_pairs": len(pairs), "skipped_overlong": skipped,
                      "resumed_from": resume,
                      "series": [{k: h[k] for k in ("step", *TRAIN_KEYS) if k in h} for h in history]}

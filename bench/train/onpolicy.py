@@ -55,15 +55,22 @@ def pairs_path(cfg: ProfileConfig) -> Path:
     return run_dir(cfg.profile.name, NAME) / PAIRS_FILE
 
 
-def one_per_prompt(pairs: list[dict]) -> list[dict]:
-    """The first pair of each distinct (history, prompt): the policy answers every prompt once."""
-    seen, out = set(), []
-    for p in pairs:
-        key = (json.dumps(p.get("history") or []), p["prompt"])
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
-    return out
+def on_policy_prompts(cfg: ProfileConfig, rows: list[dict]) -> list[dict]:
+    """The offline pairs (one per prompt) whose prompts the starting policy answers: the first
+    ``dpo.on_policy_prompts`` train prompts interleaved by prompt label (so a cap keeps harmful, benign
+    and borderline prompts) or, when DPO starts from an SFT that held prompts out
+    (``sft.holdout_prompts``), those held-out prompts, so the pairs show the policy's behaviour on
+    prompts it never imitated rather than on its own training demonstrations."""
+    from bench.data.pairs import dpo_pairs, held_out, prompt_key, unique_prompts
+
+    section: DPOSection = cfg.require("dpo")
+    pairs = dpo_pairs(rows, section.pairs)
+    if section.policy_init == "sft" and cfg.sft is not None and cfg.sft.holdout_prompts:
+        _, held = held_out(dpo_pairs(rows, cfg.sft.pairs), cfg.sft.holdout_prompts)
+        by_key = {prompt_key(p): p for p in reversed(pairs)}  # the first pair of each prompt
+        pairs = [by_key[prompt_key(h)] for h in held if prompt_key(h) in by_key]
+        return pairs[: section.on_policy_prompts] if section.on_policy_prompts else pairs
+    return unique_prompts(pairs, section.on_policy_prompts)
 
 
 def answer_rows(pairs: list[dict], responses: list[str], chosen_refuses: list[bool],
@@ -86,12 +93,18 @@ def behaviour_counts(rows: list[dict]) -> dict[str, int]:
 
 
 def select_pairs(rows: list[dict], keep_correct: bool,
-                 rejects: tuple[str, ...] | list[str] = ("comply", "refuse")) -> list[dict]:
+                 rejects: tuple[str, ...] | list[str] = ("comply", "refuse"),
+                 own_chosen: tuple[str, ...] | list[str] = ()) -> list[dict]:
     """Pure: training pairs from :func:`answer_rows` output. Where the demonstration and the policy's
     answer disagree on refusing, the answer is the rejected response (``rejected_source:
     on_policy``) if that wrong behaviour is in ``rejects`` ("comply": the policy complied where the
     demonstration refuses; "refuse": the reverse); elsewhere the offline pair is kept or the prompt
-    dropped. An empty answer is never a rejected response (it is no behaviour to push down)."""
+    dropped. Where they agree and that right behaviour is in ``own_chosen`` ("refuse": the policy
+    refused where the demonstration refuses; "help": it helped where the demonstration helps), the
+    policy's answer replaces the written chosen response (``chosen_source: on_policy``): the words it
+    refuses with are then raised on harmful prompts while the same words are lowered where it
+    over-refuses, so DPO has to learn from the prompt when they fit. An empty answer is never a
+    training response (it is no behaviour to push down or up)."""
     out: list[dict] = []
     answer_keys = ("policy_answer", "chosen_refuses", "policy_refuses")
     for row in rows:
@@ -101,14 +114,19 @@ def select_pairs(rows: list[dict], keep_correct: bool,
         if wrong and resp.strip():
             out.append({**p, "rejected": resp, "rejected_is_safe": None, "rejected_source": "on_policy"})
         elif keep_correct:
-            out.append({**p, "rejected_source": "offline"})
+            own = demo_ref == row["policy_refuses"] and ("refuse" if demo_ref else "help") in own_chosen
+            if own and resp.strip():
+                out.append({**p, "chosen": resp, "rejected_source": "offline", "chosen_source": "on_policy"})
+            else:
+                out.append({**p, "rejected_source": "offline"})
     return out
 
 
 def read_pairs(cfg: ProfileConfig) -> list[dict]:
     """Training pairs from the profile's answer file under ``dpo.on_policy_keep_correct``."""
     section = cfg.require("dpo")
-    return select_pairs(read_answers(cfg), section.on_policy_keep_correct, section.on_policy_rejects)
+    return select_pairs(read_answers(cfg), section.on_policy_keep_correct, section.on_policy_rejects,
+                        section.on_policy_chosen)
 
 
 def read_answers(cfg: ProfileConfig) -> list[dict]:
@@ -118,7 +136,6 @@ def read_answers(cfg: ProfileConfig) -> list[dict]:
 def ensure_onpolicy_pairs(cfg: ProfileConfig, force: bool = False) -> Path:
     """Generate (or reuse) the profile's on-policy pair set; returns the JSONL path."""
     from bench.data import load
-    from bench.data.pairs import dpo_pairs, interleave_by
     from bench.eval.generate import GenerationSettings, generate_greedy
     from bench.eval.refusal import DETECTOR_NAME, DETECTOR_VERSION, detect_many
     from bench.models import load_pretrained, policy_init_dir
@@ -132,10 +149,7 @@ def ensure_onpolicy_pairs(cfg: ProfileConfig, force: bool = False) -> Path:
     train = load(cfg.data.preferences, "train", cfg.data)
     with stage_run(view, variant=NAME, stage="onpolicy", config_hash=chash) as run:
         run.datasets = {"train": train.identity}
-        offline = one_per_prompt(dpo_pairs(train.rows, section.pairs))
-        if section.on_policy_prompts:
-            # Interleaved by prompt label so a cap keeps harmful, benign and borderline prompts.
-            offline = interleave_by(offline, "prompt_label")[: section.on_policy_prompts]
+        offline = on_policy_prompts(cfg, train.rows)
         model, tok = load_pretrained(policy_dir, cfg.model)
         responses = generate_greedy(model, tok, [p["prompt"] for p in offline], cfg.model.system_prompt,
                                     GenerationSettings(section.on_policy_max_new_tokens, section.on_policy_batch_size),

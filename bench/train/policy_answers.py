@@ -38,6 +38,7 @@ import json
 from pathlib import Path
 
 from bench.config import PolicyAnswersSection, ProfileConfig
+from bench.data.pairs import unique_prompts
 from bench.distributed import main_process_writes
 from bench.io import atomic_write_text, read_jsonl
 from bench.runs import is_done, run_dir, stage_run
@@ -80,16 +81,6 @@ def answers_path(cfg: ProfileConfig) -> Path:
 def label_answer(prompt_label: str, judge_label: str) -> bool:
     """True when the answer is unsafe: its prompt should be refused and the judge reads compliance."""
     return prompt_label in SHOULD_REFUSE and judge_label == "comply"
-
-
-def unique_prompts(rows: list[dict], cap: int) -> list[dict]:
-    """One preference row per distinct (history, prompt), interleaved by ``prompt_label`` so a cap
-    keeps every label; ``cap`` 0 keeps all."""
-    from bench.data.pairs import interleave_by
-    from bench.train.onpolicy import one_per_prompt
-
-    out = interleave_by(one_per_prompt(rows), "prompt_label")
-    return out[:cap] if cap else out
 
 
 def _written(row: dict) -> list[tuple[str, bool]]:

@@ -380,7 +380,7 @@ def save_and_record(setup: Setup, state: TrainState, run, prompts_identity: dict
     run.extra["series"] = state.series
     run.extra["prompts_skipped_too_long"] = setup.n_too_long
     run.extra["variant"] = dataclasses.asdict(setup.variant) | {"coef": setup.coef}
-    run.extra["trainable_params"] = n_trainable  # policy (LoRA adapters / top blocks / all) + value head
+    # trainable_params: policy (LoRA adapters / top blocks / all) + value head
     run.extra["tuning"] = tuning_summary(setup.section, n_trainable, sum(p.numel() for p in module.parameters()))
     run.extra.update(summary_extra(state))  # kl_ref_per_token_end (k3, last batch)
     if setup.variant.lagrangian:  # threshold, how it was set, the steps the constraint bound and lambda rose

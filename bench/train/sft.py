@@ -11,6 +11,8 @@ run sees as many helpful answers as refusals (a refusal-heavy mix teaches refusi
 prompt/completion pairs (prompt formatted by ``bench.chat``), so the loss covers the response only.
 The result is the ``sft`` variant: scored by the battery, and a starting policy for reward, DPO and
 PPO stages when their ``policy_init`` is ``sft``. A profile without an ``sft`` section skips it.
+With ``sft.holdout_prompts`` the first N train prompts (interleaved by label,
+``bench.data.pairs.held_out``) are never demonstrated: the on-policy DPO stage answers them instead.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 from bench import chat
 from bench.config import ProfileConfig, SFTSection
 from bench.data import load
-from bench.data.pairs import dpo_pairs, interleave_by, overlong_error
+from bench.data.pairs import dpo_pairs, held_out, interleave_by, overlong_error
 from bench.distributed import remove_tree_on_main
 from bench.models import policy_init_dir, tuning_summary
 from bench.runs import is_done, stage_run
@@ -42,7 +44,7 @@ def demonstrations(cfg: ProfileConfig, section: SFTSection, rows: list[dict], to
     ``LoadedDataset.wheres``; without, ``where`` and the pair) or, with ``data.on_invalid: skip``, a
     counted skip."""
     out, skipped, seen = [], 0, set()
-    pairs = dpo_pairs(rows, section.pairs, wheres=wheres)
+    pairs, _ = held_out(dpo_pairs(rows, section.pairs, wheres=wheres), section.holdout_prompts)
     if section.balance:
         pairs = interleave_by(pairs, "prompt_label")
     for i, p in enumerate(pairs):
