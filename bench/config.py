@@ -453,6 +453,14 @@ class SteerSection:
     # falls below this quantile of held-out harmful train prompts' read-outs. 0: no gated variant.
     gate_quantile: float = 0.0
     gate_fit_n: int = 128  # held-out train prompts per label (after the first n_train) that fit the gate
+    # How the gate's condition vector is fitted (bench.steer.recipe.fit_gate): mean_diff = harmful minus benign
+    # train means, layer and threshold on held-out train prompts; logistic = per-layer logistic read-out of
+    # harmful vs benign + borderline-safe train prompts, layer and threshold on the validation split.
+    gate_fit: Literal["mean_diff", "logistic"] = "mean_diff"
+    # None: steer-gated ablates the direction where the prompt reads as not harmful. A number: it adds the
+    # direction there at this scale (negative: away from refusing) and at steer-add's alpha where it reads
+    # as harmful (conditional activation steering, CAST).
+    gate_alpha_below: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.prune_layer_fraction < 1.0 or self.max_harmless_kl <= 0 or not self.refusal_openers:

@@ -263,10 +263,15 @@ _STEERING = [
          f"steering, as measured when the direction was selected.", 3, RATE)
       for s in ("harmful", "benign") for v in ("unsteered", "steered")),
     _m("gate_auroc_train", "gate AUROC (train)", NEUTRAL,
-       "AUROC of the gate's prompt-end read-out separating harmful from benign train prompts.", 3),
-    *(_m(f"gate_kept_{k}_train", f"gate kept ({k}, train)", NEUTRAL,
-         f"Share of held-out train {k} prompts the gate leaves unablated.", 3)
-      for k in ("harmful", "benign", "borderline")),
+       "AUROC of the gate's prompt-end read-out separating harmful from benign and borderline-safe held-out "
+       "train prompts (gate fitted as a mean difference).", 3),
+    _m("gate_auroc_val", "gate AUROC (validation)", NEUTRAL,
+       "AUROC of the gate's prompt-end read-out separating harmful from benign and borderline-safe validation "
+       "prompts (logistic gate: layer and threshold chosen there).", 3),
+    *(_m(f"gate_kept_{k}_{split}", f"gate reads harmful ({k}, {split})", NEUTRAL,
+         f"Share of {'held-out train' if split == 'train' else 'validation'} {k} prompts the gate reads as harmful "
+         "(left unablated, or given steer-add's alpha).", 3)
+      for split in ("train", "val") for k in ("harmful", "benign", "borderline")),
     _m("n_checkpoints", "audited checkpoints", NEUTRAL, "Checkpoints the steering audit scored.", 0, EXACT_COUNT),
 ]
 

@@ -46,7 +46,11 @@ class GatedHFLM(HFLM):
             raise ValueError("GatedHFLM needs a gated steering spec (steer-gated's)")
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
         self.spec = spec
-        self.ablation = dataclasses.replace(spec, gate=None)  # the same direction, every row: steer-ablate's hooks
+        # What a document below the gate gets, every row: steer-ablate's hooks, or for a gated addition the
+        # addition at alpha_below; a document at or above it gets nothing (ablation) or the addition at alpha.
+        plain = dataclasses.replace(spec, gate=None)
+        self.ablation = plain if spec.mode == "ablate" else dataclasses.replace(plain, alpha=spec.gate.alpha_below)
+        self.above = None if spec.mode == "ablate" else plain
         self.system_prompt = system_prompt
         self.gate_batch_size = gate_batch_size
         self._decided: dict[str, bool] = {}  # context -> ablate
@@ -77,7 +81,8 @@ class GatedHFLM(HFLM):
             idx = [i for i, a in enumerate(ablate) if a == flag]
             if not idx:
                 continue
-            with steering(self.model, self.ablation) if flag else contextlib.nullcontext():
+            above = contextlib.nullcontext() if self.above is None else steering(self.model, self.above)
+            with steering(self.model, self.ablation) if flag else above:
                 res = run([requests[i] for i in idx])
             if len(res) != len(idx):
                 raise RuntimeError(f"lm-eval returned {len(res)} results for {len(idx)} requests")

@@ -219,12 +219,19 @@ def audit_section(records: dict[str, dict], assets: Path, profile: str, write_pl
         s = r["artifacts"]["steering"]
         alpha = f", alpha {s['alpha']}" if s.get("alpha") is not None else ""
         gate = ""
-        if s.get("gate"):  # steer-gated (bench.steer.gate): fitted on train prompts only
+        if s.get("gate"):  # steer-gated (bench.steer.gate)
+            g = s["gate"]
+            split = "val" if (r.get("metrics") or {}).get("gate_auroc_val") else "train"
             kept = ", ".join(f"{k} {m['value'] * m['n']:.0f}/{m['n']}" for k in ("harmful", "benign", "borderline")
-                             if (m := (r.get("metrics") or {}).get(f"gate_kept_{k}_train")))
-            gate = (f", only where the prompt-end read-out at layer {s['gate']['layer']} is below "
-                    f"{s['gate']['threshold']:.2f} (gate fitted on train prompts; held-out train prompts left "
-                    f"unablated: {kept})")
+                             if (m := (r.get("metrics") or {}).get(f"gate_kept_{k}_{split}")))
+            where = ("validation prompts (the gate's layer and threshold were chosen on them)" if split == "val"
+                     else "held-out train prompts (gate fitted on train prompts)")
+            if g.get("alpha_below") is None:
+                gate = (f", only where the prompt-end read-out at layer {g['layer']} is below {g['threshold']:.2f} "
+                        f"({where} read as harmful and left unablated: {kept})")
+            else:
+                gate = (f" where the prompt-end read-out at layer {g['layer']} is at or above {g['threshold']:.2f}, and "
+                        f"alpha {g['alpha_below']} below it (CAST; {where} read as harmful: {kept})")
         what = (f"ablates the direction taken at layer {s.get('layer')} (position {s.get('position')}) from every "
                 "layer's residual writes" if s.get("mode") == "ablate" else
                 f"adds the direction at layer {s.get('layer')} (taken there, position {s.get('position')})")

@@ -26,7 +26,22 @@ The gate, top to bottom:
    it with the same code as the hooks (:func:`bench.steer.hooks.gate_ablates`), and
    :mod:`bench.eval.lm_eval_gate` scores each document's requests under plain ablation or unsteered.
 
-Everything is chosen on train prompts; validation and test prompts are never used by the gate.
+Everything above is chosen on train prompts (``steer.gate_fit: mean_diff``); validation and test prompts
+are never used by that gate.
+
+The second design (``steer.gate_fit: logistic`` with ``steer.gate_alpha_below``), conditional
+activation steering proper: on the default SFT policy with the issue-25 data, the mean-difference
+gate reads 18% of benign validation prompts as harmful, and ablating the refusal direction leaves a
+quarter of the borderline-safe prompts refused (the SFT policy does not refuse through that one
+direction alone). So:
+
+1. condition vector per layer: a logistic read-out of harmful vs benign *and borderline-safe* train
+   prompts (:func:`logistic_units`), the borderline ones teaching it what a trigger word without harmful
+   intent looks like;
+2. gate layer and threshold chosen on the validation split (the split for choosing settings);
+3. behaviour: where the prompt reads as harmful, steer-add's addition (refuse); elsewhere the same
+   direction at ``gate_alpha_below`` (negative: away from refusing), a bypass that, unlike ablation,
+   also moves the SFT policy's refusals that do not run through the one direction.
 """
 
 from __future__ import annotations
@@ -51,6 +66,41 @@ def unit_rows(directions: torch.Tensor) -> torch.Tensor:
     d = directions.to(torch.float64)
     norm = d.norm(dim=-1, keepdim=True)
     return (d / torch.where(norm > 0, norm, torch.ones_like(norm))).to(torch.float32)
+
+
+def logistic_units(pos: torch.Tensor, neg: torch.Tensor, l2: float = 1e-2, steps: int = 100) -> torch.Tensor:
+    """Per layer, the unit weight vector of an L2-regularised logistic regression telling ``pos``
+    (N, L+1, H) from ``neg`` (M, L+1, H): ``(L+1, H)``, oriented so that ``pos`` projects higher.
+
+    Each layer: features standardised by the pooled mean and standard deviation, classes weighted to
+    count equally, loss = mean weighted log-loss + ``l2`` * |w|^2 (L-BFGS, ``steps`` iterations), then
+    the weights mapped back to the raw residual stream (w / sd), where the gate projects. A mean
+    difference is the right condition vector when the two groups differ in one direction with
+    similar spread; a logistic read-out also uses the directions in which the borderline-safe
+    prompts differ from the harmful ones (on the default SFT policy: validation AUROC 1.00 against
+    0.98 for harmful vs borderline, docs/experiments.md#steer-gate-logistic)."""
+    x = torch.cat([pos, neg]).to(torch.float64)  # (N+M, L+1, H)
+    y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).to(torch.float64)
+    wts = torch.where(y > 0, 0.5 / len(pos), 0.5 / len(neg))
+    out = torch.zeros(x.shape[1], x.shape[2], dtype=torch.float64)
+    for layer in range(x.shape[1]):
+        xl = x[:, layer]
+        mu, sd = xl.mean(0), xl.std(0).clamp_min(1e-6)
+        z = (xl - mu) / sd
+        w = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
+        b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = (wts * torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y, reduction="none")).sum()
+            loss = loss + l2 * (w * w).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        out[layer] = w.detach() / sd
+    return unit_rows(out)
 
 
 def choose_gate(units: torch.Tensor, harmful: torch.Tensor, others: Sequence[torch.Tensor], quantile: float) -> dict:

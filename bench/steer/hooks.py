@@ -147,7 +147,8 @@ def steering(model: nn.Module, direction_or_spec: Any, mode: str = "ablate", lay
     :meth:`SteeringSpec.from_record`), a spec dict, or a tensor ``(H,)`` steered as ``mode``,
     ``layer`` and ``alpha`` say (those arguments are used only with a tensor). A spec with a gate
     (:mod:`bench.steer.gate`) ablates only the rows whose prompt-end projection on the gate direction
-    is below the threshold.
+    is below the threshold or, for an addition, adds ``alpha`` times the direction to the rows at or
+    above it and ``gate.alpha_below`` times it to the rows below.
     """
     spec = as_spec(direction_or_spec, mode, layer, alpha)
     direction = _tensor(spec.vector, spec.vector_path)
@@ -185,8 +186,18 @@ def steering(model: nn.Module, direction_or_spec: Any, mode: str = "ablate", lay
             x = _first(output)
             return _replace_first(output, x + vec.to(device=x.device, dtype=x.dtype))
 
+        below = None if not spec.gated else direction.detach().flatten().to(torch.float32) * float(spec.gate.alpha_below)
+
+        def gated_add_hook(module, args, output):
+            if state["reading"]:  # the gate's own unsteered pass
+                return output
+            x = _first(output)
+            m = state["mask"].to(x.device).view(-1, *([1] * (x.dim() - 1)))  # (B, 1, 1) bool: reads as not harmful
+            return _replace_first(output, x + torch.where(m, below.to(device=x.device, dtype=x.dtype),
+                                                          vec.to(device=x.device, dtype=x.dtype)))
+
         targets = [stack.embed_tokens if spec.layer == 0 else layers[spec.layer - 1]]
-        hook = add_hook
+        hook = gated_add_hook if spec.gated else add_hook
     try:
         if spec.gated:
             handles.append(model.register_forward_pre_hook(_gate_pre_hook(model, spec.gate, state), with_kwargs=True))

@@ -18,7 +18,8 @@ Top to bottom:
    ``artifacts["selection_plot"]``); every variant's own harmless KL to ``extra["harmless_kl_val"]``.
 4. Write two evaluable variants, ``steer-ablate`` and ``steer-add`` (and, with ``steer.gate_quantile``,
    ``steer-gated``: the ablation applied only where a prompt-end read-out says the prompt is not
-   harmful, :mod:`bench.steer.gate`): the policy's model plus a
+   harmful, or with ``steer.gate_alpha_below`` steer-add's addition where it says harmful and a negative
+   one elsewhere, :mod:`bench.steer.gate`): the policy's model plus a
    :class:`~bench.steer.spec.SteeringSpec` (``artifacts["steering"]``; ``artifacts["base_variant"]``
    names the steered policy) that :func:`bench.steer.hooks.steering` applies; the vector as a
    plain tensor file, the same steering in lm-eval's ``steered`` adapter format, and (when
@@ -259,32 +260,71 @@ def _write_variants(cfg: ProfileConfig, model, tok, result: dict, chash: str, po
             run.log.info("layer=%d position=%d score=%.3f", sel.layer, sel.position, sel.score)
 
 
+def _contrasts(cfg: ProfileConfig, split: str) -> tuple[list[str], dict | None]:
+    """The borderline set's unsafe-contrast prompts of ``split`` ([] where the set has none)."""
+    from bench.data import load
+
+    ds = load(cfg.data.borderline, split, cfg.data)
+    prompts = [r["prompt"] for r in ds.rows if r.get("label") == "unsafe-contrast"]
+    return prompts, (dict(ds.identity) if prompts else None)
+
+
 def fit_gate(cfg: ProfileConfig, model, tok) -> dict:
-    """The gate of ``steer-gated`` from train prompts alone (:mod:`bench.steer.gate`): condition
-    directions from the first ``n_train`` harmful and benign prompts by label, layer and threshold
-    from the next ``gate_fit_n`` of each and the borderline-safe train prompts."""
+    """The gate of ``steer-gated`` (:mod:`bench.steer.gate`). ``steer.gate_fit: mean_diff``, from train
+    prompts alone: condition directions from the first ``n_train`` harmful and benign prompts by label,
+    layer and threshold from the next ``gate_fit_n`` of each and the borderline-safe train prompts.
+    ``logistic``: per-layer logistic read-outs fitted on the first ``n_train + gate_fit_n`` harmful, benign
+    and borderline-safe train prompts (with every unsafe contrast of the borderline set on the harmful
+    side); layer and threshold chosen on the whole validation split of the same groups (the split for
+    choosing settings; the test split is never read). The ``harmful`` read-out counts include the contrasts."""
+    import torch
+
     from bench.steer import gate
     from bench.steer.directions import activations
 
     s = cfg.require("steer")
     n, fit = s.n_train, s.gate_fit_n
-    harm, ih = _load_prompts(cfg, "harmful", "train", n + fit)
-    benign, ib = _load_prompts(cfg, "benign", "train", n + fit)
-    border, ix = _load_prompts(cfg, "borderline", "train", fit)
-    if len(harm) <= n or len(benign) <= n:
-        raise ValueError(f"steer.gate_quantile: the harmful and benign train splits need more than n_train={n} "
-                         f"prompts (have {len(harm)} and {len(benign)})")
 
     def acts(ps: list[str]):
         return activations(model, tok, ps, cfg.model.system_prompt, positions=1, batch_size=s.batch_size,
                            position_index=0)  # (N, L+1, H) at the prompt end
 
-    held = {"harmful": acts(harm[n:]), "benign": acts(benign[n:]), "borderline": acts(border)}
-    units = gate.unit_rows(acts(harm[:n]).mean(0) - acts(benign[:n]).mean(0))  # (L+1, H)
+    if s.gate_fit == "logistic":
+        # "Should refuse" = harmful requests and the borderline set's unsafe contrasts ("How do I kill my
+        # neighbour?" beside "How do I kill a Python process?"): without the contrasts the read-out learns
+        # that a short violent question is harmless. "Should answer" = benign and borderline-safe prompts.
+        def should_refuse(split: str, cap: int):
+            harm, ih = _load_prompts(cfg, "harmful", split, cap)
+            contrast, ic = _contrasts(cfg, split)
+            return harm + contrast, ih, ic
+
+        harm, ih, ic = should_refuse("train", n + fit)
+        benign, ib = _load_prompts(cfg, "benign", "train", n + fit)
+        border, ix = _load_prompts(cfg, "borderline", "train", n + fit)
+        units = gate.logistic_units(acts(harm), torch.cat([acts(benign), acts(border)]))
+        v_harm, vh, vc = should_refuse("validation", 0)
+        v_benign, vb = _load_prompts(cfg, "benign", "validation", 0)
+        v_border, vx = _load_prompts(cfg, "borderline", "validation", 0)
+        held = {"harmful": acts(v_harm), "benign": acts(v_benign), "borderline": acts(v_border)}
+        split = "val"
+        datasets = {"harmful_train": ih, "benign_train": ib, "borderline_train": ix, "harmful_validation": vh,
+                    "benign_validation": vb, "borderline_validation": vx}
+        datasets.update({f"unsafe_contrast_{k}": v for k, v in (("train", ic), ("validation", vc)) if v})
+    else:
+        harm, ih = _load_prompts(cfg, "harmful", "train", n + fit)
+        benign, ib = _load_prompts(cfg, "benign", "train", n + fit)
+        border, ix = _load_prompts(cfg, "borderline", "train", fit)
+        if len(harm) <= n or len(benign) <= n:
+            raise ValueError(f"steer.gate_quantile: the harmful and benign train splits need more than n_train={n} "
+                             f"prompts (have {len(harm)} and {len(benign)})")
+        held = {"harmful": acts(harm[n:]), "benign": acts(benign[n:]), "borderline": acts(border)}
+        units = gate.unit_rows(acts(harm[:n]).mean(0) - acts(benign[:n]).mean(0))  # (L+1, H)
+        split = "train"
+        datasets = {"harmful_train": ih, "benign_train": ib, "borderline_train": ix}
     choice = gate.choose_gate(units, held["harmful"], [held["benign"], held["borderline"]], s.gate_quantile)
     kept = {k: (gate.n_kept(units, a, choice["layer"], choice["threshold"]), len(a)) for k, a in held.items()}
-    return {**choice, "unit": units[choice["layer"]], "kept": kept, "header": gate.generation_header(tok),
-            "datasets": {"harmful_train": ih, "benign_train": ib, "borderline_train": ix}}
+    return {**choice, "unit": units[choice["layer"]], "kept": kept, "split": split,
+            "header": gate.generation_header(tok), "datasets": datasets}
 
 
 def _write_gated(cfg: ProfileConfig, model, tok, result: dict, chash: str, policy: dict, datasets: dict,
@@ -296,11 +336,18 @@ def _write_gated(cfg: ProfileConfig, model, tok, result: dict, chash: str, polic
     vec = selected_direction(cfg, result)  # the same direction as steer-ablate's
     t0 = time.perf_counter()
     g = fit_gate(cfg, model, tok)
+    s = cfg.require("steer")
     with stage_run(cfg, variant=GATED_VARIANT, stage="steer", config_hash=chash) as run:
         vpath = hooks.save_vector(run.dir / VECTOR_FILE, vec)
         gpath = hooks.save_vector(run.dir / GATE_FILE, g["unit"])
-        gate = GateSpec(layer=g["layer"], threshold=g["threshold"], header=tuple(g["header"]), vector_path=str(gpath))
-        spec = SteeringSpec(mode="ablate", layer=sel.layer, position=sel.position, alpha=None,
+        if s.gate_alpha_below is None:  # ablate where the prompt reads as not harmful
+            gate = GateSpec(layer=g["layer"], threshold=g["threshold"], header=tuple(g["header"]), vector_path=str(gpath))
+            mode, alpha = "ablate", None
+        else:  # CAST: steer-add's addition where it reads as harmful, alpha_below times the direction elsewhere
+            gate = GateSpec(layer=g["layer"], threshold=g["threshold"], header=tuple(g["header"]), vector_path=str(gpath),
+                            alpha_below=s.gate_alpha_below)
+            mode, alpha = "add", sel.add_alpha if sel.add_alpha is not None else s.add_alpha
+        spec = SteeringSpec(mode=mode, layer=sel.layer, position=sel.position, alpha=alpha,
                             vector_path=str(vpath), gate=gate, policy_variant=policy["variant"],
                             model_dir=policy["model_dir"])
         # no lm-eval `steered` file: its adapter has no gate; the battery runs lm-eval through our hooks
@@ -309,11 +356,12 @@ def _write_gated(cfg: ProfileConfig, model, tok, result: dict, chash: str, polic
         run.datasets = {**datasets, **g["datasets"]}
         run.extra = {"policy": policy, "selection": sel.record(), "detector": detector_info,
                      "gate": {"layer": g["layer"], "threshold": g["threshold"], "quantile": g["quantile"],
+                              "fit": s.gate_fit, "chosen_on": g["split"], "alpha_below": s.gate_alpha_below,
                               "auroc_per_layer": {str(k): round(v, 4) for k, v in g["auroc_per_layer"].items()}},
                      "harmless_kl_val": _kl_entry(kl, len(result["val_benign"]), result["readout"])}
-        run.metrics["gate_auroc_train"] = scalar_metric(round(g["auroc"], 4))
-        for k, (kept, n) in g["kept"].items():  # held-out train prompts left unablated (policy behaviour)
-            run.metrics[f"gate_kept_{k}_train"] = rate_metric(kept, n)
+        run.metrics[f"gate_auroc_{g['split']}"] = scalar_metric(round(g["auroc"], 4))
+        for k, (kept, n) in g["kept"].items():  # prompts read as harmful (left unablated / given alpha)
+            run.metrics[f"gate_kept_{k}_{g['split']}"] = rate_metric(kept, n)
         run.metrics["gate_wall_time_s"] = scalar_metric(round(time.perf_counter() - t0, 2))
         run.log.info("gate layer=%d threshold=%.3f auroc=%.3f", g["layer"], g["threshold"], g["auroc"])
     return g
@@ -372,8 +420,9 @@ def run_steer(cfg: ProfileConfig, force: bool = False, progress: Callable[[str],
                  f"(score {sel.score:.3f}) in {wall:.0f}s")
         if GATED_VARIANT in wanted:
             g = _write_gated(cfg, model, tok, result, chash, policy, datasets, detector_info)
-            progress(f"steer: gate at layer {g['layer']} (train AUROC {g['auroc']:.3f}), threshold "
-                     f"{g['threshold']:.3f}; held-out train prompts left unablated: "
+            where = "validation" if g["split"] == "val" else "held-out train"
+            progress(f"steer: gate at layer {g['layer']} ({where} AUROC {g['auroc']:.3f}), threshold "
+                     f"{g['threshold']:.3f}; {where} prompts read as harmful: "
                      + ", ".join(f"{k} {a}/{n}" for k, (a, n) in g["kept"].items()))
         out["selection"] = sel.record()
         del model

@@ -31,7 +31,7 @@ from typing import Any
 
 MODES = ("ablate", "add")
 SPEC_KEYS = ("mode", "layer", "position", "alpha", "vector_path")
-GATE_KEYS = ("layer", "threshold", "header", "vector_path")
+GATE_KEYS = ("layer", "threshold", "header", "vector_path", "alpha_below")
 POLICY_KEY = "base_variant"  # artifacts key naming the steered policy (kept as committed records have it)
 
 
@@ -84,14 +84,18 @@ def _locate(recorded: str | None, folder: Path) -> str | None:
 
 @dataclass(frozen=True)
 class GateSpec:
-    """``steer-gated``'s gate (:mod:`bench.steer.gate`): ablate only the rows whose prompt-end read-out
-    at hidden-state index ``layer`` projects below ``threshold`` on the gate direction. ``header``: the
-    chat template's assistant-header token ids (where a prompt ends)."""
+    """``steer-gated``'s gate (:mod:`bench.steer.gate`): the rows whose prompt-end read-out at
+    hidden-state index ``layer`` projects below ``threshold`` on the gate direction read as not harmful.
+    With an ablation spec those rows alone are ablated; with an addition spec (CAST) the rows at or
+    above the threshold get the spec's ``alpha`` times the direction and the rows below get
+    ``alpha_below`` times it (negative: steered away from refusing). ``header``: the chat template's
+    assistant-header token ids (where a prompt ends)."""
 
     layer: int
     threshold: float
     header: tuple[int, ...] = ()
     vector_path: str | None = None
+    alpha_below: float | None = None  # addition specs only
     vector: Any = field(default=None, compare=False, repr=False)  # in-memory tensor (tests); never written
 
     @classmethod
@@ -108,7 +112,7 @@ class GateSpec:
         gate = cls(layer=_int(where, "layer", d["layer"], optional=False),
                    threshold=_number(where, "threshold", d["threshold"], optional=False),
                    header=tuple(header), vector_path=_path(where, "vector_path", d.get("vector_path")),
-                   vector=d.get("vector"))
+                   alpha_below=_number(where, "alpha_below", d.get("alpha_below")), vector=d.get("vector"))
         if gate.layer < 0:
             raise SpecError(f"{where}: layer must be >= 0, got {gate.layer}")
         if gate.vector_path is None and gate.vector is None:
@@ -116,8 +120,11 @@ class GateSpec:
         return gate
 
     def to_dict(self) -> dict:
-        return {"layer": self.layer, "threshold": self.threshold, "header": list(self.header),
-                "vector_path": self.vector_path}
+        out = {"layer": self.layer, "threshold": self.threshold, "header": list(self.header),
+               "vector_path": self.vector_path}
+        if self.alpha_below is not None:  # absent from ablation gates, so their records round-trip unchanged
+            out["alpha_below"] = self.alpha_below
+        return out
 
 
 @dataclass(frozen=True)
@@ -131,7 +138,8 @@ class SteeringSpec:
     - ``position``: prompt position the direction was read at (negative offset, -1 = last token);
     - ``alpha``: the addition's scale (``add`` only; ``None`` for ablation);
     - ``vector_path``: the direction file (:func:`bench.steer.hooks.save_vector`), or ``vector`` in memory;
-    - ``gate``: a :class:`GateSpec` (ablation only) for ``steer-gated``;
+    - ``gate``: a :class:`GateSpec` for ``steer-gated`` (ablation where the prompt reads as not harmful,
+      or an addition with one scale on each side of the gate);
     - ``policy_variant`` / ``model_dir``: the steered policy (record artifacts ``base_variant`` and
       ``model_dir``; not part of :meth:`to_dict`).
     """
@@ -157,8 +165,8 @@ class SteeringSpec:
             raise SpecError(f"{where}: needs vector_path (or an in-memory vector)")
         if self.gate is not None and not isinstance(self.gate, GateSpec):
             raise SpecError(f"{where}: gate must be a GateSpec, got {type(self.gate).__name__}")
-        if self.gate is not None and self.mode != "ablate":
-            raise SpecError(f"{where}: a gate is only defined for mode 'ablate'")
+        if self.gate is not None and (self.gate.alpha_below is None) != (self.mode == "ablate"):
+            raise SpecError(f"{where}: a gate has alpha_below exactly when the mode is 'add'")
         if self.mode == "add":
             if self.layer is None:
                 raise SpecError(f"{where}: mode 'add' needs a layer (hidden-state index: 0 = embeddings, "
