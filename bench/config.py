@@ -519,8 +519,13 @@ class ProfileConfig:
 
     def section_hash(self, *names: str) -> str:
         """Stable hash of the named sections (all when none given); a stage's record stores the
-        hash of the sections it reads, so editing an unrelated section does not re-run it."""
+        hash of the sections it reads, so editing an unrelated section does not re-run it. An option in
+        :data:`HASH_NEUTRAL` is left out while it has its neutral value (the behaviour from before it
+        existed), so adding an option does not re-run stages that do not use it."""
         data = to_dict(self)
+        for (section, key), neutral in HASH_NEUTRAL.items():
+            if isinstance(data.get(section), dict) and data[section].get(key, neutral) == neutral:
+                data[section].pop(key, None)
         keys = names or tuple(k for k in data if k != "source_file")
         payload = {k: data[k] for k in keys}
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
@@ -557,6 +562,16 @@ class ProfileConfig:
 
 
 # --------------------------------------------------------------------------- loading
+
+
+# Options added after records existed, with the value that reproduces the behaviour from before them:
+# while an option has that value it is not part of a section's hash (ProfileConfig.section_hash).
+HASH_NEUTRAL: dict[tuple[str, str], object] = {
+    ("sft", "holdout_prompts"): 0,
+    ("dpo", "on_policy_chosen"): [],
+    ("steer", "gate_fit"): "mean_diff",
+    ("steer", "gate_alpha_below"): None,
+}
 
 
 def known_profiles() -> list[str]:

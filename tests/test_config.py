@@ -151,3 +151,24 @@ def test_negative_eval_caps_are_config_errors(override, key):
 def test_non_integer_eval_cap_is_a_type_error():
     with pytest.raises(ConfigError, match="eval.n_harmful' expects int"):
         load_config("smoke", ["eval.n_harmful=2.5"])
+
+
+def test_options_added_later_leave_the_hash_alone_at_their_neutral_value():
+    """Adding an option must not re-run every stage of existing runs: at its neutral value (the
+    behaviour from before it existed) it is left out of the section hash; any other value is hashed."""
+    import dataclasses
+
+    from bench import config as C
+
+    cfg = C.load_config("default")
+    for (section, key), neutral in C.HASH_NEUTRAL.items():
+        sec = getattr(cfg, section)
+        field = next(f for f in dataclasses.fields(sec) if f.name == key)
+        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        assert default == neutral, (section, key)  # a profile that does not name it hashes as before
+    base = C.load_config("default", ["sft.holdout_prompts=0"]).section_hash("sft")
+    assert base == cfg.section_hash("sft")
+    assert C.load_config("default", ["sft.holdout_prompts=5"]).section_hash("sft") != base
+    assert C.load_config("default", ["dpo.on_policy_chosen=[refuse]"]).section_hash("dpo") != cfg.section_hash("dpo")
+    data = C.to_dict(cfg)["sft"]
+    assert "holdout_prompts" in data  # the dumped config.yaml still shows every option
