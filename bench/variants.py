@@ -73,7 +73,7 @@ class Variant:
 
     @property
     def gated(self) -> bool:
-        """A steered variant whose ablation is gated per prompt (``steer-gated``, :mod:`bench.steer.gate`)."""
+        """A steered variant whose steering is gated per prompt (``steer-gated``, :mod:`bench.steer.gate`)."""
         return self.kind == "steered" and self.steering.gated
 
     @property

@@ -113,7 +113,7 @@ GATE = {"layer": 1, "threshold": 0.5, "header": [1, 2], "vector_path": "g.pt"}
     ({"mode": "add", "alpha": 1.0, "vector_path": "v.pt"}, "mode 'add' needs a layer"),
     ({"mode": "add", "layer": 1, "alpha": None, "vector_path": "v.pt"}, "mode 'add' needs alpha"),
     ({"mode": "add", "layer": 1, "alpha": "big", "vector_path": "v.pt"}, "alpha must be a number"),
-    ({"mode": "add", "layer": 1, "alpha": 1.0, "vector_path": "v.pt", "gate": GATE}, "only defined for mode 'ablate'"),
+    ({"mode": "add", "layer": 1, "alpha": 1.0, "vector_path": "v.pt", "gate": GATE}, "alpha_below exactly when the mode is 'add'"),
     ({"mode": "ablate", "vector_path": "v.pt", "gate": {"layer": 1, "vector_path": "g.pt"}}, "gate: missing threshold"),
     ({"mode": "ablate", "vector_path": "v.pt", "gate": {**GATE, "header": ["x"]}}, "header must be a list of token ids"),
     ({"mode": "ablate", "vector_path": "v.pt", "gate": {**GATE, "vector_path": None}}, "gate: needs vector_path"),
