@@ -269,7 +269,8 @@ _STEERING = [
        "AUROC of the gate's prompt-end read-out separating harmful from benign and borderline-safe validation "
        "prompts (logistic gate: layer and threshold chosen there).", 3),
     *(_m(f"gate_kept_{k}_{split}", f"gate reads harmful ({k}, {split})", NEUTRAL,
-         f"Share of {'held-out train' if split == 'train' else 'validation'} {k} prompts the gate reads as harmful "
+         f"Share of {'held-out train' if split == 'train' else 'validation'} {k} prompts"
+         f"{' (with the unsafe contrasts)' if (k, split) == ('harmful', 'val') else ''} the gate reads as harmful "
          "(left unablated, or given steer-add's alpha).", 3)
       for split in ("train", "val") for k in ("harmful", "benign", "borderline")),
     _m("n_checkpoints", "audited checkpoints", NEUTRAL, "Checkpoints the steering audit scored.", 0, EXACT_COUNT),

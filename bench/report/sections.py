@@ -222,7 +222,9 @@ def audit_section(records: dict[str, dict], assets: Path, profile: str, write_pl
         if s.get("gate"):  # steer-gated (bench.steer.gate)
             g = s["gate"]
             split = "val" if (r.get("metrics") or {}).get("gate_auroc_val") else "train"
-            kept = ", ".join(f"{k} {m['value'] * m['n']:.0f}/{m['n']}" for k in ("harmful", "benign", "borderline")
+            names = {"harmful": "harmful and unsafe-contrast" if split == "val" else "harmful"}
+            kept = ", ".join(f"{names.get(k, k)} {m['value'] * m['n']:.0f}/{m['n']}"
+                             for k in ("harmful", "benign", "borderline")
                              if (m := (r.get("metrics") or {}).get(f"gate_kept_{k}_{split}")))
             where = ("validation prompts (the gate's layer and threshold were chosen on them)" if split == "val"
                      else "held-out train prompts (gate fitted on train prompts)")
