@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import yaml
 
-from bench.steer.settings import REFUSAL_OPENERS, SteerSection  # noqa: F401 (the steer section lives with steering)
+from bench.steer.settings import SteerSection  # the steer section lives with steering
 from bench.typed_yaml import ConfigError, apply_overrides, build, yaml_problem
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -50,7 +50,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from bench.config import REFUSAL_OPENERS as DEFAULT_REFUSAL_OPENERS  # the steer section's default (one owner)
+from bench.steer.settings import REFUSAL_OPENERS as DEFAULT_REFUSAL_OPENERS  # the steer section's default (one owner)
 from bench.tensors import position_ids
 
 # --------------------------------------------------------------------------- pure functions

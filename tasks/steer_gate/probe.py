@@ -3,7 +3,7 @@
 How well does the SFT policy's own prompt-end activation separate harmful from borderline-safe prompts
 on the validation split (unseen triggers)? Per layer: diff-of-means (train harmful - train benign, as the
 steering gate) AUROC, and a logistic probe on train harmful vs benign+borderline; TPR at FPR<=.10 on val."""
-import sys, json, torch, numpy as np
+import sys, torch, numpy as np
 import os; sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
 from bench.config import load_config
 from bench.eval.inputs import refusal_sets
