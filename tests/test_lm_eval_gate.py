@@ -178,6 +178,34 @@ def test_gated_lm_eval_scores_each_document_ablated_or_plain(model_tok):
         lm.loglikelihood_rolling(requests)
 
 
+def test_gated_lm_eval_addition_scores_each_side_at_its_own_strength(model_tok):
+    """CAST: a document below the gate gets exactly the plain addition at ``alpha_below``, every other the
+    plain addition at ``alpha``."""
+    import dataclasses
+
+    from lm_eval.models.huggingface import HFLM
+
+    from bench.eval.lm_eval_gate import GatedHFLM
+
+    model, tok = model_tok
+    docs = [_context(p) for p in HARMFUL[:2] + BENIGN[:2]]
+    proj = _oracle_projections(model, tok, docs, SYSTEM)
+    ablation = _spec(model, tok, _split_threshold(proj, 2))
+    spec = dataclasses.replace(ablation, mode="add", layer=LAYER, alpha=2.0,
+                               gate=dataclasses.replace(ablation.gate, alpha_below=-3.0))
+    below = (proj < spec.gate.threshold).tolist()
+    requests, doc_of = _instances(docs, CHOICES)
+    plain_lm = HFLM(pretrained=model, tokenizer=tok, batch_size=1, device="cpu")
+    with hooks.steering(model, _direction(model, 0), mode="add", layer=LAYER, alpha=2.0):
+        up = plain_lm.loglikelihood(requests, disable_tqdm=True)
+    with hooks.steering(model, _direction(model, 0), mode="add", layer=LAYER, alpha=-3.0):
+        down = plain_lm.loglikelihood(requests, disable_tqdm=True)
+    assert all(u[0] != d[0] for u, d in zip(up, down))
+    lm = GatedHFLM(pretrained=model, tokenizer=tok, spec=spec, system_prompt=SYSTEM, batch_size=1, device="cpu")
+    got = lm.loglikelihood(requests, disable_tqdm=True)
+    assert got == [down[i] if below[doc_of[i]] else up[i] for i in range(len(requests))]
+
+
 def test_old_last_token_gate_split_a_document_the_new_one_does_not(model_tok):
     """Inside the gated hooks (the old path) lm-eval's requests are read at their last input token, inside
     the choice: with a threshold between two choices' read-outs, one question's choices are scored under

@@ -13,8 +13,10 @@ What, instead: :class:`GatedHFLM`, lm-eval's ``HFLM`` with its request methods w
 request, the document's context (``request.args[0]``, the same string for every choice of a
 multiple-choice question) is formatted as the chat user message and read by
 :func:`bench.steer.hooks.gate_decisions` (the read-out generation uses, with the profile's system
-prompt). The requests of the documents it ablates run under plain ablation of the same direction
-(exactly steer-ablate's hooks), the others unsteered, each group through HFLM's own method; the
+prompt). The requests of the documents below the gate run under plain ablation of the same direction
+(exactly steer-ablate's hooks), the others unsteered; for a gated addition (CAST) the two groups run
+under the plain addition at ``gate.alpha_below`` and at the spec's ``alpha``. Each group goes through
+HFLM's own method; the
 results go back in the order lm-eval asked (HFLM returns each group in its input order, whatever it
 reorders or groups inside). The model must be unsteered when it is handed over (the battery calls it
 outside the variant's steering context). ``loglikelihood_rolling`` has no context to read: an error.
@@ -38,7 +40,7 @@ from bench.steer.spec import SteeringSpec
 
 
 class GatedHFLM(HFLM):
-    """``HFLM`` over an unsteered model that applies a gated ablation ``spec`` one document at a time."""
+    """``HFLM`` over an unsteered model that applies a gated ``spec`` one document at a time."""
 
     def __init__(self, pretrained, tokenizer, spec: SteeringSpec, system_prompt: str | None = None,
                  gate_batch_size: int = 16, **kwargs):
@@ -46,10 +48,10 @@ class GatedHFLM(HFLM):
             raise ValueError("GatedHFLM needs a gated steering spec (steer-gated's)")
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
         self.spec = spec
-        # What a document below the gate gets, every row: steer-ablate's hooks, or for a gated addition the
-        # addition at alpha_below; a document at or above it gets nothing (ablation) or the addition at alpha.
+        # The ungated steering each side of the gate gets: below it steer-ablate's hooks (a gated ablation) or
+        # the addition at alpha_below; at or above it nothing (ablation) or the addition at the spec's alpha.
         plain = dataclasses.replace(spec, gate=None)
-        self.ablation = plain if spec.mode == "ablate" else dataclasses.replace(plain, alpha=spec.gate.alpha_below)
+        self.below = plain if spec.mode == "ablate" else dataclasses.replace(plain, alpha=spec.gate.alpha_below)
         self.above = None if spec.mode == "ablate" else plain
         self.system_prompt = system_prompt
         self.gate_batch_size = gate_batch_size
@@ -81,8 +83,8 @@ class GatedHFLM(HFLM):
             idx = [i for i, a in enumerate(ablate) if a == flag]
             if not idx:
                 continue
-            above = contextlib.nullcontext() if self.above is None else steering(self.model, self.above)
-            with steering(self.model, self.ablation) if flag else above:
+            side = self.below if flag else self.above
+            with contextlib.nullcontext() if side is None else steering(self.model, side):
                 res = run([requests[i] for i in idx])
             if len(res) != len(idx):
                 raise RuntimeError(f"lm-eval returned {len(res)} results for {len(idx)} requests")

@@ -262,10 +262,10 @@ def _write_variants(cfg: ProfileConfig, model, tok, result: dict, chash: str, po
 
 def _contrasts(cfg: ProfileConfig, split: str) -> tuple[list[str], dict | None]:
     """The borderline set's unsafe-contrast prompts of ``split`` ([] where the set has none)."""
-    from bench.data import load
+    from bench.data import load, select_label
 
     ds = load(cfg.data.borderline, split, cfg.data)
-    prompts = [r["prompt"] for r in ds.rows if r.get("label") == "unsafe-contrast"]
+    prompts = [r["prompt"] for r in select_label(ds.rows, "unsafe-contrast")]
     return prompts, (dict(ds.identity) if prompts else None)
 
 
@@ -340,12 +340,11 @@ def _write_gated(cfg: ProfileConfig, model, tok, result: dict, chash: str, polic
     with stage_run(cfg, variant=GATED_VARIANT, stage="steer", config_hash=chash) as run:
         vpath = hooks.save_vector(run.dir / VECTOR_FILE, vec)
         gpath = hooks.save_vector(run.dir / GATE_FILE, g["unit"])
+        gate = GateSpec(layer=g["layer"], threshold=g["threshold"], header=tuple(g["header"]), vector_path=str(gpath),
+                        alpha_below=s.gate_alpha_below)
         if s.gate_alpha_below is None:  # ablate where the prompt reads as not harmful
-            gate = GateSpec(layer=g["layer"], threshold=g["threshold"], header=tuple(g["header"]), vector_path=str(gpath))
             mode, alpha = "ablate", None
         else:  # CAST: steer-add's addition where it reads as harmful, alpha_below times the direction elsewhere
-            gate = GateSpec(layer=g["layer"], threshold=g["threshold"], header=tuple(g["header"]), vector_path=str(gpath),
-                            alpha_below=s.gate_alpha_below)
             mode, alpha = "add", sel.add_alpha if sel.add_alpha is not None else s.add_alpha
         spec = SteeringSpec(mode=mode, layer=sel.layer, position=sel.position, alpha=alpha,
                             vector_path=str(vpath), gate=gate, policy_variant=policy["variant"],
