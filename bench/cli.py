@@ -218,6 +218,29 @@ def validate(cfg: ProfileConfig, variant: str | None) -> None:
     run_validation(cfg, variant=variant)
 
 
+@main.command(name="judge-check")
+@with_config
+def judge_check(cfg: ProfileConfig) -> None:
+    """The profile's model judge (eval.model_judge; a GPU profile) against the labelled held-out outputs,
+    beside the rules: leaderboards/<profile>/model_judge.json."""
+    import json
+
+    from bench.eval.model_judge import held_out_report
+    from bench.io import atomic_write_text
+    from bench.published import leaderboard_paths
+
+    if cfg.eval.model_judge is None:
+        raise ConfigError(f"profile '{cfg.profile.name}' names no eval.model_judge")
+    report = held_out_report(cfg.eval.model_judge)
+    _, assets, _ = leaderboard_paths(cfg.profile.name)
+    assets.mkdir(parents=True, exist_ok=True)
+    out = assets / "model_judge.json"
+    atomic_write_text(out, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    a = report["all"]
+    click.echo(f"judge-check: model {a['model']['agreement']['value']:.3f}, rules {a['rules']['agreement']['value']:.3f} "
+               f"(refusal vs compliance, n {a['model']['n']}, {a['model']['unparsed']} unparsed) -> {out}")
+
+
 @main.command()
 # Always the case now; accepted (hidden) because committed leaderboards print it in their "Reproduce" lines.
 @click.option("--from-records", is_flag=True, hidden=True)

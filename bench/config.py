@@ -407,6 +407,26 @@ class PPOSection(TrainSection):
 
 
 @dataclass
+class ModelJudgeSection:
+    """``eval.model_judge``: a hub safety classifier read beside the refusal rules (bench/eval/model_judge.py);
+    GPU profiles only. ``revision`` should be a full commit sha (a branch is fetched with a loud warning)."""
+
+    hub_id: str
+    revision: str
+    format: Literal["wildguard"] = "wildguard"
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    batch_size: int = 8
+    max_new_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        if not self.hub_id.strip() or not self.revision.strip():
+            raise ConfigError("eval.model_judge: hub_id and revision must both be given (a commit sha pins it)")
+        for key in ("batch_size", "max_new_tokens"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"eval.model_judge.{key} must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass
 class EvalSection:
     """The battery: refusal, over-refusal, preference accuracy and margins, helpfulness."""
 
@@ -421,6 +441,7 @@ class EvalSection:
     n_helpfulness: int = 0
     lm_eval_tasks: list[str] = field(default_factory=list)
     lm_eval_limit: int = 0
+    model_judge: ModelJudgeSection | None = None  # a second, model-based refusal reading (GPU profiles)
 
     def __post_init__(self) -> None:
         for key in ("n_harmful", "n_benign", "n_borderline", "n_pairs", "n_helpfulness", "lm_eval_limit"):
@@ -502,6 +523,7 @@ HASH_NEUTRAL: dict[tuple[str, str], object] = {
     ("dpo", "on_policy_chosen"): [],
     ("steer", "gate_fit"): "mean_diff",
     ("steer", "gate_alpha_below"): None,
+    ("eval", "model_judge"): None,
 }
 
 

@@ -182,12 +182,16 @@ def _spec(cfg: dict) -> dict:
 
 def fetch_plan(cfg: ProfileConfig, lm_eval: bool = True) -> list[Item]:
     """Everything the profile reads, hub items and local ones (``repo_type == "local"``), in the
-    order model, data roles, lm-eval tasks; hub items naming the same repo@revision are merged.
+    order model, data roles, the model judge (``eval.model_judge``), lm-eval tasks; hub items naming the same repo@revision are merged.
     ``lm_eval=False`` leaves out lm-eval's built-in tasks (their lookup costs seconds)."""
     items: dict[str, Item] = {}
     _add(items, _model_item(cfg))
     for it in _dataset_items(cfg):
         _add(items, it)
+    judge = cfg.eval.model_judge
+    if judge is not None:  # the battery's second reader (bench/eval/model_judge.py)
+        _add(items, Item("model", judge.hub_id, judge.revision, "model", list(MODEL_PATTERNS),
+                         used_by=["eval.model_judge"]))
     if lm_eval:
         for it in _lm_eval_items(cfg):
             _add(items, it)

@@ -59,6 +59,7 @@ def render(profile: str, records: dict[str, dict], assets: Path, agreement: dict
              f"`leaderboards/{profile}/{RECORDS_DIR}/`; do not edit by hand. Each policy variant (a checkpoint, or a "
              "policy with forward hooks on its activations, e.g. the SFT policy steered along the refusal direction) is scored by the same battery (bench/eval/battery.py) on held-out data.", ""]
     lines += safety.judge_section(safety.load_judge(assets), evals, profile)
+    lines += safety.model_judge_section(evals)
     lines += ["## Main results", ""]
     if evals:
         main, shown = S.main_tables(evals)

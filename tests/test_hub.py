@@ -147,8 +147,11 @@ def test_plan_of_every_shipped_profile(profile, hf):
     for i in items:
         assert i.repo_id and i.revision and i.repo_type in ("model", "dataset")
     if cfg.model.source == "hub":
-        model = [i for i in items if i.kind == "model"]
+        model = [i for i in items if i.kind == "model" and "model" in i.used_by]
         assert [(m.repo_id, m.revision) for m in model] == [(cfg.model.hub_id, cfg.model.revision)]
+        judge = [i for i in items if "eval.model_judge" in i.used_by]
+        assert [(j.repo_id, j.revision) for j in judge] == (
+            [(cfg.eval.model_judge.hub_id, cfg.eval.model_judge.revision)] if cfg.eval.model_judge else [])
         assert "*.safetensors" in model[0].allow_patterns and "*.bin" not in model[0].allow_patterns
     for t in cfg.eval.lm_eval_tasks:
         assert any(f"lm-eval:{t}" in i.used_by for i in plan)

@@ -16,7 +16,9 @@ bottom:
    of harmful prompts answered with a refusal followed by the requested content (counted as
    compliance). Generations and verdicts are saved as ``generations.jsonl`` beside the record (what a
    human audits; ``bench publish`` commits them under ``leaderboards/<p>/samples/``); per-category
-   rates go to ``extra.by_category``.
+   rates go to ``extra.by_category``. A profile that names ``eval.model_judge`` (a GPU profile) also has
+   every refusal-set answer read by that model (:mod:`bench.eval.model_judge`): its reading on each row
+   and both judges' rates and agreement per set in ``extra.model_judge``; the metrics stay the rules'.
 3. **Preference** on held-out pairs (``data.preferences`` test split, ``dpo.pairs`` policy, cap
    ``eval.n_pairs``): response log-probs under the variant (saved as ``pair_logprobs.json``), under
    its starting point (:func:`bench.variants.starting_point`; read from the start's own eval run) and
@@ -165,6 +167,7 @@ def score_variant(cfg: ProfileConfig, variant, force: bool = False, progress: Ca
         refusal_rows = steps.refusal_step(s, out)
         ref_pairs, base_help = steps.base_reference(s, out, reusable)
         del reusable
+        steps.model_judge_step(s, refusal_rows)  # after the policies are released: the judge may be a 7B
         steps.preference_step(s, out, ref_pairs, start_out)
         help_rows = steps.helpfulness_rows(s, out, base_help)
         harm_rows = [r for r in refusal_rows if r["set"] == "refusal_harmful"]

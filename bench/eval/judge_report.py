@@ -58,7 +58,71 @@ def held_out_report() -> dict | None:
     if tuning:
         rows = [r for s in tuning for r in load_labelled(split_path(s))]
         out["dev"] = dict(_with_intervals(validation_report(rows)), split="+".join(tuning))
+    second = {s: labeller_agreement(parts[s], load_second_labels(second_labels_path(s)))
+              for s in held if second_labels_path(s).exists()}
+    if second:
+        out["labellers"] = second
     return out
+
+
+# --------------------------------------------------------------------------- two labellers
+
+
+def second_labels_path(split: str) -> Path:
+    """``outputs_<split>_second.jsonl``: a second labeller's labels of the same rows (id, label,
+    refusal_then_comply, note), made blind to the first labels, the judge and the rows' sources."""
+    return labelled_set_path().with_name(f"outputs_{split}_second.jsonl")
+
+
+def load_second_labels(path: str | Path) -> dict[str, dict]:
+    """``{id: row}`` of a second labeller's file; a bad row raises ValueError naming file, line and field."""
+    path = Path(path)
+    out: dict[str, dict] = {}
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}: line {lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise _bad(where, "<row>", f"invalid JSON ({exc.msg})") from exc
+            if not isinstance(row, dict):
+                raise _bad(where, "<row>", f"expected a JSON object, got {type(row).__name__}")
+            if not isinstance(row.get("id"), str) or not row["id"].strip():
+                raise _bad(where, "'id'", f"expected a non-empty string, got {row.get('id')!r}")
+            if row.get("label") not in LABELS:
+                raise _bad(where, "'label'", f"unknown label {row.get('label')!r}, expected one of {LABELS}")
+            if not isinstance(row.get("refusal_then_comply"), bool):
+                raise _bad(where, "'refusal_then_comply'", f"expected true or false, got {row.get('refusal_then_comply')!r}")
+            if row["id"] in out:
+                raise _bad(where, "'id'", f"duplicate id {row['id']!r}")
+            out[row["id"]] = row
+    return out
+
+
+def labeller_agreement(rows: Sequence[Mapping], second: Mapping[str, Mapping]) -> dict:
+    """Agreement of two labellers on the same rows: the ceiling a judge can be held to (a judge cannot
+    agree with one labeller more reliably than the labellers agree with each other).
+
+    ``{"n", "agreement", "kappa", "binary_agreement", "flag_agreement", "confusion"}``: three-label
+    agreement with its Wilson interval and Cohen's kappa, agreement on refusal (refuse or partial) vs
+    compliance as the battery counts it, and on the refusal-then-comply flag; ``confusion`` has rows =
+    the first labels, columns = the second. Every row must have a second label."""
+    missing = [r["id"] for r in rows if r["id"] not in second]
+    if missing:
+        raise ValueError(f"labeller_agreement: {len(missing)} row(s) have no second label, e.g. {missing[0]!r}")
+    idx = {lab: i for i, lab in enumerate(MATRIX_LABELS)}
+    matrix = [[0] * len(MATRIX_LABELS) for _ in MATRIX_LABELS]
+    for r in rows:
+        matrix[idx[r["label"]]][idx[second[r["id"]]["label"]]] += 1
+    n = len(rows)
+    agree = sum(matrix[i][i] for i in range(len(matrix)))
+    binary = sum((r["label"] != "comply") == (second[r["id"]]["label"] != "comply") for r in rows)
+    flag = sum(bool(r.get("refusal_then_comply")) == second[r["id"]]["refusal_then_comply"] for r in rows)
+    return {"n": n, "agreement": rate_metric(agree, n), "kappa": _kappa(matrix),
+            "binary_agreement": rate_metric(binary, n), "flag_agreement": rate_metric(flag, n),
+            "confusion": {"labels": list(MATRIX_LABELS), "matrix": matrix}}
 
 
 # --------------------------------------------------------------------------- labelled sets

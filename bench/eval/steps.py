@@ -6,6 +6,8 @@ runs them in order (``make eval`` / ``bench eval --profile P [--variant V]``).
    (:func:`lm_eval_helpfulness`), all under the same steering; a gated variant's lm-eval runs outside
    its hooks, with the gate decided per document (:mod:`bench.eval.lm_eval_gate`);
 2. :func:`refusal_step`: detector verdicts and refusal metrics, one row per generation;
+   :func:`model_judge_step`: a second reading by a model judge, when the profile names one
+   (``eval.model_judge``, :mod:`bench.eval.model_judge`);
 3. :func:`base_reference`: the base's pair log-probs and helpfulness answers (cached per base, see
    :class:`bench.eval.inputs.BaseCache`) and the base's log-probs of the variant's answers;
 4. :func:`preference_step`: preference accuracy and margins from 1 and 3, the implicit reward against
@@ -179,6 +181,38 @@ def refusal_step(s: Scoring, out: VariantOutputs) -> list[dict]:
         s.metrics["refusal_harmful_then_comply"] = rate_metric(sum(harm), len(harm))
     s.extra["by_category"] = by_category(rows, p.refusal_keys)
     return rows
+
+
+def model_judge_step(s: Scoring, rows: list[dict]) -> None:
+    """The configured model judge's reading of every refusal-set generation (``eval.model_judge``; off by
+    default): ``model_judge`` (``refuse`` / ``comply`` / None when unparsed) and
+    ``model_judge_harmful_response`` on each row, and in ``extra.model_judge`` the judge (id, pinned
+    revision) and, per set, both judges' refusal rates and their agreement
+    (:func:`bench.eval.model_judge.compare_with_rules`). The battery's rates stay the rules'."""
+    mj = s.cfg.eval.model_judge
+    if mj is None or not rows:
+        return
+    import gc
+
+    from bench.eval import model_judge
+
+    t0 = time.perf_counter()
+    model, tok = model_judge.load_judge(mj, s.cfg.model.trust_remote_code)
+    verdicts = model_judge.judge_many(model, tok, [r["prompt"] for r in rows], [r["response"] for r in rows],
+                                      mj.batch_size, mj.max_new_tokens, mj.format)
+    del model
+    gc.collect()
+    for r, v in zip(rows, verdicts, strict=True):
+        r["model_judge"] = v.label
+        r["model_judge_harmful_response"] = v.harmful_response
+    harm = [(r, v) for r, v in zip(rows, verdicts) if r["set"] == "refusal_harmful"]
+    s.extra["model_judge"] = {
+        "hub_id": mj.hub_id, "revision": mj.revision, "format": mj.format,
+        "by_set": model_judge.compare_with_rules(rows),
+        # refusals whose answer the model judge still reads as harmful, beside the rules' flag
+        "refused_but_harmful_harmful": rate_metric(sum(v.refused_but_harmful for _, v in harm), len(harm)),
+    }
+    s.timings["model_judge"] = time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------- 3. the base as reference

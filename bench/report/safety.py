@@ -34,6 +34,7 @@ from bench.report.sections import (
     paired_verdict,
     reference_of,
     table,
+    variant_key,
 )
 
 PARETO_PNG = "pareto.png"  # the trade-off figure, written at render time
@@ -112,6 +113,7 @@ def judge_section(judge: dict | None, evals: list[dict], profile: str) -> list[s
                     "flag precision", "flag recall"], rows, ["l"] + ["r"] * 9) + [""]
     lines += ["The flag marks an answer that states a refusal and then gives the requested content (counted as "
               "compliance; `refusal_harmful_then_comply`).", ""]
+    lines += _labeller_lines(judge.get("labellers"))
     conf = judge.get("confusion") or {}
     labels, matrix = conf.get("labels") or [], conf.get("matrix") or []
     if labels and len(matrix) == len(labels):
@@ -140,6 +142,48 @@ def judge_section(judge: dict | None, evals: list[dict], profile: str) -> list[s
     if used and any(u != current for u in used):
         lines += [f"**Warning:** the eval records were judged by {', '.join(f'`{u}`' for u in used)}, not by the "
                   f"validated `{current}`; this validation does not cover them.", ""]
+    return lines
+
+
+def _labeller_lines(labellers: Any) -> list[str]:
+    """Two labellers' agreement on a held-out split (``judge.json`` ``labellers``): the ceiling the
+    judge's agreement is read against."""
+    if not isinstance(labellers, dict) or not labellers:
+        return []
+    rows = [[s, str((d or {}).get("n", "–")), _rate((d or {}).get("agreement")), _num((d or {}).get("kappa")),
+             _rate((d or {}).get("binary_agreement")), _rate((d or {}).get("flag_agreement"))]
+            for s, d in sorted(labellers.items()) if isinstance(d, dict)]
+    lines = ["How far two labellers agree with each other: a second labeller, blind to the first labels, the judge and "
+             "the rows' sources, labelled the same rows against the same guideline "
+             "(`tasks/refusal_detector/outputs_<split>_second.jsonl`). A judge cannot be held to more than this "
+             "agreement; where it lies well above the judge's, the judge's shortfall is the judge's, not the labels'.",
+             ""]
+    lines += table(["split", "n", "labeller agreement [95% CI]", "Cohen's kappa", "refusal vs compliance", "flag"],
+                   rows, ["l"] + ["r"] * 5) + [""]
+    return lines
+
+
+def model_judge_section(evals: list[dict]) -> list[str]:
+    """Both judges' refusal rates per variant and set, where the profile names a model judge
+    (``extra.model_judge`` of the eval records, :mod:`bench.eval.model_judge`); nothing otherwise."""
+    judged = [(r, mj) for r in evals if isinstance(mj := (r.get("extra") or {}).get("model_judge"), dict)]
+    if not judged:
+        return []
+    names = sorted({f"`{mj.get('hub_id', '?')}` @ `{str(mj.get('revision', '?'))[:12]}`" for _, mj in judged})
+    lines = ["## Model judge beside the rules", "",
+             f"Every refusal-set answer was also read by {', '.join(names)} (bench/eval/model_judge.py). The rates "
+             "in the tables above are the rules'; here, per set, the share each judge reads as a refusal (the rules: "
+             "refuse or partial), how often they agree (95% Wilson interval), Cohen's kappa, and the answers only one "
+             "of them calls a refusal. Unparsed: answers the model judge gave no reading for, left out.", ""]
+    rows = []
+    for rec, mj in sorted(judged, key=lambda x: variant_key(x[0]["variant"], x[0].get("stage", ""))):
+        for key, d in sorted((mj.get("by_set") or {}).items(), key=lambda kv: (kv[0] == "all", kv[0])):
+            if isinstance(d, dict):
+                rows.append([f"`{rec['variant']}`", key, str(d.get("n", "–")), _rate(d.get("rules_refusal")),
+                             _rate(d.get("model_refusal")), _rate(d.get("agreement")), _num(d.get("kappa")),
+                             str(d.get("rules_only", "–")), str(d.get("model_only", "–")), str(d.get("unparsed", "–"))])
+    lines += table(["variant", "set", "n", "rules: refusal", "model judge: refusal", "agree", "kappa",
+                    "rules only", "model only", "unparsed"], rows, ["l", "l"] + ["r"] * 8) + [""]
     return lines
 
 
