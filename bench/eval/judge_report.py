@@ -74,31 +74,21 @@ def second_labels_path(split: str) -> Path:
     return labelled_set_path().with_name(f"outputs_{split}_second.jsonl")
 
 
+def _check_second(row: object, where: str) -> dict:
+    if not isinstance(row, dict):
+        raise _bad(where, "<row>", f"expected a JSON object, got {type(row).__name__}")
+    if not isinstance(row.get("id"), str) or not row["id"].strip():
+        raise _bad(where, "'id'", f"expected a non-empty string, got {row.get('id')!r}")
+    if row.get("label") not in LABELS:
+        raise _bad(where, "'label'", f"unknown label {row.get('label')!r}, expected one of {LABELS}")
+    if not isinstance(row.get("refusal_then_comply"), bool):
+        raise _bad(where, "'refusal_then_comply'", f"expected true or false, got {row.get('refusal_then_comply')!r}")
+    return row
+
+
 def load_second_labels(path: str | Path) -> dict[str, dict]:
     """``{id: row}`` of a second labeller's file; a bad row raises ValueError naming file, line and field."""
-    path = Path(path)
-    out: dict[str, dict] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}: line {lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise _bad(where, "<row>", f"invalid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise _bad(where, "<row>", f"expected a JSON object, got {type(row).__name__}")
-            if not isinstance(row.get("id"), str) or not row["id"].strip():
-                raise _bad(where, "'id'", f"expected a non-empty string, got {row.get('id')!r}")
-            if row.get("label") not in LABELS:
-                raise _bad(where, "'label'", f"unknown label {row.get('label')!r}, expected one of {LABELS}")
-            if not isinstance(row.get("refusal_then_comply"), bool):
-                raise _bad(where, "'refusal_then_comply'", f"expected true or false, got {row.get('refusal_then_comply')!r}")
-            if row["id"] in out:
-                raise _bad(where, "'id'", f"duplicate id {row['id']!r}")
-            out[row["id"]] = row
-    return out
+    return {r["id"]: r for r in _read_rows(path, _check_second)}
 
 
 def labeller_agreement(rows: Sequence[Mapping], second: Mapping[str, Mapping]) -> dict:
@@ -188,6 +178,12 @@ def load_labelled(path: str | Path) -> list[dict]:
     """Read and validate a labelled JSONL, hand-written (``labelled.jsonl``: id, prompt, completion,
     label, style) or model outputs (``outputs_*.jsonl``: id, prompt, completion, set, source, label,
     refusal_then_comply, note). A bad row raises ValueError naming file, line and field."""
+    return _read_rows(path, _check_row)
+
+
+def _read_rows(path: str | Path, check) -> list[dict]:
+    """The rows of a JSONL file, each validated by ``check(row, where)``, ids unique; a bad row raises
+    ValueError naming file, line and field."""
     path = Path(path)
     rows: list[dict] = []
     seen: dict[str, int] = {}
@@ -200,7 +196,7 @@ def load_labelled(path: str | Path) -> list[dict]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise _bad(where, "<row>", f"invalid JSON ({exc.msg})") from exc
-            row = _check_row(row, where)
+            row = check(row, where)
             if row["id"] in seen:
                 raise _bad(where, "'id'", f"duplicate id {row['id']!r} (first on line {seen[row['id']]})")
             seen[row["id"]] = lineno
