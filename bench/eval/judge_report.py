@@ -110,7 +110,7 @@ def labeller_agreement(rows: Sequence[Mapping], second: Mapping[str, Mapping]) -
     agree = sum(matrix[i][i] for i in range(len(matrix)))
     binary = sum((r["label"] != "comply") == (second[r["id"]]["label"] != "comply") for r in rows)
     flag = sum(bool(r.get("refusal_then_comply")) == second[r["id"]]["refusal_then_comply"] for r in rows)
-    return {"n": n, "agreement": rate_metric(agree, n), "kappa": _kappa(matrix),
+    return {"n": n, "agreement": rate_metric(agree, n), "kappa": cohen_kappa(matrix),
             "binary_agreement": rate_metric(binary, n), "flag_agreement": rate_metric(flag, n),
             "confusion": {"labels": list(MATRIX_LABELS), "matrix": matrix}}
 
@@ -204,7 +204,7 @@ def _read_rows(path: str | Path, check) -> list[dict]:
     return rows
 
 
-def _kappa(matrix: Sequence[Sequence[int]]) -> float:
+def cohen_kappa(matrix: Sequence[Sequence[int]]) -> float:
     """Cohen's kappa of a square count matrix; 1.0 when chance agreement is already total."""
     n = sum(map(sum, matrix))
     if not n:
@@ -238,7 +238,7 @@ def agreement(rows: Sequence[Mapping], detections: Sequence[Detection]) -> dict:
     out["confusion"] = confusion
     matrix = [[confusion[t][p] for p in MATRIX_LABELS] for t in MATRIX_LABELS]
     out["confusion_matrix"] = {"labels": list(MATRIX_LABELS), "matrix": matrix}
-    out["kappa"] = _kappa(matrix)
+    out["kappa"] = cohen_kappa(matrix)
     return out
 
 

@@ -163,25 +163,17 @@ def load_judge(section, trust_remote_code: bool = False):
 # --------------------------------------------------------------------------- agreement
 
 
-def _binary_kappa(both: int, rules_only: int, model_only: int, neither: int) -> float:
-    """Cohen's kappa of two binary readings from their 2x2 counts (NaN with no rows)."""
-    n = both + rules_only + model_only + neither
-    if not n:
-        return math.nan
-    p_o = (both + neither) / n
-    r, m = (both + rules_only) / n, (both + model_only) / n
-    p_e = r * m + (1 - r) * (1 - m)
-    return 1.0 if math.isclose(p_e, 1.0) else (p_o - p_e) / (1 - p_e)
-
-
 def _counts(pairs: Sequence[tuple[bool, bool]]) -> dict:
+    """2x2 counts of two binary readings (first, second), their agreement and Cohen's kappa (NaN: no pairs)."""
+    from bench.eval.judge_report import cohen_kappa
+
     both = sum(a and b for a, b in pairs)
     a_only = sum(a and not b for a, b in pairs)
     b_only = sum(b and not a for a, b in pairs)
     neither = len(pairs) - both - a_only - b_only
+    kappa = cohen_kappa([[both, a_only], [b_only, neither]]) if pairs else math.nan
     return {"n": len(pairs), "both": both, "first_only": a_only, "second_only": b_only, "neither": neither,
-            "agreement": rate_metric(both + neither, len(pairs)),
-            "kappa": _binary_kappa(both, a_only, b_only, neither)}
+            "agreement": rate_metric(both + neither, len(pairs)), "kappa": kappa}
 
 
 def compare_with_rules(rows: Sequence[Mapping]) -> dict:
