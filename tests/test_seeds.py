@@ -42,7 +42,9 @@ def test_mean_spread_and_verdict_counts():
     assert cells["dpo"]["over_refusal_benign"].verdict_counts() == "–"  # no paired test in the records
     assert missing == {"ipo": [2]} and "ipo" not in cells
     text = render("default", [0, 1, 2], {0: "default", 1: "default-s1", 2: "default-s2"}, per_seed)
-    assert "| dpo | **0.560** ± 0.060 [0.500 - 0.620] | 0.500 / 0.560 / 0.620 | 2/3 worse |" in text
+    # sd over prompts: each seed's interval is 0.10 wide -> 0.10 / 3.92 = 0.0255; 0.060 / 0.0255 = 2.4
+    assert c.prompt_sd == pytest.approx(0.1 / 3.919928)
+    assert "| dpo | **0.560** ± 0.060 [0.500 - 0.620] | 0.500 / 0.560 / 0.620 | 0.026 | 2.4 | 2/3 worse |" in text
     assert "- ipo: no eval record in seed(s) 2" in text
     assert "`leaderboards/default-s1/records/`" in text
 

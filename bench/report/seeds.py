@@ -38,10 +38,22 @@ def seed_profile(profile: str, seed: int, own_seed: int) -> str:
     return profile if seed == own_seed else f"{profile}-s{seed}"
 
 
+Z95 = 1.959964  # a 95% interval spans about 2 x 1.96 standard errors
+
+
 @dataclass(frozen=True)
 class Cell:
     values: tuple[float, ...]  # one per seed, in seed order
     verdicts: tuple[str, ...]  # "better" | "worse" | "n.s." | "" (no paired test), one per seed
+    widths: tuple[float | None, ...] = ()  # each seed's 95% interval width (over prompts); None: no interval
+
+    @property
+    def prompt_sd(self) -> float:
+        """The standard error over prompts implied by the per-seed intervals, width / (2 x 1.96), averaged
+        over the seeds that have one (NaN when none): what the main leaderboard's intervals account for.
+        Beside :attr:`sd`, it says whether retraining moves a number more than re-sampling prompts would."""
+        ws = [w / (2 * Z95) for w in self.widths if w is not None]
+        return statistics.fmean(ws) if ws else float("nan")
 
     @property
     def mean(self) -> float:
@@ -85,7 +97,12 @@ def across_seeds(per_seed: dict[int, dict[str, dict]], metrics: tuple[str, ...] 
             direction = meta.direction if meta else 0
             paired = [((recs[s].get("extra") or {}).get("paired") or {}).get(m) for s in seeds]
             verdicts = tuple(verdict(e, direction) if e else "" for e in paired)
-            row[m] = Cell(tuple(float(x) for x in vals), verdicts)
+            widths = []
+            for s in seeds:
+                metric = (recs[s].get("metrics") or {}).get(m)
+                lo, hi = value_of(metric, "ci_low"), value_of(metric, "ci_high")
+                widths.append(hi - lo if lo is not None and hi is not None else None)
+            row[m] = Cell(tuple(float(x) for x in vals), verdicts, tuple(widths))
         cells[v] = row
     return cells, missing
 
@@ -104,7 +121,10 @@ def render(profile: str, seeds: list[int], names: dict[int, str], per_seed: dict
              "seeds' paired tests call the variant better / worse than its start (alpha 0.05; the per-seed "
              "leaderboards say which start). The spread between seeds is training noise, which the per-seed "
              "intervals (over prompts) do not contain. With 3 seeds the standard deviation is itself rough "
-             "(about ±50%).", "",
+             "(about ±50%; with 2, one difference). *sd over prompts*: the standard error each seed's own 95% "
+             "interval implies (width / 3.92, mean over seeds); *sd seeds / prompts* well above 1 says retraining "
+             "moves that number more than the per-seed leaderboard's intervals allow for, so a single seed's "
+             "verdict on it is not to be trusted.", "",
              "Rendered from the records alone: `bench seeds --profile " + profile + " --seeds \"" +
              " ".join(map(str, seeds)) + "\"`.", ""]
     order = sorted(cells, key=lambda v: variant_key(v, "eval"))
@@ -116,11 +136,15 @@ def render(profile: str, seeds: list[int], names: dict[int, str], per_seed: dict
             if c is None:
                 continue
             d = meta.digits
+            ratio = c.sd / c.prompt_sd if c.prompt_sd > 0 else float("nan")
             rows.append([v, f"**{c.mean:.{d}f}** ± {c.sd:.{d}f} [{min(c.values):.{d}f} - {max(c.values):.{d}f}]",
-                         " / ".join(f"{x:.{d}f}" for x in c.values), c.verdict_counts()])
+                         " / ".join(f"{x:.{d}f}" for x in c.values),
+                         f"{c.prompt_sd:.{d}f}" if math.isfinite(c.prompt_sd) else "–",
+                         f"{ratio:.1f}" if math.isfinite(ratio) else "–", c.verdict_counts()])
         lines += [f"## {meta.column}{meta.arrow}", "", meta.definition, ""]
         lines += table(["variant", "mean ± sd [min - max]", "per seed (" + ", ".join(map(str, seeds)) + ")",
-                        "verdicts vs start"], rows, ["l", "r", "r", "l"]) + [""]
+                        "sd over prompts", "sd seeds / prompts", "verdicts vs start"], rows,
+                       ["l", "r", "r", "r", "r", "l"]) + [""]
     if missing:
         lines += ["## Missing", ""]
         lines += [f"- {v}: no eval record in seed(s) {', '.join(map(str, s))}" for v, s in sorted(missing.items())]
