@@ -228,13 +228,14 @@ def judge_check(cfg: ProfileConfig) -> None:
     from bench.eval.model_judge import held_out_report
     from bench.io import atomic_write_text
     from bench.published import leaderboard_paths
+    from bench.report import MODEL_JUDGE_JSON
 
     if cfg.eval.model_judge is None:
         raise ConfigError(f"profile '{cfg.profile.name}' names no eval.model_judge")
     report = held_out_report(cfg.eval.model_judge)
     _, assets, _ = leaderboard_paths(cfg.profile.name)
     assets.mkdir(parents=True, exist_ok=True)
-    out = assets / "model_judge.json"
+    out = assets / MODEL_JUDGE_JSON
     atomic_write_text(out, json.dumps(report, indent=2, sort_keys=True) + "\n")
     a = report["all"]
     click.echo(f"judge-check: model {a['model']['agreement']['value']:.3f}, rules {a['rules']['agreement']['value']:.3f} "

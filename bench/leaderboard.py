@@ -31,7 +31,7 @@ from typing import Callable
 
 from bench.io import atomic_write_text
 from bench.published import leaderboard_paths, load_reported, publish_records
-from bench.report import RECORDS_DIR, contrasts, examples, lagrangian, safety, series, training
+from bench.report import MODEL_JUDGE_JSON, RECORDS_DIR, contrasts, examples, lagrangian, safety, series, training
 from bench.report import sections as S
 
 
@@ -59,7 +59,7 @@ def render(profile: str, records: dict[str, dict], assets: Path, agreement: dict
              f"`leaderboards/{profile}/{RECORDS_DIR}/`; do not edit by hand. Each policy variant (a checkpoint, or a "
              "policy with forward hooks on its activations, e.g. the SFT policy steered along the refusal direction) is scored by the same battery (bench/eval/battery.py) on held-out data.", ""]
     lines += safety.judge_section(safety.load_judge(assets), evals, profile)
-    lines += safety.model_judge_section(evals)
+    lines += safety.model_judge_section(evals, safety.load_judge(assets, MODEL_JUDGE_JSON))
     lines += ["## Main results", ""]
     if evals:
         main, shown = S.main_tables(evals)

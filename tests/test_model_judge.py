@@ -360,3 +360,28 @@ def test_a_real_mistral_shaped_judge_loads_and_reads_every_row(smoke_base, tmp_p
     assert len(out) == 3 and all(v.parse_error and v.label is None for v in out)
     rows = [{"set": "refusal_harmful", "is_refusal": True, "model_judge": v.label} for v in out]
     assert mj.compare_with_rules(rows)["refusal_harmful"]["unparsed"] == 3
+
+
+def test_held_out_table_renders_from_model_judge_json():
+    from bench.report.safety import model_judge_section
+
+    rate = {"value": 0.9, "ci_low": 0.8, "ci_high": 0.95, "n": 10}
+    held = {"judge": {"hub_id": "org/judge", "revision": "d" * 40}, "split": "test5",
+            "parts": {"test5": {"model": {"n": 10, "agreement": rate, "kappa": 0.8, "unparsed": 1},
+                                "rules": {"n": 10, "agreement": rate, "kappa": 0.7, "unparsed": 0}}},
+            "all": {"model": {"n": 10, "agreement": rate, "kappa": 0.8, "unparsed": 1},
+                    "rules": {"n": 10, "agreement": rate, "kappa": 0.7, "unparsed": 0}}}
+    text = "\n".join(model_judge_section([], held))
+    assert text.startswith("## Model judge beside the rules")
+    assert "| test5 | 10 | 0.900 [0.800, 0.950] | 0.800 | 1 | 0.900 [0.800, 0.950] | 0.700 |" in text
+    assert "| all (test5) | 10 |" in text
+    assert model_judge_section([], {"error": "bad"}) == [] and model_judge_section([], None) == []
+
+
+def test_judge_check_needs_a_model_judge():
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    r = CliRunner().invoke(main, ["judge-check", "--profile", "smoke"])
+    assert r.exit_code != 0 and "names no eval.model_judge" in r.output

@@ -15,3 +15,4 @@ SERIES_PNG = "series.png"  # training logs (extra.series), written at render tim
 TRACKING_PNG = "tracking.png"  # tuning dynamics (extra.tracking.series), written at render time
 SAMPLES_DIR = "samples"  # leaderboards/<profile>/samples/<variant>.jsonl: the generations behind every rate
 JUDGE_JSON = "judge.json"  # the refusal judge's agreement with human labels on held-out model outputs
+MODEL_JUDGE_JSON = "model_judge.json"  # a GPU profile's model judge on the same outputs (`bench judge-check`)

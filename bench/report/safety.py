@@ -59,9 +59,9 @@ def _rate(x: Any, digits: int = 3) -> str:
 JUDGE_TARGET = 0.95  # agreement with human labels on held-out model outputs that the suite asks of its judge
 
 
-def load_judge(assets: Path) -> dict | None:
-    """``assets/judge.json`` as a dict, None when absent; an unreadable file is ``{"error": why}``."""
-    path = Path(assets) / JUDGE_JSON
+def load_judge(assets: Path, name: str = JUDGE_JSON) -> dict | None:
+    """``assets/judge.json`` (or ``name``) as a dict, None when absent; an unreadable file is ``{"error": why}``."""
+    path = Path(assets) / name
     if not path.exists():
         return None
     try:
@@ -163,14 +163,34 @@ def _labeller_lines(labellers: Any) -> list[str]:
     return lines
 
 
-def model_judge_section(evals: list[dict]) -> list[str]:
-    """Both judges' refusal rates per variant and set, where the profile names a model judge
-    (``extra.model_judge`` of the eval records, :mod:`bench.eval.model_judge`); nothing otherwise."""
-    judged = [(r, mj) for r in evals if isinstance(mj := (r.get("extra") or {}).get("model_judge"), dict)]
-    if not judged:
+def _held_out_lines(held: Any) -> list[str]:
+    """``model_judge.json`` (``bench judge-check``): the model judge and the rules against the human labels."""
+    if not isinstance(held, dict) or held.get("error") or not isinstance(held.get("parts"), dict):
         return []
+    j = held.get("judge") or {}
+    parts = [(s, d) for s, d in held["parts"].items() if isinstance(d, dict)] + [(f"all ({held.get('split', '?')})",
+                                                                                 held.get("all") or {})]
+    rows = [[s, str((d.get("model") or {}).get("n", "–")), _rate((d.get("model") or {}).get("agreement")),
+             _num((d.get("model") or {}).get("kappa")), str((d.get("model") or {}).get("unparsed", "–")),
+             _rate((d.get("rules") or {}).get("agreement")), _num((d.get("rules") or {}).get("kappa"))]
+            for s, d in parts]
+    return [f"`{j.get('hub_id', '?')}` @ `{str(j.get('revision', '?'))[:12]}` against the human labels of the held-out "
+            "outputs (`bench judge-check`), beside the rules on the same rows; refusal (refuse or partial) vs "
+            "compliance, as the rates count:", ""] + table(
+        ["split", "n", "model judge: agreement", "kappa", "unparsed", "rules: agreement", "kappa"], rows,
+        ["l"] + ["r"] * 6) + [""]
+
+
+def model_judge_section(evals: list[dict], held_out: dict | None = None) -> list[str]:
+    """Both judges' refusal rates per variant and set, where the profile names a model judge
+    (``extra.model_judge`` of the eval records, :mod:`bench.eval.model_judge`), and the model judge's own
+    agreement with human labels (``held_out``: ``model_judge.json``); nothing when there is neither."""
+    judged = [(r, mj) for r in evals if isinstance(mj := (r.get("extra") or {}).get("model_judge"), dict)]
+    held = _held_out_lines(held_out)
+    if not judged:
+        return ["## Model judge beside the rules", ""] + held if held else []
     names = sorted({f"`{mj.get('hub_id', '?')}` @ `{str(mj.get('revision', '?'))[:12]}`" for _, mj in judged})
-    lines = ["## Model judge beside the rules", "",
+    lines = ["## Model judge beside the rules", ""] + held + [
              f"Every refusal-set answer was also read by {', '.join(names)} (bench/eval/model_judge.py). The rates "
              "in the tables above are the rules'; here, per set, the share each judge reads as a refusal (the rules: "
              "refuse or partial), how often they agree (95% Wilson interval), Cohen's kappa, and the answers only one "
