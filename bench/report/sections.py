@@ -155,7 +155,11 @@ def legend_lines(evals: list[dict]) -> list[str]:
              "paired bootstrap of the per-item differences for means. Unmarked: no significant difference, a "
              "diagnostic column (no arrow; ↑ higher is better, ↓ lower is better), or no paired test (the base, "
              "which has no starting point, and records written before the battery measured them). Rows are not "
-             "ranked against each other.", ""]
+             "ranked against each other.", "",
+             "Every interval and test here is over prompts, for one training run of each variant (the seed is in "
+             "the provenance table). How far retraining moves a number is not in them: `make seeds` renders "
+             "`leaderboards/<profile>-seeds.md`, each variant's metrics across training seeds beside the prompt "
+             "noise.", ""]
     if evals and not has_paired(evals):
         lines += ["No record here carries paired tests (written before the battery measured them): nothing is "
                   "bold or marked; paired comparisons not measured.", ""]
