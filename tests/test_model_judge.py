@@ -162,7 +162,7 @@ def _scoring(judge_section):
     from bench.eval.steps import Scoring
 
     cfg = SimpleNamespace(eval=SimpleNamespace(model_judge=judge_section),
-                          model=SimpleNamespace(trust_remote_code=False))
+                          model=SimpleNamespace(trust_remote_code=True))  # the policy's opt-in is not the judge's
     return Scoring(cfg=cfg, variant=None, plan=None, base_dir=None, cache=None)
 
 
@@ -184,6 +184,7 @@ def test_model_judge_step_annotates_rows_and_the_record(monkeypatch):
 
     def fake_load(sec, trust_remote_code=False):
         calls["load"] = (sec.hub_id, sec.revision)
+        assert not trust_remote_code
         return SimpleNamespace(), SimpleNamespace()
 
     def fake_many(model, tok, prompts, responses, batch_size, max_new_tokens, fmt):
