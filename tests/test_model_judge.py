@@ -182,9 +182,8 @@ def test_model_judge_step_annotates_rows_and_the_record(monkeypatch):
     section = ModelJudgeSection(hub_id="org/judge", revision="a" * 40, batch_size=4)
     calls = {}
 
-    def fake_load(sec, trust_remote_code=False):
+    def fake_load(sec):
         calls["load"] = (sec.hub_id, sec.revision)
-        assert not trust_remote_code
         return SimpleNamespace(), SimpleNamespace()
 
     def fake_many(model, tok, prompts, responses, batch_size, max_new_tokens, fmt):
@@ -238,7 +237,7 @@ def test_no_judge_leaves_the_eval_hash_as_before():
     assert cfg.section_hash("eval") == h
 
 
-def test_fetch_plan_lists_the_judge_and_warns_when_unpinned(capsys):
+def test_fetch_plan_lists_the_judge_and_warns_when_unpinned():
     from bench import hub
     from bench.config import load_config
 

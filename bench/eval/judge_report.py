@@ -17,6 +17,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 from bench.eval.refusal import DETECTOR_NAME, DETECTOR_VERSION, LABELS, MATRIX_LABELS, Detection, detect_many
 from bench.stats import rate_metric
@@ -102,17 +103,14 @@ def labeller_agreement(rows: Sequence[Mapping], second: Mapping[str, Mapping]) -
     missing = [r["id"] for r in rows if r["id"] not in second]
     if missing:
         raise ValueError(f"labeller_agreement: {len(missing)} row(s) have no second label, e.g. {missing[0]!r}")
-    idx = {lab: i for i, lab in enumerate(MATRIX_LABELS)}
-    matrix = [[0] * len(MATRIX_LABELS) for _ in MATRIX_LABELS]
-    for r in rows:
-        matrix[idx[r["label"]]][idx[second[r["id"]]["label"]]] += 1
-    n = len(rows)
-    agree = sum(matrix[i][i] for i in range(len(matrix)))
-    binary = sum((r["label"] != "comply") == (second[r["id"]]["label"] != "comply") for r in rows)
-    flag = sum(bool(r.get("refusal_then_comply")) == second[r["id"]]["refusal_then_comply"] for r in rows)
-    return {"n": n, "agreement": rate_metric(agree, n), "kappa": cohen_kappa(matrix),
+    other = [second[r["id"]] for r in rows]
+    a = agreement(rows, [SimpleNamespace(label=o["label"]) for o in other])  # the second labeller in the judge's place
+    n = a["overall"]["n"]
+    binary = sum((r["label"] != "comply") == (o["label"] != "comply") for r, o in zip(rows, other))
+    flag = sum(bool(r.get("refusal_then_comply")) == o["refusal_then_comply"] for r, o in zip(rows, other))
+    return {"n": n, "agreement": rate_metric(a["overall"]["agree"], n), "kappa": a["kappa"],
             "binary_agreement": rate_metric(binary, n), "flag_agreement": rate_metric(flag, n),
-            "confusion": {"labels": list(MATRIX_LABELS), "matrix": matrix}}
+            "confusion": a["confusion_matrix"]}
 
 
 # --------------------------------------------------------------------------- labelled sets

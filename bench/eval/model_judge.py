@@ -138,18 +138,21 @@ def judge_many(model, tok, prompts: Sequence[str], responses: Sequence[str], bat
                                 tok.pad_token_id, exact=True)
             for j, i in enumerate(idx):
                 out[i] = parse(tok.decode(new[j], skip_special_tokens=True))
-    return [o for o in out if o is not None]
+    missing = [i for i, o in enumerate(out) if o is None]
+    if missing:  # the batches cover every row; a gap is a bug, never a silently shorter list
+        raise RuntimeError(f"judge_many: rows {missing[:5]} were not read")
+    return out
 
 
-def load_judge(section, trust_remote_code: bool = False):
+def load_judge(section):
     """``(model, tok)`` of the configured judge (``eval.model_judge``) at its pinned revision, from the
-    hub cache (``make fetch``), on the GPU when there is one."""
+    hub cache (``make fetch``), on the GPU when there is one; never with remote code (safetensors only)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from bench.models import torch_dtype
 
-    kw = dict(revision=section.revision, trust_remote_code=trust_remote_code)
+    kw = dict(revision=section.revision, trust_remote_code=False)
     tok = AutoTokenizer.from_pretrained(section.hub_id, **kw)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

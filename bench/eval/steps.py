@@ -197,7 +197,7 @@ def model_judge_step(s: Scoring, rows: list[dict]) -> None:
     from bench.eval import model_judge
 
     t0 = time.perf_counter()
-    model, tok = model_judge.load_judge(mj)  # never the policy's remote-code opt-in: another model's code
+    model, tok = model_judge.load_judge(mj)  # without remote code, whatever the policy's opt-in
     verdicts = model_judge.judge_many(model, tok, [r["prompt"] for r in rows], [r["response"] for r in rows],
                                       mj.batch_size, mj.max_new_tokens, mj.format)
     del model

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from bench.metrics import info, lookup, value_of
 from bench.records import is_eval_key
+from bench.stats import Z95  # a 95% interval spans about 2 x 1.96 standard errors
 
 HEADLINE = ("refusal_harmful", "over_refusal_benign", "over_refusal_borderline", "pref_acc_implicit", "rm_win_rate",
             "cost_harmful", "logratio_to_base")
@@ -36,9 +37,6 @@ HEADLINE = ("refusal_harmful", "over_refusal_benign", "over_refusal_borderline",
 def seed_profile(profile: str, seed: int, own_seed: int) -> str:
     """The profile name a seed's runs and records live under (the ``NAME`` of the Makefile)."""
     return profile if seed == own_seed else f"{profile}-s{seed}"
-
-
-Z95 = 1.959964  # a 95% interval spans about 2 x 1.96 standard errors
 
 
 @dataclass(frozen=True)
