@@ -44,9 +44,27 @@ def test_mean_spread_and_verdict_counts():
     text = render("default", [0, 1, 2], {0: "default", 1: "default-s1", 2: "default-s2"}, per_seed)
     # sd over prompts: each seed's interval is 0.10 wide -> 0.10 / 3.92 = 0.0255; 0.060 / 0.0255 = 2.4
     assert c.prompt_sd == pytest.approx(0.1 / 3.919928)
-    assert "| dpo | **0.560** ± 0.060 [0.500 - 0.620] | 0.500 / 0.560 / 0.620 | 0.026 | 2.4 | 2/3 worse |" in text
+    assert ("| dpo | 0.560 ± 0.060 [0.500 - 0.620] | 0.500 / 0.560 / 0.620 | 0.026 | 2.4 | -0.300 / -0.200 / +0.050 "
+            "(mean -0.150) | 2/3 worse |") in text
+    assert c.deltas == (-0.3, -0.2, 0.05) and c.mean_delta == pytest.approx(-0.15)
+    assert "**" not in text.split("## refusal")[1]  # no bold: nothing is tested across seeds
     assert "- ipo: no eval record in seed(s) 2" in text
     assert "`leaderboards/default-s1/records/`" in text
+
+
+def test_summary_lists_unanimous_and_flipped_verdicts():
+    per_seed = {0: _seed(_eval("dpo", 0.5, 0.1, 1e-6, -0.3), _eval("ipo", 0.6, 0.1, 1e-6, 0.2), _eval("kto", 0.6, 0.1, 1e-6, 0.2)),
+                1: _seed(_eval("dpo", 0.6, 0.1, 1e-4, -0.2), _eval("ipo", 0.6, 0.1, 1e-4, -0.2), _eval("kto", 0.6, 0.1, 0.5, 0.01))}
+    cells, _ = across_seeds(per_seed)
+    assert cells["dpo"]["refusal_harmful"].unanimous() == "worse" and not cells["dpo"]["refusal_harmful"].flips()
+    assert cells["ipo"]["refusal_harmful"].unanimous() == "" and cells["ipo"]["refusal_harmful"].flips()
+    assert cells["kto"]["refusal_harmful"].unanimous() == "" and not cells["kto"]["refusal_harmful"].flips()
+    text = render("default", [0, 1], {0: "default", 1: "default-s1"}, per_seed)
+    held = text.split("## Verdicts vs start that hold in all 2 seeds")[1].split("##")[0]
+    flipped = text.split("## Verdicts that point opposite ways")[1].split("##")[0]
+    assert "- dpo: worse on refusal (harmful): -0.300 / -0.200 (mean -0.250)" in held
+    assert "ipo" not in held and "kto" not in held
+    assert "- ipo: refusal (harmful), 1/2 better, 1/2 worse: +0.200 / -0.200 (mean +0.000)" in flipped and "kto" not in flipped
 
 
 def test_bench_seeds_renders_from_reported_records(tmp_path, monkeypatch):
@@ -63,7 +81,7 @@ def test_bench_seeds_renders_from_reported_records(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["seeds", "--profile", "smoke", "--seeds", "0,1"])
     assert r.exit_code == 0, r.output
     text = (tmp_path / "smoke-seeds.md").read_text()
-    assert "| dpo | **0.450** ± 0.071 [0.400 - 0.500] | 0.400 / 0.500 |" in text
+    assert "| dpo | 0.450 ± 0.071 [0.400 - 0.500] | 0.400 / 0.500 |" in text
     r = CliRunner().invoke(main, ["seeds", "--profile", "smoke", "--seeds", "0 2"])
     assert r.exit_code != 0 and "smoke-s2" in r.output  # a seed that was never published: named
 

@@ -44,6 +44,7 @@ class Cell:
     values: tuple[float, ...]  # one per seed, in seed order
     verdicts: tuple[str, ...]  # "better" | "worse" | "n.s." | "" (no paired test), one per seed
     widths: tuple[float | None, ...] = ()  # each seed's 95% interval width (over prompts); None: no interval
+    deltas: tuple[float | None, ...] = ()  # each seed's paired change vs its start (variant - start); None: no test
 
     @property
     def prompt_sd(self) -> float:
@@ -60,6 +61,22 @@ class Cell:
     @property
     def sd(self) -> float:
         return statistics.stdev(self.values) if len(self.values) > 1 else float("nan")
+
+    @property
+    def mean_delta(self) -> float:
+        """Mean over seeds of the paired change vs the start (NaN unless every seed has one): the effect a
+        method comparison rests on, each seed against its own start."""
+        ds = [d for d in self.deltas if d is not None]
+        return statistics.fmean(ds) if ds and len(ds) == len(self.deltas) else float("nan")
+
+    def unanimous(self) -> str:
+        """``better`` / ``worse`` when every seed's paired test says so, else ``""``."""
+        vs = set(self.verdicts)
+        return vs.pop() if len(vs) == 1 and vs <= {"better", "worse"} else ""
+
+    def flips(self) -> bool:
+        """Some seed significantly better and another significantly worse than its start."""
+        return "better" in self.verdicts and "worse" in self.verdicts
 
     def verdict_counts(self) -> str:
         n = len(self.verdicts)
@@ -95,12 +112,13 @@ def across_seeds(per_seed: dict[int, dict[str, dict]], metrics: tuple[str, ...] 
             direction = meta.direction if meta else 0
             paired = [((recs[s].get("extra") or {}).get("paired") or {}).get(m) for s in seeds]
             verdicts = tuple(verdict(e, direction) if e else "" for e in paired)
+            deltas = tuple(value_of(e, "delta") if e else None for e in paired)
             widths = []
             for s in seeds:
                 metric = (recs[s].get("metrics") or {}).get(m)
                 lo, hi = value_of(metric, "ci_low"), value_of(metric, "ci_high")
                 widths.append(hi - lo if lo is not None and hi is not None else None)
-            row[m] = Cell(tuple(float(x) for x in vals), verdicts, tuple(widths))
+            row[m] = Cell(tuple(float(x) for x in vals), verdicts, tuple(widths), deltas)
         cells[v] = row
     return cells, missing
 
@@ -115,9 +133,10 @@ def render(profile: str, seeds: list[int], names: dict[int, str], per_seed: dict
     lines = [f"# Across training seeds: profile `{profile}`", "",
              f"Seeds {', '.join(map(str, seeds))}: " + ", ".join(f"seed {s} = `leaderboards/{names[s]}/records/`"
                                                                   for s in seeds) + ".", "",
-             "Each cell: **mean over seeds** ± standard deviation between seeds (n - 1) [min - max], then how many "
-             "seeds' paired tests call the variant better / worse than its start (alpha 0.05; the per-seed "
-             "leaderboards say which start). The spread between seeds is training noise, which the per-seed "
+             "Each cell: mean over seeds ± standard deviation between seeds (n - 1) [min - max]; each seed's paired "
+             "change against its own start (variant - start on the same prompts; the per-seed leaderboards say "
+             "which start) and its mean; then how many seeds' paired tests call the variant better / worse than "
+             "its start (alpha 0.05). No cell is bold: nothing here is tested across seeds. The spread between seeds is training noise, which the per-seed "
              "intervals (over prompts) do not contain. With 3 seeds the standard deviation is itself rough "
              "(about ±50%; with 2, one difference). *sd over prompts*: the standard error each seed's own 95% "
              "interval implies (width / 3.92, mean over seeds); *sd seeds / prompts* well above 1 says retraining "
@@ -126,6 +145,7 @@ def render(profile: str, seeds: list[int], names: dict[int, str], per_seed: dict
              "Rendered from the records alone: `bench seeds --profile " + profile + " --seeds \"" +
              " ".join(map(str, seeds)) + "\"`.", ""]
     order = sorted(cells, key=lambda v: variant_key(v, "eval"))
+    lines += _summary(cells, order, shown, len(seeds))
     for m in shown:
         meta = info(m)
         rows = []
@@ -135,16 +155,45 @@ def render(profile: str, seeds: list[int], names: dict[int, str], per_seed: dict
                 continue
             d = meta.digits
             ratio = c.sd / c.prompt_sd if c.prompt_sd > 0 else float("nan")
-            rows.append([v, f"**{c.mean:.{d}f}** ± {c.sd:.{d}f} [{min(c.values):.{d}f} - {max(c.values):.{d}f}]",
+            rows.append([v, f"{c.mean:.{d}f} ± {c.sd:.{d}f} [{min(c.values):.{d}f} - {max(c.values):.{d}f}]",
                          " / ".join(f"{x:.{d}f}" for x in c.values),
                          f"{c.prompt_sd:.{d}f}" if math.isfinite(c.prompt_sd) else "–",
-                         f"{ratio:.1f}" if math.isfinite(ratio) else "–", c.verdict_counts()])
+                         f"{ratio:.1f}" if math.isfinite(ratio) else "–", _deltas(c, d), c.verdict_counts()])
         lines += [f"## {meta.column}{meta.arrow}", "", meta.definition, ""]
         lines += table(["variant", "mean ± sd [min - max]", "per seed (" + ", ".join(map(str, seeds)) + ")",
-                        "sd over prompts", "sd seeds / prompts", "verdicts vs start"], rows,
-                       ["l", "r", "r", "r", "r", "l"]) + [""]
+                        "sd over prompts", "sd seeds / prompts", "change vs start per seed", "verdicts vs start"],
+                        rows, ["l", "r", "r", "r", "r", "r", "l"]) + [""]
     if missing:
         lines += ["## Missing", ""]
         lines += [f"- {v}: no eval record in seed(s) {', '.join(map(str, s))}" for v, s in sorted(missing.items())]
         lines.append("")
     return "\n".join(lines)
+
+
+def _deltas(c: Cell, digits: int) -> str:
+    if not c.deltas or all(x is None for x in c.deltas):
+        return "–"
+    each = " / ".join("–" if x is None else f"{x:+.{digits}f}" for x in c.deltas)
+    return each + (f" (mean {c.mean_delta:+.{digits}f})" if math.isfinite(c.mean_delta) else "")
+
+
+def _summary(cells: dict[str, dict[str, Cell]], order: list[str], shown: list[str], n_seeds: int) -> list[str]:
+    """Which paired verdicts hold in every seed, and which point opposite ways in different seeds: the
+    conclusions a reader may draw from the per-seed leaderboards, and the ones they may not."""
+    held, flipped = [], []
+    for v in order:
+        for m in shown:
+            c = cells[v].get(m)
+            if c is None:
+                continue
+            name = info(m).column
+            if c.unanimous():
+                held.append(f"{v}: {c.unanimous()} on {name}: {_deltas(c, info(m).digits)}")
+            elif c.flips():
+                flipped.append(f"{v}: {name}, {c.verdict_counts()}: {_deltas(c, info(m).digits)}")
+    out = [f"## Verdicts vs start that hold in all {n_seeds} seeds", ""]
+    out += [f"- {x}" for x in held] or ["- none"]
+    out += ["", "## Verdicts that point opposite ways in different seeds", ""]
+    out += [f"- {x}" for x in flipped] or ["- none"]
+    out += ["", "Every other verdict is significant in some seeds and not in others, or in none: see the tables.", ""]
+    return out
