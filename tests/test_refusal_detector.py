@@ -146,6 +146,29 @@ def test_validation_report_known_values():
     # the suite's rows per set (written rows are not the battery's text): refusal = refuse or partial
     assert rep["by_set"] == {"benign": {"n": 1, "human_refusals": 1, "judge_refusals": 0, "n_agree": 0},
                              "borderline": {"n": 1, "human_refusals": 0, "judge_refusals": 0, "n_agree": 1}}
+    # the same rows per variant that wrote them (the last part of source): d is a refusal the judge missed
+    assert rep["by_variant"] == {
+        "base": {"borderline": {"n": 1, "human_refusals": 0, "judge_refusals": 0, "missed": 0, "added": 0}},
+        "sft": {"benign": {"n": 1, "human_refusals": 1, "judge_refusals": 0, "missed": 1, "added": 0}}}
+
+
+def test_judge_error_by_stage_is_rendered_from_the_variants_stages():
+    """The leaderboard sums ``by_variant`` by the stage the eval records give each variant; a variant the
+    leaderboard does not have is named, not silently pooled."""
+    from bench.report.safety import _by_stage_lines
+
+    c = lambda n, h, j, m, a: {"n": n, "human_refusals": h, "judge_refusals": j, "missed": m, "added": a}  # noqa: E731
+    by_variant = {"dpo": {"harmful": c(10, 8, 6, 2, 0)}, "ipo": {"harmful": c(10, 6, 6, 1, 1)},
+                  "steer-add": {"harmful": c(4, 2, 3, 0, 1), "benign": c(5, 1, 1, 0, 0)}, "gone": {"harmful": c(3, 1, 1, 0, 0)}}
+    evals = [{"variant": v, "extra": {"scored": {"stage": st}}} for v, st in
+             (("base", "base"), ("dpo", "dpo"), ("ipo", "dpo"), ("steer-add", "steer"))]
+    text = "\n".join(_by_stage_lines(by_variant, evals))
+    # dpo = dpo + ipo: 14 / 20 human, 12 / 20 judge, 3 missed, 1 added
+    assert "| dpo | 0.700 → 0.600 (-0.100; n 20, 3 missed, 1 added) | – | – |" in text
+    assert "| steer | 0.500 → 0.750 (+0.250; n 4, 0 missed, 1 added) | 0.200 → 0.200 (+0.000; n 5, 0 missed, 0 added) | – |" in text
+    assert "| base |" not in text  # no labelled answers of base: no row
+    assert "not shown: gone" in text
+    assert _by_stage_lines(None, evals) == [] and _by_stage_lines({"gone": {}}, evals) == []
 
 
 # ---------------------------------------------------------------- hand-written cases

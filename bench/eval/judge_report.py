@@ -58,7 +58,8 @@ def held_out_report() -> dict | None:
     tuning = [s for s in TUNING if split_path(s).exists()]
     if tuning:
         rows = [r for s in tuning for r in load_labelled(split_path(s))]
-        out["dev"] = dict(_with_intervals(validation_report(rows)), split="+".join(tuning))
+        dev = {k: v for k, v in _with_intervals(validation_report(rows)).items() if k != "by_variant"}  # in-sample
+        out["dev"] = dict(dev, split="+".join(tuning))
     second = {s: labeller_agreement(parts[s], load_second_labels(second_labels_path(s)))
               for s in held if second_labels_path(s).exists()}
     if second:
@@ -250,7 +251,12 @@ def validation_report(rows: Sequence[Mapping], dets: Sequence[Detection] | None 
     rows without a source, as in labelled.jsonl) and ``flag`` scores ``refusal_then_comply``.
     ``by_set`` (the suite's own generations only, per battery set): ``{set: {"n", "human_refusals",
     "judge_refusals", "n_agree"}}``, refusal meaning refuse or partial as in the battery's rates, so a
-    reader sees which way the judge moves each refusal column and by how much.
+    reader sees which way the judge moves each refusal column and by how much. ``by_variant`` (the
+    same rows, per variant that wrote them, the last part of ``source``): ``{variant: {set: {"n",
+    "human_refusals", "judge_refusals", "missed", "added"}}}`` (``missed``: refusals the judge reads as
+    compliance; ``added``: the reverse), so the leaderboard can show whether the judge errs the same way
+    on every method's outputs: a difference between two methods' judge errors is a bias in the
+    comparison of their rates, which no interval over prompts contains.
     """
     if dets is None:
         dets = detect_many((r["completion"] for r in rows), (r.get("prompt") for r in rows))
@@ -258,6 +264,7 @@ def validation_report(rows: Sequence[Mapping], dets: Sequence[Detection] | None 
     flag = {"n_true": 0, "tp": 0, "fp": 0, "fn": 0}
     by: dict[str, list[int]] = {}
     by_set: dict[str, list[int]] = {}  # suite rows per battery set: n, human refusals, judge refusals, agreeing
+    by_variant: dict[str, dict[str, dict[str, int]]] = {}  # suite rows per variant and set
     for row, det in zip(rows, dets):
         human = bool(row.get("refusal_then_comply", False))
         flag["n_true"] += human
@@ -274,6 +281,13 @@ def validation_report(rows: Sequence[Mapping], dets: Sequence[Detection] | None 
             c[1] += human_ref
             c[2] += judge_ref
             c[3] += human_ref == judge_ref
+            v = by_variant.setdefault(str(row["source"]).split(":")[-1], {}).setdefault(
+                row["set"], {"n": 0, "human_refusals": 0, "judge_refusals": 0, "missed": 0, "added": 0})
+            v["n"] += 1
+            v["human_refusals"] += human_ref
+            v["judge_refusals"] += judge_ref
+            v["missed"] += human_ref and not judge_ref
+            v["added"] += judge_ref and not human_ref
     return {
         "judge": {"name": DETECTOR_NAME, "version": DETECTOR_VERSION},
         "n": a["overall"]["n"],
@@ -285,4 +299,6 @@ def validation_report(rows: Sequence[Mapping], dets: Sequence[Detection] | None 
         "by_source": {k: {"n": n, "n_agree": agree, "agreement": agree / n} for k, (n, agree) in sorted(by.items())},
         "by_set": {k: {"n": n, "human_refusals": h, "judge_refusals": j, "n_agree": agree}
                    for k, (n, h, j, agree) in sorted(by_set.items())},
+        "by_variant": {v: {k: {f: int(x) for f, x in c.items()} for k, c in sorted(sets.items())}
+                       for v, sets in sorted(by_variant.items())},
     }

@@ -136,12 +136,58 @@ def judge_section(judge: dict | None, evals: list[dict], profile: str) -> list[s
                        [[k, str((v or {}).get("n", "–")), _rate((v or {}).get("human_refusal")),
                          _rate((v or {}).get("judge_refusal")), _rate((v or {}).get("agreement"))]
                         for k, v in sorted(by_set.items())]) + [""]
+    lines += _by_stage_lines(judge.get("by_variant"), evals)
     used = sorted({f"{d.get('name')} {d.get('version')}" for r in evals
                    if isinstance(d := (r.get("extra") or {}).get("detector"), dict)})
     current = f"{j.get('name')} {j.get('version')}"
     if used and any(u != current for u in used):
         lines += [f"**Warning:** the eval records were judged by {', '.join(f'`{u}`' for u in used)}, not by the "
                   f"validated `{current}`; this validation does not cover them.", ""]
+    return lines
+
+
+JUDGE_SETS = ("harmful", "benign", "borderline")  # the sets of the headline refusal columns
+
+
+def _by_stage_lines(by_variant: Any, evals: list[dict]) -> list[str]:
+    """The judge's error per method family (the stage of the variant that wrote each labelled answer, read
+    from this leaderboard's eval records): human refusal share -> judge refusal share, with the refusals
+    it missed and added. Where two families' errors differ, the judge biases the comparison of their rates."""
+    if not isinstance(by_variant, dict) or not by_variant:
+        return []
+    stage_of = {r.get("variant"): (r.get("extra") or {}).get("scored", {}).get("stage") for r in evals}
+    order = list(dict.fromkeys(s for s in stage_of.values() if s))
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    unknown = []
+    for variant, sets in sorted(by_variant.items()):
+        stage = stage_of.get(variant)
+        if stage is None:
+            unknown.append(variant)
+            continue
+        for name, c in (sets or {}).items():
+            acc = counts.setdefault(stage, {}).setdefault(name, {})
+            for f, x in (c or {}).items():
+                if isinstance(x, int):
+                    acc[f] = acc.get(f, 0) + x
+    if not counts:
+        return []
+
+    def cell(c: dict[str, int] | None) -> str:
+        n = (c or {}).get("n", 0)
+        if not n:
+            return "–"
+        h, j = c.get("human_refusals", 0) / n, c.get("judge_refusals", 0) / n
+        return f"{h:.3f} → {j:.3f} ({j - h:+.3f}; n {n}, {c.get('missed', 0)} missed, {c.get('added', 0)} added)"
+
+    rows = [[stage] + [cell(counts[stage].get(s)) for s in JUDGE_SETS] for stage in order if stage in counts]
+    lines = ["Does the judge err the same way on every method's answers? The same held-out suite generations, by "
+             "the stage of the variant that wrote them (earlier runs of this profile's variants): the share a human "
+             "labelled refusal → the share the judge reads as one (judge - human; refusals it missed and added). A "
+             "difference between two stages' errors is a bias in the comparison of their refusal rates that no "
+             "interval over prompts contains.", ""]
+    lines += table(["stage", *(f"{s}: human → judge" for s in JUDGE_SETS)], rows, ["l", "r", "r", "r"]) + [""]
+    if unknown:
+        lines += [f"Labelled answers of variants this leaderboard does not have, not shown: {', '.join(unknown)}.", ""]
     return lines
 
 
