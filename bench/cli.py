@@ -284,7 +284,8 @@ def seeds(cfg: ProfileConfig, seeds_arg: str) -> None:
     names = {s: seed_profile(cfg.profile.name, s, cfg.profile.seed) for s in wanted}
     per_seed = {s: load_reported(names[s]) for s in wanted}
     out = leaderboards_root() / f"{cfg.profile.name}-seeds.md"
-    atomic_write_text(out, render(cfg.profile.name, wanted, names, per_seed))
+    assets = {s: leaderboards_root() / names[s] for s in wanted}
+    atomic_write_text(out, render(cfg.profile.name, wanted, names, per_seed, assets=assets))
     click.echo(f"seeds: {out}")
 
 

@@ -99,3 +99,33 @@ def test_make_seed_runs_under_its_own_profile_name():
     seeded = _make_n("sft", "PROFILE=smoke", "SEED=2")
     assert "bench sft --profile smoke profile.name=smoke-s2 profile.seed=2" in seeded
     assert "publish --profile smoke profile.name=smoke-s2 profile.seed=2" in _make_n("leaderboard", "PROFILE=smoke", "SEED=2")
+
+
+def test_contrasts_across_seeds_test_each_pair_in_every_seed(tmp_path):
+    """A one-factor pair is tested on each seed's own samples; bold only where every seed agrees; a pair
+    that some seed lacks (or has with other settings) is not shown."""
+    from tests.test_contrasts import RECORDS, _samples
+
+    assets = {s: tmp_path / f"s{s}" for s in (0, 1)}
+    # seed 0: ppo-kl 0.50 vs ppo-nokl 0.05 (18 discordant, higher); ppo-lag 0.475 (1 discordant, n.s.)
+    _samples(assets[0], "ppo-kl", [True] * 20 + [False] * 20)
+    _samples(assets[0], "ppo-nokl", [True] * 2 + [False] * 38)
+    _samples(assets[0], "ppo-lag", [True] * 19 + [False] * 21)
+    # seed 1: ppo-kl 0.50 vs ppo-nokl 0.10 (16 discordant, higher); ppo-lag missing from seed 1
+    _samples(assets[1], "ppo-kl", [True] * 20 + [False] * 20)
+    _samples(assets[1], "ppo-nokl", [True] * 4 + [False] * 36)
+    per_seed = {0: RECORDS, 1: RECORDS}
+    from bench.report.seeds import contrasts_across_seeds
+
+    found = {(a, b): e for a, b, _, e in contrasts_across_seeds(per_seed, assets)}
+    assert set(found) == {("ppo-kl", "ppo-nokl")}
+    harmful = found[("ppo-kl", "ppo-nokl")]["refusal_harmful"]
+    assert [e["delta"] for e in harmful] == [0.45, 0.4] and [e["verdict"] for e in harmful] == ["higher", "higher"]
+    text = render("default", [0, 1], {0: "default", 1: "default-s1"}, per_seed, assets=assets)
+    row = next(line for line in text.splitlines() if line.startswith("| `ppo-kl` vs `ppo-nokl`"))
+    assert "+0.450 higher / +0.400 higher: **higher in every seed**" in row
+    assert "## One-factor contrasts across seeds" not in render("default", [0, 1], {0: "a", 1: "b"}, per_seed)
+    # seed 1 without a difference: 1/2 higher, no bold
+    _samples(assets[1], "ppo-nokl", [True] * 20 + [False] * 20)
+    text = render("default", [0, 1], {0: "default", 1: "default-s1"}, per_seed, assets=assets)
+    assert "+0.450 higher / +0.000: 1/2 higher |" in text

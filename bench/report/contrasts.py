@@ -87,25 +87,39 @@ def _verdicts(rows: list[dict]) -> dict[tuple, bool]:
     return {(r["set"], r.get("id"), r["prompt"]): bool(r["is_refusal"]) for r in rows if "is_refusal" in r}
 
 
-def _cell(a: dict, b: dict, set_name: str) -> str:
+def contrast(a: dict, b: dict, set_name: str) -> dict | None:
+    """The paired test of two variants' refusal rates on the prompts of ``set_name`` both answered
+    (``a``, ``b``: :func:`_verdicts`): :func:`bench.stats.paired_rate`'s entry plus both rates (``rate_a``,
+    ``rate_b``) and ``verdict`` ("higher" / "lower": the first vs the second, or "not distinguishable");
+    None when they share no prompt of the set."""
     keys = sorted(k for k in a if k[0] == set_name and k in b)
     if not keys:
-        return "–"
+        return None
     e = paired_rate([a[k] for k in keys], [b[k] for k in keys])
-    ra, rb = sum(a[k] for k in keys) / len(keys), sum(b[k] for k in keys) / len(keys)
     verdict = "not distinguishable" if e["p"] >= ALPHA else ("higher" if e["delta"] > 0 else "lower")
+    return dict(e, rate_a=sum(a[k] for k in keys) / len(keys), rate_b=sum(b[k] for k in keys) / len(keys), verdict=verdict)
+
+
+def _cell(a: dict, b: dict, set_name: str) -> str:
+    e = contrast(a, b, set_name)
+    if e is None:
+        return "–"
     p = "p < 0.001" if e["p"] < 0.001 else f"p {e['p']:.3f}"
-    return (f"{ra:.3f} vs {rb:.3f}: {e['delta']:+.3f} [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}], {p}, "
-            f"b/c {e['discordant'][0]}/{e['discordant'][1]}, **{verdict}**")
+    return (f"{e['rate_a']:.3f} vs {e['rate_b']:.3f}: {e['delta']:+.3f} [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}], {p}, "
+            f"b/c {e['discordant'][0]}/{e['discordant'][1]}, **{e['verdict']}**")
+
+
+def contrast_verdicts(records: dict[str, dict], assets: Path) -> tuple[list[tuple[str, str, str, str, str]], dict[str, dict]]:
+    """``(pairs whose two variants both have committed samples, {variant: verdicts})``."""
+    found = pairs(records)
+    verdicts = {v: _verdicts(rows) for v, rows in load_samples(assets, sorted({x for p in found for x in p[:2]})).items()}
+    return [p for p in found if p[0] in verdicts and p[1] in verdicts], verdicts
 
 
 def contrasts_section(records: dict[str, dict], assets: Path) -> list[str]:
-    found = pairs(records)
-    verdicts = {v: _verdicts(rows) for v, rows in load_samples(assets, sorted({x for p in found for x in p[:2]})).items()}
-    rows = []
-    for a, b, factor, va, vb in found:
-        if a in verdicts and b in verdicts:  # a variant without committed samples has no verdicts to test
-            rows.append([f"`{a}` vs `{b}`", f"{factor}: {va} / {vb}"] + [_cell(verdicts[a], verdicts[b], s) for s in SETS])
+    found, verdicts = contrast_verdicts(records, assets)  # a variant without committed samples has nothing to test
+    rows = [[f"`{a}` vs `{b}`", f"{factor}: {va} / {vb}"] + [_cell(verdicts[a], verdicts[b], s) for s in SETS]
+            for a, b, factor, va, vb in found]
     if not rows:
         return []
     return (["## One-factor contrasts", "",

@@ -18,6 +18,9 @@ How: for each variant present in every seed and each headline metric: mean over 
 standard deviation between seeds (n - 1; with 3 seeds a rough figure: its own relative error is about
 50%), min and max, and the per-seed verdicts vs the start (:func:`bench.compare.verdict`: better / worse
 / n.s. at the leaderboard's alpha). Seeds whose record of a variant is missing are named, not skipped.
+The leaderboard's one-factor contrasts (:mod:`bench.report.contrasts`: ppo-kl vs ppo-nokl, dpo vs
+dpo-lora, ...) are tested again in every seed on that seed's committed samples, so a reader sees which
+settings matter in every training run and which only in one.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.metrics import info, lookup, value_of
 from bench.records import is_eval_key
@@ -123,9 +127,58 @@ def across_seeds(per_seed: dict[int, dict[str, dict]], metrics: tuple[str, ...] 
     return cells, missing
 
 
+def contrasts_across_seeds(per_seed: dict[int, dict[str, dict]], assets: dict[int, Path]
+                           ) -> list[tuple[str, str, str, dict[str, list[dict | None]]]]:
+    """``[(a, b, "factor: value a / value b", {set: [entry per seed]})]``: the leaderboard's one-factor
+    contrasts (:mod:`bench.report.contrasts`), tested in every seed on that seed's committed samples. A
+    pair is kept when every seed has it with the same settings (so each seed tests the same question)."""
+    from bench.report.contrasts import SETS, contrast, contrast_verdicts
+
+    seeds = sorted(per_seed)
+    found = {s: contrast_verdicts(per_seed[s], assets[s]) for s in seeds}
+    first = found[seeds[0]][0]
+    out = []
+    for a, b, factor, va, vb in first:
+        if not all((a, b, factor, va, vb) in found[s][0] for s in seeds):
+            continue
+        entries = {name: [contrast(found[s][1][a], found[s][1][b], name) for s in seeds] for name in SETS}
+        out.append((a, b, f"{factor}: {va} / {vb}", entries))
+    return out
+
+
+def _contrast_cell(entries: list[dict | None]) -> str:
+    if any(e is None for e in entries):
+        return "–"
+    each = " / ".join(f"{e['delta']:+.3f}{'' if e['verdict'] == 'not distinguishable' else ' ' + e['verdict']}"
+                      for e in entries)
+    n = len(entries)
+    counts = [f"{sum(e['verdict'] == v for e in entries)}/{n} {v}" for v in ("higher", "lower")
+              if any(e["verdict"] == v for e in entries)]
+    held = next((v for v in ("higher", "lower") if all(e["verdict"] == v for e in entries)), "")
+    summary = f"**{held} in every seed**" if held else (", ".join(counts) if counts else "n.s. in every seed")
+    return f"{each}: {summary}"
+
+
+def _contrasts_lines(found: list[tuple[str, str, str, dict[str, list[dict | None]]]], n_seeds: int) -> list[str]:
+    from bench.report.contrasts import SETS
+    from bench.report.sections import table
+
+    if not found:
+        return []
+    rows = [[f"`{a}` vs `{b}`", differs] + [_contrast_cell(e[name]) for name in SETS] for a, b, differs, e in found]
+    return (["## One-factor contrasts across seeds", "",
+             "The main leaderboard's pairs of variants that differ in one setting, tested against each other in "
+             "each seed on that seed's samples (exact McNemar on the same prompts, alpha 0.05, uncorrected). Each "
+             "cell: the difference of refusal rates (first minus second) per seed, with the seed's verdict where "
+             f"significant; bold where all {n_seeds} seeds agree that the first is higher, or lower. A setting "
+             "whose effect is significant in one seed and not in the others has not been shown to matter.", ""]
+            + table(["pair", "differs in"] + [info(s).column for s in SETS], rows, ["l"] * (2 + len(SETS))) + [""])
+
+
 def render(profile: str, seeds: list[int], names: dict[int, str], per_seed: dict[int, dict[str, dict]],
-           metrics: tuple[str, ...] = HEADLINE) -> str:
-    """``leaderboards/<profile>-seeds.md``."""
+           metrics: tuple[str, ...] = HEADLINE, assets: dict[int, Path] | None = None) -> str:
+    """``leaderboards/<profile>-seeds.md`` (``assets``: each seed's ``leaderboards/<name>/``, whose committed
+    samples the across-seed contrasts test; without it, no contrasts)."""
     from bench.report.sections import table, variant_key
 
     cells, missing = across_seeds(per_seed, metrics)
@@ -163,6 +216,8 @@ def render(profile: str, seeds: list[int], names: dict[int, str], per_seed: dict
         lines += table(["variant", "mean ± sd [min - max]", "per seed (" + ", ".join(map(str, seeds)) + ")",
                         "sd over prompts", "sd seeds / prompts", "change vs start per seed", "verdicts vs start"],
                         rows, ["l", "r", "r", "r", "r", "r", "l"]) + [""]
+    if assets:
+        lines += _contrasts_lines(contrasts_across_seeds(per_seed, assets), len(seeds))
     if missing:
         lines += ["## Missing", ""]
         lines += [f"- {v}: no eval record in seed(s) {', '.join(map(str, s))}" for v, s in sorted(missing.items())]
