@@ -129,5 +129,7 @@ def contrasts_section(records: dict[str, dict], assets: Path) -> list[str]:
              "95% interval, the exact McNemar p, the discordant prompts (refused by the first only / the second "
              "only), and whether the first is higher, lower or not distinguishable at p < 0.05 (per comparison, "
              f"not corrected: {len(rows)} pairs x {len(SETS)} rates = {len(rows) * len(SETS)} tests, so about "
-             f"{len(rows) * len(SETS) * ALPHA:.0f} would fall below 0.05 by chance where nothing differs).", ""]
+             f"{len(rows) * len(SETS) * ALPHA:.0f} would fall below 0.05 by chance where nothing differs). These "
+             "are one training run of each variant: `make seeds` tests the same pairs in every training seed "
+             "(`leaderboards/<profile>-seeds.md`).", ""]
             + table(["pair", "differs in"] + [metrics.info(s).column for s in SETS], rows, ["l", "l", "l", "l", "l"]) + [""])
