@@ -23,7 +23,7 @@ from bench.eval.refusal import DETECTOR_NAME, DETECTOR_VERSION, LABELS, MATRIX_L
 from bench.stats import rate_metric
 
 TUNING = ("dev", "dev2")  # the rules were tuned on these (dev2: the test split of 2.0.0 and 2.1.0)
-HELD_OUT = ("test", "test3", "test4", "test5")  # labelled after 2.1.0 by labellers who did not see the judge; never tuned on
+HELD_OUT = ("test", "test3", "test4", "test5", "test6")  # labelled after 2.1.0 by labellers who did not see the judge; never tuned on
 
 
 def split_path(split: str) -> Path:
@@ -44,7 +44,7 @@ def _with_intervals(rep: dict) -> dict:
 
 
 def held_out_report() -> dict | None:
-    """``{"judge", "split": "test+test3+test4+test5", "n", "agreement", "kappa", "confusion", "flag", "by_source", "by_set",
+    """``{"judge", "split": "test+test3+...+test6", "n", "agreement", "kappa", "confusion", "flag", "by_source", "by_set",
     "parts": {split: {"n", "agreement"}}, "dev": {...}}``; None when no held-out split is in this checkout."""
     held = [s for s in HELD_OUT if split_path(s).exists()]
     if not held:
