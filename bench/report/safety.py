@@ -155,7 +155,7 @@ def _by_stage_lines(by_variant: Any, evals: list[dict]) -> list[str]:
     it missed and added. Where two families' errors differ, the judge biases the comparison of their rates."""
     if not isinstance(by_variant, dict) or not by_variant:
         return []
-    stage_of = {r.get("variant"): (r.get("extra") or {}).get("scored", {}).get("stage") for r in evals}
+    stage_of = {r.get("variant"): ((r.get("extra") or {}).get("scored") or {}).get("stage") for r in evals}
     order = list(dict.fromkeys(s for s in stage_of.values() if s))
     counts: dict[str, dict[str, dict[str, int]]] = {}
     unknown = []
@@ -181,7 +181,8 @@ def _by_stage_lines(by_variant: Any, evals: list[dict]) -> list[str]:
 
     rows = [[stage] + [cell(counts[stage].get(s)) for s in JUDGE_SETS] for stage in order if stage in counts]
     lines = ["Does the judge err the same way on every method's answers? The same held-out suite generations, by "
-             "the stage of the variant that wrote them (earlier runs of this profile's variants): the share a human "
+             "the stage of the variant that wrote them (earlier runs of these variants; each labelled row's `source` "
+             "names the run): the share a human "
              "labelled refusal → the share the judge reads as one (judge - human; refusals it missed and added). A "
              "difference between two stages' errors is a bias in the comparison of their refusal rates that no "
              "interval over prompts contains.", ""]

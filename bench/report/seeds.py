@@ -189,10 +189,10 @@ def render(profile: str, seeds: list[int], names: dict[int, str], per_seed: dict
              "Each cell: mean over seeds ± standard deviation between seeds (n - 1) [min - max]; each seed's paired "
              "change against its own start (variant - start on the same prompts; the per-seed leaderboards say "
              "which start) and its mean; then how many seeds' paired tests call the variant better / worse than "
-             "its start (alpha 0.05). No cell is bold: nothing here is tested across seeds. The spread between seeds is training noise, which the per-seed "
-             "intervals (over prompts) do not contain. With 3 seeds the standard deviation is itself rough "
-             "(about ±50%; with 2, one difference). *sd over prompts*: the standard error each seed's own 95% "
-             "interval implies (width / 3.92, mean over seeds); *sd seeds / prompts* well above 1 says retraining "
+             "its start (alpha 0.05). Nothing in the metric tables is bold: no test runs across seeds there. The "
+             "spread between seeds is training noise, which the per-seed intervals (over prompts) do not contain. "
+             "With 3 seeds the standard deviation is itself rough (about ±50%; with 2, one difference). *sd over "
+             "prompts*: the standard error each seed's own 95% interval implies (width / 3.92, mean over seeds); *sd seeds / prompts* well above 1 says retraining "
              "moves that number more than the per-seed leaderboard's intervals allow for, so a single seed's "
              "verdict on it is not to be trusted.", "",
              "Rendered from the records alone: `bench seeds --profile " + profile + " --seeds \"" +
