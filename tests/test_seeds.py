@@ -129,3 +129,16 @@ def test_contrasts_across_seeds_test_each_pair_in_every_seed(tmp_path):
     _samples(assets[1], "ppo-nokl", [True] * 20 + [False] * 20)
     text = render("default", [0, 1], {0: "default", 1: "default-s1"}, per_seed, assets=assets)
     assert "+0.450 higher / +0.000: 1/2 higher |" in text
+
+
+def test_seeds_on_different_bf16_kernels_are_named():
+    def rec(v, flags):
+        return {"variant": v, "stage": "eval", "metrics": {}, "extra": {},
+                "provenance": {"precision": "bf16", "hardware": {"cpu_native_bf16": flags}}}
+    same = {0: {"eval/a.json": rec("a", ["avx512_bf16"])}, 1: {"eval/a.json": rec("a", ["avx512_bf16"])}}
+    text = render("p", [0, 1], {0: "p", 1: "p-s1"}, same)
+    assert "Compute: seed 0: bf16 on avx512_bf16; seed 1: bf16 on avx512_bf16." in text
+    assert "did not all run on the same" not in text
+    mixed = {**same, 2: {"eval/a.json": rec("a", ["avx512_bf16", "amx_bf16"]), "sft.json": {"variant": "sft"}}}
+    text = render("p", [0, 1, 2], {0: "p", 1: "p-s1", 2: "p-s2"}, mixed)
+    assert "seed 2: bf16 on avx512_bf16+amx_bf16." in text and "did not all run on the same bf16 kernels" in text

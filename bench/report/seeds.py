@@ -197,6 +197,7 @@ def render(profile: str, seeds: list[int], names: dict[int, str], per_seed: dict
              "verdict on it is not to be trusted.", "",
              "Rendered from the records alone: `bench seeds --profile " + profile + " --seeds \"" +
              " ".join(map(str, seeds)) + "\"`.", ""]
+    lines += _hardware_lines(per_seed)
     order = sorted(cells, key=lambda v: variant_key(v, "eval"))
     lines += _summary(cells, order, shown, len(seeds))
     for m in shown:
@@ -223,6 +224,36 @@ def render(profile: str, seeds: list[int], names: dict[int, str], per_seed: dict
         lines += [f"- {v}: no eval record in seed(s) {', '.join(map(str, s))}" for v, s in sorted(missing.items())]
         lines.append("")
     return "\n".join(lines)
+
+
+def compute_of(records: dict[str, dict]) -> str:
+    """What a seed's eval records ran on: precision and the CPU's native-bf16 flags (``provenance``), e.g.
+    ``bf16 on avx512_bf16``; several values joined by " | " when its records disagree."""
+    seen = []
+    for key, rec in sorted(records.items()):
+        if not is_eval_key(key):
+            continue
+        prov = rec.get("provenance") or {}
+        flags = (prov.get("hardware") or {}).get("cpu_native_bf16")
+        text = f"{prov.get('precision', '?')} on {'+'.join(flags) if flags else 'no native bf16'}"
+        if text not in seen:
+            seen.append(text)
+    return " | ".join(seen) or "unknown"
+
+
+def _hardware_lines(per_seed: dict[int, dict[str, dict]]) -> list[str]:
+    """Each seed's compute; a warning when they differ: bf16 kernels (AMX vs AVX512-BF16) round differently,
+    greedy answers drift from there, and trained models carry the drift, so the spread between such seeds
+    holds the kernels' numerics as well as the training seed. The untrained base row shows the kernels'
+    effect alone."""
+    compute = {s: compute_of(per_seed[s]) for s in sorted(per_seed)}
+    lines = ["Compute: " + "; ".join(f"seed {s}: {c}" for s, c in compute.items()) + ".", ""]
+    if len(set(compute.values())) > 1:
+        lines += ["**The seeds did not all run on the same bf16 kernels.** A different kernel rounds differently "
+                  "and greedy answers drift from there; a trained variant carries that drift through training, so "
+                  "the spread between these seeds holds the kernels' numerics as well as the training seed. The "
+                  "untrained `base` row moves by the kernels alone.", ""]
+    return lines
 
 
 def _deltas(c: Cell, digits: int) -> str:
