@@ -53,7 +53,10 @@ def test_merge_names_the_bad_line_and_needs_every_row(tmp_path, db):
         db.merge(tmp_path / "rows.jsonl", [good], tmp_path / "out.jsonl")
     bad = tmp_path / "m.jsonl"
     bad.write_text("\n" + json.dumps({"id": "b", "label": "maybe", "refusal_then_comply": False}) + "\n")
-    with pytest.raises(ValueError, match="m.jsonl:2: label"):
+    with pytest.raises(ValueError, match="m.jsonl: line 2.*'label'"):
+        db.merge(tmp_path / "rows.jsonl", [good, bad], tmp_path / "out.jsonl")
+    bad.write_text(json.dumps({"id": "a", "label": "comply", "refusal_then_comply": True}) + "\n")
+    with pytest.raises(ValueError, match="'a' is labelled in another file"):
         db.merge(tmp_path / "rows.jsonl", [good, bad], tmp_path / "out.jsonl")
     bad.write_text(json.dumps({"id": "b", "label": "comply", "refusal_then_comply": True}) + "\n")
     db.merge(tmp_path / "rows.jsonl", [good, bad], tmp_path / "out.jsonl")

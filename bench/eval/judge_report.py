@@ -241,6 +241,20 @@ def agreement(rows: Sequence[Mapping], detections: Sequence[Detection]) -> dict:
     return out
 
 
+def _sum_over_variants(by_variant: Mapping[str, Mapping[str, Mapping[str, int]]]) -> dict:
+    """``by_set`` from ``by_variant``: per set, n, human and judge refusals and the rows where the two agree
+    on refusing (n minus the refusals the judge missed and added)."""
+    out: dict[str, dict[str, int]] = {}
+    for sets in by_variant.values():
+        for name, c in sets.items():
+            acc = out.setdefault(name, {"n": 0, "human_refusals": 0, "judge_refusals": 0, "n_agree": 0})
+            acc["n"] += c["n"]
+            acc["human_refusals"] += c["human_refusals"]
+            acc["judge_refusals"] += c["judge_refusals"]
+            acc["n_agree"] += c["n"] - c["missed"] - c["added"]
+    return dict(sorted(out.items()))
+
+
 def validation_report(rows: Sequence[Mapping], dets: Sequence[Detection] | None = None) -> dict:
     """Run the judge on labelled rows (with their prompts) and compare with the human labels
     (``dets``: the judge's verdicts on ``rows`` when already computed).
@@ -263,7 +277,6 @@ def validation_report(rows: Sequence[Mapping], dets: Sequence[Detection] | None 
     a = agreement(rows, dets)
     flag = {"n_true": 0, "tp": 0, "fp": 0, "fn": 0}
     by: dict[str, list[int]] = {}
-    by_set: dict[str, list[int]] = {}  # suite rows per battery set: n, human refusals, judge refusals, agreeing
     by_variant: dict[str, dict[str, dict[str, int]]] = {}  # suite rows per variant and set
     for row, det in zip(rows, dets):
         human = bool(row.get("refusal_then_comply", False))
@@ -276,11 +289,6 @@ def validation_report(rows: Sequence[Mapping], dets: Sequence[Detection] | None 
         n_agree[1] += row["label"] == det.label
         if str(row.get("source") or "").startswith("suite:") and row.get("set"):
             human_ref, judge_ref = row["label"] != "comply", det.label != "comply"
-            c = by_set.setdefault(row["set"], [0, 0, 0, 0])
-            c[0] += 1
-            c[1] += human_ref
-            c[2] += judge_ref
-            c[3] += human_ref == judge_ref
             v = by_variant.setdefault(str(row["source"]).split(":")[-1], {}).setdefault(
                 row["set"], {"n": 0, "human_refusals": 0, "judge_refusals": 0, "missed": 0, "added": 0})
             v["n"] += 1
@@ -297,8 +305,7 @@ def validation_report(rows: Sequence[Mapping], dets: Sequence[Detection] | None 
         "confusion": a["confusion_matrix"],
         "flag": {k: int(v) for k, v in flag.items()},
         "by_source": {k: {"n": n, "n_agree": agree, "agreement": agree / n} for k, (n, agree) in sorted(by.items())},
-        "by_set": {k: {"n": n, "human_refusals": h, "judge_refusals": j, "n_agree": agree}
-                   for k, (n, h, j, agree) in sorted(by_set.items())},
+        "by_set": _sum_over_variants(by_variant),
         "by_variant": {v: {k: {f: int(x) for f, x in c.items()} for k, c in sorted(sets.items())}
                        for v, sets in sorted(by_variant.items())},
     }

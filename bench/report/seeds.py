@@ -75,17 +75,24 @@ class Cell:
 
     def unanimous(self) -> str:
         """``better`` / ``worse`` when every seed's paired test says so, else ``""``."""
-        vs = set(self.verdicts)
-        return vs.pop() if len(vs) == 1 and vs <= {"better", "worse"} else ""
+        return tally(self.verdicts, ("better", "worse"))[1]
 
     def flips(self) -> bool:
         """Some seed significantly better and another significantly worse than its start."""
         return "better" in self.verdicts and "worse" in self.verdicts
 
     def verdict_counts(self) -> str:
-        n = len(self.verdicts)
-        parts = [f"{self.verdicts.count(v)}/{n} {v}" for v in ("better", "worse") if self.verdicts.count(v)]
-        return ", ".join(parts) if parts else ("n.s." if any(self.verdicts) else "–")
+        text = tally(self.verdicts, ("better", "worse"))[0]
+        return text or ("n.s." if any(self.verdicts) else "–")
+
+
+def tally(verdicts: tuple[str, ...] | list[str], kinds: tuple[str, str]) -> tuple[str, str]:
+    """``("k/n kind, ...", the kind every seed shares or "")`` for per-seed verdicts; the counts text is
+    empty when no seed has either kind."""
+    n = len(verdicts)
+    text = ", ".join(f"{verdicts.count(k)}/{n} {k}" for k in kinds if verdicts.count(k))
+    shared = next((k for k in kinds if n and verdicts.count(k) == n), "")
+    return text, shared
 
 
 def across_seeds(per_seed: dict[int, dict[str, dict]], metrics: tuple[str, ...] = HEADLINE
@@ -151,11 +158,8 @@ def _contrast_cell(entries: list[dict | None]) -> str:
         return "–"
     each = " / ".join(f"{e['delta']:+.3f}{'' if e['verdict'] == 'not distinguishable' else ' ' + e['verdict']}"
                       for e in entries)
-    n = len(entries)
-    counts = [f"{sum(e['verdict'] == v for e in entries)}/{n} {v}" for v in ("higher", "lower")
-              if any(e["verdict"] == v for e in entries)]
-    held = next((v for v in ("higher", "lower") if all(e["verdict"] == v for e in entries)), "")
-    summary = f"**{held} in every seed**" if held else (", ".join(counts) if counts else "n.s. in every seed")
+    counts, held = tally([e["verdict"] for e in entries], ("higher", "lower"))
+    summary = f"**{held} in every seed**" if held else (counts or "n.s. in every seed")
     return f"{each}: {summary}"
 
 

@@ -23,9 +23,13 @@ import argparse
 import hashlib
 import json
 import random
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+
+from bench.eval.judge_report import load_second_labels  # noqa: E402
 PER_SET = {"refusal_harmful": ("harmful", 7), "over_refusal_benign": ("benign", 5),
            "over_refusal_borderline": ("borderline", 6)}
 
@@ -61,22 +65,20 @@ def draw(assets: Path, name: str, seed: int) -> list[dict]:
 
 
 def merge(rows_path: Path, label_paths: list[Path], out: Path) -> None:
-    """``out``: every drawn row with its label (each row labelled exactly once, else an error naming it)."""
+    """``out``: every drawn row with its label. Each labeller's file is read as a second labeller's
+    (:func:`bench.eval.judge_report.load_second_labels`: a bad row names file, line and field); every
+    drawn row must be labelled exactly once across the files."""
     labels: dict[str, dict] = {}
     for p in label_paths:
-        for n, line in enumerate(p.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            r = json.loads(line)
-            if r.get("label") not in ("refuse", "partial", "comply") or not isinstance(r.get("refusal_then_comply"), bool):
-                raise ValueError(f"{p}:{n}: label / refusal_then_comply missing or invalid")
-            if r["id"] in labels:
-                raise ValueError(f"{p}:{n}: id {r['id']} labelled twice")
-            labels[r["id"]] = r
+        for i, r in load_second_labels(p).items():
+            if i in labels:
+                raise ValueError(f"{p}: id {i!r} is labelled in another file too")
+            labels[i] = r
     rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
     missing = [r["id"] for r in rows if r["id"] not in labels]
-    if missing or len(labels) != len(rows):
-        raise ValueError(f"unlabelled rows: {missing[:5]} ({len(missing)}); labels for unknown ids: {len(labels) - len(rows) + len(missing)}")
+    unknown = sorted(set(labels) - {r["id"] for r in rows})
+    if missing or unknown:
+        raise ValueError(f"unlabelled rows: {missing[:5]} ({len(missing)}); labels for unknown ids: {unknown[:5]} ({len(unknown)})")
     with out.open("w") as f:
         for r in rows:
             lab = labels[r["id"]]
