@@ -75,6 +75,47 @@ def test_generate_unit_times_generate_greedy_against_plain_generate(smoke_base):
     f = _gen_figures(u)
     assert f["speedup_vs_batched_generate_fp32"] is f["ours_bf16_speedup_vs_batched_generate_fp32"]
     assert f["ours_fp32_speedup_vs_batched_generate_fp32"]["n"] == 1
+    # the matrix-product floor: one figure per repeat and precision, one step count per batch
+    assert {k: len(v) for k, v in u["matmul_floor_seconds"].items()} == {"fp32": 1, "bf16": 1}
+    assert len(u["decode_steps"]) == 1 and 0 <= u["decode_steps"][0] <= 3  # 3 prompts, one batch, <= 4 tokens
+    assert all(t > 0 for v in u["matmul_floor_seconds"].values() for t in v)
+    assert f["floor_bf16_speedup_vs_batched_generate_fp32"]["n"] == 1
+    assert f["ours_bf16_share_in_matmul_floor"]["n"] == 1
+
+
+def test_matmul_floor_runs_every_linear_at_the_decode_shapes(smoke_cfg, smoke_base, monkeypatch):
+    """The floor multiplies every linear at prefill rows (B x L; the head at B) and at B rows per
+    decode step: with ``timed`` counting the rows each linear multiplies instead of seconds, its
+    figure is the closed form sum_b [(n_linear - 1) B L + B + steps_b n_linear B]."""
+    import torch
+
+    from bench.models import load_base
+    from bench.perf import generation
+
+    model, tok = load_base(smoke_cfg)
+    model.eval()
+    rows = [0]
+    hooks = [m.register_forward_hook(lambda mod, inp, out: rows.__setitem__(0, rows[0] + inp[0].shape[0]))
+             for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    n_linear = len(hooks)
+
+    def counted(fn):
+        rows[0] = 0
+        fn()
+        return float(rows[0]), None
+
+    monkeypatch.setattr(generation, "timed", counted)
+    work = generation.batches(tok, ["Hi", "How do I bake bread at home?", "Tell me a joke about cats please"],
+                              None, 2)
+    steps = [5, 2]
+    want = 0
+    for (_, enc), n in zip(work, steps):
+        b, length = enc["input_ids"].shape
+        want += (n_linear - 1) * b * length + b + n * n_linear * b
+    for prec in ("fp32", "bf16"):
+        assert generation.matmul_floor(model, work, steps, prec, repeats=2) == [want, want]
+    for h in hooks:
+        h.remove()
 
 
 def test_refusal_prompts_mix_the_sets(smoke_cfg):
@@ -142,6 +183,22 @@ def test_bars_verdicts_on_hand_figures():
     got = {b["bar"]: b for b in bars(figures, units, TARGETS)}
     assert got["training_dpo"]["verdict"] == "n/a"
     assert got["scoring"]["verdict"] == "met"
+
+
+def test_bars_section_sets_the_generation_bar_against_the_matmul_ceiling():
+    from bench.perf import TARGETS, bars
+    from bench.perf.report import _bars_section
+    from bench.perf.timing import summarize
+
+    cpu = {"native_bf16_flags": ["amx_bf16"], "auto_resolves_to": "bf16", "cuda": False}
+    units = {"generate": {"cpu": cpu}}
+    for ceiling, word in ((2.7, "above"), (5.0, "within")):
+        figures = {"generate": {"speedup_vs_batched_generate_fp32": summarize([1.4]),
+                                "floor_bf16_speedup_vs_batched_generate_fp32": summarize([ceiling])}}
+        md = "\n".join(_bars_section({"bars": bars(figures, units, TARGETS), "figures": figures}))
+        assert f"would reach {ceiling:g} x (n=1)" in md and f"The 4x target is {word} that ceiling" in md
+    figures = {"generate": {"speedup_vs_batched_generate_fp32": summarize([1.4])}}  # an older JSON: no floor
+    assert "ceiling" not in "\n".join(_bars_section({"bars": bars(figures, units, TARGETS), "figures": figures}))
 
 
 def test_isolated_unit_reports_its_own_peak_memory(tmp_path):

@@ -22,7 +22,10 @@ measured in the same run), so the verdicts hold on any machine:
   and model; their agreement, and bf16 vs fp32 (log-prob sums, margin signs).
 - **generation**: new tokens/s of ``bench.eval.generate.generate_greedy`` (decoding with
   ``bench.eval.fastgen``) in fp32 and bf16 vs plain batched ``model.generate`` in fp32 on the same
-  left-padded batches (:mod:`bench.perf.generation`).
+  left-padded batches (:mod:`bench.perf.generation`); and the same decode's matrix products alone
+  (every linear layer and the head at its prefill and decode shapes: ``matmul_floor``), the time no
+  decoder with these weights and kernels can beat, so the bar's figure is set against this
+  machine's ceiling for it.
 - **training**: tokens/s of our DPO recipe in fp32 and bf16 vs TRL's ``DPOTrainer`` defaults, and
   of our PPO step in fp32 and bf16; training FLOP/s (6 x total params x trained tokens / time) as a
   fraction of the same run's matmul peak.
@@ -165,6 +168,13 @@ def _gen_figures(u: dict) -> dict:
         out[f"{side}_tokens_per_s"] = summarize(r)
         out[f"{side}_speedup_vs_{GEN_BASELINE}"] = ratio(r, base)
     out[f"speedup_vs_{GEN_BASELINE}"] = out[f"ours_bf16_speedup_vs_{GEN_BASELINE}"]  # the bar's figure
+    floor = u.get("matmul_floor_seconds") or {}
+    for prec, sec in floor.items():  # the matrix products alone (bench.perf.generation.matmul_floor)
+        r = rates(u["new_tokens"], sec)
+        out[f"floor_{prec}_tokens_per_s"] = summarize(r)
+        out[f"floor_{prec}_speedup_vs_{GEN_BASELINE}"] = ratio(r, base)  # the most any decoder could reach
+        if f"ours_{prec}" in s:  # share of ours' time that is its matrix products
+            out[f"ours_{prec}_share_in_matmul_floor"] = summarize([f / o for f, o in zip(sec, s[f"ours_{prec}"]) if o])
     out["identical_fraction_vs_baseline"] = {k: v / u["n_prompts"] for k, v in u["identical_outputs"].items()
                                              if k != GEN_BASELINE}
     return out

@@ -27,7 +27,7 @@ import argparse
 import json
 import time
 
-from bench.perf.common import compute, cpu_bf16, interleaved, plain_and_bf16_models, unit_cfg
+from bench.perf.common import compute, cpu_bf16, interleaved, plain_and_bf16_models, timed, unit_cfg
 
 SIDES = ("generate", "fastgen", "fastgen-approx")
 PRECISIONS = ("fp32", "bf16", "bf16-project")
@@ -100,14 +100,15 @@ def unit_generate(args: dict) -> dict:
     work = batches(tok, prompts, sp, settings.batch_size)
 
     def baseline():
-        out, counts = [""] * len(prompts), [0] * len(prompts)
+        out, counts, widths = [""] * len(prompts), [0] * len(prompts), []
         with compute("fp32"):
             for idx, enc in work:
                 new = _plain_generate(plain, enc, tok, settings.max_new_tokens)
+                widths.append(new.shape[1])  # forward passes: the prefill, then one per further token
                 for j, i in enumerate(idx):
                     counts[i] = _n_new(new[j], set(eos))
                     out[i] = tok.decode(new[j], skip_special_tokens=True).strip()
-        return out, counts
+        return out, (counts, widths)
 
     def ours(model, precision):
         def run():
@@ -118,14 +119,67 @@ def unit_generate(args: dict) -> dict:
     sides = {"batched_generate_fp32": baseline, "ours_fp32": ours(plain, "fp32"), "ours_bf16": ours(ours16, "bf16")}
     with torch.no_grad():
         secs, last = interleaved(sides, int(args.get("repeats", 3)))
-    base_texts, counts = last["batched_generate_fp32"]
+    base_texts, (counts, widths) = last["batched_generate_fp32"]
     identical = {k: sum(a == b for a, b in zip(v[0], base_texts)) for k, v in last.items()}
+    steps = [max(w - 1, 0) for w in widths]
+    floor = {p: matmul_floor(m, work, steps, p, int(args.get("repeats", 3)))
+             for p, m in (("fp32", plain), ("bf16", ours16))}
     return {"n_prompts": len(prompts), "new_tokens": sum(counts), "max_new_tokens": settings.max_new_tokens,
             "batch_size": settings.batch_size, "seconds": secs, "threads": torch.get_num_threads(),
             "identical_outputs": identical, "eos_token_ids": eos,
+            "matmul_floor_seconds": floor, "decode_steps": steps,
             "decoder": {"module": "bench.eval.fastgen", "exact": True,
                         "fallback": {"fp32": unsupported_reason(plain), "bf16": unsupported_reason(ours16)}},
             "cpu": cpu_bf16()}
+
+
+def matmul_floor(model, work, decode_steps: list[int], precision: str, repeats: int) -> list[float]:
+    """Seconds the matrix products alone of a greedy decode of ``work`` take on ``model`` at
+    ``precision`` (as :func:`compute` sets it for a whole generation call), one figure per repeat:
+    the time no decoder that multiplies by these weights, with these kernels, can beat.
+
+    For batch ``b`` of ``B`` rows and ``L`` prompt columns: every ``nn.Linear`` of the model once at
+    ``B x L`` rows, the output head at ``B`` rows (the prefill keeps the last position's logits), then
+    ``decode_steps[b]`` decode steps, each every linear and the head at ``B`` rows. A decode step's
+    products are timed once per distinct ``B`` per repeat and multiplied by the steps; the weights are
+    distinct tensors, so they stream from memory as in the real decode (what bounds a step at small
+    ``B``). Left out: attention over the cache, norms, RoPE, activations, sampling, the loop itself;
+    so the real decoder's time over this one is its overhead above its matrix products."""
+    import torch
+
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    head = model.get_output_embeddings()
+    gen = torch.Generator().manual_seed(0)
+    inputs: dict[tuple[int, int], torch.Tensor] = {}
+
+    def x(rows: int, width: int) -> torch.Tensor:
+        if (rows, width) not in inputs:
+            inputs[rows, width] = torch.randn(rows, width, generator=gen)
+        return inputs[rows, width]
+
+    def prefill(b: int, length: int) -> None:
+        for m in linears:
+            m(x(b if m is head else b * length, m.in_features))
+
+    def step(b: int) -> None:
+        for m in linears:
+            m(x(b, m.in_features))
+
+    out = []
+    with torch.no_grad(), compute(precision, model, whole_call=True):
+        b0, l0 = work[0][1]["input_ids"].shape
+        prefill(b0, l0)
+        step(b0)  # warm-up: kernel selection, and under autocast the one cast of the weights
+        for _ in range(repeats):
+            per_step: dict[int, float] = {}
+            total = 0.0
+            for (_, enc), n in zip(work, decode_steps):
+                b, length = enc["input_ids"].shape
+                if b not in per_step:
+                    per_step[b] = timed(lambda: step(b))[0]
+                total += timed(lambda: prefill(b, length))[0] + n * per_step[b]
+            out.append(total)
+    return out
 
 
 # --------------------------------------------------------------------------- the decoder on its own

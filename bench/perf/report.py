@@ -56,6 +56,15 @@ def _bars_section(r: dict) -> list[str]:
         out.append(f"| {b['what']} | {meas} | {tgt} | {_verdict(b['verdict'])}{why} | `{b['key']}` |")
     if not rows:
         out.append("| (no bars: units not run) | | | | |")
+    ceiling = ((r.get("figures") or {}).get("generate") or {}).get(f"floor_bf16_speedup_vs_{GEN_BASELINE}")
+    gen = next((b for b in rows if b["bar"] == "generation"), None)
+    if ceiling and ceiling.get("n") and gen:
+        within = "above" if ceiling["median"] < gen["target"] else "within"
+        out += ["", f"The generation bar against this machine's limit: a decoder whose only cost were its matrix "
+                f"products at bf16 (the model's linears in bf16, its output head in fp32, as `model.precision: bf16` "
+                f"runs them), on the same batches and steps, would reach {fmt(ceiling, 3, 'x')} against this run's "
+                f"baseline (`generate.floor_bf16_speedup_vs_{GEN_BASELINE}`; section Generation). The "
+                f"{gen['target']:g}x target is {within} that ceiling."]
     return out + [""]
 
 
@@ -201,6 +210,20 @@ def render(r: dict) -> str:
                 out.append(f"| {label} | {fmt(f[f'{side}_tokens_per_s'])} | "
                            f"{fmt(f[f'{side}_speedup_vs_{GEN_BASELINE}'], 3, 'x')} | {ident.get(side, 0)}/{u['n_prompts']} |")
         out.append("")
+        if "floor_bf16_tokens_per_s" in f:
+            out += ["**The matrix products alone** (`bench.perf.generation.matmul_floor`): every linear layer of the "
+                    "model and its output head at the shapes this decode runs (the prefill at batch x prompt rows, "
+                    "then each decode step at batch rows, as many steps as the baseline took), nothing else: no "
+                    "attention, norms, RoPE, activations or loop. No decoder that multiplies by these weights with "
+                    "these kernels can be faster; a real one's time above it is its overhead.", "",
+                    "| matrix products only | new tokens/s | speed-up vs batched `generate` fp32 (the ceiling) "
+                    "| share of ours' time |", "|---|---|---|---|"]
+            for prec, label in (("fp32", "fp32"), ("bf16", "bf16 linears, fp32 head (as `model.precision: bf16`)")):
+                if f"floor_{prec}_tokens_per_s" in f:
+                    out.append(f"| {label} | {fmt(f[f'floor_{prec}_tokens_per_s'])} | "
+                               f"{fmt(f[f'floor_{prec}_speedup_vs_{GEN_BASELINE}'], 3, 'x')} | "
+                               f"{_pct(f.get(f'ours_{prec}_share_in_matmul_floor'))} |")
+            out.append("")
         fallback = {k: v for k, v in ((u.get("decoder") or {}).get("fallback") or {}).items() if v}
         if fallback:
             out += ["`bench.eval.fastgen` handed these models to `model.generate`: "
