@@ -61,3 +61,27 @@ def test_scorer_matches_manual_forward(smoke_base):
             assert expected_n == len(ids) - plen
             assert expected_sum == pytest.approx(manual, abs=1e-3)
     assert all(math.isfinite(x) for x in got.chosen + got.rejected)
+
+
+def test_bf16_scorer_casts_once_per_call_and_gives_the_same_numbers(smoke_base, monkeypatch):
+    """A bf16 model is scored inside one ``generation_autocast`` (one cast of each weight per call);
+    the numbers are bitwise those of casting at every forward (weights that do not require grad are
+    never cached by autocast, so freezing them restores the per-forward casts)."""
+    import copy
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench.eval import logprobs
+    from bench.precision import for_precision, generation_autocast
+
+    tok = AutoTokenizer.from_pretrained(smoke_base)
+    model = for_precision(AutoModelForCausalLM.from_pretrained(smoke_base), "bf16")
+    entered = []
+    monkeypatch.setattr(logprobs, "generation_autocast", lambda m: entered.append(m) or generation_autocast(m))
+    once = score_pairs(model, tok, PAIRS, None, batch_size=4)
+    assert entered == [model]
+    frozen = copy.deepcopy(model).requires_grad_(False)
+    every = score_pairs(frozen, tok, PAIRS, None, batch_size=4)
+    assert once.chosen == every.chosen and once.rejected == every.rejected  # bitwise
+    fp32 = score_pairs(AutoModelForCausalLM.from_pretrained(smoke_base), tok, PAIRS, None, batch_size=4)
+    assert once.chosen != fp32.chosen  # the bf16 side really ran in bf16

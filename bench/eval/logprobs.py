@@ -17,6 +17,11 @@ a position's keys and values independent of what follows it):
 
 Per pair this runs ``prompt + 2 (response + 1)`` positions instead of ``2 (prompt + response)``.
 Pairs are sorted by their longest response, so a batch's continuations carry little padding.
+
+A bf16 model (``bench.precision.for_precision``) is scored inside one ``generation_autocast``: the
+weights are fixed for the call, so autocast casts each to bf16 once instead of at every forward
+(the same bf16 values, so the same numbers; on the 2-core AMX host a per-forward cast of the
+135M-parameter model cost about as much as its bf16 matrix products, docs/experiments.md#generation-ceiling).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from tqdm.auto import tqdm
 
 from bench import chat
 from bench.losses import sequence_logprobs
+from bench.precision import generation_autocast
 from bench.tensors import pad_right
 
 
@@ -75,6 +81,11 @@ def score_pairs(model, tok, pairs: list[dict], system_prompt: str | None, batch_
     """``batch_size`` counts sequences (two per pair), as before the shared-prefix rewrite.
     ``prefix_cache=False`` scores every sequence whole in one pass (a gated steered model needs the
     prompt and the response in the same forward call; same numbers, slower)."""
+    with generation_autocast(model):  # bf16 models: one cast of the weights per call
+        return _score_pairs(model, tok, pairs, system_prompt, batch_size, max_length, desc, prefix_cache)
+
+
+def _score_pairs(model, tok, pairs, system_prompt, batch_size, max_length, desc, prefix_cache) -> PairLogprobs:
     encoded = [encode_pair(tok, p, system_prompt, max_length) for p in pairs]
     res = {k: [0.0] * len(pairs) for k in ("chosen", "rejected")}
     ntok = {k: [0] * len(pairs) for k in ("chosen", "rejected")}
