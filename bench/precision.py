@@ -114,14 +114,32 @@ def autocast_forward(model: nn.Module) -> nn.Module:
     return model
 
 
+@contextlib.contextmanager
 def generation_autocast(model: nn.Module):
-    """An outer bf16 autocast context for a whole ``generate`` (or other no-grad inference) call on a
-    model :func:`for_precision` wrapped: the per-forward contexts inside it then share one cast of
-    the weights; a no-op context for an fp32 model."""
+    """An outer bf16 autocast context for a whole ``generate`` (or other inference) call on a model
+    :func:`for_precision` wrapped: the per-forward contexts inside it then share one cast of the
+    weights; a no-op context for an fp32 model.
+
+    Autocast caches the cast only of leaf weights that require grad. Frozen fp32 weights (a LoRA
+    policy's base, a reference or score model made ``requires_grad_(False)``) would otherwise be cast
+    again at every forward, i.e. at every decode step: a copy of the model per token, which on the
+    AMX host made bf16 PPO rollouts slower than fp32 (docs/experiments.md#generation-ceiling). So
+    inside the context, which runs under ``torch.no_grad`` (no graph is built, nothing is trained),
+    they are marked as requiring grad and restored on exit; the cast values are the same either way."""
     if not getattr(model, "bench_autocast", False):
-        return contextlib.nullcontext()
+        yield
+        return
     p = next(model.parameters(), None)
-    return torch.autocast(p.device.type if p is not None else "cpu", dtype=torch.bfloat16)
+    frozen = [w for w in model.parameters() if not w.requires_grad and w.dtype == torch.float32 and w.is_leaf]
+    with torch.no_grad():
+        try:
+            for w in frozen:
+                w.requires_grad_(True)
+            with torch.autocast(p.device.type if p is not None else "cpu", dtype=torch.bfloat16):
+                yield
+        finally:
+            for w in frozen:
+                w.requires_grad_(False)
 
 
 class FP32Linear(nn.Linear):

@@ -134,6 +134,55 @@ def test_generation_autocast_gives_the_per_forward_tokens():
     assert torch.equal(inner, outer)
 
 
+def _weight_casts(model, ids, ctx) -> int:
+    """fp32 -> bf16 casts of the model's weights during the second of two forwards inside ``ctx``."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    shapes = {tuple(w.shape) for w in model.parameters() if w.dim() == 2}
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.bfloat16 \
+                    and args[0].dtype == torch.float32 and tuple(args[0].shape) in shapes:
+                Count.n += 1
+            return func(*args, **kwargs)
+
+    with torch.no_grad(), ctx:
+        model(input_ids=ids)
+        with Count():
+            model(input_ids=ids)
+    return Count.n
+
+
+def test_generation_autocast_casts_frozen_weights_once_and_restores_them():
+    """Frozen weights (a LoRA base, a reference model) are cast once per call like trainable ones (autocast
+    caches only weights that require grad), with the same tokens, and come out frozen again, even on error."""
+    import contextlib
+
+    model = P.for_precision(_micro_llama(), "bf16")
+    ids = torch.randint(1, 97, (3, 6))
+    frozen = [w for n, w in model.named_parameters() if "layers.0" in n]
+    for w in frozen:
+        w.requires_grad_(False)
+    per_forward = _weight_casts(model, ids, contextlib.nullcontext())
+    assert per_forward > 0 and _weight_casts(model, ids, P.generation_autocast(model)) == 0
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad():
+        inner = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kw)
+    with P.generation_autocast(model):
+        assert not torch.is_grad_enabled() and all(w.requires_grad for w in frozen)
+        outer = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kw)
+    assert torch.equal(inner, outer)
+    assert not any(w.requires_grad for w in frozen) and torch.is_grad_enabled()
+    with pytest.raises(RuntimeError, match="boom"):
+        with P.generation_autocast(model):
+            raise RuntimeError("boom")
+    assert not any(w.requires_grad for w in frozen)
+
+
 def _stale(m, i, o) -> float:
     """How far a linear layer's output is from the same product on its *current* weights, computed
     afresh outside autocast in the output's dtype (0 when the forward used the current weights)."""

@@ -65,10 +65,8 @@ def test_scorer_matches_manual_forward(smoke_base):
 
 def test_bf16_scorer_casts_once_per_call_and_gives_the_same_numbers(smoke_base, monkeypatch):
     """A bf16 model is scored inside one ``generation_autocast`` (one cast of each weight per call);
-    the numbers are bitwise those of casting at every forward (weights that do not require grad are
-    never cached by autocast, so freezing them restores the per-forward casts)."""
-    import copy
-
+    the numbers are bitwise those of casting at every forward (``_score_pairs``: the forwards' own
+    autocast contexts only)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from bench.eval import logprobs
@@ -80,8 +78,8 @@ def test_bf16_scorer_casts_once_per_call_and_gives_the_same_numbers(smoke_base, 
     monkeypatch.setattr(logprobs, "generation_autocast", lambda m: entered.append(m) or generation_autocast(m))
     once = score_pairs(model, tok, PAIRS, None, batch_size=4)
     assert entered == [model]
-    frozen = copy.deepcopy(model).requires_grad_(False)
-    every = score_pairs(frozen, tok, PAIRS, None, batch_size=4)
+    with torch.no_grad():
+        every = logprobs._score_pairs(model, tok, PAIRS, None, 4, 512, "score pairs", True)
     assert once.chosen == every.chosen and once.rejected == every.rejected  # bitwise
     fp32 = score_pairs(AutoModelForCausalLM.from_pretrained(smoke_base), tok, PAIRS, None, batch_size=4)
     assert once.chosen != fp32.chosen  # the bf16 side really ran in bf16
