@@ -30,9 +30,9 @@ that requires grad until the *outermost* autocast context exits. A context aroun
 loop therefore keeps feeding the forward passes the weights of step 1 while the optimizer updates
 the fp32 master copy: a first version did exactly that, and its SFT "trained" 80 steps with a flat
 loss (3.1 against fp32's 3.0 -> 2.0) and answered every prompt with an empty string. Entered per
-forward, the cache lives for one pass. Generation is the one place where a longer cache is right
+forward, the cache lives for one pass. Inference is the place where a longer cache is right
 (the weights are fixed for the whole call, and recasting them at every decode step would cost a
-copy of the model per token): :func:`generation_autocast` wraps the whole ``generate`` call.
+copy of the model per token): :func:`generation_autocast` wraps a whole ``generate`` or scoring call.
 
 fp32 changes nothing: no wrapper, no context, the code path the suite always had. The V100 profiles
 keep fp32 here: their fp16 is the trainers' ``fp16: true`` (loss scaling, DeepSpeed); V100 has no bf16.
@@ -123,7 +123,7 @@ def generation_autocast(model: nn.Module):
     Autocast caches the cast only of leaf weights that require grad. Frozen fp32 weights (a LoRA
     policy's base, a reference or score model made ``requires_grad_(False)``) would otherwise be cast
     again at every forward, i.e. at every decode step: a copy of the model per token, which on the
-    AMX host made bf16 PPO rollouts slower than fp32 (docs/experiments.md#generation-ceiling). So
+    AMX host made a bf16 LoRA-PPO step slower than fp32 (docs/experiments.md#generation-ceiling). So
     inside the context, which runs under ``torch.no_grad`` (no graph is built, nothing is trained),
     they are marked as requiring grad and restored on exit; the cast values are the same either way."""
     if not getattr(model, "bench_autocast", False):
