@@ -130,7 +130,7 @@ def generation_autocast(model: nn.Module):
         yield
         return
     p = next(model.parameters(), None)
-    frozen = [w for w in model.parameters() if not w.requires_grad and w.dtype == torch.float32 and w.is_leaf]
+    frozen = [w for w in model.parameters() if not w.requires_grad and w.dtype == torch.float32]
     with torch.no_grad():
         try:
             for w in frozen:

@@ -63,8 +63,9 @@ Both are skipped when the model has whole-model hooks (``model._forward_pre_hook
 prompt in one pass and keeps a per-row mask): such hooks see the batch, and would see a different
 one. Hooks on decoder layers act position by position and row by row, which both savings keep.
 
-Not done: ``torch.compile`` of the decode step (below: its compile costs more than it can save at
-this project's sizes on 2 cores, and fused kernels change fp32 numbers); transformers' static cache
+Not done: ``torch.compile`` of the decode step (measured in docs/experiments.md#generation-ceiling: 35 s
+to compile one static-cache shape for a decode step 15% faster, a crash on the second call, and fused
+kernels change the numbers); transformers' static cache
 (attention over all ``L + max_new`` columns, the unfilled ones masked, at every step including the
 prefill: more work, and not bit-identical: its logits differ from ``generate``'s by ~3e-6 on the
 test model).

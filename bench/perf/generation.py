@@ -117,12 +117,13 @@ def unit_generate(args: dict) -> dict:
         return run
 
     sides = {"batched_generate_fp32": baseline, "ours_fp32": ours(plain, "fp32"), "ours_bf16": ours(ours16, "bf16")}
+    repeats = int(args.get("repeats", 3))
     with torch.no_grad():
-        secs, last = interleaved(sides, int(args.get("repeats", 3)))
+        secs, last = interleaved(sides, repeats)
     base_texts, (counts, widths) = last["batched_generate_fp32"]
     identical = {k: sum(a == b for a, b in zip(v[0], base_texts)) for k, v in last.items()}
     steps = [max(w - 1, 0) for w in widths]
-    floor = {p: matmul_floor(m, work, steps, p, int(args.get("repeats", 3)))
+    floor = {p: matmul_floor(m, work, steps, p, repeats)
              for p, m in (("fp32", plain), ("bf16", ours16))}
     return {"n_prompts": len(prompts), "new_tokens": sum(counts), "max_new_tokens": settings.max_new_tokens,
             "batch_size": settings.batch_size, "seconds": secs, "threads": torch.get_num_threads(),
