@@ -193,7 +193,8 @@ def unit_score(args: dict) -> dict:
 
 def unit_dpo(args: dict) -> dict:
     """Training tokens/s over one epoch of the same ``n_pairs`` pairs: ``side='ours'`` is the
-    recipe of ``bench.train.dpo`` (its DPOConfig, trainable set, reference precomputed), run in each
+    recipe of ``bench.train.dpo`` (its DPOConfig, trainable set, reference precomputed, TRL's fused
+    head on labelled positions only: ``bench.train.fused_head``), run in each
     of ``precisions`` back to back every repeat (``seconds``: {precision: [s]});
     ``side='trl_defaults'`` is ``DPOConfig(output_dir, use_cpu)`` as TRL ships it (its own
     precision), on the base model with every parameter trainable, bounded to one epoch and with
@@ -210,6 +211,7 @@ def unit_dpo(args: dict) -> dict:
     from bench.data.pairs import dpo_pairs
     from bench.models import policy_init_dir, prepare_base
     from bench.train.dpo import build_pairs, dpo_args
+    from bench.train.fused_head import compact_fused_head
     from bench.train.hf_trainer import load_trainable_policy
 
     cfg = unit_cfg(args)
@@ -251,8 +253,10 @@ def unit_dpo(args: dict) -> dict:
                             "total_params": n_total, "n_pairs": len(pairs)}
                     trainer = DPOTrainer(model=model, args=dargs, train_dataset=Dataset.from_list(pairs),
                                          processing_class=tok)
-                    # ours: `prec` as the pipeline runs it; TRL: none of ours (its own bf16 autocast applies)
-                    with compute(prec if side == "ours" else "fp32"):
+                    # ours: `prec` and the compact fused head as the pipeline runs them (`train_resumable`);
+                    # TRL: none of ours (its own bf16 autocast applies, its head scores every position)
+                    compact = compact_fused_head(trainer.model) if side == "ours" else contextlib.nullcontext(False)
+                    with compute(prec if side == "ours" else "fp32"), compact as info["compact_fused_head"]:
                         dt, result = timed(trainer.train)
                     secs[prec].append(dt)
                     info["steps"] = int(result.global_step)

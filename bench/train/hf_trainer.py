@@ -164,8 +164,12 @@ def train_resumable(trainer, ckpt_dir: Path, label: str, config_hash: str):
 
     After a resume, ``training_loss`` (and ``metrics["train_loss"]``, and the summary row of the
     log history) is the mean over every optimiser step, not only those after the resume (which is
-    what transformers returns): see :func:`resumed_mean_loss`."""
+    what transformers returns): see :func:`resumed_mean_loss`.
+
+    TRL's fused LM head (SFT, DPO) scores only the labelled positions on the CPU too
+    (:mod:`bench.train.fused_head`: the same numbers, fewer rows)."""
     from bench.distributed import is_main_process, main_process_writes
+    from bench.train.fused_head import compact_fused_head
 
     with main_process_writes() as main:  # one rank cleans the checkpoint folder; the others wait
         if main:
@@ -174,7 +178,8 @@ def train_resumable(trainer, ckpt_dir: Path, label: str, config_hash: str):
     resume = last_complete_checkpoint(ckpt_dir)  # every rank resumes from the same one (nothing left to remove)
     if resume and is_main_process():
         print(f"{label}: resuming from {resume}")
-    result = trainer.train(resume_from_checkpoint=resume)
+    with compact_fused_head(trainer.model):
+        result = trainer.train(resume_from_checkpoint=resume)
     if resume:
         resume_step = int(Path(resume).name.rsplit("-", 1)[1])
         loss = resumed_mean_loss(trainer.state.log_history, resume_step, result.training_loss,
