@@ -16,7 +16,8 @@ again in the backward pass (which recomputes the tiles).
 width, not over rows), its fold (row-wise reductions) and its gradient (``g (onehot - p)``, zero on
 unlabelled rows either way) are the same numbers. Measured on the default profile's DPO recipe
 (bf16 and fp32, top-layers and LoRA): every trained weight and every logged metric bitwise equal,
-and ``trainer.train()`` 1.5-1.8x faster (docs/experiments.md#compact-fused-head).
+and ``trainer.train()`` 1.5-1.8x faster; seed 2's SFT stage 1.59x and its DPO stages 1.27-1.52x
+(docs/experiments.md#compact-fused-head).
 
 The one place it is not exact is a trained head (``dpo-full``: SmolLM2's head is the tied input
 embedding, trainable there): the head's weight gradient is a sum over rows, and dropping the zero
