@@ -11,18 +11,20 @@ padding row costs an fp32 product with the 49,152-wide head, its log-sum-exp fol
 again in the backward pass (which recomputes the tiles).
 
 :func:`compact_fused_head` makes TRL take its compact path on every device, for a trainer's
-``train()``. It changes which rows reach the head, not how a row is computed: each row's logits
-(an fp32 product, row for row the same at any row count: the product's sum runs over the hidden
-width, not over rows), its fold (row-wise reductions) and its gradient (``g (onehot - p)``, zero on
-unlabelled rows either way) are the same numbers. Measured on the default profile's DPO recipe
-(bf16 and fp32, top-layers and LoRA): every trained weight and every logged metric bitwise equal,
-and ``trainer.train()`` 1.5-1.8x faster; seed 2's SFT stage 1.59x and its DPO stages 1.27-1.52x
-(docs/experiments.md#compact-fused-head).
+``train()``. It changes which rows reach the head, not how a row is computed: each row's logits are
+an fp32 product whose sum runs over the hidden width, not over rows; the fold's reductions are per
+row; an unlabelled row's gradient is zero either way (``g (onehot - p)`` with ``g = 0``). Whether a
+row's product is bitwise the same at another row count is up to the BLAS kernels: on the AMX host it
+was at the hundreds of labelled rows these batches have, and was not at a tile of 32 rows. So the
+equality is measured, not promised: on the AMX host, seed 2's SFT and every DPO variant from scratch
+gave records equal to the committed ones in every metric, and ``trainer.train()`` of the DPO recipe
+ran 1.5-1.8x faster (SFT stage 1.59x, DPO stages 1.27-1.52x; docs/experiments.md#compact-fused-head).
+Not checked on the AVX512-BF16 host that ran seeds 0 and 1.
 
 The one place it is not exact is a trained head (``dpo-full``: SmolLM2's head is the tied input
 embedding, trainable there): the head's weight gradient is a sum over rows, and dropping the zero
 rows changes how that sum is blocked, so last bits move (max parameter difference 2e-5 after four
-steps). There the context leaves TRL's default alone, so no committed number moves.
+steps). There the context leaves TRL's default alone.
 """
 
 from __future__ import annotations
