@@ -356,8 +356,12 @@ def steer(cfg: ProfileConfig, force: bool) -> None:
               help="where perf[-<profile>].md/.json go (default: leaderboards/, or $BENCH_LEADERBOARDS)")
 @click.option("--only", type=click.Choice(["gpu"]), default=None,
               help="run only this unit group: gpu = the GPU units, written to perf-gpu.md/.json (a GPU node)")
+@click.option("--stage-records", default=None, metavar="NAME",
+              help="read the stage table from the committed records of leaderboards/NAME/records/ "
+                   "(e.g. default-s2) instead of runs/<profile>")
 @with_config
-def perf(cfg: ProfileConfig, repeats: int, quick: bool, out_dir: str | None, only: str | None) -> None:
+def perf(cfg: ProfileConfig, repeats: int, quick: bool, out_dir: str | None, only: str | None,
+         stage_records: str | None) -> None:
     """Performance benchmarks (make bench): stage times and memory, scoring vs lm-eval, generation,
     DPO vs TRL defaults, PPO, and GPU units where a GPU exists -> leaderboards/perf[-<profile>].md."""
     from pathlib import Path
@@ -365,5 +369,5 @@ def perf(cfg: ProfileConfig, repeats: int, quick: bool, out_dir: str | None, onl
     from bench.perf import run_perf
 
     run_perf(cfg, repeats=repeats, quick=quick, out_dir=Path(out_dir) if out_dir else None,
-             progress=lambda line: click.echo(line, err=True), only=only)
+             progress=lambda line: click.echo(line, err=True), only=only, stage_records=stage_records)
 

@@ -284,6 +284,54 @@ def test_stage_times_do_not_mix_eval_records_into_training_stages(tmp_path, monk
     assert st["eval"]["total_s"] == 12.0 and st["eval"]["per_variant_s"]["n"] == 2
 
 
+def _record(variant: str, stage: str, wall: float, config_hash: str = "h", extraction: float | None = None) -> dict:
+    metrics = {} if extraction is None else {"extraction_wall_time_s": {"value": extraction}}
+    return {"schema_version": 1, "variant": variant, "stage": stage, "profile": "p", "config_hash": config_hash,
+            "metrics": metrics, "wall_time_s": wall}
+
+
+def test_stage_wall_times_count_shared_work_once_per_config():
+    from bench.runs import stage_wall_times
+
+    recs = [_record("steer-add", "steer", 2.0, "a", extraction=700.0), _record("steer-ablate", "steer", 1.0, "a", 700.0),
+            _record("steer-gated", "steer", 4.0, "b", extraction=50.0), _record("dpo", "dpo", 100.0),
+            _record("dpo", "eval", 5.0)]
+    w = stage_wall_times(recs)
+    assert list(w) == ["dpo", "steer", "eval"]  # pipeline order, not record order
+    assert w["steer"] == {"walls": [2.0, 1.0, 4.0], "shared_s": 750.0, "total_s": 757.0}
+    assert w["dpo"]["total_s"] == 100.0 and w["eval"]["walls"] == [5.0]
+
+
+def test_perf_stage_times_match_the_leaderboards_and_read_committed_records(tmp_path, monkeypatch):
+    """make bench's stage table counts steering's extraction as the leaderboard does, from the run tree
+    or from leaderboards/<name>/records/ (--stage-records)."""
+    import json
+
+    from bench.perf import stage_times
+    from bench.report.sections import stage_times as leaderboard_stage_times
+
+    recs = {"steer-add": _record("steer-add", "steer", 2.0, extraction=700.0),
+            "steer-ablate": _record("steer-ablate", "steer", 1.0, extraction=700.0),
+            "eval/steer-add": _record("steer-add", "eval", 9.0)}
+    monkeypatch.setenv("BENCH_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("BENCH_LEADERBOARDS", str(tmp_path / "lb"))
+    for rel, rec in recs.items():
+        d = tmp_path / "runs" / "p" / rel
+        d.mkdir(parents=True)
+        (d / "record.json").write_text(json.dumps(rec))
+        f = tmp_path / "lb" / "p-s2" / "records" / f"{rel}.json"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(rec))
+    run_tree, committed = stage_times("p"), stage_times("p", published="p-s2")
+    for st in (run_tree, committed):
+        assert st["stages"]["steer"]["total_s"] == 703.0 and st["stages"]["steer"]["shared_s"] == 700.0
+        assert st["stages"]["steer"]["per_variant_s"]["n"] == 2 and st["total_s"] == 712.0
+    assert committed["runs_dir"].endswith("p-s2/records") and committed["published"] == "p-s2"
+    assert run_tree["published"] is None
+    total_row = [ln for ln in leaderboard_stage_times(recs) if ln.startswith("| **total**")][0]
+    assert "**712**" in total_row  # the leaderboard's own table: the same total
+
+
 def _gpu_result(only: str | None) -> dict:
     """A hand-made `bench perf` result with the three GPU units, as a GPU node writes it."""
     prov = {"date": "2026-12-04", "git": {"sha": "abc"}, "packages": {"torch": "2.13.0"},

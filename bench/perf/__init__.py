@@ -51,7 +51,7 @@ from typing import Callable
 from bench.config import REPO_ROOT, ProfileConfig, dump_yaml
 from bench.perf.timing import rates, ratio, summarize
 from bench.published import leaderboards_root
-from bench.runs import PIPELINE_STAGES, record_paths, runs_root, stage_rank
+from bench.runs import PIPELINE_STAGES, record_paths, runs_root, stage_wall_times
 
 TARGET_SCORING_SPEEDUP = 2.0  # ours / lm-eval loglikelihood (fp32), pairs/s
 TARGET_GENERATION_SPEEDUP = 4.0  # ours / plain batched model.generate (fp32, same batches), new tokens/s
@@ -91,35 +91,42 @@ def output_paths(profile: str, out_dir: Path | None = None, only: str | None = N
 # --------------------------------------------------------------------------- stage records
 
 
-def stage_times(profile: str) -> dict:
-    """Wall times of the profile's finished stages from its run records (no re-run)."""
+def stage_times(profile: str, published: str | None = None) -> dict:
+    """Wall times of the profile's finished stages from its run records (no re-run), or with
+    ``published`` from the committed records of ``leaderboards/<published>/records/``; a stage's time
+    as the leaderboard counts it (:func:`bench.runs.stage_wall_times`: the steering recipe's
+    extraction and selection included)."""
+    from bench.published import leaderboard_paths, load_reported
     from bench.records import RecordError, read_record
 
+    if published:
+        src = leaderboard_paths(published)[2]
+        recs = [(src / rel, rec) for rel, rec in load_reported(published).items()]
+    else:
+        src = runs_root() / profile
+        recs = []
+        for path in record_paths(profile):
+            try:
+                recs.append((path, read_record(path)))
+            except RecordError as e:
+                recs.append((path, {"error": str(e)}))
     rows = []
-    for path in record_paths(profile):
-        try:
-            rec = read_record(path)
-        except RecordError as e:
-            rows.append({"record": str(path), "error": str(e)})
+    for path, rec in recs:
+        if "error" in rec:
+            rows.append({"record": str(path), "error": rec["error"]})
             continue
         rows.append({"stage": rec["stage"], "variant": rec["variant"], "wall_time_s": rec.get("wall_time_s"),
                      "resumed": bool((rec.get("extra") or {}).get("resumed_from")),
                      "date": (rec.get("provenance") or {}).get("date"), "record": str(path)})
+    walls = stage_wall_times(rec for _, rec in recs if "error" not in rec)
     stages: dict[str, dict] = {}
-    for r in rows:
-        if "stage" not in r:
-            continue
-        s = stages.setdefault(r["stage"], {"variants": [], "total_s": 0.0, "resumed": False})
-        s["variants"].append(r["variant"])
-        s["total_s"] += float(r["wall_time_s"] or 0.0)
-        s["resumed"] |= r["resumed"]
-    for name, s in stages.items():
-        # Eval records carry the scored variant's name: match on the stage too.
-        s["per_variant_s"] = summarize([r["wall_time_s"] for r in rows if r.get("stage") == name
-                                        and r.get("wall_time_s") is not None])
-    stages = dict(sorted(stages.items(), key=lambda kv: stage_rank(kv[0])))
+    for name, w in walls.items():
+        mine = [r for r in rows if r.get("stage") == name]  # eval records carry the scored variant's name
+        stages[name] = {"variants": [r["variant"] for r in mine], "total_s": w["total_s"],
+                        "shared_s": w["shared_s"], "resumed": any(r["resumed"] for r in mine),
+                        "per_variant_s": summarize(w["walls"])}
     missing = [st for st in PIPELINE_STAGES if st not in stages]
-    return {"runs_dir": str(runs_root() / profile), "records": rows, "stages": stages, "missing": missing,
+    return {"runs_dir": str(src), "published": published, "records": rows, "stages": stages, "missing": missing,
             "total_s": sum(s["total_s"] for s in stages.values())}
 
 
@@ -317,9 +324,10 @@ def compute_figures(units: dict) -> dict:
 
 def run_perf(cfg: ProfileConfig, repeats: int = 3, quick: bool = False, out_dir: Path | None = None,
              progress: Callable[[str], None] = print, isolate: bool | None = None,
-             only: str | None = None) -> tuple[Path, Path]:
+             only: str | None = None, stage_records: str | None = None) -> tuple[Path, Path]:
     """Run every unit (``only="gpu"``: just the GPU units, into ``perf-gpu.md``), write the markdown and
-    JSON; returns their paths."""
+    JSON; returns their paths. The stage table reads ``runs/<profile>``, or with ``stage_records`` the
+    committed records of ``leaderboards/<stage_records>/records/``."""
     import torch
 
     from bench.io import atomic_write_json, atomic_write_text
@@ -381,7 +389,7 @@ def run_perf(cfg: ProfileConfig, repeats: int = 3, quick: bool = False, out_dir:
     result = {
         "profile": cfg.profile.name, "quick": quick, "repeats": repeats, "isolated": isolate, "only": only,
         "sizes": asdict(sizes), "provenance": provenance(),
-        "stages": stage_times(cfg.profile.name) if only is None else None,
+        "stages": stage_times(cfg.profile.name, stage_records) if only is None else None,
         "units": units, "figures": figures, "gpu_skipped": gpu_skip,
         "targets": TARGETS,
     }

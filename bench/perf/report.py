@@ -107,18 +107,25 @@ def render(r: dict) -> str:
     st = r["stages"]
     mem_unit = {"eval": ("score", "generate"), "dpo": ("dpo_ours",), "ppo": ("ppo",)}
     out += ["## Stages", "",
-            f"Wall times are read from the run records in `{st['runs_dir']}` (`wall_time_s` of each "
-            "`record.json`, eval records under `eval/`): the pipeline was **not** re-run for this report, so "
+            (f"Wall times are read from the committed records in `{st['runs_dir']}` (`bench perf --stage-records "
+             f"{st['published']}`; "
+             if st.get("published") else f"Wall times are read from the run records in `{st['runs_dir']}` (")
+            + "`wall_time_s` of each record, plus the work a stage records once before its records, steering's "
+            "direction extraction and selection, as the leaderboard's stage table counts it): the pipeline was "
+            "**not** re-run for this report, so "
             "each stage is one run (n = variants of the stage, not repeats). Records carry no memory figure: "
             "the memory column is the peak resident memory of the unit below that does the stage's work "
             "(eval: scoring and generation; dpo: our DPO recipe; ppo: our PPO steps), other stages are not measured.", "",
-            "| stage | variants | total wall time | per variant | peak memory (unit) |", "|---|---|---:|---|---|"]
+            "| stage | variants | total wall time | of which before the records | per variant | peak memory (unit) |",
+            "|---|---|---:|---:|---|---|"]
     for stage, s in st["stages"].items():
         mems = " / ".join(f"{k}: {_mb(units.get(k))}" for k in mem_unit.get(stage, ()) if k in units) or "not measured"
         note = " (a variant resumed from a checkpoint: partial time)" if s["resumed"] else ""
-        out.append(f"| {stage} | {len(s['variants'])} | {s['total_s']:,.0f} s{note} | {fmt(s['per_variant_s'], 3, 's')} | {mems} |")
+        before = f"{s['shared_s']:,.0f} s" if s.get("shared_s") else "–"
+        out.append(f"| {stage} | {len(s['variants'])} | {s['total_s']:,.0f} s{note} | {before} | "
+                   f"{fmt(s['per_variant_s'], 3, 's')} | {mems} |")
     if not st["stages"]:
-        out.append("| (no records) | | | | |")
+        out.append("| (no records) | | | | | |")
     target = r["targets"]["pipeline_s"]
     out += ["", f"Sum of recorded stage times: **{st['total_s']:,.0f} s** "
             f"({st['total_s'] / 60:.1f} min; target for the default profile: {target / 60:.0f} min on the 2-core machine)"

@@ -24,7 +24,7 @@ from typing import Any
 from bench import metrics
 from bench.records import is_eval_key
 from bench.report import AUDIT_PNG, RECORDS_DIR, SCAN_PNG
-from bench.runs import stage_rank
+from bench.runs import stage_rank, stage_wall_times
 from bench.stats import ALPHA, significantly_better
 
 TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -369,31 +369,18 @@ def onpolicy_section(records: dict[str, dict]) -> list[str]:
     return lines
 
 
-# Work a stage does once before it opens its records, recorded as a metric of each record it then writes
-# (the steering recipe's extraction and selection): counted once per (stage, config hash) in stage_times.
-SHARED_WALL_METRICS = ("extraction_wall_time_s",)
-
-
 def stage_times(records: dict[str, dict]) -> list[str]:
     """Wall time summed per stage (issue 8 asks for it): the records' own ``wall_time_s``, plus the shared
-    work a stage records in :data:`SHARED_WALL_METRICS`, once per config hash."""
-    per: dict[str, list[float]] = {}
-    shared: dict[str, dict[tuple, float]] = {}
-    for r in records.values():
-        if finite(r.get("wall_time_s")):
-            per.setdefault(r["stage"], []).append(float(r["wall_time_s"]))
-        for key in SHARED_WALL_METRICS:
-            v = ((r.get("metrics") or {}).get(key) or {}).get("value")
-            if finite(v):
-                shared.setdefault(r["stage"], {})[(key, r.get("config_hash"))] = float(v)
+    work a stage records in :data:`bench.runs.SHARED_WALL_METRICS`, once per config hash
+    (:func:`bench.runs.stage_wall_times`)."""
+    per = {st: w for st, w in stage_wall_times(records.values()).items() if w["walls"]}
     if not per:
         return []
-    order = sorted(per, key=lambda st: (stage_rank(st), st))
-    before = {st: sum(shared.get(st, {}).values()) for st in order}
-    rows = [[st, str(len(per[st])), f"{before[st]:.0f}" if before[st] else "–", f"{sum(per[st]) + before[st]:.0f}"]
-            for st in order]
-    total = sum(sum(v) for v in per.values()) + sum(before.values())
-    rows.append(["**total**", str(sum(len(v) for v in per.values())), f"{sum(before.values()):.0f}",
+    rows = [[st, str(len(w["walls"])), f"{w['shared_s']:.0f}" if w["shared_s"] else "–", f"{w['total_s']:.0f}"]
+            for st, w in per.items()]
+    total = sum(w["total_s"] for w in per.values())
+    shared = sum(w["shared_s"] for w in per.values())
+    rows.append(["**total**", str(sum(len(w["walls"]) for w in per.values())), f"{shared:.0f}",
                  f"**{total:.0f}** ({total / 60:.1f} min)"])
     return (["## Wall time per stage", "",
              "Sum of the records' own wall times plus the work a stage does once before writing its records "
