@@ -57,37 +57,6 @@ def stage_rank(stage: str) -> int:
     return PIPELINE_STAGES.index(stage) if stage in PIPELINE_STAGES else len(PIPELINE_STAGES)
 
 
-# Work a stage does once before it opens its records, recorded as a metric of each record it then writes
-# (the steering recipe's extraction and selection): counted once per (stage, config hash).
-SHARED_WALL_METRICS = ("extraction_wall_time_s",)
-
-
-def stage_wall_times(records) -> dict[str, dict]:
-    """A stage's wall time, the one definition the leaderboard's and ``make bench``'s stage tables share:
-    per stage (pipeline order), ``walls`` (each record's own ``wall_time_s``, in record order),
-    ``shared_s`` (the work recorded in :data:`SHARED_WALL_METRICS`, once per config hash) and
-    ``total_s`` (their sum). ``records``: record dicts (the eval battery's carry ``stage="eval"``)."""
-    import math
-
-    def finite(v) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-    walls: dict[str, list[float]] = {}
-    shared: dict[str, dict[tuple, float]] = {}
-    for r in records:
-        if finite(r.get("wall_time_s")):
-            walls.setdefault(r["stage"], []).append(float(r["wall_time_s"]))
-        for key in SHARED_WALL_METRICS:
-            v = ((r.get("metrics") or {}).get(key) or {}).get("value")
-            if finite(v):
-                shared.setdefault(r["stage"], {})[(key, r.get("config_hash"))] = float(v)
-    out = {}
-    for st in sorted(set(walls) | set(shared), key=lambda st: (stage_rank(st), st)):
-        before = sum(shared.get(st, {}).values())
-        out[st] = {"walls": walls.get(st, []), "shared_s": before, "total_s": sum(walls.get(st, [])) + before}
-    return out
-
-
 def run_dir(profile: str, variant: str, stage: str | None = None, root: Path | None = None) -> Path:
     """The folder of one run: ``runs/<profile>/<variant>/``, or ``runs/<profile>/eval/<variant>/``
     for the battery's record of ``variant`` (``stage="eval"``); ``root`` replaces ``runs/<profile>``."""

@@ -291,7 +291,7 @@ def _record(variant: str, stage: str, wall: float, config_hash: str = "h", extra
 
 
 def test_stage_wall_times_count_shared_work_once_per_config():
-    from bench.runs import stage_wall_times
+    from bench.report.sections import stage_wall_times
 
     recs = [_record("steer-add", "steer", 2.0, "a", extraction=700.0), _record("steer-ablate", "steer", 1.0, "a", 700.0),
             _record("steer-gated", "steer", 4.0, "b", extraction=50.0), _record("dpo", "dpo", 100.0),

@@ -51,7 +51,7 @@ from typing import Callable
 from bench.config import REPO_ROOT, ProfileConfig, dump_yaml
 from bench.perf.timing import rates, ratio, summarize
 from bench.published import leaderboards_root
-from bench.runs import PIPELINE_STAGES, record_paths, runs_root, stage_wall_times
+from bench.runs import PIPELINE_STAGES, record_paths, runs_root
 
 TARGET_SCORING_SPEEDUP = 2.0  # ours / lm-eval loglikelihood (fp32), pairs/s
 TARGET_GENERATION_SPEEDUP = 4.0  # ours / plain batched model.generate (fp32, same batches), new tokens/s
@@ -94,10 +94,11 @@ def output_paths(profile: str, out_dir: Path | None = None, only: str | None = N
 def stage_times(profile: str, published: str | None = None) -> dict:
     """Wall times of the profile's finished stages from its run records (no re-run), or with
     ``published`` from the committed records of ``leaderboards/<published>/records/``; a stage's time
-    as the leaderboard counts it (:func:`bench.runs.stage_wall_times`: the steering recipe's
+    as the leaderboard counts it (:func:`bench.report.sections.stage_wall_times`: the steering recipe's
     extraction and selection included)."""
     from bench.published import leaderboard_paths, load_reported
     from bench.records import RecordError, read_record
+    from bench.report.sections import stage_wall_times
 
     if published:
         src = leaderboard_paths(published)[2]

@@ -19,12 +19,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from bench import metrics
 from bench.records import is_eval_key
 from bench.report import AUDIT_PNG, RECORDS_DIR, SCAN_PNG
-from bench.runs import stage_rank, stage_wall_times
+from bench.runs import stage_rank
 from bench.stats import ALPHA, significantly_better
 
 TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -369,10 +369,36 @@ def onpolicy_section(records: dict[str, dict]) -> list[str]:
     return lines
 
 
+# Work a stage does once before it opens its records, recorded as a metric of each record it then writes
+# (the steering recipe's extraction and selection): counted once per (stage, config hash) in
+# :func:`stage_wall_times`.
+SHARED_WALL_METRICS = ("extraction_wall_time_s",)
+
+
+def stage_wall_times(records: Iterable[dict]) -> dict[str, dict]:
+    """A stage's wall time, the one definition the leaderboard's and ``make bench``'s stage tables share:
+    per stage (pipeline order), ``walls`` (each record's own ``wall_time_s``, in record order),
+    ``shared_s`` (the work recorded in :data:`SHARED_WALL_METRICS`, once per config hash) and
+    ``total_s`` (their sum). ``records``: record dicts (the eval battery's carry ``stage="eval"``)."""
+    walls: dict[str, list[float]] = {}
+    shared: dict[str, dict[tuple, float]] = {}
+    for r in records:
+        if finite(r.get("wall_time_s")):
+            walls.setdefault(r["stage"], []).append(float(r["wall_time_s"]))
+        for key in SHARED_WALL_METRICS:
+            v = ((r.get("metrics") or {}).get(key) or {}).get("value")
+            if finite(v):
+                shared.setdefault(r["stage"], {})[(key, r.get("config_hash"))] = float(v)
+    out = {}
+    for st in sorted(set(walls) | set(shared), key=lambda st: (stage_rank(st), st)):
+        before = sum(shared.get(st, {}).values())
+        out[st] = {"walls": walls.get(st, []), "shared_s": before, "total_s": sum(walls.get(st, [])) + before}
+    return out
+
+
 def stage_times(records: dict[str, dict]) -> list[str]:
     """Wall time summed per stage (issue 8 asks for it): the records' own ``wall_time_s``, plus the shared
-    work a stage records in :data:`bench.runs.SHARED_WALL_METRICS`, once per config hash
-    (:func:`bench.runs.stage_wall_times`)."""
+    work a stage records in :data:`SHARED_WALL_METRICS`, once per config hash (:func:`stage_wall_times`)."""
     per = {st: w for st, w in stage_wall_times(records.values()).items() if w["walls"]}
     if not per:
         return []
