@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from bench import chat
 from bench.config import ModelSection, ScoreModelSection
 from bench.models import ModelError, torch_dtype
-from bench.precision import for_precision
+from bench.precision import for_precision, generation_autocast
 from bench.tensors import longest_first_batches, pad_right
 
 
@@ -85,9 +85,10 @@ def score_texts(model, tok, prompts: list[str], responses: list[str], system_pro
         seq = encode(tok, p, r, system_prompt, histories[i] if histories else None)
         ids.append(seq[:max_length])
     out = [0.0] * len(ids)
-    for idx in tqdm(longest_first_batches([len(x) for x in ids], batch_size), desc=desc, leave=False, disable=None):
-        x, m = pad_right([ids[i] for i in idx], tok.pad_token_id)  # (B, L) right padded
-        logits = model(input_ids=x.to(model.device), attention_mask=m.to(model.device)).logits  # (B, 1)
-        for j, i in enumerate(idx):
-            out[i] = float(logits[j, 0])
+    with generation_autocast(model):  # bf16 models: one cast of the weights per call, not per batch
+        for idx in tqdm(longest_first_batches([len(x) for x in ids], batch_size), desc=desc, leave=False, disable=None):
+            x, m = pad_right([ids[i] for i in idx], tok.pad_token_id)  # (B, L) right padded
+            logits = model(input_ids=x.to(model.device), attention_mask=m.to(model.device)).logits  # (B, 1)
+            for j, i in enumerate(idx):
+                out[i] = float(logits[j, 0])
     return out

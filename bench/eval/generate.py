@@ -57,13 +57,13 @@ def generate_greedy(model, tok, prompts: list[str], system_prompt: str | None, s
     out: list[str | None] = [None] * len(texts)
     model.eval()
     bs = settings.batch_size
-    with contextlib.closing(left_padded_batches(tok, texts, bs)) as batches:  # closed: the padding side restored
+    # bf16 models: one cast of the weights for the whole call, not one per batch
+    with contextlib.closing(left_padded_batches(tok, texts, bs)) as batches, generation_autocast(model):
         for idx, batch in tqdm(batches, total=-(-len(texts) // bs), desc=desc, leave=False, disable=None):
             batch = {k: v.to(model.device) for k, v in batch.items()}
-            with generation_autocast(model):  # bf16 models: one cast of the weights for the whole call
-                # eos None: the generation config's end tokens, as generate uses
-                new = greedy_tokens(model, batch["input_ids"], batch["attention_mask"], settings.max_new_tokens,
-                                    None, tok.pad_token_id, exact=True)  # (B, new_tokens)
+            # eos None: the generation config's end tokens, as generate uses
+            new = greedy_tokens(model, batch["input_ids"], batch["attention_mask"], settings.max_new_tokens,
+                                None, tok.pad_token_id, exact=True)  # (B, new_tokens)
             for j, i in enumerate(idx):
                 out[i] = tok.decode(new[j], skip_special_tokens=True).strip()
     return [o or "" for o in out]

@@ -87,6 +87,7 @@ def response_logprobs(model, tok, prompts: list[str], responses: list[str], syst
 
     from bench import chat
     from bench.losses import sequence_logprobs
+    from bench.precision import generation_autocast
     from bench.tensors import longest_first_batches, pad_right
 
     seqs, starts = [], []
@@ -99,7 +100,7 @@ def response_logprobs(model, tok, prompts: list[str], responses: list[str], syst
     sums, counts = [0.0] * len(seqs), [0] * len(seqs)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), generation_autocast(model):  # bf16 models: one cast of the weights per call
         for idx in longest_first_batches([len(x) for x in seqs], batch_size):
             ids, attn = pad_right([seqs[i] for i in idx], pad)  # (B, L) right padded
             logits = model(input_ids=ids.to(model.device), attention_mask=attn.to(model.device)).logits  # (B, L, V)

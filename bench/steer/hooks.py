@@ -312,12 +312,11 @@ def gate_decisions(model: nn.Module, tok, gate: GateSpec | SteeringSpec, prompts
     texts = [chat.format_prompt(tok, p, system_prompt) for p in prompts]
     out = torch.zeros(len(texts), dtype=torch.bool)
     dev = next(model.parameters()).device
-    with contextlib.closing(left_padded_batches(tok, texts, batch_size)) as batches:
-        for idx, enc in batches:
+    with contextlib.closing(left_padded_batches(tok, texts, batch_size)) as batches, generation_autocast(model):
+        for idx, enc in batches:  # bf16 models: one cast of the weights for the whole call
             ids = enc["input_ids"].to(dev)  # (B, L) left padded
             mask, pos = prefill_inputs(enc["attention_mask"].to(dev))
-            with generation_autocast(model):
-                out[idx] = gate_ablates(model, gate, ids, mask, pos, unit).cpu()
+            out[idx] = gate_ablates(model, gate, ids, mask, pos, unit).cpu()
     return out
 
 

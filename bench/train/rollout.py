@@ -202,10 +202,10 @@ def sample_responses(policy, tok, prompts: list[str], system_prompt: str | None,
     mine = list(range(len(prompts)))[rows]
     P = p_ids.shape[1]
     chunks = []
-    for start in range(0, len(mine), batch_size):
-        sl = slice(start, start + batch_size)
-        choose = keyed_sampler([keys[i] for i in mine[sl]], temperature)
-        with generation_autocast(policy):  # bf16 policies: one cast of the weights for the whole call
+    with generation_autocast(policy):  # bf16 policies: one cast of the weights for the whole call
+        for start in range(0, len(mine), batch_size):
+            sl = slice(start, start + batch_size)
+            choose = keyed_sampler([keys[i] for i in mine[sl]], temperature)
             chunks.append(greedy_tokens(policy, p_ids[sl], p_attn[sl], max_new_tokens, list(eos_ids),
                                         tok.pad_token_id, choose=choose))  # (b, R_chunk)
     R = max(c.shape[1] for c in chunks)
