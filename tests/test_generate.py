@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from bench.eval import generate as gen
+from cast_count import weight_casts
 
 PROMPTS = ["hi", "What is the capital of France?", "Tell me a story about a dragon and a knight, please.",
            "2+2?", "How do I bake bread at home without yeast?", "ok", "Name three colours."]
@@ -108,27 +109,6 @@ def test_batches_are_length_sorted_and_left_padded(model_tok):
     assert tok.padding_side == side  # restored
 
 
-def _casts_of_weights(model, call) -> int:
-    """fp32 -> bf16 casts of the model's 2-D weights while ``call()`` runs."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    shapes = {tuple(w.shape) for w in model.parameters() if w.dim() == 2}
-
-    class Count(TorchDispatchMode):
-        n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            if func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.bfloat16 \
-                    and args[0].dtype == torch.float32 and tuple(args[0].shape) in shapes:
-                Count.n += 1
-            return func(*args, **kwargs)
-
-    with Count():
-        call()
-    return Count.n
-
-
 def test_batch_loops_cast_the_weights_once_per_call(model_tok):
     """generate_greedy and the battery's help log-probs run several batches of a bf16 model inside one
     generation_autocast: each weight is cast once per call, not per batch."""
@@ -143,10 +123,10 @@ def test_batch_loops_cast_the_weights_once_per_call(model_tok):
     n_weights = sum(1 for w in m16.parameters() if w.dim() == 2 and w is not m16.lm_head.weight)
     batches = -(-len(PROMPTS) // SETTINGS.batch_size)
     assert batches >= 3
-    gen_casts = _casts_of_weights(m16, lambda: gen.generate_greedy(m16, tok, PROMPTS, None, SETTINGS))
+    gen_casts = weight_casts(m16, lambda: gen.generate_greedy(m16, tok, PROMPTS, None, SETTINGS))
     assert 0 < gen_casts <= n_weights  # once each (the fp32 head is never cast), whatever the batch count
     answers = ["Paris.", "Yes", "A dragon.", "4", "Use soda.", "ok", "Red, blue, green."]
-    lp_casts = _casts_of_weights(m16, lambda: response_logprobs(m16, tok, PROMPTS, answers, None, 3, 64))
+    lp_casts = weight_casts(m16, lambda: response_logprobs(m16, tok, PROMPTS, answers, None, 3, 64))
     assert 0 < lp_casts <= n_weights
     assert not any(w.requires_grad for w in frozen)
 
@@ -166,5 +146,5 @@ def test_score_texts_casts_the_weights_once_per_call(model_tok):
         w.requires_grad_(False)
     n_weights = sum(1 for w in rm.parameters() if w.dim() == 2 and w is not rm.score.weight)
     answers = ["Paris.", "Yes", "A dragon.", "4", "Use soda.", "ok", "Red, blue, green."]
-    casts = _casts_of_weights(rm, lambda: score_texts(rm, tok, PROMPTS, answers, None, batch_size=3))
+    casts = weight_casts(rm, lambda: score_texts(rm, tok, PROMPTS, answers, None, batch_size=3))
     assert 0 < casts <= n_weights  # 3 batches, each weight cast once (the fp32 score head never)

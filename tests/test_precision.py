@@ -136,25 +136,11 @@ def test_generation_autocast_gives_the_per_forward_tokens():
 
 def _weight_casts(model, ids, ctx) -> int:
     """fp32 -> bf16 casts of the model's weights during the second of two forwards inside ``ctx``."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    shapes = {tuple(w.shape) for w in model.parameters() if w.dim() == 2}
-
-    class Count(TorchDispatchMode):
-        n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            if func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.bfloat16 \
-                    and args[0].dtype == torch.float32 and tuple(args[0].shape) in shapes:
-                Count.n += 1
-            return func(*args, **kwargs)
+    from cast_count import weight_casts
 
     with torch.no_grad(), ctx:
         model(input_ids=ids)
-        with Count():
-            model(input_ids=ids)
-    return Count.n
+        return weight_casts(model, lambda: model(input_ids=ids))
 
 
 def test_generation_autocast_casts_frozen_weights_once_and_restores_them():
