@@ -109,6 +109,15 @@ def test_batches_are_length_sorted_and_left_padded(model_tok):
     assert tok.padding_side == side  # restored
 
 
+ANSWERS = ["Paris.", "Yes", "A dragon.", "4", "Use soda.", "ok", "Red, blue, green."]
+
+
+def _autocast_linears(model) -> int:
+    """The weights autocast casts: those of plain ``nn.Linear`` layers (not the fp32 heads of
+    ``bench.precision.FP32Linear``, not the embedding, which is looked up, not multiplied)."""
+    return sum(1 for m in model.modules() if type(m) is torch.nn.Linear)
+
+
 def test_batch_loops_cast_the_weights_once_per_call(model_tok):
     """generate_greedy and the battery's help log-probs run several batches of a bf16 model inside one
     generation_autocast: each weight is cast once per call, not per batch."""
@@ -117,17 +126,15 @@ def test_batch_loops_cast_the_weights_once_per_call(model_tok):
 
     model, tok = model_tok
     m16 = for_precision(copy.deepcopy(model), "bf16")
-    frozen = [w for w in m16.parameters()]
+    frozen = list(m16.parameters())
     for w in frozen:
         w.requires_grad_(False)  # as the battery loads it: frozen weights (autocast caches none by itself)
-    n_weights = sum(1 for w in m16.parameters() if w.dim() == 2 and w is not m16.lm_head.weight)
-    batches = -(-len(PROMPTS) // SETTINGS.batch_size)
-    assert batches >= 3
+    assert -(-len(PROMPTS) // SETTINGS.batch_size) >= 3  # batches per call
+    once = _autocast_linears(m16)
     gen_casts = weight_casts(m16, lambda: gen.generate_greedy(m16, tok, PROMPTS, None, SETTINGS))
-    assert 0 < gen_casts <= n_weights  # once each (the fp32 head is never cast), whatever the batch count
-    answers = ["Paris.", "Yes", "A dragon.", "4", "Use soda.", "ok", "Red, blue, green."]
-    lp_casts = weight_casts(m16, lambda: response_logprobs(m16, tok, PROMPTS, answers, None, 3, 64))
-    assert 0 < lp_casts <= n_weights
+    assert gen_casts == once  # each decoder weight once, whatever the batch count (per batch: 3x)
+    lp_casts = weight_casts(m16, lambda: response_logprobs(m16, tok, PROMPTS, ANSWERS, None, 3, 64))
+    assert lp_casts == once
     assert not any(w.requires_grad for w in frozen)
 
 
@@ -138,13 +145,11 @@ def test_score_texts_casts_the_weights_once_per_call(model_tok):
     from bench.score_model import score_texts
 
     model, tok = model_tok
+    cfg = copy.deepcopy(model.config)
+    cfg.num_labels = 1
     torch.manual_seed(0)
-    rm = LlamaForSequenceClassification(copy.deepcopy(model.config)).eval()
-    rm.config.num_labels = 1
-    rm = for_precision(rm, "bf16")
+    rm = for_precision(LlamaForSequenceClassification(cfg).eval(), "bf16")
     for w in rm.parameters():
         w.requires_grad_(False)
-    n_weights = sum(1 for w in rm.parameters() if w.dim() == 2 and w is not rm.score.weight)
-    answers = ["Paris.", "Yes", "A dragon.", "4", "Use soda.", "ok", "Red, blue, green."]
-    casts = weight_casts(rm, lambda: score_texts(rm, tok, PROMPTS, answers, None, batch_size=3))
-    assert 0 < casts <= n_weights  # 3 batches, each weight cast once (the fp32 score head never)
+    casts = weight_casts(rm, lambda: score_texts(rm, tok, PROMPTS, ANSWERS, None, batch_size=3))
+    assert casts == _autocast_linears(rm)  # 3 batches, each decoder weight cast once

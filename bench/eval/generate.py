@@ -57,7 +57,7 @@ def generate_greedy(model, tok, prompts: list[str], system_prompt: str | None, s
     out: list[str | None] = [None] * len(texts)
     model.eval()
     bs = settings.batch_size
-    # bf16 models: one cast of the weights for the whole call, not one per batch
+    # closed: the padding side restored; bf16 models: one cast of the weights for the whole call, not per batch
     with contextlib.closing(left_padded_batches(tok, texts, bs)) as batches, generation_autocast(model):
         for idx, batch in tqdm(batches, total=-(-len(texts) // bs), desc=desc, leave=False, disable=None):
             batch = {k: v.to(model.device) for k, v in batch.items()}
