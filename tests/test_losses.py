@@ -75,6 +75,31 @@ def test_sequence_logprobs_manual():
     assert close(out16, expected, 1e-3)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 8, 100])
+def test_token_logprobs_closed_form_in_any_slicing(rows):
+    """log p = logit[y] - log sum exp(logits), row by row, whatever the slice size (slices of 1, 2 and 3
+    rows split the 3 rows differently; 8 and 100 hold them all)."""
+    logits = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0], [-1.0, 5.0, 0.5]])  # (3, 3)
+    labels = torch.tensor([1, 2, 0])
+    out = L.token_logprobs(logits, labels, rows=rows)
+    expected = [-math.log(3), 3 - math.log(math.e + math.e**2 + math.e**3),
+                -1 - math.log(math.exp(-1) + math.exp(5) + math.exp(0.5))]
+    assert out.shape == (3,) and out.dtype == torch.float32
+    assert close(out, expected, 1e-6)
+    assert close(L.token_logprobs(logits.half(), labels, rows=rows), expected, 1e-3)  # fp16 logits: fp32 out
+
+
+def test_token_logprobs_equals_sequence_logprobs_at_the_kept_positions():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 50, generator=g) * 4  # (B, T, V)
+    labels = torch.randint(0, 50, (3, 5), generator=g)
+    mask = torch.rand(3, 5, generator=g) > 0.4
+    full = L.sequence_logprobs(logits, labels, mask)  # (B, T)
+    got = L.token_logprobs(logits[mask], labels[mask], rows=2)  # (N,)
+    assert close(got, full[mask], 1e-6)
+    assert L.token_logprobs(logits[:0, 0], labels[:0, 0]).shape == (0,)  # no kept row
+
+
 def test_entropy_from_logits():
     logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [5.0, -float("inf"), -float("inf"), -float("inf")]]])
     h = L.entropy_from_logits(logits)

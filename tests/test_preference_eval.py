@@ -63,6 +63,39 @@ def test_scorer_matches_manual_forward(smoke_base):
     assert all(math.isfinite(x) for x in got.chosen + got.rejected)
 
 
+@pytest.mark.parametrize("prefix_cache", [True, False])
+def test_scorer_projects_only_the_response_positions(smoke_base, prefix_cache):
+    """The output head sees one row per scored response token (no prompt, no padding, no last
+    position), and the sums are those of full logits (``sequence_logprobs`` over every position)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench.losses import sequence_logprobs
+
+    model = AutoModelForCausalLM.from_pretrained(smoke_base)
+    tok = AutoTokenizer.from_pretrained(smoke_base)
+    rows = []
+    hook = model.get_output_embeddings().register_forward_hook(
+        lambda mod, inp, out: rows.append(inp[0].reshape(-1, inp[0].shape[-1]).shape[0]))
+    try:
+        got = score_pairs(model, tok, PAIRS, None, batch_size=4, prefix_cache=prefix_cache)
+    finally:
+        hook.remove()
+    scored = sum(got.chosen_tokens) + sum(got.rejected_tokens)
+    if prefix_cache:  # plus one row per prefix forward (the shared prefix, each batch's prompt stems)
+        assert scored <= sum(rows) <= scored + 1 + len(PAIRS)
+    else:  # full logits would add every prompt position, the padding and each sequence's last position
+        assert sum(rows) == scored
+    for i, pair in enumerate(PAIRS):
+        c_ids, r_ids, plen = encode_pair(tok, pair, None, 512)
+        for seq, expected in ((c_ids, got.chosen[i]), (r_ids, got.rejected[i])):
+            with torch.no_grad():
+                logits = model(torch.tensor([seq])).logits  # (1, L, V): every position
+            mask = torch.zeros(1, len(seq) - 1, dtype=torch.bool)
+            mask[0, plen - 1:] = True
+            full = sequence_logprobs(logits[:, :-1], torch.tensor([seq[1:]]), mask).sum().item()
+            assert expected == pytest.approx(full, abs=1e-4)
+
+
 def test_bf16_scorer_casts_once_per_call_and_gives_the_same_numbers(smoke_base, monkeypatch):
     """A bf16 model is scored inside one ``generation_autocast`` (one cast of each weight per call);
     the numbers are bitwise those of casting at every forward (``_score_pairs``: the forwards' own
@@ -83,3 +116,28 @@ def test_bf16_scorer_casts_once_per_call_and_gives_the_same_numbers(smoke_base, 
     assert once.chosen == every.chosen and once.rejected == every.rejected  # bitwise
     fp32 = score_pairs(AutoModelForCausalLM.from_pretrained(smoke_base), tok, PAIRS, None, batch_size=4)
     assert once.chosen != fp32.chosen  # the bf16 side really ran in bf16
+
+
+def test_response_logprobs_projects_only_the_response_positions(smoke_base):
+    """The battery's own-answer log-probs: one head row per response token, sums those of full logits."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench.eval.steps import response_logprobs
+
+    model = AutoModelForCausalLM.from_pretrained(smoke_base)
+    tok = AutoTokenizer.from_pretrained(smoke_base)
+    prompts, answers = [p["prompt"] for p in PAIRS], [p["chosen"] for p in PAIRS]
+    rows = []
+    hook = model.get_output_embeddings().register_forward_hook(
+        lambda mod, inp, out: rows.append(inp[0].reshape(-1, inp[0].shape[-1]).shape[0]))
+    try:
+        sums, counts = response_logprobs(model, tok, prompts, answers, None, batch_size=2)
+    finally:
+        hook.remove()
+    assert sum(rows) == sum(counts)
+    for i, pair in enumerate(PAIRS):
+        c_ids, _, plen = encode_pair(tok, pair, None, 512)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([c_ids])).logits[0].float(), -1)
+        assert counts[i] == len(c_ids) - plen
+        assert sums[i] == pytest.approx(sum(logp[t - 1, c_ids[t]].item() for t in range(plen, len(c_ids))), abs=1e-4)

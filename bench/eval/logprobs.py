@@ -16,7 +16,11 @@ a position's keys and values independent of what follows it):
   token come from this last forward, and no logits are computed over prompt positions.
 
 Per pair this runs ``prompt + 2 (response + 1)`` positions instead of ``2 (prompt + response)``.
-Pairs are sorted by their longest response, so a batch's continuations carry little padding.
+Pairs are sorted by their longest response, so a batch's continuations carry little padding. The
+output head (49,152 x 576 in fp32 for SmolLM2, the largest product of a bf16 forward) projects only
+the positions that predict a response token (:func:`kept_token_logprobs`: transformers' boolean
+``logits_to_keep``), and their log-sum-exp runs in cache-sized row slices
+(:func:`bench.losses.token_logprobs`).
 
 A bf16 model (``bench.precision.for_precision``) is scored inside one ``generation_autocast``: the
 weights are fixed for the call, so autocast casts each to bf16 once instead of at every forward
@@ -33,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench import chat
-from bench.losses import sequence_logprobs
+from bench.losses import token_logprobs
 from bench.precision import generation_autocast
 from bench.tensors import pad_right
 
@@ -73,6 +77,23 @@ def common_prefix(rows: list[list[int]]) -> list[int]:
             k += 1
         n = k
     return first[:n]
+
+
+def kept_token_logprobs(model, ids: torch.Tensor, keep: torch.Tensor, **forward) -> torch.Tensor:
+    """log p(ids[:, t+1] | ids[:, :t+1]) at the positions ``keep`` (B, T-1) marks, 0 elsewhere: (B, T-1),
+    float32. ``model(input_ids=ids, **forward)`` runs the forward pass with transformers' boolean
+    ``logits_to_keep``, so the output head projects only the kept positions (no prompt, no
+    padding: the fp32 head is the largest product of a bf16 forward), and their log-probs come from
+    :func:`bench.losses.token_logprobs`. Per-row sums over the result are what a full-logits
+    ``sequence_logprobs`` gives (docs/experiments.md#compact-scorer)."""
+    B, T = ids.shape
+    rows = torch.cat([keep, keep.new_zeros(B, 1)], 1)  # (B, T): the last position predicts nothing
+    dev = model.device
+    logits = model(input_ids=ids.to(dev), **forward, logits_to_keep=rows.to(dev)).logits  # (N, V)
+    lp = torch.zeros((B, T - 1), dtype=torch.float32, device=logits.device)
+    where = keep.to(logits.device)
+    lp[where] = token_logprobs(logits, ids[:, 1:].to(logits.device)[where])
+    return lp
 
 
 @torch.no_grad()
@@ -131,14 +152,13 @@ def _score_pairs(model, tok, pairs, system_prompt, batch_size, max_length, desc,
         first = torch.tensor([C + len(mids[j // 2]) for j in range(2 * b)])  # position of the first uncached token
         pos = first[:, None] + torch.arange(ids.shape[1])[None]
         full = torch.cat([seen.repeat_interleave(2, 0), attn], 1)  # (2b, C + M + R + 1)
-        logits = model(input_ids=ids.to(dev), attention_mask=full.to(dev), position_ids=pos.to(dev),
-                       past_key_values=cache, use_cache=cache is not None).logits  # (2b, R + 1, V)
-        labels = ids[:, 1:].to(logits.device)  # token t+1 is predicted at position t
-        mask = attn[:, 1:].to(device=logits.device, dtype=torch.float)  # response tokens only ...
+        keep = attn[:, 1:].bool()  # (2b, R): response tokens only ...
         if not prefix_cache:  # ... once the labels that are prompt tokens are dropped
             for k, i in enumerate(idx):
-                mask[2 * k: 2 * k + 2, : encoded[i][2] - 1] = 0.0
-        lp = sequence_logprobs(logits[:, :-1], labels, mask)  # (2b, R)
+                keep[2 * k: 2 * k + 2, : encoded[i][2] - 1] = False
+        lp = kept_token_logprobs(model, ids, keep, attention_mask=full.to(dev),
+                                 position_ids=pos.to(dev), past_key_values=cache, use_cache=cache is not None)  # (2b, R)
+        mask = keep.to(device=lp.device, dtype=torch.float)
         sums = (lp * mask).sum(-1).tolist()
         counts = mask.sum(-1).long().tolist()
         for k, i in enumerate(idx):

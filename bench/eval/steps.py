@@ -86,7 +86,7 @@ def response_logprobs(model, tok, prompts: list[str], responses: list[str], syst
     import torch
 
     from bench import chat
-    from bench.losses import sequence_logprobs
+    from bench.eval.logprobs import kept_token_logprobs
     from bench.precision import generation_autocast
     from bench.tensors import longest_first_batches, pad_right
 
@@ -103,12 +103,11 @@ def response_logprobs(model, tok, prompts: list[str], responses: list[str], syst
     with torch.no_grad(), generation_autocast(model):  # bf16 models: one cast of the weights per call
         for idx in longest_first_batches([len(x) for x in seqs], batch_size):
             ids, attn = pad_right([seqs[i] for i in idx], pad)  # (B, L) right padded
-            logits = model(input_ids=ids.to(model.device), attention_mask=attn.to(model.device)).logits  # (B, L, V)
-            labels = ids[:, 1:].to(logits.device)  # (B, L-1)
-            mask = torch.zeros_like(labels, dtype=torch.float)
+            keep = torch.zeros((ids.shape[0], ids.shape[1] - 1), dtype=torch.bool)  # (B, L-1)
             for j, i in enumerate(idx):
-                mask[j, starts[i] - 1: len(seqs[i]) - 1] = 1.0  # response tokens only
-            lp = sequence_logprobs(logits[:, :-1], labels, mask)  # (B, L-1)
+                keep[j, starts[i] - 1: len(seqs[i]) - 1] = True  # response tokens only
+            lp = kept_token_logprobs(model, ids, keep, attention_mask=attn.to(model.device))  # (B, L-1)
+            mask = keep.to(device=lp.device, dtype=torch.float)
             for j, i in enumerate(idx):
                 sums[i] = float((lp[j] * mask[j]).sum())
                 counts[i] = int(mask[j].sum())
