@@ -125,7 +125,12 @@ def generation_autocast(model: nn.Module):
     again at every forward, i.e. at every decode step: a copy of the model per token, which on the
     AMX host made a bf16 LoRA-PPO step slower than fp32 (docs/experiments.md#generation-ceiling). So
     inside the context, which runs under ``torch.no_grad`` (no graph is built, nothing is trained),
-    they are marked as requiring grad and restored on exit; the cast values are the same either way."""
+    they are marked as requiring grad and restored on exit; the cast values are the same either way.
+    One side effect outside autocast: with its weight requiring grad, an fp32 head's ``F.linear`` on a
+    non-contiguous input (a prefill's ``logits_to_keep=1`` slice) takes the contiguous input's kernel,
+    not the strided one a frozen weight gets: logits ~1e-7 apart on the smoke model, so a frozen model
+    scored inside this context is not bitwise one scored outside it. Weights that already require grad
+    (a policy as ``load_pretrained`` returns it) see no change (docs/experiments.md#steer-scan-cast)."""
     if not getattr(model, "bench_autocast", False):
         yield
         return

@@ -162,6 +162,56 @@ def test_scan_scores_every_candidate_and_matches_direct_kl(model_tok):
     assert torch.allclose(alone, batched, atol=1e-4)
 
 
+def test_bf16_scan_and_means_cast_the_weights_once_and_give_the_same_numbers(smoke_base):
+    """Under bf16 the scan (every candidate's passes), ``harmless_kl`` and the activation means each run in
+    one ``generation_autocast``: each decoder weight is cast once per call, not once per forward, and
+    every score is bitwise what per-forward casting gives (the forwards' own autocast contexts only)."""
+    import copy
+
+    from cast_count import weight_casts
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench import precision
+    from bench.steer import directions as D
+    from bench.steer.directions import prompt_texts
+    from bench.steer.hooks import steering
+
+    tok = AutoTokenizer.from_pretrained(smoke_base)
+    # As the steer stage loads its policy (``load_pretrained``): weights requiring grad, so autocast caches
+    # their casts, but only until the outermost autocast context exits: per forward without an outer one.
+    m16 = precision.for_precision(AutoModelForCausalLM.from_pretrained(smoke_base).eval(), "bf16")
+    assert all(w.requires_grad for w in m16.parameters())
+    linears = sum(1 for m in m16.modules() if type(m) is torch.nn.Linear)
+    n_layers, positions = m16.config.num_hidden_layers, 2
+    directions = torch.randn(n_layers + 1, positions, m16.config.hidden_size, dtype=torch.float64,
+                             generator=torch.Generator().manual_seed(1))
+    ids, _ = scan.refusal_token_ids(tok, ["I'm sorry", "Sorry"])
+    th, tb = prompt_texts(tok, HARMFUL, None), prompt_texts(tok, BENIGN, None)
+    readout = scan.FirstTokenReadout(tok, th, tb, ids, 2)  # several batches per pass
+    cands = [{"layer": l, "position": -1} for l in range(1, n_layers + 1)]
+
+    def run_scan(c):
+        return scan.scan_candidates(m16, directions, c, readout, positions=positions, add_alpha=1.0)
+
+    once = copy.deepcopy(cands)
+    assert weight_casts(m16, lambda: run_scan(once)) == linears  # per forward: passes x batches x linears
+    r = directions[1, 1].to(torch.float32)
+    assert weight_casts(m16, lambda: scan.harmless_kl(m16, readout, lambda: steering(m16, r, mode="ablate"))) == linears
+    assert weight_casts(m16, lambda: D.mean_activations(m16, tok, HARMFUL, None, positions, 2)) == linears
+
+    # the same numbers as casting at every forward
+    every = copy.deepcopy(cands)
+    real = scan.generation_autocast
+    try:
+        scan.generation_autocast = D.generation_autocast = lambda m: __import__("contextlib").nullcontext()
+        base_every = run_scan(every)
+        means_every = D.mean_activations(m16, tok, HARMFUL, None, positions, 2)
+    finally:
+        scan.generation_autocast = D.generation_autocast = real
+    assert run_scan(once) == base_every and once == every  # bitwise: every bypass, induce and kl
+    assert torch.equal(D.mean_activations(m16, tok, HARMFUL, None, positions, 2), means_every)
+
+
 def test_leaderboard_reports_the_scan_and_each_variant_harmless_kl(tmp_path):
     from bench.report.sections import audit_section
 

@@ -53,6 +53,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from bench import chat
+from bench.precision import generation_autocast
 from bench.tensors import position_ids
 
 # --------------------------------------------------------------------------- activations
@@ -88,7 +89,8 @@ def iter_activations(model, tok, prompts: Sequence[str], system_prompt: str | No
             idx = order[start:start + batch_size]
             enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
             enc = {k: v.to(model.device) for k, v in enc.items()}
-            out = model(**enc, position_ids=position_ids(enc["attention_mask"]), output_hidden_states=True, use_cache=False)
+            out = model(**enc, position_ids=position_ids(enc["attention_mask"]), output_hidden_states=True, use_cache=False,
+                        logits_to_keep=1)  # only the hidden states are read: the head projects one position
             hs = torch.stack([h[:, -positions:, :] for h in out.hidden_states], dim=1)  # (B, n_layers+1, P, H)
             yield idx, hs.float().cpu()
     finally:
@@ -108,9 +110,10 @@ def mean_activations(model, tok, prompts: Sequence[str], system_prompt: str | No
     if not prompts:
         raise ValueError("mean_activations: no prompts")
     total: torch.Tensor | None = None
-    for _, acts in iter_activations(model, tok, prompts, system_prompt, positions, batch_size):
-        s = acts.to(torch.float64).sum(dim=0)  # (n_layers+1, P, H)
-        total = s if total is None else total + s
+    with generation_autocast(model):  # bf16 models: one cast of the weights per call, not per batch
+        for _, acts in iter_activations(model, tok, prompts, system_prompt, positions, batch_size):
+            s = acts.to(torch.float64).sum(dim=0)  # (n_layers+1, P, H)
+            total = s if total is None else total + s
     return total / len(prompts)
 
 
@@ -119,11 +122,12 @@ def activations(model, tok, prompts: Sequence[str], system_prompt: str | None = 
     """Per-prompt activations in the input order: ``(N, n_layers + 1, positions, H)`` float32, or
     ``(N, n_layers + 1, H)`` at one ``position_index`` (0 .. positions-1, from the left)."""
     out: list[torch.Tensor | None] = [None] * len(prompts)
-    for idx, acts in iter_activations(model, tok, prompts, system_prompt, positions, batch_size):
-        if position_index is not None:
-            acts = acts[:, :, position_index, :]
-        for j, i in enumerate(idx):
-            out[i] = acts[j]
+    with generation_autocast(model):  # bf16 models: one cast of the weights per call, not per batch
+        for idx, acts in iter_activations(model, tok, prompts, system_prompt, positions, batch_size):
+            if position_index is not None:
+                acts = acts[:, :, position_index, :]
+            for j, i in enumerate(idx):
+                out[i] = acts[j]
     return torch.stack(out)  # type: ignore[arg-type]
 
 

@@ -50,6 +50,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from bench.precision import generation_autocast
 from bench.steer.settings import REFUSAL_OPENERS as DEFAULT_REFUSAL_OPENERS  # the steer section's default (one owner)
 from bench.tensors import position_ids
 
@@ -392,26 +393,31 @@ def scan_candidates(model, directions: torch.Tensor, cands: list[dict], readout,
     """Fill ``bypass``, ``induce`` and ``kl`` into each of ``cands`` (``{"layer", "position"}``,
     position a negative offset) and return the unsteered baselines. ``readout``: a
     :class:`FirstTokenReadout` (the reference's) or an :class:`OpenerReadout` over the validation prompts."""
-    from bench.steer.hooks import steering
-
     was_training = model.training
     model.eval()
     try:
-        base_d = readout.harmless(model)
-        baseline = {"refusal_score_harmful": float(readout.refusal(model, "harmful").mean()),
-                    "refusal_score_harmless": float(readout.refusal(model, "harmless").mean())}
-        for i, c in enumerate(cands):
-            r = directions[c["layer"], positions + c["position"]].to(torch.float32)  # offset -> index
-            with steering(model, r, mode="ablate"):
-                c["bypass"] = float(readout.refusal(model, "harmful").mean())
-                abl_d = readout.harmless(model)
-            with steering(model, r, mode="add", layer=c["layer"], alpha=add_alpha):
-                c["induce"] = float(readout.refusal(model, "harmless").mean())
-            c["kl"] = float(mean_token_kl(base_d, abl_d).mean())
-            if (i + 1) % 10 == 0 or i + 1 == len(cands):
-                progress(f"  scan {i + 1}/{len(cands)}")
+        with generation_autocast(model):  # bf16 models: one cast of the weights for the whole scan, not per forward
+            return _scan(model, directions, cands, readout, positions, add_alpha, progress)
     finally:
         model.train(was_training)
+
+
+def _scan(model, directions, cands, readout, positions, add_alpha, progress) -> dict:
+    from bench.steer.hooks import steering
+
+    base_d = readout.harmless(model)
+    baseline = {"refusal_score_harmful": float(readout.refusal(model, "harmful").mean()),
+                "refusal_score_harmless": float(readout.refusal(model, "harmless").mean())}
+    for i, c in enumerate(cands):
+        r = directions[c["layer"], positions + c["position"]].to(torch.float32)  # offset -> index
+        with steering(model, r, mode="ablate"):
+            c["bypass"] = float(readout.refusal(model, "harmful").mean())
+            abl_d = readout.harmless(model)
+        with steering(model, r, mode="add", layer=c["layer"], alpha=add_alpha):
+            c["induce"] = float(readout.refusal(model, "harmless").mean())
+        c["kl"] = float(mean_token_kl(base_d, abl_d).mean())
+        if (i + 1) % 10 == 0 or i + 1 == len(cands):
+            progress(f"  scan {i + 1}/{len(cands)}")
     return baseline
 
 
@@ -419,9 +425,10 @@ def scan_candidates(model, directions: torch.Tensor, cands: list[dict], readout,
 def harmless_kl(model, readout, steer_ctx: Callable) -> float:
     """Mean KL on the read-out's harmless rows (per token, then per prompt) between the unsteered model
     and the model inside ``steer_ctx()`` (a context manager factory, e.g. ``lambda: steering(model, spec)``)."""
-    base = readout.harmless(model)
-    with steer_ctx():
-        steered = readout.harmless(model)
+    with generation_autocast(model):  # one cast of the weights for both passes
+        base = readout.harmless(model)
+        with steer_ctx():
+            steered = readout.harmless(model)
     return float(mean_token_kl(base, steered).mean())
 
 
