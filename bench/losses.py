@@ -158,9 +158,11 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, rows: int = LOGSU
     boolean ``logits_to_keep``), ``labels`` (N,). The same value as :func:`sequence_logprobs` at those
     positions; the log-sum-exp runs in slices of ``rows`` rows, whose logits stay in the CPU's cache
     between its passes (max, subtract, exp, sum) instead of streaming an (N, V) tensor from memory
-    four times: 3.5-4x faster on the scorer's shapes (docs/experiments.md#compact-scorer). How a
-    reduction is split can differ with the tensor's shape, so the result may differ from one
-    full-tensor ``logsumexp`` in the last bits (float32 rounding; nothing trains on it: the scorer).
+    four times (the log-sum-exp alone: 3.5-4x on random logits of the scorer's shapes,
+    docs/experiments.md#speed-levers-after-compact-head; in the whole scorer most of the saving is the
+    compact head, #compact-scorer). How a reduction is split can differ with the tensor's shape, so the
+    result may differ from one full-tensor ``logsumexp`` in the last bits (float32 rounding; equal on
+    every value checked on the AMX host; nothing trains on it: the scorer).
     """
     lg = logits.float()  # (N, V)
     picked = lg.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (N,)

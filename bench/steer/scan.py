@@ -403,6 +403,7 @@ def scan_candidates(model, directions: torch.Tensor, cands: list[dict], readout,
 
 
 def _scan(model, directions, cands, readout, positions, add_alpha, progress) -> dict:
+    """:func:`scan_candidates`' passes, run inside its one autocast context."""
     from bench.steer.hooks import steering
 
     base_d = readout.harmless(model)
