@@ -19,7 +19,9 @@ was at the hundreds of labelled rows these batches have, and was not at a tile o
 equality is measured, not promised: on the AMX host, seed 2's SFT and every DPO variant from scratch
 gave records equal to the committed ones in every metric, and ``trainer.train()`` of the DPO recipe
 ran 1.5-1.8x faster (SFT stage 1.59x, DPO stages 1.27-1.52x; docs/experiments.md#compact-fused-head).
-Not checked on the AVX512-BF16 host that ran seeds 0 and 1.
+Not checked on the AVX512-BF16 host that ran seeds 0 and 1; on the AMX host with its kernels restricted
+to that host's kind (oneDNN to ``avx512_core_bf16``, MKL to AVX2 or AVX-512), the DPO recipe's weights and
+logs were bitwise equal too (docs/experiments.md#compact-on-avx512-kernels).
 
 The one place it is not exact is a trained head (``dpo-full``: SmolLM2's head is the tied input
 embedding, trainable there): the head's weight gradient is a sum over rows, and dropping the zero
