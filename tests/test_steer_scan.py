@@ -162,10 +162,11 @@ def test_scan_scores_every_candidate_and_matches_direct_kl(model_tok):
     assert torch.allclose(alone, batched, atol=1e-4)
 
 
-def test_bf16_scan_and_means_cast_the_weights_once_and_give_the_same_numbers(smoke_base):
+def test_bf16_scan_and_means_cast_the_weights_once_and_give_the_same_numbers(smoke_base, monkeypatch):
     """Under bf16 the scan (every candidate's passes), ``harmless_kl`` and the activation means each run in
     one ``generation_autocast``: each decoder weight is cast once per call, not once per forward, and
     every score is bitwise what per-forward casting gives (the forwards' own autocast contexts only)."""
+    import contextlib
     import copy
 
     from cast_count import weight_casts
@@ -201,13 +202,11 @@ def test_bf16_scan_and_means_cast_the_weights_once_and_give_the_same_numbers(smo
 
     # the same numbers as casting at every forward
     every = copy.deepcopy(cands)
-    real = scan.generation_autocast
-    try:
-        scan.generation_autocast = D.generation_autocast = lambda m: __import__("contextlib").nullcontext()
-        base_every = run_scan(every)
-        means_every = D.mean_activations(m16, tok, HARMFUL, None, positions, 2)
-    finally:
-        scan.generation_autocast = D.generation_autocast = real
+    for module in (scan, D):
+        monkeypatch.setattr(module, "generation_autocast", lambda m: contextlib.nullcontext())
+    base_every = run_scan(every)
+    means_every = D.mean_activations(m16, tok, HARMFUL, None, positions, 2)
+    monkeypatch.undo()
     assert run_scan(once) == base_every and once == every  # bitwise: every bypass, induce and kl
     assert torch.equal(D.mean_activations(m16, tok, HARMFUL, None, positions, 2), means_every)
 
