@@ -156,7 +156,7 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, rows: int = LOGSU
 
     ``logits`` (N, V) are the rows that predict a label (a compact head, e.g. transformers'
     boolean ``logits_to_keep``), ``labels`` (N,). The same value as :func:`sequence_logprobs` at those
-    positions; the log-sum-exp runs in slices of ``rows`` rows, whose logits stay in the CPU's cache
+    positions; on a CPU the log-sum-exp runs in slices of ``rows`` rows, whose logits stay in its cache
     between its passes (max, subtract, exp, sum) instead of streaming an (N, V) tensor from memory
     four times (the log-sum-exp alone: 3.5-4x on random logits of the scorer's shapes,
     docs/experiments.md#speed-levers-after-compact-head; in the whole scorer most of the saving is the
@@ -167,8 +167,9 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, rows: int = LOGSU
     lg = logits.float()  # (N, V)
     picked = lg.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (N,)
     lse = torch.empty_like(picked)  # (N,)
-    for i in range(0, lg.shape[0], rows):
-        lse[i:i + rows] = torch.logsumexp(lg[i:i + rows], dim=-1)
+    step = rows if lg.device.type == "cpu" else max(1, lg.shape[0])  # a GPU has no such cache: one kernel
+    for i in range(0, lg.shape[0], step):
+        lse[i:i + step] = torch.logsumexp(lg[i:i + step], dim=-1)
     return picked - lse
 
 
