@@ -158,9 +158,8 @@ def _score_pairs(model, tok, pairs, system_prompt, batch_size, max_length, desc,
                 keep[2 * k: 2 * k + 2, : encoded[i][2] - 1] = False
         lp = kept_token_logprobs(model, ids, keep, attention_mask=full.to(dev),
                                  position_ids=pos.to(dev), past_key_values=cache, use_cache=cache is not None)  # (2b, R)
-        mask = keep.to(device=lp.device, dtype=torch.float)
-        sums = (lp * mask).sum(-1).tolist()
-        counts = mask.sum(-1).long().tolist()
+        sums = lp.sum(-1).tolist()  # lp is 0 off the kept positions
+        counts = keep.sum(-1).tolist()
         for k, i in enumerate(idx):
             res["chosen"][i], res["rejected"][i] = sums[2 * k], sums[2 * k + 1]
             ntok["chosen"][i], ntok["rejected"][i] = counts[2 * k], counts[2 * k + 1]

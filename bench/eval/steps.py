@@ -107,10 +107,9 @@ def response_logprobs(model, tok, prompts: list[str], responses: list[str], syst
             for j, i in enumerate(idx):
                 keep[j, starts[i] - 1: len(seqs[i]) - 1] = True  # response tokens only
             lp = kept_token_logprobs(model, ids, keep, attention_mask=attn.to(model.device))  # (B, L-1)
-            mask = keep.to(device=lp.device, dtype=torch.float)
             for j, i in enumerate(idx):
-                sums[i] = float((lp[j] * mask[j]).sum())
-                counts[i] = int(mask[j].sum())
+                sums[i] = float(lp[j].sum())  # lp is 0 off the kept positions
+                counts[i] = int(keep[j].sum())
     return sums, counts
 
 

@@ -393,32 +393,27 @@ def scan_candidates(model, directions: torch.Tensor, cands: list[dict], readout,
     """Fill ``bypass``, ``induce`` and ``kl`` into each of ``cands`` (``{"layer", "position"}``,
     position a negative offset) and return the unsteered baselines. ``readout``: a
     :class:`FirstTokenReadout` (the reference's) or an :class:`OpenerReadout` over the validation prompts."""
+    from bench.steer.hooks import steering
+
     was_training = model.training
     model.eval()
     try:
         with generation_autocast(model):  # bf16 models: one cast of the weights for the whole scan, not per forward
-            return _scan(model, directions, cands, readout, positions, add_alpha, progress)
+            base_d = readout.harmless(model)
+            baseline = {"refusal_score_harmful": float(readout.refusal(model, "harmful").mean()),
+                        "refusal_score_harmless": float(readout.refusal(model, "harmless").mean())}
+            for i, c in enumerate(cands):
+                r = directions[c["layer"], positions + c["position"]].to(torch.float32)  # offset -> index
+                with steering(model, r, mode="ablate"):
+                    c["bypass"] = float(readout.refusal(model, "harmful").mean())
+                    abl_d = readout.harmless(model)
+                with steering(model, r, mode="add", layer=c["layer"], alpha=add_alpha):
+                    c["induce"] = float(readout.refusal(model, "harmless").mean())
+                c["kl"] = float(mean_token_kl(base_d, abl_d).mean())
+                if (i + 1) % 10 == 0 or i + 1 == len(cands):
+                    progress(f"  scan {i + 1}/{len(cands)}")
     finally:
         model.train(was_training)
-
-
-def _scan(model, directions, cands, readout, positions, add_alpha, progress) -> dict:
-    """:func:`scan_candidates`' passes, run inside its one autocast context."""
-    from bench.steer.hooks import steering
-
-    base_d = readout.harmless(model)
-    baseline = {"refusal_score_harmful": float(readout.refusal(model, "harmful").mean()),
-                "refusal_score_harmless": float(readout.refusal(model, "harmless").mean())}
-    for i, c in enumerate(cands):
-        r = directions[c["layer"], positions + c["position"]].to(torch.float32)  # offset -> index
-        with steering(model, r, mode="ablate"):
-            c["bypass"] = float(readout.refusal(model, "harmful").mean())
-            abl_d = readout.harmless(model)
-        with steering(model, r, mode="add", layer=c["layer"], alpha=add_alpha):
-            c["induce"] = float(readout.refusal(model, "harmless").mean())
-        c["kl"] = float(mean_token_kl(base_d, abl_d).mean())
-        if (i + 1) % 10 == 0 or i + 1 == len(cands):
-            progress(f"  scan {i + 1}/{len(cands)}")
     return baseline
 
 
