@@ -148,10 +148,10 @@ def sequence_logprobs(
     return torch.where(m, logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
 
 
-LOGSUMEXP_ROWS = 8  # rows per slice of token_logprobs: 8 x 49,152 fp32 logits (1.5 MB) stay in cache
+CACHE_ROWS = 8  # rows per slice of a vocabulary-wide pass on a CPU: 8 x 49,152 fp32 logits (1.5 MB) stay in cache
 
 
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, rows: int = LOGSUMEXP_ROWS) -> torch.Tensor:
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, rows: int = CACHE_ROWS) -> torch.Tensor:
     """log p(y_n) = logits_n[y_n] - logsumexp_v logits_n[v] for flattened rows, in float32.
 
     ``logits`` (N, V) are the rows that predict a label (a compact head, e.g. transformers'

@@ -1,5 +1,6 @@
 """bench.train.fused_head: TRL's fused LM head scores only labelled positions on the CPU, with the
-same numbers, and is left alone when the head itself is trained."""
+same numbers, and is left alone when the head itself is trained; its tiles fold in row slices on the
+CPU, with the same numbers, trained head or not."""
 
 from __future__ import annotations
 
@@ -132,3 +133,81 @@ def test_train_resumable_runs_the_trainer_compact(tmp_path, monkeypatch):
     hf_trainer.train_resumable(Trainer(), tmp_path / "ckpt", "t", "hash")
     assert seen == [True]
     assert trl_utils._use_triton(torch.device("cpu")) is False
+
+
+@pytest.fixture
+def fold_rows(monkeypatch):
+    """The row count of every tile TRL's torch folds see (forward and backward), spied on underneath
+    whatever wraps them; the vocabulary cut into three chunks, as in ``rows_seen``."""
+    import trl.kernels.chunked_logprob as kernels
+
+    from bench.train.fused_head import FOLDS
+
+    seen: dict[str, list[int]] = {name: [] for name in FOLDS}
+    for name in FOLDS:
+        real = getattr(kernels, name)
+
+        def spy(tile, *args, _real=real, _name=name, **kwargs):
+            seen[_name].append(tile.shape[0])
+            return _real(tile, *args, **kwargs)
+
+        monkeypatch.setattr(kernels, name, spy)
+    monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 40)
+    return seen
+
+
+@pytest.mark.parametrize("train_head", [False, True])
+def test_folds_run_in_row_slices_with_the_same_numbers(fold_rows, train_head):
+    from bench.train.fused_head import row_sliced_folds
+
+    model = _model(train_head=train_head)
+    with row_sliced_folds(rows=1_000) as on:  # slices wider than any tile: TRL's own calls
+        assert on
+        whole_out, whole_grads = _run(model, compact=False)
+    whole = {k: list(v) for k, v in fold_rows.items()}
+    for v in fold_rows.values():
+        v.clear()
+    with row_sliced_folds(rows=4):
+        sliced_out, sliced_grads = _run(model, compact=False)
+    assert whole["_forward_tile"] == [22] * 3 and whole["_backward_tile"] == [22] * 3  # 22 rows, 3 chunks
+    assert fold_rows["_forward_tile"] == [4, 4, 4, 4, 4, 2] * 3
+    assert fold_rows["_backward_tile"] == [4, 4, 4, 4, 4, 2] * 3
+    for k in OUTPUTS:
+        assert torch.equal(whole_out[k], sliced_out[k]), k
+    assert whole_grads.keys() == sliced_grads.keys() and any("layers.1." in n for n in whole_grads)
+    assert any("embed_tokens" in n for n in whole_grads) is train_head
+    for n in whole_grads:
+        assert torch.equal(whole_grads[n], sliced_grads[n]), n
+
+
+def test_compact_fused_head_slices_the_folds_of_a_trained_head_too(fold_rows):
+    model = _model(train_head=True)
+    with compact_fused_head(model) as on:
+        assert on is False  # rows not compacted ...
+        ids, attn, labels = _batch()
+        out = model(input_ids=ids, attention_mask=attn, labels=labels, fused_lm_head=True)
+        (-out.log_probs.sum()).backward()
+    assert fold_rows["_forward_tile"] and max(fold_rows["_forward_tile"]) <= 8  # ... but folded 8 rows at a time
+    assert fold_rows["_backward_tile"] and max(fold_rows["_backward_tile"]) <= 8
+
+
+def test_folds_restored_on_error():
+    import trl.kernels.chunked_logprob as kernels
+
+    from bench.train.fused_head import FOLDS, row_sliced_folds
+
+    originals = [getattr(kernels, name) for name in FOLDS]
+    with pytest.raises(RuntimeError, match="boom"):
+        with row_sliced_folds():
+            assert [getattr(kernels, name) for name in FOLDS] != originals
+            raise RuntimeError("boom")
+    assert [getattr(kernels, name) for name in FOLDS] == originals
+
+
+def test_sliced_fold_rows_says_what_runs():
+    from bench.train.fused_head import row_sliced_folds, sliced_fold_rows
+
+    assert sliced_fold_rows() is None
+    with row_sliced_folds(rows=5):
+        assert sliced_fold_rows() == 5
+    assert sliced_fold_rows() is None

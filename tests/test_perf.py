@@ -254,6 +254,11 @@ def test_perf_quick_writes_markdown_and_json(smoke_base, tmp_path):
         assert fig["dpo"][f"ours_{prec}_flops"]["fraction_of_bf16_peak"]["n"] == 1
         assert fig["ppo"][f"{prec}_flops"]["fraction_of_fp32_peak"]["n"] == 1
     assert res["units"]["score"]["agreement"]["tokens_agree_1e-3"]
+    from bench.losses import CACHE_ROWS
+
+    assert res["units"]["dpo_ours"]["head_fold_rows"] == CACHE_ROWS  # ours as the pipeline trains
+    assert res["units"]["dpo_trl_defaults"]["head_fold_rows"] is None  # TRL as it ships
+    assert f"head's folds in row slices of {CACHE_ROWS}" in md
     assert [b["bar"] for b in res["bars"]][:2] == ["scoring", "generation"]
     assert all(b["verdict"] in ("met", "missed", "n/a") for b in res["bars"])
     assert "| >= 4x |" in md and "| >= 40% |" in md

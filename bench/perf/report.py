@@ -263,6 +263,7 @@ def render(r: dict) -> str:
             settings = (compute + f"TrainingArguments bf16 {u['bf16']}, fp16 {u['fp16']}, grad. checkpointing {u['gradient_checkpointing']}, "
                         f"batch {u['per_device_train_batch_size']}, precompute ref {u['precompute_ref_log_probs']}, "
                         f"fused head on labelled positions only {u.get('compact_fused_head', 'not recorded')}, "
+                        f"head's folds in row slices of {u.get('head_fold_rows', 'not recorded')}, "
                         f"trainable {u['trainable_params'] / 1e6:.2f} M of {u['total_params'] / 1e6:.1f} M, "
                         f"{u['n_pairs']} pairs, {u['steps']} steps")
             fl = f.get(f"{key}_flops") or {}

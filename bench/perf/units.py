@@ -211,7 +211,7 @@ def unit_dpo(args: dict) -> dict:
     from bench.data.pairs import dpo_pairs
     from bench.models import policy_init_dir, prepare_base
     from bench.train.dpo import build_pairs, dpo_args
-    from bench.train.fused_head import compact_fused_head
+    from bench.train.fused_head import compact_fused_head, sliced_fold_rows
     from bench.train.hf_trainer import load_trainable_policy
 
     cfg = unit_cfg(args)
@@ -257,6 +257,7 @@ def unit_dpo(args: dict) -> dict:
                     # TRL: none of ours (its own bf16 autocast applies, its head scores every position)
                     compact = compact_fused_head(trainer.model) if side == "ours" else contextlib.nullcontext(False)
                     with compute(prec if side == "ours" else "fp32"), compact as info["compact_fused_head"]:
+                        info["head_fold_rows"] = sliced_fold_rows()
                         dt, result = timed(trainer.train)
                     secs[prec].append(dt)
                     info["steps"] = int(result.global_step)

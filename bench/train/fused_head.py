@@ -26,30 +26,103 @@ logs were bitwise equal too (docs/experiments.md#compact-on-avx512-kernels).
 The one place it is not exact is a trained head (``dpo-full``: SmolLM2's head is the tied input
 embedding, trainable there): the head's weight gradient is a sum over rows, and dropping the zero
 rows changes how that sum is blocked, so last bits move (max parameter difference 2e-5 after four
-steps). There the context leaves TRL's default alone.
+steps). There the context leaves TRL's rows alone.
+
+Inside the context, on every head, trained or not, TRL's torch fold of each projected tile (used
+where Triton does not run: its online log-sum-exp in the forward pass, the logits' gradient in the
+backward pass, about ten elementwise passes each over a ``[rows, 32,768]`` fp32 tile) runs in slices of
+:data:`bench.losses.CACHE_ROWS` rows (:func:`row_sliced_folds`), so that a slice stays in the CPU's
+cache between its passes instead of streaming the whole tile from memory at each. The products and
+their tiles are TRL's; every fold operation is elementwise or a reduction within a row, so a sliced
+fold computes each value as the whole-tile fold does (measured bitwise equal, the products' gradient
+included, at 37 to 905 rows and slices of 4 to 32 rows; docs/experiments.md#sliced-head-folds).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
+
+import torch
+
+from bench.losses import CACHE_ROWS
 
 
 @contextlib.contextmanager
 def compact_fused_head(model) -> Iterator[bool]:
     """Inside: TRL's fused LM head scores only labelled positions, on any device; yields whether it
     does (False for a trained or missing head, or a TRL without the switch: TRL's default then runs).
-    Restores TRL's own device test on exit, also on error."""
+    Its tiles fold in cache-sized row slices on a CPU either way (:func:`row_sliced_folds`).
+    Restores TRL's own functions on exit, also on error."""
     import trl.trainer.utils as trl_utils
 
     head = model.get_output_embeddings()
     trained = head is None or head.weight.requires_grad
-    if trained or not callable(getattr(trl_utils, "_use_triton", None)):
+    with row_sliced_folds():
+        if trained or not callable(getattr(trl_utils, "_use_triton", None)):
+            yield False
+            return
+        original = trl_utils._use_triton  # read there only to choose compact rows; the kernels keep their own
+        trl_utils._use_triton = lambda device: True
+        try:
+            yield True
+        finally:
+            trl_utils._use_triton = original
+
+
+FOLDS = ("_forward_tile", "_backward_tile")  # TRL's torch folds of one projected tile (no Triton)
+
+
+def _sliced(fold: Callable, rows: int) -> Callable:
+    """``fold`` applied to ``rows`` rows of a CPU tile at a time. Every tensor argument whose leading
+    size is the tile's row count (targets, the running statistics it updates in place, the log-sum-exp
+    and the incoming gradients) is sliced with it; the rest (offsets, flags, scalars) pass unchanged.
+    The slices are views, so the fold's in-place updates land in the caller's tensors."""
+
+    @functools.wraps(fold)
+    def run(tile, *args, **kwargs):
+        n = tile.shape[0]
+        if tile.device.type != "cpu" or n <= rows:  # a GPU has no such cache: TRL's own call
+            return fold(tile, *args, **kwargs)
+
+        def part(x, i):
+            return x[i:i + rows] if isinstance(x, torch.Tensor) and x.dim() and x.shape[0] == n else x
+
+        for i in range(0, n, rows):
+            fold(tile[i:i + rows], *(part(a, i) for a in args), **{k: part(v, i) for k, v in kwargs.items()})
+
+    run.slice_rows = rows
+    return run
+
+
+def sliced_fold_rows() -> int | None:
+    """The row slice TRL's folds run in now (inside :func:`row_sliced_folds`), else None."""
+    try:
+        import trl.kernels.chunked_logprob as kernels
+    except ImportError:
+        return None
+    return getattr(getattr(kernels, FOLDS[0], None), "slice_rows", None)
+
+
+@contextlib.contextmanager
+def row_sliced_folds(rows: int = CACHE_ROWS) -> Iterator[bool]:
+    """Inside: TRL's torch folds of its fused head's tiles run ``rows`` rows at a time on a CPU; yields
+    whether they do (False for a TRL without them: its own code then runs). Restored on exit, also on
+    error."""
+    try:
+        import trl.kernels.chunked_logprob as kernels
+    except ImportError:
         yield False
         return
-    original = trl_utils._use_triton  # read there only to choose compact rows; the kernels keep their own
-    trl_utils._use_triton = lambda device: True
+    originals = {name: getattr(kernels, name, None) for name in FOLDS}
+    if not all(callable(f) for f in originals.values()):
+        yield False
+        return
+    for name, fold in originals.items():
+        setattr(kernels, name, _sliced(fold, rows))
     try:
         yield True
     finally:
-        trl_utils._use_triton = original
+        for name, fold in originals.items():
+            setattr(kernels, name, fold)
