@@ -1,4 +1,5 @@
-"""TRL's fused LM head, made to score only the positions that carry a label on every device.
+"""TRL's fused LM head, made to score only the positions that carry a label on every device, and
+to fold its tiles in cache-sized row slices on a CPU.
 
 TRL 1.16's SFT and DPO trainers compute per-token log-probabilities with a chunked fused LM head
 (``trl.trainer.utils.add_fused_lm_head`` calling ``trl.kernels.ChunkedLogProbFunction``): the
