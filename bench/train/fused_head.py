@@ -35,8 +35,9 @@ backward pass, about ten elementwise passes each over a ``[rows, 32,768]`` fp32 
 :data:`bench.losses.CACHE_ROWS` rows (:func:`row_sliced_folds`), so that a slice stays in the CPU's
 cache between its passes instead of streaming the whole tile from memory at each. The products and
 their tiles are TRL's; every fold operation is elementwise or a reduction within a row, so a sliced
-fold computes each value as the whole-tile fold does (measured bitwise equal, the products' gradient
-included, at 37 to 905 rows and slices of 4 to 32 rows; docs/experiments.md#sliced-head-folds).
+fold can compute each value as the whole-tile fold does. Whether a row's reduction is bitwise the same
+in a slice is up to torch's CPU kernels; it was measured so (the products' gradient included, at 37 to
+905 rows and slices of 4 to 32 rows, and on whole SFT and DPO runs; docs/experiments.md#sliced-head-folds).
 """
 
 from __future__ import annotations
@@ -97,13 +98,18 @@ def _sliced(fold: Callable, rows: int) -> Callable:
     return run
 
 
-def sliced_fold_rows() -> int | None:
-    """The row slice TRL's folds run in now (inside :func:`row_sliced_folds`), else None."""
+def _kernels():
+    """TRL's chunked log-prob kernels module, or None for a TRL without it."""
     try:
         import trl.kernels.chunked_logprob as kernels
     except ImportError:
         return None
-    return getattr(getattr(kernels, FOLDS[0], None), "slice_rows", None)
+    return kernels
+
+
+def sliced_fold_rows() -> int | None:
+    """The row slice TRL's folds run in now (inside :func:`row_sliced_folds`), else None."""
+    return getattr(getattr(_kernels(), FOLDS[0], None), "slice_rows", None)
 
 
 @contextlib.contextmanager
@@ -111,11 +117,7 @@ def row_sliced_folds(rows: int = CACHE_ROWS) -> Iterator[bool]:
     """Inside: TRL's torch folds of its fused head's tiles run ``rows`` rows at a time on a CPU; yields
     whether they do (False for a TRL without them: its own code then runs). Restored on exit, also on
     error."""
-    try:
-        import trl.kernels.chunked_logprob as kernels
-    except ImportError:
-        yield False
-        return
+    kernels = _kernels()
     originals = {name: getattr(kernels, name, None) for name in FOLDS}
     if not all(callable(f) for f in originals.values()):
         yield False
