@@ -218,6 +218,22 @@ def validate(cfg: ProfileConfig, variant: str | None) -> None:
     run_validation(cfg, variant=variant)
 
 
+@main.command()
+@with_config
+def stale(cfg: ProfileConfig) -> None:
+    """Committed records of leaderboards/<profile>/ that the profile as it is now would not make (what a
+    fresh `make leaderboard` would re-run); exit 1 when there are any."""
+    from bench.published import load_reported
+    from bench.stale_records import stale_records
+
+    lines = stale_records(cfg, load_reported(cfg.profile.name))
+    for line in lines:
+        click.echo(f"stale: {line}")
+    if lines:
+        raise SystemExit(1)
+    click.echo(f"{cfg.profile.name}: every committed record is what the profile makes now")
+
+
 @main.command(name="judge-check")
 @with_config
 def judge_check(cfg: ProfileConfig) -> None:

@@ -104,10 +104,9 @@ def _maybe_record(profile: str, name: str, stage: str | None = None) -> dict | N
         return None
 
 
-def eval_inputs(cfg: ProfileConfig, variant, base_rec: dict | None, rm_rec: dict | None, cm_rec: dict | None,
-                start: str | None = None, datasets: dict | None = None) -> dict:
-    """Everything the eval record's config hash covers (also stored in the record): the variant's
-    starting point's *eval* record too, since the paired tests and "vs start" columns read its outputs."""
+def profile_inputs(cfg: ProfileConfig, variant) -> dict:
+    """The part of :func:`eval_inputs` that the profile and this code decide alone (no data, no other
+    record): what ``bench.stale_records`` compares a committed eval record's ``extra.inputs`` with."""
     from bench.eval import refusal
     from bench.eval.helpfulness import LM_EVAL_GATE, task_fingerprint
 
@@ -117,6 +116,18 @@ def eval_inputs(cfg: ProfileConfig, variant, base_rec: dict | None, rm_rec: dict
         "sections_hash": cfg.section_hash(*SECTIONS),
         "pairs_policy": pairs_policy(cfg),
         "seed": cfg.profile.seed,
+        "lm_eval_tasks": task_fingerprint(list(cfg.eval.lm_eval_tasks)) if cfg.eval.lm_eval_tasks else {},
+        # a gated variant's lm-eval decides its gate per document (issue 22): only its hash moves
+        **({"lm_eval_gate": LM_EVAL_GATE} if cfg.eval.lm_eval_tasks and getattr(variant, "gated", False) else {}),
+    }
+
+
+def eval_inputs(cfg: ProfileConfig, variant, base_rec: dict | None, rm_rec: dict | None, cm_rec: dict | None,
+                start: str | None = None, datasets: dict | None = None) -> dict:
+    """Everything the eval record's config hash covers (also stored in the record): the variant's
+    starting point's *eval* record too, since the paired tests and "vs start" columns read its outputs."""
+    return {
+        **profile_inputs(cfg, variant),
         # the test splits' contents (not their paths): new rows re-score every variant
         "datasets": {k: (v or {}).get("rows_sha256") for k, v in sorted((datasets or {}).items())},
         "variant": _record_fingerprint(variant.record),
@@ -126,9 +137,6 @@ def eval_inputs(cfg: ProfileConfig, variant, base_rec: dict | None, rm_rec: dict
         # the start's eval by its inputs' hash, not its date: a re-scored start with the same inputs gives
         # the same greedy outputs, so the variants that start there need not be re-scored
         "start": _eval_fingerprint(_maybe_record(cfg.profile.name, start, EVAL_STAGE)) if start else None,
-        "lm_eval_tasks": task_fingerprint(list(cfg.eval.lm_eval_tasks)) if cfg.eval.lm_eval_tasks else {},
-        # a gated variant's lm-eval decides its gate per document (issue 22): only its hash moves
-        **({"lm_eval_gate": LM_EVAL_GATE} if cfg.eval.lm_eval_tasks and getattr(variant, "gated", False) else {}),
     }
 
 

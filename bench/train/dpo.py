@@ -93,14 +93,21 @@ def dpo_args(section: DPOSection, variant: DPOVariant, out, seed: int):
         max_length=section.max_length)
 
 
+def config_hash(cfg: ProfileConfig, name: str) -> str:
+    """The hash a variant's record and checkpoints carry: this variant's settings only (adding or removing
+    another variant does not re-run it), the shared sections, SFT's when it starts there, and the judge
+    (on-policy pairs and the tracking pass use it)."""
+    section: DPOSection = variant_section(cfg.require("dpo"), cfg.require("dpo").variants[name])
+    return judged_hash(cfg.only_variant("dpo", name).section_hash(*hashed_sections(SECTIONS, section.policy_init)))
+
+
 def train_variant(cfg: ProfileConfig, name: str, variant: DPOVariant, force: bool = False) -> None:
     from datasets import Dataset
     from trl import DPOTrainer
 
     section: DPOSection = variant_section(cfg.require("dpo"), variant)  # its own trainable / learning rate, if set
-    cfg = cfg.only_variant("dpo", name)  # the record hashes this variant's settings only
-    sections = hashed_sections(SECTIONS, section.policy_init)
-    chash = judged_hash(cfg.section_hash(*sections))  # on-policy pairs and the tracking pass use the judge
+    chash = config_hash(cfg, name)
+    cfg = cfg.only_variant("dpo", name)
     if not force and is_done(cfg, name, chash):
         print(f"{name}: up to date")
         return

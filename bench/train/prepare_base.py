@@ -29,8 +29,13 @@ def greedy_answer(model, tok, question: str, system_prompt: str | None, max_new_
     return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
+def config_hash(cfg: ProfileConfig) -> str:
+    """The hash the base record carries."""
+    return cfg.section_hash(*SECTIONS)
+
+
 def run_base(cfg: ProfileConfig, force: bool = False) -> dict:
-    chash = cfg.section_hash(*SECTIONS)
+    chash = config_hash(cfg)
     folder, manifest = prepare_base(cfg)
     if not force and is_done(cfg, "base", chash):
         print(f"base: up to date ({folder})")

@@ -71,6 +71,11 @@ def extra_callbacks() -> list:
     return []
 
 
+def config_hash(cfg: ProfileConfig) -> str:
+    """The hash the SFT record carries."""
+    return cfg.section_hash(*SECTIONS)
+
+
 def run_sft(cfg: ProfileConfig, force: bool = False) -> None:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -79,7 +84,7 @@ def run_sft(cfg: ProfileConfig, force: bool = False) -> None:
         print("sft: the profile has no 'sft' section; skipped")
         return
     section = cfg.sft
-    if not force and is_done(cfg, "sft", cfg.section_hash(*SECTIONS)):
+    if not force and is_done(cfg, "sft", config_hash(cfg)):
         print("sft: up to date")
         return
     policy_dir = policy_init_dir(cfg, "base")
