@@ -39,7 +39,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock image-test fetch test-faults base sft reward cost dpo ppo steer eval leaderboard seeds verify bench test test-slow \
+.PHONY: help setup lock image-test fetch test-faults base sft reward cost dpo ppo steer eval leaderboard seeds verify stale bench test test-slow \
         clean image docker gpu-check FORCE
 
 help: ## list targets
@@ -116,6 +116,14 @@ seeds: ## every variant at each training seed of SEEDS (default "0 1 2") -> lead
 	  else $(MAKE) --no-print-directory leaderboard PROFILE=$(PROFILE) SEED=$$s || exit 1; fi; \
 	done
 	$(BENCH) seeds --profile $(PROFILE) --seeds "$(SEEDS)"
+
+# Nothing runs: each committed seed's records against the hashes the profile gives now (bench/stale_records.py).
+stale: $(STAMP) ## committed records of every seed of SEEDS that the profile would not make now (exit 1 if any)
+	@own=$$($(BENCH) config show --profile $(PROFILE) | sed -n 's/^  seed: //p' | head -1); st=0; \
+	for s in $(SEEDS); do \
+	  if [ "$$s" = "$$own" ]; then $(BENCH) stale --profile $(PROFILE) || st=1; \
+	  else $(BENCH) stale --profile $(PROFILE) profile.name=$(PROFILE)-s$$s profile.seed=$$s || st=1; fi; \
+	done; exit $$st
 
 verify: $(DONE)/eval.done ## compare fresh records with the ones committed in git, within tolerances (VARIANT=name for one)
 	$(BENCH) verify $(P_ARGS) $(if $(VARIANT),--variant $(VARIANT))
