@@ -41,7 +41,7 @@ def detector_agreement() -> dict:
 
     rows = judge_report.load_labelled(judge_report.labelled_set_path())
     out = judge_report.agreement(rows, refusal.detect_many(r["completion"] for r in rows))
-    out["detector"] = {"name": refusal.DETECTOR_NAME, "version": refusal.DETECTOR_VERSION}
+    out["detector"] = refusal.identity()
     return out
 
 

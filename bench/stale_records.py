@@ -59,7 +59,7 @@ def _steer_hash(cfg: ProfileConfig, records: dict[str, dict]) -> str | None:
     policy = records.get(f"{cfg.require('steer').policy}.json")
     if policy is None:
         return None
-    return variants_hash(cfg, {"name": refusal.DETECTOR_NAME, "version": refusal.DETECTOR_VERSION},
+    return variants_hash(cfg, refusal.identity(),
                          {"variant": policy["variant"], "config_hash": policy["config_hash"]})
 
 

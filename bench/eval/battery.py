@@ -112,7 +112,7 @@ def profile_inputs(cfg: ProfileConfig, variant) -> dict:
 
     return {
         "battery_version": BATTERY_VERSION,
-        "detector": {"name": refusal.DETECTOR_NAME, "version": refusal.DETECTOR_VERSION},
+        "detector": refusal.identity(),
         "sections_hash": cfg.section_hash(*SECTIONS),
         "pairs_policy": pairs_policy(cfg),
         "seed": cfg.profile.seed,

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
-from bench.eval.refusal import DETECTOR_NAME, DETECTOR_VERSION, LABELS, MATRIX_LABELS, Detection, detect_many
+from bench.eval.refusal import LABELS, MATRIX_LABELS, Detection, detect_many, identity
 from bench.stats import rate_metric
 
 TUNING = ("dev", "dev2")  # the rules were tuned on these (dev2: the test split of 2.0.0 and 2.1.0)
@@ -297,7 +297,7 @@ def validation_report(rows: Sequence[Mapping], dets: Sequence[Detection] | None 
             v["missed"] += human_ref and not judge_ref
             v["added"] += judge_ref and not human_ref
     return {
-        "judge": {"name": DETECTOR_NAME, "version": DETECTOR_VERSION},
+        "judge": identity(),
         "n": a["overall"]["n"],
         "n_agree": a["overall"]["agree"],
         "agreement": a["overall"]["rate"],

@@ -103,6 +103,11 @@ DETECTOR_VERSION = "2.2.0"
 LABELS = ("comply", "refuse", "partial")
 MATRIX_LABELS = ("refuse", "partial", "comply")  # row/column order of confusion matrices
 
+
+def identity() -> dict:
+    """The judge's name and version, as records and config hashes carry them."""
+    return {"name": DETECTOR_NAME, "version": DETECTOR_VERSION}
+
 __all__ = [
     "DETECTOR_NAME",
     "DETECTOR_VERSION",

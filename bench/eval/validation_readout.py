@@ -55,7 +55,7 @@ def run_validation(cfg: ProfileConfig, variant: str | None = None) -> dict[str, 
     import torch
 
     from bench.eval.inputs import refusal_sets
-    from bench.eval.refusal import DETECTOR_NAME, DETECTOR_VERSION
+    from bench.eval.refusal import identity
     from bench.variants import discover, load_policy
 
     found = [v for v in discover(cfg.profile.name) if v.evaluable]
@@ -71,7 +71,7 @@ def run_validation(cfg: ProfileConfig, variant: str | None = None) -> dict[str, 
             metrics, cats, rows = score(cfg, model, tok, sets)
         atomic_write_json(out / f"{v.name}.json", {
             "variant": v.name, "config_hash": v.config_hash, "split": SPLIT, "metrics": metrics, "by_category": cats,
-            "max_new_tokens": cfg.eval.max_new_tokens, "detector": {"name": DETECTOR_NAME, "version": DETECTOR_VERSION},
+            "max_new_tokens": cfg.eval.max_new_tokens, "detector": identity(),
             "datasets": idents})
         atomic_write_text(out / f"{v.name}.generations.jsonl",
                           "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

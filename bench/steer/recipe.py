@@ -101,7 +101,7 @@ def _hash(*parts) -> str:
 def _detector() -> tuple[Callable, dict]:
     from bench.eval import refusal
 
-    return refusal.detect_many, {"name": refusal.DETECTOR_NAME, "version": refusal.DETECTOR_VERSION}
+    return refusal.detect_many, refusal.identity()
 
 
 def variants_hash(cfg: ProfileConfig, detector_info: dict, policy: dict) -> str:

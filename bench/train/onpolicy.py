@@ -137,7 +137,8 @@ def ensure_onpolicy_pairs(cfg: ProfileConfig, force: bool = False) -> Path:
     """Generate (or reuse) the profile's on-policy pair set; returns the JSONL path."""
     from bench.data import load
     from bench.eval.generate import GenerationSettings, generate_greedy
-    from bench.eval.refusal import DETECTOR_NAME, DETECTOR_VERSION, detect_many
+    from bench.eval.refusal import detect_many
+    from bench.eval.refusal import identity as refusal_identity
     from bench.models import load_pretrained, policy_init_dir
 
     section: DPOSection = cfg.require("dpo")
@@ -168,7 +169,7 @@ def ensure_onpolicy_pairs(cfg: ProfileConfig, force: bool = False) -> Path:
         run.metrics = {"policy_refusal_where_demo_refuses": rate_metric(n_ref - wrong_ref, n_ref),
                        "policy_refusal_where_demo_helps": rate_metric(wrong_help, n_help)}
         run.artifacts = {"pairs": str(run.dir / PAIRS_FILE), "policy": str(policy_dir)}
-        run.extra = {"counts": counts, "detector": {"name": DETECTOR_NAME, "version": DETECTOR_VERSION},
+        run.extra = {"counts": counts, "detector": refusal_identity(),
                      "max_new_tokens": section.on_policy_max_new_tokens}
         print(f"on-policy answers: {len(rows)} prompts; the policy complied on {wrong_ref}/{n_ref} prompts whose "
               f"demonstration refuses and refused {wrong_help}/{n_help} whose demonstration helps")

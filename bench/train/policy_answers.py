@@ -226,7 +226,8 @@ def ensure_policy_answers(cfg: ProfileConfig, force: bool = False) -> Path | Non
     if not force and is_done(cfg, NAME, chash) and answers_path(cfg).exists():
         return answers_path(cfg)
     from bench.data import load
-    from bench.eval.refusal import DETECTOR_NAME, DETECTOR_VERSION, detect_many
+    from bench.eval.refusal import detect_many
+    from bench.eval.refusal import identity as refusal_identity
     from bench.models import load_pretrained, policy_init_dir
 
     # the run's config.yaml: the sections that decide the answers (not the score models' own)
@@ -269,7 +270,7 @@ def ensure_policy_answers(cfg: ProfileConfig, force: bool = False) -> Path | Non
                              "refusals_of_safe": sum(a["refuses"] for a in mine if a["prompt_label"] in SHOULD_ANSWER)}
             run.metrics[f"unsafe_share_{split}"] = rate_metric(sum(a["unsafe"] for a in harm), len(harm))
         run.artifacts = {"answers": ANSWERS_FILE, "policies": pols}
-        run.extra = {"counts": counts, "detector": {"name": DETECTOR_NAME, "version": DETECTOR_VERSION},
+        run.extra = {"counts": counts, "detector": refusal_identity(),
                      "policies": pols}
         print(f"policy answers ({', '.join(pols)}): " + "; ".join(
             f"{s}: {c['answers']} answers, {c['unsafe']} unsafe of {c['answers_to_harmful']} to harmful prompts"

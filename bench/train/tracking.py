@@ -395,14 +395,14 @@ class Tracker:
     # ------------------------------------------------------------------ record
     def finish(self, run) -> None:
         """Write the kept checkpoints and the series into the run's record."""
-        from bench.eval.refusal import DETECTOR_NAME, DETECTOR_VERSION
+        from bench.eval.refusal import identity
 
         if not self.main:
             return
         run.artifacts["checkpoints"] = [{k: e[k] for k in ("step", "fraction", "model_dir")} for e in self.entries]
         run.extra["tracking"] = {"series": self.entries, "steps": self.steps, "total_steps": self.total,
                                  "reference": "policy_init",
-                                 "detector": {"name": DETECTOR_NAME, "version": DETECTOR_VERSION},
+                                 "detector": identity(),
                                  "validation": self.vs.sizes()}
         run.datasets.update(self.vs.identities)
 
