@@ -15,13 +15,14 @@ it, through each stage's own hash function (one owner per stage), and lists what
 - eval records: the part of ``extra.inputs`` that the profile decides (:func:`bench.eval.battery.profile_inputs`:
   sections, battery and judge versions, seed, lm-eval tasks) and the scored variant's hash, against its
   committed training record;
+- the steering audit: the checkpoints it audited against those the committed training records list (its hash
+  names the checkpoints' local folders, so names are compared, not hashes);
 - variants the profile names that have no committed record, and committed training records of variants
   it no longer names.
 
-Not covered: the steering audit (its hash names the checkpoints' local folders) and the eval records' data
-(the test splits' row hashes; ``bench verify`` re-runs the battery for that). ``tests/test_stale_records.py``
-runs this on every committed leaderboard of the default profile, so CI fails when the profile changes
-without them.
+Not covered: the eval records' data (the test splits' row hashes; ``bench verify`` re-runs the battery for
+that). ``tests/test_stale_records.py`` runs this on every committed leaderboard of the default profile, so
+CI fails when the profile changes without them.
 """
 
 from __future__ import annotations
@@ -63,6 +64,23 @@ def _steer_hash(cfg: ProfileConfig, records: dict[str, dict]) -> str | None:
                          {"variant": policy["variant"], "config_hash": policy["config_hash"]})
 
 
+def _audit_lines(audit: dict, records: dict[str, dict]) -> list[str]:
+    """The steering audit against the checkpoints the committed training records list (its hash names local
+    folders, so the names are compared: a variant or a kept checkpoint added or dropped without re-running it)."""
+    from bench.steer.audit import record_checkpoints
+
+    table = (audit.get("extra") or {}).get("audit")
+    if not isinstance(table, dict):
+        return []
+    have = sorted(c["name"] for c in table.get("checkpoints") or [])
+    want = sorted(["base"] + [c["name"] for k, r in records.items() if not is_eval_key(k) for c in record_checkpoints(r)])
+    if have == want:
+        return []
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    return [f"{audit['variant']}: audits other checkpoints than the committed records list "
+            f"(not audited: {', '.join(missing) or 'none'}; audited, not committed: {', '.join(extra) or 'none'})"]
+
+
 def stale_records(cfg: ProfileConfig, records: dict[str, dict]) -> list[str]:
     """One line per committed record (``{key: record}`` as :func:`bench.published.load_reported` reads
     them) that the profile would not make now, and per variant it names without a record."""
@@ -77,7 +95,8 @@ def stale_records(cfg: ProfileConfig, records: dict[str, dict]) -> list[str]:
         if rec["stage"] == "steer" and rec.get("artifacts", {}).get("steering") is not None:
             expected = steer
         elif rec["stage"] == "steer":
-            continue  # the audit: not covered (module docstring)
+            out += _audit_lines(rec, records)
+            continue
         elif name in want:
             expected = want[name]
         else:

@@ -81,7 +81,10 @@ def test_a_new_variant_and_a_dropped_one_are_named(records):
     assert stale_records(cfg, records) == ["dpo-new: the profile names it, no record is committed"]
     extra = copy.deepcopy(records)
     extra["dpo-gone.json"] = dict(extra["dpo.json"], variant="dpo-gone")
-    assert stale_records(_cfg(), extra) == ["dpo-gone: committed, but the profile has no such dpo variant"]
+    lines = stale_records(_cfg(), extra)
+    assert lines[0] == "dpo-gone: committed, but the profile has no such dpo variant"
+    assert lines[1:] == ["steer-audit: audits other checkpoints than the committed records list "
+                         "(not audited: dpo-gone, dpo-gone@0, dpo-gone@15; audited, not committed: none)"]
 
 
 def test_an_eval_of_another_training_run_is_named(records):
@@ -98,3 +101,14 @@ def test_cli_exit_status(monkeypatch):
     assert ok.exit_code == 0 and "every committed record is what the profile makes now" in ok.output
     bad = runner.invoke(main, ["stale", "--profile", "default", "ppo.kl_coef=0.5"])
     assert bad.exit_code == 1 and "stale: ppo-kl: committed with config hash" in bad.output
+
+
+def test_an_audit_that_misses_a_committed_checkpoint_is_named(records):
+    edited = copy.deepcopy(records)
+    table = edited["steer-audit.json"]["extra"]["audit"]
+    table["checkpoints"] = [c for c in table["checkpoints"] if c["name"] != "dpo@15"]
+    lines = stale_records(_cfg(), edited)
+    assert lines == ["steer-audit: audits other checkpoints than the committed records list "
+                     "(not audited: dpo@15; audited, not committed: none)"]
+    edited["ppo-new.json"] = dict(edited["ppo-kl.json"], variant="ppo-new")  # a record added, the audit not re-run
+    assert any("not audited: dpo@15, ppo-new;" in line for line in stale_records(_cfg(), edited))

@@ -54,23 +54,28 @@ def discover_checkpoints(profile: str, base_model_dir: str | None = None) -> lis
         out.append({"name": "base", "variant": "base", "stage": "base", "step": None, "fraction": None,
                     "model_dir": str(bdir), "config_hash": (base or {}).get("config_hash")})
     for rec in iter_records(profile):
-        if rec["stage"] in EXCLUDED_STAGES:
+        out += record_checkpoints(rec)
+    return out
+
+
+def record_checkpoints(rec: dict) -> list[dict]:
+    """The audit's entries for one record: a trained variant's kept checkpoints (by step), then its final
+    model; none for a stage the audit leaves out or a record without a model."""
+    arts = rec.get("artifacts") or {}
+    final = arts.get("model_dir")
+    if rec["stage"] in EXCLUDED_STAGES or not final:
+        return []
+    out, seen = [], set()
+    for ck in sorted(arts.get("checkpoints") or [], key=lambda c: c.get("step", 0)):
+        mdir = ck.get("model_dir")
+        if not mdir or mdir == final or mdir in seen:
             continue
-        arts = rec.get("artifacts") or {}
-        final = arts.get("model_dir")
-        if not final:
-            continue
-        seen = set()
-        for ck in sorted(arts.get("checkpoints") or [], key=lambda c: c.get("step", 0)):
-            mdir = ck.get("model_dir")
-            if not mdir or mdir == final or mdir in seen:
-                continue
-            seen.add(mdir)
-            out.append({"name": f"{rec['variant']}@{ck.get('step')}", "variant": rec["variant"], "stage": rec["stage"],
-                        "step": ck.get("step"), "fraction": ck.get("fraction"), "model_dir": str(mdir),
-                        "config_hash": rec["config_hash"]})
-        out.append({"name": rec["variant"], "variant": rec["variant"], "stage": rec["stage"], "step": None,
-                    "fraction": 1.0, "model_dir": str(final), "config_hash": rec["config_hash"]})
+        seen.add(mdir)
+        out.append({"name": f"{rec['variant']}@{ck.get('step')}", "variant": rec["variant"], "stage": rec["stage"],
+                    "step": ck.get("step"), "fraction": ck.get("fraction"), "model_dir": str(mdir),
+                    "config_hash": rec["config_hash"]})
+    out.append({"name": rec["variant"], "variant": rec["variant"], "stage": rec["stage"], "step": None,
+                "fraction": 1.0, "model_dir": str(final), "config_hash": rec["config_hash"]})
     return out
 
 
