@@ -12,16 +12,16 @@ it, through each stage's own hash function (one owner per stage), and lists what
 - training records (base, sft, policy answers, reward, cost, on-policy pairs, every DPO and PPO
   variant) and the steered variants: the record's ``config_hash`` against the stage's hash of the profile
   (steering's covers its policy's committed record);
-- eval records: the part of ``extra.inputs`` that the profile decides (:func:`bench.eval.battery.profile_inputs`:
-  sections, battery and judge versions, seed, lm-eval tasks) and the scored variant's hash, against its
-  committed training record;
+- eval records: the part of ``extra.inputs`` that the profile and the data decide
+  (:func:`bench.eval.battery.profile_inputs`: sections, battery and judge versions, seed, lm-eval tasks; and
+  the test splits' row hashes) and the scored variant's hash, against its committed training record;
 - the steering audit: the checkpoints it audited against those the committed training records list (its hash
   names the checkpoints' local folders, so names are compared, not hashes);
 - variants the profile names that have no committed record, and committed training records of variants
   it no longer names.
 
-Not covered: the eval records' data (the test splits' row hashes; ``bench verify`` re-runs the battery for
-that). ``tests/test_stale_records.py`` runs this on every committed leaderboard of the default profile, so
+Not compared: what a record's numbers are (``bench verify`` re-runs the stages for that).
+``tests/test_stale_records.py`` runs this on every committed leaderboard of the default profile, so
 CI fails when the profile changes without them.
 """
 
@@ -84,7 +84,8 @@ def _audit_lines(audit: dict, records: dict[str, dict]) -> list[str]:
 def stale_records(cfg: ProfileConfig, records: dict[str, dict]) -> list[str]:
     """One line per committed record (``{key: record}`` as :func:`bench.published.load_reported` reads
     them) that the profile would not make now, and per variant it names without a record."""
-    from bench.eval.battery import profile_inputs
+    from bench.eval.battery import datasets_fingerprint, profile_inputs
+    from bench.eval.inputs import load_inputs
     from bench.variants import from_record
 
     want = expected_hashes(cfg)
@@ -105,13 +106,13 @@ def stale_records(cfg: ProfileConfig, records: dict[str, dict]) -> list[str]:
         if expected is not None and rec["config_hash"] != expected:
             out.append(f"{name}: committed with config hash {rec['config_hash']}, the profile gives {expected}")
     out += [f"{name}: the profile names it, no record is committed" for name in sorted(set(want) - set(trained))]
-    for key, rec in sorted(records.items()):
-        if not is_eval_key(key):
-            continue
+    evals = sorted((k, r) for k, r in records.items() if is_eval_key(k))
+    data = datasets_fingerprint(load_inputs(cfg)[1]) if evals else None
+    for key, rec in evals:
         inputs = (rec.get("extra") or {}).get("inputs") or {}
         scored = trained.get(rec["variant"])
         variant = from_record(scored) if scored is not None else None
-        for field, value in profile_inputs(cfg, variant).items():
+        for field, value in {**profile_inputs(cfg, variant), "datasets": data}.items():
             if inputs.get(field) != value:
                 out.append(f"eval {rec['variant']}: extra.inputs.{field} is {inputs.get(field)!r}, the profile gives {value!r}")
         fingerprint = (inputs.get("variant") or {}).get("config_hash")

@@ -112,3 +112,12 @@ def test_an_audit_that_misses_a_committed_checkpoint_is_named(records):
                      "(not audited: dpo@15; audited, not committed: none)"]
     edited["ppo-new.json"] = dict(edited["ppo-kl.json"], variant="ppo-new")  # a record added, the audit not re-run
     assert any("not audited: dpo@15, ppo-new;" in line for line in stale_records(_cfg(), edited))
+
+
+def test_an_eval_of_other_test_rows_is_named(records):
+    edited = copy.deepcopy(records)
+    datasets = edited["eval/sft.json"]["extra"]["inputs"]["datasets"]
+    key = sorted(datasets)[0]
+    datasets[key] = "0" * 64
+    lines = stale_records(_cfg(), edited)
+    assert len(lines) == 1 and lines[0].startswith("eval sft: extra.inputs.datasets is {")

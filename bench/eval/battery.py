@@ -122,14 +122,18 @@ def profile_inputs(cfg: ProfileConfig, variant) -> dict:
     }
 
 
+def datasets_fingerprint(datasets: dict | None) -> dict:
+    """The test splits' contents (not their paths), from ``load_inputs``' identities: new rows re-score every variant."""
+    return {k: (v or {}).get("rows_sha256") for k, v in sorted((datasets or {}).items())}
+
+
 def eval_inputs(cfg: ProfileConfig, variant, base_rec: dict | None, rm_rec: dict | None, cm_rec: dict | None,
                 start: str | None = None, datasets: dict | None = None) -> dict:
     """Everything the eval record's config hash covers (also stored in the record): the variant's
     starting point's *eval* record too, since the paired tests and "vs start" columns read its outputs."""
     return {
         **profile_inputs(cfg, variant),
-        # the test splits' contents (not their paths): new rows re-score every variant
-        "datasets": {k: (v or {}).get("rows_sha256") for k, v in sorted((datasets or {}).items())},
+        "datasets": datasets_fingerprint(datasets),
         "variant": _record_fingerprint(variant.record),
         "base": _record_fingerprint(base_rec),
         "reward": _record_fingerprint(rm_rec),
