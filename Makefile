@@ -119,11 +119,7 @@ seeds: ## every variant at each training seed of SEEDS (default "0 1 2") -> lead
 
 # Nothing runs: each committed seed's records against the hashes the profile gives now (bench/stale_records.py).
 stale: $(STAMP) ## committed records of every seed of SEEDS that the profile would not make now (exit 1 if any)
-	@own=$$($(BENCH) config show --profile $(PROFILE) | sed -n 's/^  seed: //p' | head -1); st=0; \
-	for s in $(SEEDS); do \
-	  if [ "$$s" = "$$own" ]; then $(BENCH) stale --profile $(PROFILE) || st=1; \
-	  else $(BENCH) stale --profile $(PROFILE) profile.name=$(PROFILE)-s$$s profile.seed=$$s || st=1; fi; \
-	done; exit $$st
+	$(BENCH) stale --profile $(PROFILE) --seeds "$(SEEDS)"
 
 verify: $(DONE)/eval.done ## compare fresh records with the ones committed in git, within tolerances (VARIANT=name for one)
 	$(BENCH) verify $(P_ARGS) $(if $(VARIANT),--variant $(VARIANT))

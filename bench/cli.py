@@ -218,20 +218,42 @@ def validate(cfg: ProfileConfig, variant: str | None) -> None:
     run_validation(cfg, variant=variant)
 
 
+def _parse_seeds(seeds_arg: str) -> list[int]:
+    try:
+        wanted = sorted({int(x) for x in seeds_arg.replace(",", " ").split()})
+    except ValueError:
+        raise ConfigError(f"--seeds: not a list of integers: {seeds_arg!r}") from None
+    if not wanted:
+        raise ConfigError("--seeds: no seed given")
+    return wanted
+
+
 @main.command()
+@click.option("--seeds", "seeds_arg", default=None,
+              help="also each of these training seeds' leaderboards (<profile>-s<s>; space or comma separated)")
 @with_config
-def stale(cfg: ProfileConfig) -> None:
-    """Committed records of leaderboards/<profile>/ that the profile as it is now would not make (what a
-    fresh `make leaderboard` would re-run); exit 1 when there are any."""
+def stale(cfg: ProfileConfig, seeds_arg: str | None) -> None:
+    """Committed records of leaderboards/<profile>/ (and of each seed's with --seeds) that the profile as it
+    is now would not make (what a fresh `make leaderboard` would re-run); exit 1 when there are any."""
+    import dataclasses
+
     from bench.published import load_reported
+    from bench.report.seeds import seed_profile
     from bench.stale_records import stale_records
 
-    lines = stale_records(cfg, load_reported(cfg.profile.name))
-    for line in lines:
-        click.echo(f"stale: {line}")
-    if lines:
+    seeds = _parse_seeds(seeds_arg) if seeds_arg is not None else [cfg.profile.seed]
+    any_stale = False
+    for s in seeds:
+        name = seed_profile(cfg.profile.name, s, cfg.profile.seed)
+        seed_cfg = dataclasses.replace(cfg, profile=dataclasses.replace(cfg.profile, name=name, seed=s))
+        lines = stale_records(seed_cfg, load_reported(name))
+        for line in lines:
+            click.echo(f"stale: {name}: {line}")
+        any_stale = any_stale or bool(lines)
+        if not lines:
+            click.echo(f"{name}: every committed record is what the profile makes now")
+    if any_stale:
         raise SystemExit(1)
-    click.echo(f"{cfg.profile.name}: every committed record is what the profile makes now")
 
 
 @main.command(name="judge-check")
@@ -291,12 +313,7 @@ def seeds(cfg: ProfileConfig, seeds_arg: str) -> None:
     from bench.published import leaderboards_root, load_reported
     from bench.report.seeds import render, seed_profile
 
-    try:
-        wanted = sorted({int(x) for x in seeds_arg.replace(",", " ").split()})
-    except ValueError:
-        raise ConfigError(f"--seeds: not a list of integers: {seeds_arg!r}") from None
-    if not wanted:
-        raise ConfigError("--seeds: no seed given")
+    wanted = _parse_seeds(seeds_arg)
     names = {s: seed_profile(cfg.profile.name, s, cfg.profile.seed) for s in wanted}
     per_seed = {s: load_reported(names[s]) for s in wanted}
     out = leaderboards_root() / f"{cfg.profile.name}-seeds.md"

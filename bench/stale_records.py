@@ -1,7 +1,7 @@
 """Committed records that the profile, as it is now, would not make: what a fresh `make leaderboard` re-runs.
 
     bench stale --profile default                                            # leaderboards/default/records/
-    bench stale --profile default profile.name=default-s1 profile.seed=1     # a seed's leaderboard
+    bench stale --profile default --seeds "0 1 2"                            # each seed's (make stale)
 
 A leaderboard renders from its committed records (``leaderboards/<profile>/records/``), never from the
 profile. Edit ``configs/<profile>.yaml`` (a coefficient, an eval set's size, a new variant) without
@@ -12,9 +12,9 @@ it, through each stage's own hash function (one owner per stage), and lists what
 - training records (base, sft, policy answers, reward, cost, on-policy pairs, every DPO and PPO
   variant) and the steered variants: the record's ``config_hash`` against the stage's hash of the profile
   (steering's covers its policy's committed record);
-- eval records: the part of ``extra.inputs`` that the profile and the data decide
-  (:func:`bench.eval.battery.profile_inputs`: sections, battery and judge versions, seed, lm-eval tasks; and
-  the test splits' row hashes) and the scored variant's hash, against its committed training record;
+- eval records: the battery's own hash (:func:`bench.eval.battery.eval_inputs`) of the profile, the test
+  splits and the committed records it depends on (the scored variant, base, reward and cost models, the
+  start's eval), against the record's; the line names the ``extra.inputs`` fields that differ;
 - the steering audit: the checkpoints it audited against those the committed training records list (its hash
   names the checkpoints' local folders, so names are compared, not hashes);
 - variants the profile names that have no committed record, and committed training records of variants
@@ -28,7 +28,7 @@ CI fails when the profile changes without them.
 from __future__ import annotations
 
 from bench.config import ProfileConfig
-from bench.records import is_eval_key
+from bench.records import is_eval_key, key_for
 
 
 def expected_hashes(cfg: ProfileConfig) -> dict[str, str]:
@@ -57,7 +57,7 @@ def _steer_hash(cfg: ProfileConfig, records: dict[str, dict]) -> str | None:
     from bench.eval import refusal
     from bench.steer.recipe import variants_hash
 
-    policy = records.get(f"{cfg.require('steer').policy}.json")
+    policy = records.get(key_for(cfg.require("steer").policy))
     if policy is None:
         return None
     return variants_hash(cfg, refusal.identity(),
@@ -84,41 +84,40 @@ def _audit_lines(audit: dict, records: dict[str, dict]) -> list[str]:
 def stale_records(cfg: ProfileConfig, records: dict[str, dict]) -> list[str]:
     """One line per committed record (``{key: record}`` as :func:`bench.published.load_reported` reads
     them) that the profile would not make now, and per variant it names without a record."""
-    from bench.eval.battery import datasets_fingerprint, profile_inputs
+    from bench.eval.battery import eval_hash, eval_inputs
     from bench.eval.inputs import load_inputs
-    from bench.variants import from_record
+    from bench.runs import EVAL_STAGE
+    from bench.variants import classify, from_record, starting_point
 
     want = expected_hashes(cfg)
     steer = _steer_hash(cfg, records) if cfg.steer is not None else None
     out = []
     trained = {r["variant"]: r for k, r in records.items() if not is_eval_key(k)}
     for name, rec in sorted(trained.items()):
-        if rec["stage"] == "steer" and rec.get("artifacts", {}).get("steering") is not None:
-            expected = steer
-        elif rec["stage"] == "steer":
+        kind = classify(rec)
+        if kind == "audit":
             out += _audit_lines(rec, records)
             continue
-        elif name in want:
-            expected = want[name]
-        else:
+        expected = steer if kind == "steered" else want.get(name)
+        if kind != "steered" and name not in want:
             out.append(f"{name}: committed, but the profile has no such {rec['stage']} variant")
-            continue
-        if expected is not None and rec["config_hash"] != expected:
+        elif expected is not None and rec["config_hash"] != expected:
             out.append(f"{name}: committed with config hash {rec['config_hash']}, the profile gives {expected}")
     out += [f"{name}: the profile names it, no record is committed" for name in sorted(set(want) - set(trained))]
     evals = sorted((k, r) for k, r in records.items() if is_eval_key(k))
-    data = datasets_fingerprint(load_inputs(cfg)[1]) if evals else None
-    for key, rec in evals:
-        inputs = (rec.get("extra") or {}).get("inputs") or {}
+    datasets = load_inputs(cfg)[1] if evals else None
+    for _, rec in evals:
         scored = trained.get(rec["variant"])
-        variant = from_record(scored) if scored is not None else None
-        for field, value in {**profile_inputs(cfg, variant), "datasets": data}.items():
-            if inputs.get(field) != value:
-                out.append(f"eval {rec['variant']}: extra.inputs.{field} is {inputs.get(field)!r}, the profile gives {value!r}")
-        fingerprint = (inputs.get("variant") or {}).get("config_hash")
         if scored is None:
             out.append(f"eval {rec['variant']}: no committed record of the variant it scored")
-        elif fingerprint != scored["config_hash"]:
-            out.append(f"eval {rec['variant']}: scored config hash {fingerprint}, the committed variant has "
-                       f"{scored['config_hash']}")
+            continue
+        variant = from_record(scored)
+        start = starting_point(variant, cfg)
+        now = eval_inputs(cfg, variant, trained.get("base"), trained.get("reward"), trained.get("cost"),
+                          records.get(key_for(start, EVAL_STAGE)) if start else None, datasets=datasets)
+        if eval_hash(now) != rec["config_hash"]:
+            stored = (rec.get("extra") or {}).get("inputs") or {}
+            fields = [f for f in sorted(set(now) | set(stored)) if now.get(f) != stored.get(f)]
+            out.append(f"eval {rec['variant']}: committed with config hash {rec['config_hash']}, the profile and the "
+                       f"committed records give {eval_hash(now)} (extra.inputs differ in: {', '.join(fields)})")
     return out

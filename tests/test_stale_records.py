@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from bench.cli import main
 from bench.config import load_config
+from bench.eval.battery import eval_hash
 from bench.published import load_reported
 from bench.stale_records import expected_hashes, stale_records
 
@@ -68,7 +69,7 @@ def test_a_variant_setting_makes_only_that_variant_stale(records):
 def test_an_eval_setting_makes_every_eval_record_stale(records):
     lines = stale_records(_cfg("default", 0, "eval.n_pairs=10"), records)
     evals = {k for k in records if k.startswith("eval/")}
-    assert len(lines) == len(evals) and all("extra.inputs.sections_hash" in line for line in lines)
+    assert len(lines) == len(evals) and all(line.endswith("(extra.inputs differ in: sections_hash)") for line in lines)
 
 
 def test_a_steering_setting_makes_the_steered_variants_stale(records):
@@ -89,9 +90,10 @@ def test_a_new_variant_and_a_dropped_one_are_named(records):
 
 def test_an_eval_of_another_training_run_is_named(records):
     edited = copy.deepcopy(records)
-    edited["eval/dpo.json"]["extra"]["inputs"]["variant"]["config_hash"] = "0" * 16
+    edited["dpo.json"]["provenance"]["date"] = "2000-01-01T00:00:00+00:00"  # dpo re-trained, its eval not re-run
     lines = stale_records(_cfg(), edited)
-    assert len(lines) == 1 and lines[0].startswith("eval dpo: scored config hash 0000000000000000")
+    assert len(lines) == 1 and lines[0].startswith("eval dpo: committed with config hash")
+    assert lines[0].endswith("(extra.inputs differ in: variant)")
 
 
 def test_cli_exit_status(monkeypatch):
@@ -100,7 +102,13 @@ def test_cli_exit_status(monkeypatch):
     ok = runner.invoke(main, ["stale", "--profile", "default"])
     assert ok.exit_code == 0 and "every committed record is what the profile makes now" in ok.output
     bad = runner.invoke(main, ["stale", "--profile", "default", "ppo.kl_coef=0.5"])
-    assert bad.exit_code == 1 and "stale: ppo-kl: committed with config hash" in bad.output
+    assert bad.exit_code == 1 and "stale: default: ppo-kl: committed with config hash" in bad.output
+    seeds = runner.invoke(main, ["stale", "--profile", "default", "--seeds", "0 1 2"])
+    assert seeds.exit_code == 0 and all(f"{n}: every committed record" in seeds.output
+                                        for n in ("default", "default-s1", "default-s2"))
+    bad = runner.invoke(main, ["stale", "--profile", "default", "--seeds", "1,2", "eval.n_pairs=10"])
+    assert bad.exit_code == 1 and "stale: default-s1: eval base:" in bad.output and "stale: default-s2: eval base:" in bad.output
+    assert "stale: default: " not in bad.output
 
 
 def test_an_audit_that_misses_a_committed_checkpoint_is_named(records):
@@ -114,10 +122,17 @@ def test_an_audit_that_misses_a_committed_checkpoint_is_named(records):
     assert any("not audited: dpo@15, ppo-new;" in line for line in stale_records(_cfg(), edited))
 
 
-def test_an_eval_of_other_test_rows_is_named(records):
+def test_an_eval_of_other_test_rows_is_named_and_so_are_the_evals_measured_against_it(records):
     edited = copy.deepcopy(records)
-    datasets = edited["eval/sft.json"]["extra"]["inputs"]["datasets"]
-    key = sorted(datasets)[0]
-    datasets[key] = "0" * 64
+    sft = edited["eval/sft.json"]
+    inputs = sft["extra"]["inputs"]
+    inputs["datasets"][sorted(inputs["datasets"])[0]] = "0" * 64
+    sft["config_hash"] = eval_hash(inputs)  # a record scored on other test rows, consistent with itself
     lines = stale_records(_cfg(), edited)
-    assert len(lines) == 1 and lines[0].startswith("eval sft: extra.inputs.datasets is {")
+    assert [line for line in lines if line.startswith("eval sft:")] == [
+        line for line in lines if line.endswith("(extra.inputs differ in: datasets)")]
+    assert len([line for line in lines if line.endswith("(extra.inputs differ in: datasets)")]) == 1
+    starts_at_sft = {r["variant"] for k, r in edited.items() if k.startswith("eval/")
+                     and (r["extra"]["inputs"].get("start") or {}).get("variant") == "sft"}
+    assert starts_at_sft and {line.split(":")[0][len("eval "):] for line in lines
+                              if line.endswith("(extra.inputs differ in: start)")} == starts_at_sft

@@ -104,9 +104,11 @@ def _maybe_record(profile: str, name: str, stage: str | None = None) -> dict | N
         return None
 
 
-def profile_inputs(cfg: ProfileConfig, variant) -> dict:
-    """The part of :func:`eval_inputs` that the profile and this code decide alone (no data, no other
-    record): what ``bench.stale_records`` compares a committed eval record's ``extra.inputs`` with."""
+def eval_inputs(cfg: ProfileConfig, variant, base_rec: dict | None, rm_rec: dict | None, cm_rec: dict | None,
+                start_eval: dict | None = None, datasets: dict | None = None) -> dict:
+    """Everything the eval record's config hash covers (also stored in the record): the variant's
+    starting point's *eval* record too (``start_eval``), since the paired tests and "vs start" columns read
+    its outputs. ``bench.stale_records`` calls it on committed records to see whether a record is current."""
     from bench.eval import refusal
     from bench.eval.helpfulness import LM_EVAL_GATE, task_fingerprint
 
@@ -116,31 +118,18 @@ def profile_inputs(cfg: ProfileConfig, variant) -> dict:
         "sections_hash": cfg.section_hash(*SECTIONS),
         "pairs_policy": pairs_policy(cfg),
         "seed": cfg.profile.seed,
-        "lm_eval_tasks": task_fingerprint(list(cfg.eval.lm_eval_tasks)) if cfg.eval.lm_eval_tasks else {},
-        # a gated variant's lm-eval decides its gate per document (issue 22): only its hash moves
-        **({"lm_eval_gate": LM_EVAL_GATE} if cfg.eval.lm_eval_tasks and getattr(variant, "gated", False) else {}),
-    }
-
-
-def datasets_fingerprint(datasets: dict | None) -> dict:
-    """The test splits' contents (not their paths), from ``load_inputs``' identities: new rows re-score every variant."""
-    return {k: (v or {}).get("rows_sha256") for k, v in sorted((datasets or {}).items())}
-
-
-def eval_inputs(cfg: ProfileConfig, variant, base_rec: dict | None, rm_rec: dict | None, cm_rec: dict | None,
-                start: str | None = None, datasets: dict | None = None) -> dict:
-    """Everything the eval record's config hash covers (also stored in the record): the variant's
-    starting point's *eval* record too, since the paired tests and "vs start" columns read its outputs."""
-    return {
-        **profile_inputs(cfg, variant),
-        "datasets": datasets_fingerprint(datasets),
+        # the test splits' contents (not their paths): new rows re-score every variant
+        "datasets": {k: (v or {}).get("rows_sha256") for k, v in sorted((datasets or {}).items())},
         "variant": _record_fingerprint(variant.record),
         "base": _record_fingerprint(base_rec),
         "reward": _record_fingerprint(rm_rec),
         "cost": _record_fingerprint(cm_rec),
         # the start's eval by its inputs' hash, not its date: a re-scored start with the same inputs gives
         # the same greedy outputs, so the variants that start there need not be re-scored
-        "start": _eval_fingerprint(_maybe_record(cfg.profile.name, start, EVAL_STAGE)) if start else None,
+        "start": _eval_fingerprint(start_eval),
+        "lm_eval_tasks": task_fingerprint(list(cfg.eval.lm_eval_tasks)) if cfg.eval.lm_eval_tasks else {},
+        # a gated variant's lm-eval decides its gate per document (issue 22): only its hash moves
+        **({"lm_eval_gate": LM_EVAL_GATE} if cfg.eval.lm_eval_tasks and getattr(variant, "gated", False) else {}),
     }
 
 
@@ -162,7 +151,8 @@ def score_variant(cfg: ProfileConfig, variant, force: bool = False, progress: Ca
     scorers = {"reward": _maybe_record(profile, "reward"), "cost": _maybe_record(profile, "cost")}
     start = starting_point(variant, cfg)
     inputs = inputs or load_inputs(cfg)
-    meta = eval_inputs(cfg, variant, base_rec, scorers["reward"], scorers["cost"], start, datasets=inputs[1])
+    start_eval = _maybe_record(profile, start, EVAL_STAGE) if start else None
+    meta = eval_inputs(cfg, variant, base_rec, scorers["reward"], scorers["cost"], start_eval, datasets=inputs[1])
     chash = eval_hash(meta)
     if not force and is_done(cfg, variant.name, chash, stage=EVAL_STAGE):
         progress(f"eval {variant.name}: up to date")
